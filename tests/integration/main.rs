@@ -1,0 +1,1 @@
+//! keycard's integration tests, one binary with a module per area.
