@@ -1,1 +1,3 @@
-//! keycard's integration tests, one binary with a module per area.
+//! keycard's integration tests: one binary, a module per area, each running real parts.
+
+mod cli;
