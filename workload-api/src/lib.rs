@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod proto;
 pub mod spiffe_id;
 
 pub use spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain};
