@@ -1,0 +1,368 @@
+//! The certificate rules of the SPIFFE X509-SVID standard that need neither a bundle nor a
+//! clock: parsing, the leaf's SPIFFE ID, the leaf's basic constraints and key usages, and
+//! the signing certificates' constraints. Each rule maps to one [`X509SvidError`] variant.
+
+use rustls_pki_types::{CertificateDer, UnixTime};
+use x509_parser::certificate::X509Certificate;
+use x509_parser::extensions::GeneralName;
+
+use super::error::X509SvidError;
+use crate::spiffe_id::SpiffeId;
+
+/// Parses one DER certificate; `index` is its position in the chain, for the message.
+pub(crate) fn parse_cert(der: &[u8], index: usize) -> Result<X509Certificate<'_>, X509SvidError> {
+    match x509_parser::parse_x509_certificate(der) {
+        Ok(([], cert)) => Ok(cert),
+        Ok((rest, _)) => Err(X509SvidError::Der {
+            index,
+            reason: format!("{} bytes of trailing data after the certificate", rest.len()),
+        }),
+        Err(e) => Err(X509SvidError::Der { index, reason: e.to_string() }),
+    }
+}
+
+/// Parses every certificate of a chain, leaf first; an empty chain is an error.
+pub(crate) fn parse_chain<'a>(
+    chain: &'a [CertificateDer<'_>],
+) -> Result<Vec<X509Certificate<'a>>, X509SvidError> {
+    if chain.is_empty() {
+        return Err(X509SvidError::EmptyChain);
+    }
+    chain.iter().enumerate().map(|(i, der)| parse_cert(der.as_ref(), i)).collect()
+}
+
+/// The SPIFFE ID in a certificate's single URI SAN, or `None` when it has no URI SAN.
+fn uri_san_id(cert: &X509Certificate<'_>, index: usize) -> Result<Option<SpiffeId>, X509SvidError> {
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|e| X509SvidError::Der { index, reason: e.to_string() })?;
+    let uris: Vec<&str> = san
+        .map(|ext| {
+            ext.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    GeneralName::URI(uri) => Some(*uri),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    match uris.as_slice() {
+        [] => Ok(None),
+        [uri] => Ok(Some(SpiffeId::parse(uri)?)),
+        more => Err(X509SvidError::MultipleUriSans(more.len())),
+    }
+}
+
+/// The SPIFFE ID of a certificate: its one URI SAN, parsed.
+///
+/// This reads the ID of any SPIFFE certificate, leaf or signing, so it does not require a
+/// non-root path; [`verify_chain`](super::verify_chain) applies the leaf rules.
+pub fn spiffe_id_of(cert: &CertificateDer<'_>) -> Result<SpiffeId, X509SvidError> {
+    let parsed = parse_cert(cert.as_ref(), 0)?;
+    uri_san_id(&parsed, 0)?.ok_or(X509SvidError::NoUriSan)
+}
+
+/// Checks the leaf's SPIFFE ID, basic constraints, key usage and extended key usage, and
+/// returns the ID.
+pub(crate) fn check_leaf(leaf: &X509Certificate<'_>) -> Result<SpiffeId, X509SvidError> {
+    let der_err =
+        |e: x509_parser::error::X509Error| X509SvidError::Der { index: 0, reason: e.to_string() };
+    let id = uri_san_id(leaf, 0)?.ok_or(X509SvidError::NoUriSan)?;
+    if id.is_root() {
+        return Err(X509SvidError::RootPathId(id.to_string()));
+    }
+
+    match leaf.basic_constraints().map_err(der_err)? {
+        None => return Err(X509SvidError::MissingBasicConstraints),
+        Some(bc) if bc.value.ca => return Err(X509SvidError::LeafIsCa),
+        Some(_) => {}
+    }
+
+    let ku = leaf.key_usage().map_err(der_err)?.ok_or(X509SvidError::KeyUsageMissing)?;
+    if !ku.critical {
+        return Err(X509SvidError::KeyUsageNotCritical);
+    }
+    if !ku.value.digital_signature() {
+        return Err(X509SvidError::LeafNoDigitalSignature);
+    }
+    if ku.value.key_cert_sign() {
+        return Err(X509SvidError::LeafKeyCertSign);
+    }
+    if ku.value.crl_sign() {
+        return Err(X509SvidError::LeafCrlSign);
+    }
+
+    // The EKU extension is optional (SHOULD), but when present it must allow both ends of
+    // a TLS connection, because one SVID serves as client and server certificate alike.
+    if let Some(eku) = leaf.extended_key_usage().map_err(der_err)? {
+        if !eku.value.server_auth {
+            return Err(X509SvidError::EkuMissingServerAuth);
+        }
+        if !eku.value.client_auth {
+            return Err(X509SvidError::EkuMissingClientAuth);
+        }
+    }
+    Ok(id)
+}
+
+/// Checks a signing (non-leaf) certificate at position `index` of the chain: `cA=true`,
+/// the `keyCertSign` key usage, and, if it carries a SPIFFE ID, that the ID has no path.
+///
+/// Like go-spiffe, this does not require the signing certificate's key usage to be
+/// critical, nor that it carries a SPIFFE ID at all (the standard says SHOULD).
+pub(crate) fn check_signing(cert: &X509Certificate<'_>, index: usize) -> Result<(), X509SvidError> {
+    let der_err =
+        |e: x509_parser::error::X509Error| X509SvidError::Der { index, reason: e.to_string() };
+    let is_ca = cert.basic_constraints().map_err(der_err)?.is_some_and(|bc| bc.value.ca);
+    if !is_ca {
+        return Err(X509SvidError::SigningCertNotCa { index });
+    }
+    let cert_sign = cert.key_usage().map_err(der_err)?.is_some_and(|ku| ku.value.key_cert_sign());
+    if !cert_sign {
+        return Err(X509SvidError::SigningCertNoKeyCertSign { index });
+    }
+    if let Some(id) = uri_san_id(cert, index)? {
+        if !id.is_root() {
+            return Err(X509SvidError::SigningCertIdHasPath { index, id: id.to_string() });
+        }
+    }
+    Ok(())
+}
+
+/// Parses a chain and applies every rule that needs neither a bundle nor a clock; returns
+/// the parsed chain and the leaf's SPIFFE ID.
+pub(crate) fn check_certificates<'a>(
+    chain: &'a [CertificateDer<'_>],
+) -> Result<(Vec<X509Certificate<'a>>, SpiffeId), X509SvidError> {
+    let parsed = parse_chain(chain)?;
+    let id = check_leaf(&parsed[0])?;
+    for (index, cert) in parsed.iter().enumerate().skip(1) {
+        check_signing(cert, index)?;
+    }
+    Ok((parsed, id))
+}
+
+/// Checks that `now` lies within the certificate's validity period.
+pub(crate) fn check_validity(
+    cert: &X509Certificate<'_>,
+    now: UnixTime,
+) -> Result<(), X509SvidError> {
+    let now = unix_secs(now);
+    let not_before = cert.validity().not_before.timestamp();
+    let not_after = cert.validity().not_after.timestamp();
+    if now < not_before {
+        return Err(X509SvidError::NotYetValid { not_before, now });
+    }
+    if now > not_after {
+        return Err(X509SvidError::Expired { not_after, now });
+    }
+    Ok(())
+}
+
+/// Seconds since the Unix epoch as a signed number (saturating, for far-future times).
+pub(crate) fn unix_secs(t: UnixTime) -> i64 {
+    i64::try_from(t.as_secs()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use rcgen::{CustomExtension, ExtendedKeyUsagePurpose as Eku, IsCa, KeyUsagePurpose as Ku};
+
+    use super::*;
+    use crate::x509::test_support::*;
+    use crate::x509::verify_chain;
+
+    const ID: &str = "spiffe://example.org/web";
+
+    /// Verifies a world whose leaf was built from `p`, expecting an error.
+    fn leaf_err(p: rcgen::CertificateParams) -> X509SvidError {
+        let w = world_with(p);
+        verify_chain(&w.chain(), &w.bundles, now()).unwrap_err()
+    }
+
+    /// Verifies root -> intermediate(`p`) -> leaf, expecting an error.
+    fn signing_err(p: rcgen::CertificateParams) -> X509SvidError {
+        let r = root(ca_params("example.org", "root"));
+        let i = intermediate(p, &r);
+        let l = leaf(leaf_params(ID), &i);
+        verify_chain(&[l.cert, i.cert], &bundles(&[("example.org", &r)]), now()).unwrap_err()
+    }
+
+    fn with_ku(kus: &[Ku]) -> rcgen::CertificateParams {
+        let mut p = leaf_params(ID);
+        p.key_usages = kus.to_vec();
+        p
+    }
+
+    #[test]
+    fn empty_chain() {
+        let w = world();
+        assert_eq!(verify_chain(&[], &w.bundles, now()), Err(X509SvidError::EmptyChain));
+    }
+
+    #[test]
+    fn der() {
+        let w = world();
+        let mut broken = w.intermediate.cert.to_vec();
+        broken.truncate(broken.len() - 10);
+        let chain = [w.leaf.cert.clone(), CertificateDer::from(broken)];
+        let e = verify_chain(&chain, &w.bundles, now()).unwrap_err();
+        assert!(matches!(e, X509SvidError::Der { index: 1, .. }), "{e:?}");
+        let mut trailing = w.leaf.cert.to_vec();
+        trailing.push(0);
+        let e = spiffe_id_of(&CertificateDer::from(trailing)).unwrap_err();
+        assert!(matches!(e, X509SvidError::Der { index: 0, .. }), "{e:?}");
+    }
+
+    #[test]
+    fn no_uri_san() {
+        let mut p = leaf_params(ID);
+        p.subject_alt_names = vec![rcgen::SanType::DnsName("web.example.org".try_into().unwrap())];
+        assert_eq!(leaf_err(p), X509SvidError::NoUriSan);
+    }
+
+    #[test]
+    fn multiple_uri_sans() {
+        let mut p = leaf_params(ID);
+        p.subject_alt_names.push(uri("spiffe://example.org/other"));
+        assert_eq!(leaf_err(p), X509SvidError::MultipleUriSans(2));
+    }
+
+    #[test]
+    fn invalid_spiffe_id() {
+        let p = leaf_params("https://example.org/web");
+        let e = leaf_err(p);
+        assert_eq!(e, X509SvidError::InvalidSpiffeId(crate::SpiffeIdError::WrongScheme));
+    }
+
+    #[test]
+    fn root_path_id() {
+        let e = leaf_err(leaf_params("spiffe://example.org"));
+        assert!(matches!(e, X509SvidError::RootPathId(_)), "{e:?}");
+    }
+
+    #[test]
+    fn leaf_is_ca() {
+        let mut p = leaf_params(ID);
+        p.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        assert_eq!(leaf_err(p), X509SvidError::LeafIsCa);
+    }
+
+    #[test]
+    fn missing_basic_constraints() {
+        let mut p = leaf_params(ID);
+        p.is_ca = IsCa::NoCa;
+        assert_eq!(leaf_err(p), X509SvidError::MissingBasicConstraints);
+    }
+
+    #[test]
+    fn key_usage_missing() {
+        assert_eq!(leaf_err(with_ku(&[])), X509SvidError::KeyUsageMissing);
+    }
+
+    #[test]
+    fn key_usage_not_critical() {
+        let mut p = with_ku(&[]);
+        // KeyUsage (2.5.29.15) = BIT STRING with digitalSignature only, not critical.
+        let mut ext = CustomExtension::from_oid_content(&[2, 5, 29, 15], vec![3, 2, 7, 0x80]);
+        ext.set_criticality(false);
+        p.custom_extensions.push(ext);
+        assert_eq!(leaf_err(p), X509SvidError::KeyUsageNotCritical);
+    }
+
+    #[test]
+    fn leaf_no_digital_signature() {
+        let e = leaf_err(with_ku(&[Ku::KeyEncipherment, Ku::KeyAgreement]));
+        assert_eq!(e, X509SvidError::LeafNoDigitalSignature);
+    }
+
+    #[test]
+    fn leaf_key_cert_sign() {
+        let e = leaf_err(with_ku(&[Ku::DigitalSignature, Ku::KeyCertSign]));
+        assert_eq!(e, X509SvidError::LeafKeyCertSign);
+    }
+
+    #[test]
+    fn leaf_crl_sign() {
+        let e = leaf_err(with_ku(&[Ku::DigitalSignature, Ku::CrlSign]));
+        assert_eq!(e, X509SvidError::LeafCrlSign);
+    }
+
+    #[test]
+    fn eku_missing_server_auth() {
+        let mut p = leaf_params(ID);
+        p.extended_key_usages = vec![Eku::ClientAuth];
+        assert_eq!(leaf_err(p), X509SvidError::EkuMissingServerAuth);
+    }
+
+    #[test]
+    fn eku_missing_client_auth() {
+        let mut p = leaf_params(ID);
+        p.extended_key_usages = vec![Eku::ServerAuth];
+        assert_eq!(leaf_err(p), X509SvidError::EkuMissingClientAuth);
+    }
+
+    #[test]
+    fn leaf_without_eku_passes() {
+        let mut p = leaf_params(ID);
+        p.extended_key_usages = vec![];
+        let w = world_with(p);
+        assert_eq!(verify_chain(&w.chain(), &w.bundles, now()).unwrap().as_str(), ID);
+    }
+
+    #[test]
+    fn signing_cert_not_ca() {
+        let mut p = ca_params("example.org", "int");
+        p.is_ca = IsCa::ExplicitNoCa;
+        assert_eq!(signing_err(p), X509SvidError::SigningCertNotCa { index: 1 });
+        let mut p = ca_params("example.org", "int");
+        p.is_ca = IsCa::NoCa;
+        assert_eq!(signing_err(p), X509SvidError::SigningCertNotCa { index: 1 });
+    }
+
+    #[test]
+    fn signing_cert_no_key_cert_sign() {
+        let mut p = ca_params("example.org", "int");
+        p.key_usages = vec![Ku::CrlSign];
+        assert_eq!(signing_err(p), X509SvidError::SigningCertNoKeyCertSign { index: 1 });
+    }
+
+    #[test]
+    fn signing_cert_id_has_path() {
+        let mut p = ca_params("example.org", "int");
+        p.subject_alt_names = vec![uri("spiffe://example.org/ca")];
+        let e = signing_err(p);
+        assert!(matches!(e, X509SvidError::SigningCertIdHasPath { index: 1, .. }), "{e:?}");
+    }
+
+    #[test]
+    fn signing_cert_without_spiffe_id_passes() {
+        let r = root(ca_params("example.org", "root"));
+        let mut p = ca_params("example.org", "int");
+        p.subject_alt_names = vec![];
+        let i = intermediate(p, &r);
+        let l = leaf(leaf_params(ID), &i);
+        verify_chain(&[l.cert, i.cert], &bundles(&[("example.org", &r)]), now()).unwrap();
+    }
+
+    #[test]
+    fn spiffe_id_of_reads_leaf_and_ca_ids() {
+        let w = world();
+        assert_eq!(spiffe_id_of(&w.leaf.cert).unwrap().as_str(), ID);
+        assert!(spiffe_id_of(&w.root.cert).unwrap().is_root());
+    }
+
+    #[test]
+    fn rules_run_before_time_and_chain() {
+        // An expired, untrusted leaf that is also a CA reports the leaf rule first.
+        let stranger = root(ca_params("example.org", "stranger"));
+        let mut p = leaf_params(ID);
+        p.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.not_after = rcgen::date_time_ymd(2029, 12, 31);
+        let l = leaf(p, &stranger);
+        let e = verify_chain(&[l.cert], &world().bundles, now()).unwrap_err();
+        assert_eq!(e, X509SvidError::LeafIsCa);
+    }
+}
