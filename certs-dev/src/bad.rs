@@ -30,25 +30,53 @@ pub const BAD_VECTORS: &[BadSpec] = &[
     spec("leaf-ca-true", "leaf has BasicConstraints cA=true", "LeafIsCa"),
     spec("leaf-keycertsign", "leaf key usage has keyCertSign", "LeafKeyCertSign"),
     spec("leaf-crlsign", "leaf key usage has cRLSign", "LeafCrlSign"),
-    spec("leaf-no-digital-signature", "leaf key usage lacks digitalSignature (keyAgreement only)", "LeafNoDigitalSignature"),
+    spec(
+        "leaf-no-digital-signature",
+        "leaf key usage lacks digitalSignature (keyAgreement only)",
+        "LeafNoDigitalSignature",
+    ),
     spec("leaf-no-key-usage", "leaf has no key usage extension", "KeyUsageMissing"),
-    spec("leaf-key-usage-not-critical", "leaf key usage extension is not critical", "KeyUsageNotCritical"),
-    spec("leaf-no-basic-constraints", "leaf has no BasicConstraints extension", "MissingBasicConstraints"),
+    spec(
+        "leaf-key-usage-not-critical",
+        "leaf key usage extension is not critical",
+        "KeyUsageNotCritical",
+    ),
+    spec(
+        "leaf-no-basic-constraints",
+        "leaf has no BasicConstraints extension",
+        "MissingBasicConstraints",
+    ),
     spec("eku-no-client-auth", "leaf EKU has serverAuth only", "EkuMissingClientAuth"),
     spec("eku-no-server-auth", "leaf EKU has clientAuth only", "EkuMissingServerAuth"),
     spec("no-uri-san", "leaf has a DNS SAN and no URI SAN", "NoUriSan"),
     spec("two-uri-sans", "leaf has two URI SANs", "MultipleUriSans"),
     spec("https-scheme", "leaf URI SAN is https://example.org/workload/web", "InvalidSpiffeId"),
-    spec("uppercase-trust-domain", "leaf URI SAN is spiffe://Example.org/x (upper case)", "InvalidSpiffeId"),
+    spec(
+        "uppercase-trust-domain",
+        "leaf URI SAN is spiffe://Example.org/x (upper case)",
+        "InvalidSpiffeId",
+    ),
     spec("root-path", "leaf SPIFFE ID has no path (spiffe://example.org)", "RootPathId"),
-    spec("wrong-trust-domain", "leaf spiffe://example.com/workload/web issued by example.org's intermediate", "SignedByOtherTrustDomain"),
+    spec(
+        "wrong-trust-domain",
+        "leaf spiffe://example.com/workload/web issued by example.org's intermediate",
+        "SignedByOtherTrustDomain",
+    ),
     spec("expired", "leaf notAfter is 2025-01-02", "Expired"),
     spec("not-yet-valid", "leaf notBefore is 2044-01-01", "NotYetValid"),
     spec("untrusted-root", "chain ends at a third root that is in no bundle", "UntrustedChain"),
     spec("bad-signature", "leaf signature bytes are flipped", "BadSignature"),
     spec("intermediate-not-ca", "intermediate has BasicConstraints cA=false", "SigningCertNotCa"),
-    spec("intermediate-no-keycertsign", "intermediate key usage lacks keyCertSign", "SigningCertNoKeyCertSign"),
-    spec("intermediate-id-has-path", "intermediate SPIFFE ID has a path (spiffe://example.org/intermediate)", "SigningCertIdHasPath"),
+    spec(
+        "intermediate-no-keycertsign",
+        "intermediate key usage lacks keyCertSign",
+        "SigningCertNoKeyCertSign",
+    ),
+    spec(
+        "intermediate-id-has-path",
+        "intermediate SPIFFE ID has a path (spiffe://example.org/intermediate)",
+        "SigningCertIdHasPath",
+    ),
     spec("key-mismatch", "valid chain, but the key file holds another leaf's key", "KeyMismatch"),
     spec("corrupted-der", "leaf DER truncated to half inside valid PEM armour", "Der"),
     spec("empty-chain", "chain file holds no certificate", "EmptyChain"),
@@ -70,7 +98,11 @@ pub fn vectors(org: &Domain, out: &mut Output) -> Result<()> {
 }
 
 /// A leaf with the good template for `uri` after `change`, issued by `issuer`.
-fn leaf_with(uri: &str, issuer: &Authority, change: impl FnOnce(&mut CertificateParams)) -> Result<Leaf> {
+fn leaf_with(
+    uri: &str,
+    issuer: &Authority,
+    change: impl FnOnce(&mut CertificateParams),
+) -> Result<Leaf> {
     let mut params = pki::leaf_params("bad vector leaf", uri)?;
     change(&mut params);
     pki::leaf(&params, issuer)
@@ -82,7 +114,11 @@ fn files(leaf: &Leaf, issuer: &Authority) -> (String, String) {
 }
 
 /// An intermediate under example.org's root, changed by `change`, with a good leaf under it.
-fn with_intermediate(org: &Domain, cn: &str, change: impl FnOnce(&mut CertificateParams)) -> Result<(String, String)> {
+fn with_intermediate(
+    org: &Domain,
+    cn: &str,
+    change: impl FnOnce(&mut CertificateParams),
+) -> Result<(String, String)> {
     let mut params = pki::ca_params(cn, "spiffe://example.org", Some(0), true)?;
     change(&mut params);
     let intermediate = pki::sub_ca(params, &org.root)?;
@@ -97,15 +133,21 @@ fn build(name: &str, org: &Domain) -> Result<(String, String)> {
     let simple = |change: &dyn Fn(&mut CertificateParams)| -> Result<(String, String)> {
         Ok(files(&leaf_with(&id, ca, change)?, ca))
     };
-    let ku = |usages: Vec<KeyUsagePurpose>| move |p: &mut CertificateParams| p.key_usages = usages.clone();
+    let ku = |usages: Vec<KeyUsagePurpose>| {
+        move |p: &mut CertificateParams| p.key_usages = usages.clone()
+    };
     let uri = |u: &str| -> Result<_> {
         let san = pki::uri_san(u)?;
         Ok(move |p: &mut CertificateParams| p.subject_alt_names = vec![san.clone()])
     };
     Ok(match name {
         "leaf-ca-true" => simple(&|p| p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained))?,
-        "leaf-keycertsign" => simple(&ku(vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyCertSign]))?,
-        "leaf-crlsign" => simple(&ku(vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::CrlSign]))?,
+        "leaf-keycertsign" => {
+            simple(&ku(vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyCertSign]))?
+        }
+        "leaf-crlsign" => {
+            simple(&ku(vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::CrlSign]))?
+        }
         "leaf-no-digital-signature" => simple(&ku(vec![KeyUsagePurpose::KeyAgreement]))?,
         "leaf-no-key-usage" => simple(&ku(Vec::new()))?,
         "leaf-key-usage-not-critical" => simple(&|p| {
@@ -121,8 +163,12 @@ fn build(name: &str, org: &Domain) -> Result<(String, String)> {
             params.custom_extensions.push(pki::subject_key_id_extension(&params, &key)?);
             files(&pki::leaf_with_key(&params, key, ca)?, ca)
         }
-        "eku-no-client-auth" => simple(&|p| p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth])?,
-        "eku-no-server-auth" => simple(&|p| p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth])?,
+        "eku-no-client-auth" => {
+            simple(&|p| p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth])?
+        }
+        "eku-no-server-auth" => {
+            simple(&|p| p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth])?
+        }
         "no-uri-san" => {
             let dns = pki::dns_san("web.example.org")?;
             simple(&move |p| p.subject_alt_names = vec![dns.clone()])?
@@ -147,8 +193,12 @@ fn build(name: &str, org: &Domain) -> Result<(String, String)> {
             // A complete, well-formed example.org hierarchy whose root is in no bundle. Its
             // names differ from the real CAs' so that no verifier mistakes one for the other.
             let uri = "spiffe://example.org";
-            let rogue_root = pki::root(pki::ca_params("untrusted root CA (in no bundle)", uri, None, false)?)?;
-            let rogue = pki::sub_ca(pki::ca_params("untrusted intermediate CA", uri, Some(0), true)?, &rogue_root)?;
+            let rogue_root =
+                pki::root(pki::ca_params("untrusted root CA (in no bundle)", uri, None, false)?)?;
+            let rogue = pki::sub_ca(
+                pki::ca_params("untrusted intermediate CA", uri, Some(0), true)?,
+                &rogue_root,
+            )?;
             files(&leaf_with(&id, &rogue, |_| {})?, &rogue)
         }
         "bad-signature" => {
@@ -156,10 +206,16 @@ fn build(name: &str, org: &Domain) -> Result<(String, String)> {
             let flipped = pki::flip_signature(leaf.cert.der())?;
             (pki::chain_pem(&[&flipped, ca.cert.der()]), leaf.key_pem)
         }
-        "intermediate-not-ca" => with_intermediate(org, "example.org intermediate (cA=false)", |p| p.is_ca = IsCa::ExplicitNoCa)?,
-        "intermediate-no-keycertsign" => with_intermediate(org, "example.org intermediate (no keyCertSign)", |p| {
-            p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::CrlSign];
-        })?,
+        "intermediate-not-ca" => {
+            with_intermediate(org, "example.org intermediate (cA=false)", |p| {
+                p.is_ca = IsCa::ExplicitNoCa
+            })?
+        }
+        "intermediate-no-keycertsign" => {
+            with_intermediate(org, "example.org intermediate (no keyCertSign)", |p| {
+                p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::CrlSign];
+            })?
+        }
         "intermediate-id-has-path" => {
             let with_path = uri("spiffe://example.org/intermediate")?;
             with_intermediate(org, "example.org intermediate (ID with path)", with_path)?
@@ -197,7 +253,10 @@ pub fn readme() -> String {
          | --- | --- | --- |\n",
     );
     for spec in BAD_VECTORS {
-        text.push_str(&format!("| `{}.pem` | {} | `{}` |\n", spec.name, spec.rule, spec.expected_error));
+        text.push_str(&format!(
+            "| `{}.pem` | {} | `{}` |\n",
+            spec.name, spec.rule, spec.expected_error
+        ));
     }
     text
 }

@@ -33,19 +33,9 @@ pub struct Domain {
 /// Root and intermediate for `td`, following the SPIFFE signing-certificate rules.
 pub fn domain(td: &'static str) -> Result<Domain> {
     let trust_domain_id = format!("spiffe://{td}");
-    let root = pki::root(pki::ca_params(
-        &format!("{td} root CA"),
-        &trust_domain_id,
-        None,
-        false,
-    )?)?;
+    let root = pki::root(pki::ca_params(&format!("{td} root CA"), &trust_domain_id, None, false)?)?;
     let intermediate = pki::sub_ca(
-        pki::ca_params(
-            &format!("{td} intermediate CA"),
-            &trust_domain_id,
-            Some(0),
-            true,
-        )?,
+        pki::ca_params(&format!("{td} intermediate CA"), &trust_domain_id, Some(0), true)?,
         &root,
     )?;
     Ok(Domain { root, intermediate })
@@ -57,7 +47,10 @@ pub fn trust_domains(out: &mut Output) -> Result<Domain> {
     for td in TRUST_DOMAINS {
         let domain = domain(td)?;
         let id = workload_id(td);
-        let svid = pki::leaf(&pki::leaf_params(&format!("{td} workload web"), &id)?, &domain.intermediate)?;
+        let svid = pki::leaf(
+            &pki::leaf_params(&format!("{td} workload web"), &id)?,
+            &domain.intermediate,
+        )?;
         let root_pem = pki::cert_pem(domain.root.cert.der());
         let intermediate_pem = pki::cert_pem(domain.intermediate.cert.der());
         out.add(format!("{td}/root.pem"), root_pem.clone());

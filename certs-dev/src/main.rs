@@ -12,7 +12,9 @@ fn main() -> Result<()> {
         (None, _) => PathBuf::from("certs-dev"),
         (Some(arg), None) if arg == "-h" || arg == "--help" => {
             println!("usage: keycard-certs-dev [OUT_DIR]   (default: certs-dev)");
-            println!("Writes development-only certificates and keys; never use them in production.");
+            println!(
+                "Writes development-only certificates and keys; never use them in production."
+            );
             return Ok(());
         }
         (Some(dir), None) => PathBuf::from(dir),

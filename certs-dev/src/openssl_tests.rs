@@ -44,9 +44,21 @@ const EXPECTED: &[Expect] = &[
     // A leaf without BasicConstraints is an ordinary end-entity to openssl.
     ok("leaf-no-basic-constraints"),
     // Missing clientAuth fails only the sslclient purpose.
-    Expect { name: "eku-no-client-auth", plain: true, client: false, server: true, key_matches: Some(true) },
+    Expect {
+        name: "eku-no-client-auth",
+        plain: true,
+        client: false,
+        server: true,
+        key_matches: Some(true),
+    },
     // Missing serverAuth fails only the sslserver purpose.
-    Expect { name: "eku-no-server-auth", plain: true, client: true, server: false, key_matches: Some(true) },
+    Expect {
+        name: "eku-no-server-auth",
+        plain: true,
+        client: true,
+        server: false,
+        key_matches: Some(true),
+    },
     // SAN contents (URI count, scheme, case, path, trust domain) are SPIFFE rules: openssl
     // verify checks no names unless asked to.
     ok("no-uri-san"),
@@ -69,7 +81,13 @@ const EXPECTED: &[Expect] = &[
     // The intermediate's URI SAN path is a SPIFFE rule only.
     ok("intermediate-id-has-path"),
     // openssl verify never looks at the private key; the key comparison catches it.
-    Expect { name: "key-mismatch", plain: true, client: true, server: true, key_matches: Some(false) },
+    Expect {
+        name: "key-mismatch",
+        plain: true,
+        client: true,
+        server: true,
+        key_matches: Some(false),
+    },
     // The leaf cannot be decoded: openssl cannot load it.
     Expect { name: "corrupted-der", plain: false, client: false, server: false, key_matches: None },
     // Nothing to load.
@@ -80,7 +98,9 @@ const EXPECTED: &[Expect] = &[
 fn openssl(args: &[&str]) -> Output {
     match Command::new("openssl").args(args).output() {
         Ok(out) => out,
-        Err(e) => panic!("cannot run `openssl` ({e}): install it (apt-get install openssl); these tests never skip"),
+        Err(e) => panic!(
+            "cannot run `openssl` ({e}): install it (apt-get install openssl); these tests never skip"
+        ),
     }
 }
 
@@ -145,14 +165,30 @@ fn check_dir(dir: &Path) -> Vec<String> {
         bundles.push_str(&std::fs::read_to_string(&bundle).unwrap());
         let intermediate = dir.join(&td.intermediate);
         let svid = dir.join(&td.svid);
-        expect(format!("{} root", td.trust_domain), verifies(&bundle, None, &dir.join(&td.root), None), true);
-        expect(format!("{} intermediate", td.trust_domain), verifies(&bundle, None, &intermediate, None), true);
+        expect(
+            format!("{} root", td.trust_domain),
+            verifies(&bundle, None, &dir.join(&td.root), None),
+            true,
+        );
+        expect(
+            format!("{} intermediate", td.trust_domain),
+            verifies(&bundle, None, &intermediate, None),
+            true,
+        );
         for purpose in [None, Some("sslclient"), Some("sslserver")] {
             let ok = verifies(&bundle, Some(&intermediate), &svid, purpose);
             expect(format!("{} svid {purpose:?}", td.trust_domain), ok, true);
         }
-        expect(format!("{} svid key", td.trust_domain), key_matches(&svid, &dir.join(&td.svid_key)), true);
-        expect(format!("{} root key", td.trust_domain), key_matches(&dir.join(&td.root), &dir.join(&td.root_key)), true);
+        expect(
+            format!("{} svid key", td.trust_domain),
+            key_matches(&svid, &dir.join(&td.svid_key)),
+            true,
+        );
+        expect(
+            format!("{} root key", td.trust_domain),
+            key_matches(&dir.join(&td.root), &dir.join(&td.root_key)),
+            true,
+        );
         expect(
             format!("{} intermediate key", td.trust_domain),
             key_matches(&intermediate, &dir.join(&td.intermediate_key)),
@@ -161,16 +197,29 @@ fn check_dir(dir: &Path) -> Vec<String> {
     }
     // The SVID of one trust domain must not verify against the other's bundle.
     let (org, com) = (&manifest.trust_domains[0], &manifest.trust_domains[1]);
-    let crossed = verifies(&dir.join(&com.bundle), Some(&dir.join(&org.intermediate)), &dir.join(&org.svid), None);
+    let crossed = verifies(
+        &dir.join(&com.bundle),
+        Some(&dir.join(&org.intermediate)),
+        &dir.join(&org.svid),
+        None,
+    );
     expect("example.org svid against example.com bundle".into(), crossed, false);
 
     let node_ca = dir.join(&manifest.nodes.ca);
     for node in &manifest.nodes.nodes {
         let cert = dir.join(&node.cert);
-        expect(format!("{} sslclient", node.name), verifies(&node_ca, None, &cert, Some("sslclient")), true);
+        expect(
+            format!("{} sslclient", node.name),
+            verifies(&node_ca, None, &cert, Some("sslclient")),
+            true,
+        );
         expect(format!("{} key", node.name), key_matches(&cert, &dir.join(&node.key)), true);
         // A node certificate is no workload SVID: the trust-domain bundle must refuse it.
-        expect(format!("{} under example.org", node.name), verifies(&dir.join(&org.bundle), None, &cert, None), false);
+        expect(
+            format!("{} under example.org", node.name),
+            verifies(&dir.join(&org.bundle), None, &cert, None),
+            false,
+        );
     }
 
     let all_bundles = scratch.path().join("bundles.pem");
@@ -178,12 +227,18 @@ fn check_dir(dir: &Path) -> Vec<String> {
     for vector in &manifest.bad {
         let row = EXPECTED.iter().find(|e| e.name == vector.name).expect("every vector has a row");
         let (leaf, untrusted) = split(&dir.join(&vector.chain), scratch.path());
-        for (purpose, wanted) in [(None, row.plain), (Some("sslclient"), row.client), (Some("sslserver"), row.server)] {
+        for (purpose, wanted) in
+            [(None, row.plain), (Some("sslclient"), row.client), (Some("sslserver"), row.server)]
+        {
             let ok = verifies(&all_bundles, untrusted.as_deref(), &leaf, purpose);
             expect(format!("bad/{} {purpose:?}", vector.name), ok, wanted);
         }
         if let Some(wanted) = row.key_matches {
-            expect(format!("bad/{} key", vector.name), key_matches(&leaf, &dir.join(&vector.key)), wanted);
+            expect(
+                format!("bad/{} key", vector.name),
+                key_matches(&leaf, &dir.join(&vector.key)),
+                wanted,
+            );
         }
     }
     failures
@@ -208,7 +263,11 @@ fn openssl_agrees_with_freshly_generated_material() {
 fn openssl_agrees_with_checked_in_material() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
     for file in Manifest::describe().files() {
-        assert!(dir.join(file).is_file(), "{} is not checked in: run the generator", file.display());
+        assert!(
+            dir.join(file).is_file(),
+            "{} is not checked in: run the generator",
+            file.display()
+        );
     }
     let failures = check_dir(dir);
     assert!(failures.is_empty(), "openssl disagreements:\n{}", failures.join("\n"));

@@ -62,22 +62,23 @@ pub fn subject(common_name: &str) -> DistinguishedName {
 
 /// A URI subject alternative name.
 pub fn uri_san(uri: &str) -> Result<SanType> {
-    Ok(SanType::URI(
-        uri.try_into().with_context(|| format!("URI SAN {uri:?}"))?,
-    ))
+    Ok(SanType::URI(uri.try_into().with_context(|| format!("URI SAN {uri:?}"))?))
 }
 
 /// A DNS subject alternative name.
 pub fn dns_san(name: &str) -> Result<SanType> {
-    Ok(SanType::DnsName(
-        name.try_into().with_context(|| format!("DNS SAN {name:?}"))?,
-    ))
+    Ok(SanType::DnsName(name.try_into().with_context(|| format!("DNS SAN {name:?}"))?))
 }
 
 /// Parameters of a SPIFFE signing certificate (root or intermediate): `cA=true`, critical
 /// key usage keyCertSign + cRLSign, a subject key identifier (rcgen writes it for CAs), an
 /// authority key identifier when `signed` and one URI SAN naming the trust domain.
-pub fn ca_params(common_name: &str, uri: &str, path_len: Option<u8>, signed: bool) -> Result<CertificateParams> {
+pub fn ca_params(
+    common_name: &str,
+    uri: &str,
+    path_len: Option<u8>,
+    signed: bool,
+) -> Result<CertificateParams> {
     let mut params = CertificateParams::default();
     params.distinguished_name = subject(common_name);
     params.not_before = valid_from();
@@ -102,10 +103,8 @@ pub fn leaf_params(common_name: &str, uri: &str) -> Result<CertificateParams> {
     params.not_after = valid_until();
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
+    params.extended_key_usages =
+        vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
     params.subject_alt_names = vec![uri_san(uri)?];
     params.use_authority_key_identifier_extension = true;
     Ok(params)
@@ -122,9 +121,7 @@ pub fn root(params: CertificateParams) -> Result<Authority> {
 /// A CA signed by `parent` (an intermediate, or a "CA" that breaks a signing-cert rule).
 pub fn sub_ca(params: CertificateParams, parent: &Authority) -> Result<Authority> {
     let key = new_key()?;
-    let cert = params
-        .signed_by(&key, &parent.issuer)
-        .context("signing an intermediate")?;
+    let cert = params.signed_by(&key, &parent.issuer).context("signing an intermediate")?;
     let key_pem = key.serialize_pem();
     Ok(Authority { cert, key_pem, issuer: Issuer::new(params, key) })
 }
@@ -145,14 +142,18 @@ pub fn leaf_with_key(params: &CertificateParams, key: KeyPair, parent: &Authorit
 pub fn key_usage_extension(first_octet: u8, critical: bool) -> CustomExtension {
     // BIT STRING: tag 03, length 02, number of unused trailing bits, the bits.
     let unused = first_octet.trailing_zeros().min(7) as u8;
-    let mut ext = CustomExtension::from_oid_content(OID_KEY_USAGE, vec![0x03, 0x02, unused, first_octet]);
+    let mut ext =
+        CustomExtension::from_oid_content(OID_KEY_USAGE, vec![0x03, 0x02, unused, first_octet]);
     ext.set_criticality(critical);
     ext
 }
 
 /// A SubjectKeyIdentifier extension for `key`, for leaves that rcgen would write without one
 /// (rcgen adds it only together with BasicConstraints).
-pub fn subject_key_id_extension(params: &CertificateParams, key: &KeyPair) -> Result<CustomExtension> {
+pub fn subject_key_id_extension(
+    params: &CertificateParams,
+    key: &KeyPair,
+) -> Result<CustomExtension> {
     let id = params.key_identifier(key);
     let len = u8::try_from(id.len()).context("key identifier too long")?;
     let mut content = vec![0x04, len];
