@@ -1,1 +1,31 @@
-fn main() {}
+//! `keycard-certs-dev [OUT_DIR]`: writes the development PKI (see certs-dev/README.md) into
+//! OUT_DIR, `certs-dev` by default. The keys it writes are public: development only.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+
+fn main() -> Result<()> {
+    let mut args = std::env::args_os().skip(1);
+    let out_dir = match (args.next(), args.next()) {
+        (None, _) => PathBuf::from("certs-dev"),
+        (Some(arg), None) if arg == "-h" || arg == "--help" => {
+            println!("usage: keycard-certs-dev [OUT_DIR]   (default: certs-dev)");
+            println!(
+                "Writes development-only certificates and keys; never use them in production."
+            );
+            return Ok(());
+        }
+        (Some(dir), None) => PathBuf::from(dir),
+        (Some(_), Some(_)) => bail!("usage: keycard-certs-dev [OUT_DIR]"),
+    };
+    let manifest = keycard_certs_dev::generate(&out_dir)
+        .with_context(|| format!("generating the development PKI into {}", out_dir.display()))?;
+    println!(
+        "wrote {} files into {} (development only: the keys are public)",
+        manifest.files().len(),
+        out_dir.display()
+    );
+    Ok(())
+}
