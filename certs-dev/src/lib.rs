@@ -19,8 +19,7 @@ mod pki;
 
 #[cfg(test)]
 mod openssl_tests;
-// TODO(lead): enable once keycard_workload_api::x509 is merged (change `any()` to `test`).
-#[cfg(any())]
+#[cfg(test)]
 mod validator_tests;
 
 use std::path::{Path, PathBuf};

@@ -1,13 +1,11 @@
 //! Every checked-in and freshly generated bad vector must be rejected by the workload-api
 //! X509-SVID validator with exactly the variant the manifest names, and every good SVID must
 //! be accepted.
-//!
-//! TODO(lead): this module is compiled out (`#[cfg(any())]` in lib.rs) because
-//! `keycard_workload_api::x509` is written on another branch. At merge, switch the `cfg` to
-//! `test` and adapt the four calls marked ADAPT to the real API; the assertions stay.
 
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use rustls_pki_types::{CertificateDer, UnixTime};
 
 use keycard_workload_api::TrustDomain;
 use keycard_workload_api::x509::{X509Bundle, X509BundleSet, X509Svid, X509SvidError};
@@ -16,8 +14,8 @@ use crate::{Manifest, generate};
 
 /// A fixed "now" inside the validity of the good material (2026-01-01T00:00:00Z) but after
 /// `expired` ended and before `not-yet-valid` starts.
-fn now() -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(1_767_225_600)
+fn now() -> UnixTime {
+    UnixTime::since_unix_epoch(Duration::from_secs(1_767_225_600))
 }
 
 /// The certificates of a PEM file as DER, in order (a truncated block stays truncated).
@@ -28,11 +26,12 @@ fn ders(path: &Path) -> Vec<Vec<u8>> {
 
 /// The bundles of both trust domains.
 fn bundles(dir: &Path) -> X509BundleSet {
-    let mut set = X509BundleSet::new(); // ADAPT
+    let mut set = X509BundleSet::new();
     for td in &Manifest::describe().trust_domains {
         let trust_domain = TrustDomain::new(&td.trust_domain).unwrap();
         let roots = ders(&dir.join(&td.bundle));
-        set.insert(X509Bundle::new(trust_domain, roots).unwrap()); // ADAPT
+        let roots = roots.into_iter().map(CertificateDer::from);
+        set.insert(X509Bundle::from_authorities(trust_domain, roots).unwrap());
     }
     set
 }
@@ -46,8 +45,8 @@ fn validate(
 ) -> Result<(), X509SvidError> {
     let chain_der: Vec<u8> = ders(&dir.join(chain)).concat();
     let key_der = ders(&dir.join(key)).concat();
-    let svid = X509Svid::parse(&chain_der, &key_der)?; // ADAPT
-    svid.validate(set, now()).map(|_| ()) // ADAPT
+    let svid = X509Svid::parse_der(&chain_der, &key_der)?;
+    svid.validate(set, now())
 }
 
 /// The variant name of an error, from its `Debug` form (`Variant`, `Variant(..)`, `Variant {..}`).
