@@ -3,13 +3,29 @@
 //! # Layout
 //! - [`spiffe_id`]: `SpiffeId` and `TrustDomain`, parsed by the SPIFFE-ID standard's rules.
 //! - [`x509`]: X509-SVIDs and X.509 bundles, validated by the X509-SVID standard's rules.
+//! - [`jwk`]: public keys as JWKs (EC P-256/P-384, RSA, Ed25519), SPKI conversion, JWS verify.
+//! - [`jws`]: compact JWS encoding/decoding, `JwsAlg`, the `JwsSigner` trait, `Es256Signer`.
+//! - [`jwt_bundle`]: `JwtBundle` (JWT authorities by `kid`) and `JwtBundleSet` (by trust domain).
+//! - [`bundle_json`]: `SpiffeBundle`, the SPIFFE bundle JWK Set format, both ways.
+//! - [`jwt_svid`]: JWT-SVID validation against a `JwtBundleSet`, and signing.
+//! - [`proto`]: the Workload API wire types and tonic stubs (service `SpiffeWorkloadAPI`).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod bundle_json;
+pub mod jwk;
+pub mod jws;
+pub mod jwt_bundle;
+pub mod jwt_svid;
 pub mod proto;
 pub mod spiffe_id;
 pub mod x509;
 
+pub use bundle_json::{BundleJsonError, SpiffeBundle};
+pub use jwk::{EcCurve, Jwk, JwkError, JwkParams};
+pub use jws::{Es256Signer, JwsAlg, JwsError, JwsSigner};
+pub use jwt_bundle::{JwtBundle, JwtBundleError, JwtBundleSet};
+pub use jwt_svid::{JwtSvid, JwtSvidError, encode_jwt_svid, validate_jwt_svid};
 pub use spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain};
 pub use x509::{
     X509Bundle, X509BundleError, X509BundleSet, X509Svid, X509SvidError, spiffe_id_of, verify_chain,
