@@ -2,4 +2,12 @@
 //!
 //! # Layout
 //! - `main.rs`: the `keycard` command line.
+//! - [`clock`]: the `Clock` trait (system clock, manual test clock); all time goes through it.
+//! - [`fsutil`]: atomic private file writes (temp file, fsync, rename, fsync directory).
+//! - [`ca`]: signing: key managers (memory, disk), the X.509 authority (self-signed or
+//!   signed by an upstream CA on disk), SVID templates and CSR checks.
 #![forbid(unsafe_code)]
+
+pub mod ca;
+pub mod clock;
+pub mod fsutil;
