@@ -5,7 +5,8 @@
 //! - [`clock`]: the `Clock` trait (system clock, manual test clock); all time goes through it.
 //! - [`fsutil`]: atomic private file writes (temp file, fsync, rename, fsync directory).
 //! - [`ca`]: signing: key managers (memory, disk), the X.509 authority (self-signed or
-//!   signed by an upstream CA on disk), SVID templates and CSR checks.
+//!   signed by an upstream CA on disk), SVID templates and CSR checks, the JWT authority,
+//!   the authority journal and the rotation manager.
 #![forbid(unsafe_code)]
 
 pub mod ca;

@@ -8,18 +8,29 @@
 //! - [`csr`]: [`verify_csr`] turns an untrusted CSR into a [`VerifiedCsr`] that carries
 //!   nothing but a checked public key.
 //!
+//! - [`jwt_authority`]: [`JwtAuthority`], an ECDSA key with a `kid` that mints JWT-SVIDs.
+//! - [`journal`]: the authority journal (prepared / active / old, taint, revoke), saved
+//!   atomically; [`manager`]: [`CaManager`], which runs the rotation schedule over both
+//!   kinds of authority, self-tests new ones, and builds the bundle.
+//!
 //! Every rule a caller can break has its own [`CaError`] variant.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 pub mod csr;
 pub mod disk_keys;
+pub mod journal;
+pub mod jwt_authority;
 pub mod keys;
+pub mod manager;
+mod selftest;
 pub mod template;
 pub mod upstream;
 pub mod x509_authority;
 
+#[cfg(test)]
+mod rotation_tests;
 #[cfg(test)]
 mod svid_tests;
 #[cfg(test)]
@@ -27,7 +38,10 @@ mod upstream_tests;
 
 pub use csr::{DEFAULT_MAX_CSR_LEN, VerifiedCsr, check_public_key, verify_csr};
 pub use disk_keys::DiskKeyManager;
+pub use journal::{AuthorityKind, SlotState};
+pub use jwt_authority::{JwtAuthority, MintedJwtSvid};
 pub use keys::{KeyId, KeyManager, KeyType, MemoryKeyManager, SigningKey};
+pub use manager::{AuthorityStatus, CaConfig, CaManager, IssuedX509Svid};
 pub use upstream::UpstreamAuthority;
 pub use x509_authority::{
     AuthorityOptions, DEFAULT_BACKDATE, DEFAULT_CA_COMMON_NAME, SignedSvid, SvidRequest,
@@ -136,9 +150,34 @@ pub enum CaError {
     /// The cryptographic library failed to sign or generate (not caused by the input).
     #[error("signing failed: {0}")]
     Signing(String),
+    /// A JWT-SVID was asked for without an audience (or with an empty one).
+    #[error("a JWT-SVID needs at least one non-empty audience")]
+    MissingAudience,
+    /// Nothing can sign: the CA has no active authority of the kind asked for.
+    #[error("the CA has no active authority; check the server log for rotation errors")]
+    NoActiveAuthority,
+    /// The journal names an authority whose key is not in the key manager.
+    #[error("the key {0} of an authority in the journal is missing from the key directory")]
+    MissingAuthorityKey(String),
+    /// A new authority failed its self-test and was not activated.
+    #[error("authority self-test failed: {0}")]
+    SelfTest(String),
+    /// The authority journal refused an operation or could not be read or written.
+    #[error(transparent)]
+    Journal(#[from] journal::JournalError),
 }
 
 impl CaError {
+    /// The error for an authority used outside its validity, with both ends as RFC 3339.
+    pub(crate) fn not_valid_now(not_before: SystemTime, not_after: SystemTime) -> Self {
+        let fmt = |t: SystemTime| {
+            time::OffsetDateTime::from(t)
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_else(|_| format!("{t:?}"))
+        };
+        CaError::CaNotValidNow { not_before: fmt(not_before), not_after: fmt(not_after) }
+    }
+
     /// Wraps an I/O error with the path it happened on.
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();

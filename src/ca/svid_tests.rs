@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use keycard_workload_api::{SpiffeId, TrustDomain};
+use keycard_workload_api::{SpiffeId, TrustDomain, X509Bundle, X509BundleSet, X509Svid};
 use proptest::prelude::*;
-use rustls_pki_types::{CertificateDer, SubjectPublicKeyInfoDer, UnixTime};
+use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer, SubjectPublicKeyInfoDer, UnixTime};
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
@@ -272,7 +272,21 @@ fn every_minted_svid_verifies_and_names_its_id() {
                 cert.validity().not_after.timestamp(),
                 secs(clock.now()) + expected_ttl
             );
-            // lead: add workload-api validator check here
+            // The workload-api validator (every X509-SVID rule plus the key match) agrees.
+            let key_der = PrivatePkcs8KeyDer::from(key.pkcs8_der().secret_pkcs8_der().to_vec());
+            let x509_svid = X509Svid::from_der(svid.chain_without_root.clone(), key_der).unwrap();
+            let bundle = X509Bundle::from_authorities(td(), [ca.root().clone()]).unwrap();
+            let bundles: X509BundleSet = [bundle].into_iter().collect();
+            let now = UnixTime::since_unix_epoch(clock.now().duration_since(UNIX_EPOCH).unwrap());
+            x509_svid.validate(&bundles, now).unwrap();
+            // And so does openssl, an independent verifier.
+            let dir = tempfile::tempdir().unwrap();
+            super::upstream_tests::openssl_verify(
+                dir.path(),
+                ca.root(),
+                &svid.chain_without_root,
+                clock.now(),
+            );
             Ok(())
         })
         .unwrap();

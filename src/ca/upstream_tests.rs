@@ -161,7 +161,7 @@ fn reload_from_disk_keeps_the_same_certificate_and_key() {
 }
 
 /// Runs `openssl verify -x509_strict` on a chain (leaf first) against `root`, at time `at`.
-fn openssl_verify(
+pub(super) fn openssl_verify(
     dir: &Path,
     root: &CertificateDer<'_>,
     chain: &[CertificateDer<'_>],

@@ -339,15 +339,7 @@ impl X509Authority {
     }
 
     fn not_valid_now(&self) -> CaError {
-        let fmt = |t: SystemTime| {
-            cert_time(t)
-                .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-                .unwrap_or_else(|| format!("{t:?}"))
-        };
-        CaError::CaNotValidNow {
-            not_before: fmt(self.info.not_before),
-            not_after: fmt(self.info.not_after),
-        }
+        CaError::not_valid_now(self.info.not_before, self.info.not_after)
     }
 }
 

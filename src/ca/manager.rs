@@ -1,0 +1,507 @@
+//! The CA manager: the server's signing authorities over time.
+//!
+//! It owns the authority journal and the loaded X.509 and JWT authorities, signs with the
+//! active ones, and runs the rotation schedule whenever [`CaManager::rotate`] is called
+//! (the server calls it on a timer; tests call it on a manual clock):
+//! - no active authority (first start, or everything expired while the server was down):
+//!   make one and activate it at once;
+//! - the active one is half-way through its life: prepare the next one, which is published
+//!   in the bundle from that moment;
+//! - a sixth of the active one's life remains: self-test the prepared one (it must sign a
+//!   throw-away SVID that verifies against the bundle) and activate it;
+//! - old authorities that have expired leave the bundle.
+//!
+//! Operators can do the same by hand (prepare, activate) and also taint and revoke. Every
+//! change is saved to the journal before it takes effect and emits one audit event.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, SystemTime};
+
+use keycard_workload_api::{JwtBundle, SpiffeBundle, SpiffeId, TrustDomain, X509Bundle};
+use rustls_pki_types::CertificateDer;
+
+use super::journal::{AuthorityKind, AuthorityRecord, Journal, SlotState, unix_ms};
+use super::jwt_authority::{JwtAuthority, MintedJwtSvid, new_kid};
+use super::selftest;
+use super::{
+    AuthorityOptions, CaError, KeyId, KeyManager, KeyType, SignedSvid, SvidRequest,
+    UpstreamAuthority, X509Authority,
+};
+use crate::clock::Clock;
+
+/// What the CA manager needs to know, from the server's configuration.
+#[derive(Debug, Clone)]
+pub struct CaConfig {
+    /// The trust domain every authority issues for.
+    pub trust_domain: TrustDomain,
+    /// Key type of X.509 authorities.
+    pub x509_key_type: KeyType,
+    /// Key type of JWT authorities (ECDSA only).
+    pub jwt_key_type: KeyType,
+    /// Lifetime of every authority.
+    pub ca_ttl: Duration,
+    /// How far certificates' `notBefore` is backdated for clock skew.
+    pub backdate: Duration,
+    /// When set, X.509 authorities are intermediates under this upstream CA.
+    pub upstream: Option<Arc<UpstreamAuthority>>,
+    /// `spiffe_refresh_hint` published with the bundle.
+    pub refresh_hint: Duration,
+}
+
+/// One authority as reported to operators.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthorityStatus {
+    /// X.509 or JWT.
+    pub kind: AuthorityKind,
+    /// Subject key ID (hex) or `kid`.
+    pub id: String,
+    /// Prepared, active or old.
+    pub state: SlotState,
+    /// Whether an operator tainted it.
+    pub tainted: bool,
+    /// When it was made.
+    pub issued_at: SystemTime,
+    /// When it expires.
+    pub not_after: SystemTime,
+}
+
+/// An X.509-SVID with the ID of the authority that signed it.
+#[derive(Debug, Clone)]
+pub struct IssuedX509Svid {
+    /// The certificate and its chain.
+    pub svid: SignedSvid,
+    /// The signing authority's ID.
+    pub authority_id: String,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    journal: Journal,
+    x509: BTreeMap<String, Arc<X509Authority>>,
+    jwt: BTreeMap<String, Arc<JwtAuthority>>,
+}
+
+/// The server's signing authorities; see the module documentation.
+#[derive(Debug)]
+pub struct CaManager {
+    config: CaConfig,
+    keys: Arc<dyn KeyManager>,
+    clock: Arc<dyn Clock>,
+    /// Where the journal is saved; `None` keeps it in memory only (tests, throw-away CAs).
+    journal_path: Option<PathBuf>,
+    state: RwLock<State>,
+}
+
+impl CaManager {
+    /// Loads the journal and every authority it names, then runs the schedule once so that
+    /// active authorities exist.
+    pub fn open(
+        config: CaConfig,
+        keys: Arc<dyn KeyManager>,
+        clock: Arc<dyn Clock>,
+        journal_path: Option<PathBuf>,
+    ) -> Result<Self, CaError> {
+        let journal = match &journal_path {
+            Some(path) => Journal::load(path)?,
+            None => Journal::default(),
+        };
+        let mut state = State { journal, ..State::default() };
+        for record in state.journal.x509.records.clone() {
+            let key = load_key(keys.as_ref(), &record)?;
+            let upstream = record.upstream_chain.iter().cloned().map(CertificateDer::from);
+            let cert = CertificateDer::from(record.public_der.clone());
+            let authority = X509Authority::load(cert, upstream.collect(), key, config.backdate)?;
+            state.x509.insert(record.id.clone(), Arc::new(authority));
+        }
+        for record in state.journal.jwt.records.clone() {
+            let key = load_key(keys.as_ref(), &record)?;
+            let td = config.trust_domain.clone();
+            let authority = JwtAuthority::new(
+                td,
+                record.id.clone(),
+                key,
+                record.issued_at(),
+                record.not_after(),
+            )?;
+            state.jwt.insert(record.id.clone(), Arc::new(authority));
+        }
+        let manager = Self { config, keys, clock, journal_path, state: RwLock::new(state) };
+        manager.rotate()?;
+        Ok(manager)
+    }
+
+    /// The trust domain.
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.config.trust_domain
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs the rotation schedule for both kinds; returns whether anything changed.
+    pub fn rotate(&self) -> Result<bool, CaError> {
+        let mut changed = false;
+        for kind in [AuthorityKind::X509, AuthorityKind::Jwt] {
+            changed |= self.rotate_kind(kind)?;
+        }
+        Ok(changed)
+    }
+
+    fn rotate_kind(&self, kind: AuthorityKind) -> Result<bool, CaError> {
+        let now = self.clock.now();
+        let mut state = self.write();
+        let mut next = state.journal.clone();
+        let mut bundle_changed = false;
+        let mut removed = Vec::new();
+        let active = next.set(kind).active().cloned();
+        let expired = active.as_ref().is_none_or(|a| a.not_after() <= now);
+        let mut new_authority = None;
+        if expired {
+            // Nothing can sign: activate the prepared authority if it is still good, or
+            // make a new one and activate it at once.
+            if let Some(old) = &active {
+                tracing::warn!(target: "keycard::audit", event = "authority_expired",
+                    kind = ?kind, id = %old.id, "active authority expired; replacing it now");
+            }
+            let prepared = next.set(kind).prepared().cloned();
+            let successor = match prepared {
+                Some(p) if p.not_after() > now => p.id,
+                stale => {
+                    if let Some(stale) = stale {
+                        let set = next.set_mut(kind);
+                        set.records.retain(|r| r.id != stale.id);
+                        removed.push(stale);
+                    }
+                    let (record, authority) = self.create(kind, now)?;
+                    let id = record.id.clone();
+                    next.set_mut(kind).add(record)?;
+                    new_authority = Some(authority);
+                    id
+                }
+            };
+            if next.set(kind).active().map(|a| &a.id) != Some(&successor) {
+                next.set_mut(kind).activate(kind, &successor)?;
+            }
+            bundle_changed = true;
+        } else if let Some(active) = active {
+            if next.set(kind).prepared().is_none() && now >= active.prepare_at() {
+                let (record, authority) = self.create(kind, now)?;
+                next.set_mut(kind).add(record)?;
+                new_authority = Some(authority);
+                bundle_changed = true;
+            } else if let Some(prepared) = next.set(kind).prepared().cloned()
+                && now >= active.activate_at()
+            {
+                self.self_test(&state, kind, &prepared.id, now)?;
+                next.set_mut(kind).activate(kind, &prepared.id)?;
+            }
+        }
+        let pruned = next.set_mut(kind).prune_expired(now);
+        bundle_changed |= !pruned.is_empty();
+        removed.extend(pruned);
+        if next == state.journal {
+            return Ok(false);
+        }
+        if bundle_changed {
+            next.bundle_sequence += 1;
+        }
+        self.commit(&mut state, next, new_authority)?;
+        for record in removed {
+            self.forget(&mut state, kind, &record);
+        }
+        drop(state);
+        self.audit_slots(kind, "rotation");
+        Ok(true)
+    }
+
+    /// Makes a new authority of `kind` (not yet in the journal).
+    fn create(
+        &self,
+        kind: AuthorityKind,
+        now: SystemTime,
+    ) -> Result<(AuthorityRecord, Loaded), CaError> {
+        let key_id = KeyId::new(&format!("{}-{}", kind_name(kind), new_kid().to_lowercase()))?;
+        match kind {
+            AuthorityKind::X509 => {
+                let key = self.keys.generate(&key_id, self.config.x509_key_type)?;
+                let opts = AuthorityOptions {
+                    backdate: self.config.backdate,
+                    ..AuthorityOptions::new(self.config.trust_domain.clone(), self.config.ca_ttl)
+                };
+                let authority = match &self.config.upstream {
+                    None => X509Authority::self_signed(&opts, key, self.clock.as_ref())?,
+                    Some(up) => {
+                        X509Authority::signed_by_upstream(&opts, key, up, self.clock.as_ref())?
+                    }
+                };
+                let id = hex::encode(authority.subject_key_id().unwrap_or_default());
+                let record = AuthorityRecord {
+                    id: id.clone(),
+                    key_id: key_id.as_str().to_owned(),
+                    state: SlotState::Prepared,
+                    tainted: false,
+                    issued_at_ms: unix_ms(now),
+                    not_after_ms: unix_ms(authority.not_after()),
+                    public_der: authority.certificate().to_vec(),
+                    upstream_chain: authority.upstream_chain().iter().map(|c| c.to_vec()).collect(),
+                };
+                Ok((record, Loaded::X509(id, Arc::new(authority))))
+            }
+            AuthorityKind::Jwt => {
+                let key = self.keys.generate(&key_id, self.config.jwt_key_type)?;
+                let kid = new_kid();
+                let not_after = now + self.config.ca_ttl;
+                let td = self.config.trust_domain.clone();
+                let authority = JwtAuthority::new(td, kid.clone(), key.clone(), now, not_after)?;
+                let record = AuthorityRecord {
+                    id: kid.clone(),
+                    key_id: key_id.as_str().to_owned(),
+                    state: SlotState::Prepared,
+                    tainted: false,
+                    issued_at_ms: unix_ms(now),
+                    not_after_ms: unix_ms(not_after),
+                    public_der: key.public_key_der(),
+                    upstream_chain: Vec::new(),
+                };
+                Ok((record, Loaded::Jwt(kid, Arc::new(authority))))
+            }
+        }
+    }
+
+    fn self_test(
+        &self,
+        state: &State,
+        kind: AuthorityKind,
+        id: &str,
+        now: SystemTime,
+    ) -> Result<(), CaError> {
+        match kind {
+            AuthorityKind::X509 => {
+                let authority = state.x509.get(id).ok_or_else(|| missing(kind, id))?;
+                let bundle = self.x509_bundle_of(&state.journal);
+                selftest::x509(authority, &bundle, self.clock.as_ref())
+            }
+            AuthorityKind::Jwt => {
+                let authority = state.jwt.get(id).ok_or_else(|| missing(kind, id))?;
+                selftest::jwt(authority, now)
+            }
+        }
+    }
+
+    /// Saves `next` as the journal, then makes it (and a new authority) current.
+    fn commit(&self, state: &mut State, next: Journal, new: Option<Loaded>) -> Result<(), CaError> {
+        if let Some(path) = &self.journal_path {
+            next.save(path)?;
+        }
+        state.journal = next;
+        match new {
+            Some(Loaded::X509(id, a)) => {
+                state.x509.insert(id, a);
+            }
+            Some(Loaded::Jwt(id, a)) => {
+                state.jwt.insert(id, a);
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// Drops a removed authority from memory and deletes its key.
+    fn forget(&self, state: &mut State, kind: AuthorityKind, record: &AuthorityRecord) {
+        match kind {
+            AuthorityKind::X509 => {
+                state.x509.remove(&record.id);
+            }
+            AuthorityKind::Jwt => {
+                state.jwt.remove(&record.id);
+            }
+        }
+        if let Ok(key_id) = KeyId::new(&record.key_id)
+            && let Err(e) = self.keys.delete(&key_id)
+        {
+            tracing::warn!(id = %record.id, error = %e, "could not delete a removed authority's key");
+        }
+    }
+
+    fn audit_slots(&self, kind: AuthorityKind, cause: &str) {
+        let state = self.read();
+        let set = state.journal.set(kind);
+        tracing::info!(
+            target: "keycard::audit",
+            event = "authority_change",
+            cause,
+            kind = ?kind,
+            active = set.active().map(|r| r.id.as_str()).unwrap_or("-"),
+            prepared = set.prepared().map(|r| r.id.as_str()).unwrap_or("-"),
+            published = set.records.len(),
+            bundle_sequence = state.journal.bundle_sequence,
+        );
+    }
+
+    /// Prepares a new authority of `kind` by hand; returns its ID.
+    pub fn prepare(&self, kind: AuthorityKind) -> Result<String, CaError> {
+        let now = self.clock.now();
+        let mut state = self.write();
+        let mut next = state.journal.clone();
+        if let Some(p) = next.set(kind).prepared() {
+            return Err(super::journal::JournalError::AlreadyPrepared(p.id.clone()).into());
+        }
+        let (record, authority) = self.create(kind, now)?;
+        let id = record.id.clone();
+        next.set_mut(kind).add(record)?;
+        next.bundle_sequence += 1;
+        self.commit(&mut state, next, Some(authority))?;
+        drop(state);
+        self.audit_slots(kind, "prepare");
+        Ok(id)
+    }
+
+    /// Activates the prepared authority `id` by hand, after its self-test.
+    pub fn activate(&self, kind: AuthorityKind, id: &str) -> Result<(), CaError> {
+        let now = self.clock.now();
+        let mut state = self.write();
+        let mut next = state.journal.clone();
+        next.set_mut(kind).activate(kind, id)?;
+        self.self_test(&state, kind, id, now)?;
+        self.commit(&mut state, next, None)?;
+        drop(state);
+        self.audit_slots(kind, "activate");
+        Ok(())
+    }
+
+    /// Taints the old authority `id`: agents renew what it signed early.
+    pub fn taint(&self, kind: AuthorityKind, id: &str) -> Result<(), CaError> {
+        let mut state = self.write();
+        let mut next = state.journal.clone();
+        next.set_mut(kind).taint(kind, id)?;
+        next.bundle_sequence += 1;
+        self.commit(&mut state, next, None)?;
+        drop(state);
+        self.audit_slots(kind, "taint");
+        Ok(())
+    }
+
+    /// Revokes the tainted, non-active authority `id`: it leaves the bundle for good.
+    pub fn revoke(&self, kind: AuthorityKind, id: &str) -> Result<(), CaError> {
+        let mut state = self.write();
+        let mut next = state.journal.clone();
+        let record = next.set_mut(kind).revoke(kind, id)?;
+        next.bundle_sequence += 1;
+        self.commit(&mut state, next, None)?;
+        self.forget(&mut state, kind, &record);
+        drop(state);
+        self.audit_slots(kind, "revoke");
+        Ok(())
+    }
+
+    /// Every authority of `kind`, oldest first.
+    pub fn authorities(&self, kind: AuthorityKind) -> Vec<AuthorityStatus> {
+        let state = self.read();
+        state
+            .journal
+            .set(kind)
+            .records
+            .iter()
+            .map(|r| AuthorityStatus {
+                kind,
+                id: r.id.clone(),
+                state: r.state,
+                tainted: r.tainted,
+                issued_at: r.issued_at(),
+                not_after: r.not_after(),
+            })
+            .collect()
+    }
+
+    /// Signs an X.509-SVID with the active authority.
+    pub fn sign_x509_svid(&self, req: &SvidRequest) -> Result<IssuedX509Svid, CaError> {
+        let state = self.read();
+        let active = state.journal.x509.active().ok_or(CaError::NoActiveAuthority)?;
+        let authority = state.x509.get(&active.id).ok_or(CaError::NoActiveAuthority)?;
+        let svid = authority.sign_x509_svid(req, self.clock.as_ref())?;
+        Ok(IssuedX509Svid { svid, authority_id: active.id.clone() })
+    }
+
+    /// Signs a JWT-SVID with the active JWT authority.
+    pub fn sign_jwt_svid(
+        &self,
+        spiffe_id: &SpiffeId,
+        audiences: &[String],
+        ttl: Duration,
+    ) -> Result<MintedJwtSvid, CaError> {
+        let state = self.read();
+        let active = state.journal.jwt.active().ok_or(CaError::NoActiveAuthority)?;
+        let authority = state.jwt.get(&active.id).ok_or(CaError::NoActiveAuthority)?;
+        authority.sign_jwt_svid(spiffe_id, audiences, ttl, self.clock.now())
+    }
+
+    fn x509_bundle_of(&self, journal: &Journal) -> X509Bundle {
+        let mut bundle = X509Bundle::new(self.config.trust_domain.clone());
+        let roots: Vec<CertificateDer<'static>> = match &self.config.upstream {
+            Some(up) => vec![up.root().clone()],
+            None => journal.x509.records.iter().map(|r| r.public_der.clone().into()).collect(),
+        };
+        for root in roots {
+            // A record's certificate was parsed when it was made or loaded.
+            let _ = bundle.add_authority(root);
+        }
+        bundle
+    }
+
+    /// The trust domain's bundle: every authority not revoked or expired, with the
+    /// sequence number that rises on every change.
+    pub fn bundle(&self) -> Result<SpiffeBundle, CaError> {
+        let state = self.read();
+        let x509 = self.x509_bundle_of(&state.journal);
+        let mut jwt = JwtBundle::new(self.config.trust_domain.clone());
+        for (kid, authority) in &state.jwt {
+            jwt.add_authority(kid.clone(), authority.public_key().clone())
+                .map_err(|e| CaError::Signing(e.to_string()))?;
+        }
+        SpiffeBundle::from_parts(
+            &x509,
+            &jwt,
+            Some(state.journal.bundle_sequence),
+            Some(self.config.refresh_hint),
+        )
+        .map_err(|e| CaError::Signing(e.to_string()))
+    }
+
+    /// IDs of tainted X.509 authorities: agents renew SVIDs they signed.
+    pub fn tainted_x509_authorities(&self) -> Vec<String> {
+        let state = self.read();
+        state.journal.x509.records.iter().filter(|r| r.tainted).map(|r| r.id.clone()).collect()
+    }
+}
+
+/// A newly made authority, before it is stored in the manager.
+enum Loaded {
+    X509(String, Arc<X509Authority>),
+    Jwt(String, Arc<JwtAuthority>),
+}
+
+fn kind_name(kind: AuthorityKind) -> &'static str {
+    match kind {
+        AuthorityKind::X509 => "x509",
+        AuthorityKind::Jwt => "jwt",
+    }
+}
+
+fn missing(kind: AuthorityKind, id: &str) -> CaError {
+    super::journal::JournalError::Unknown { kind, id: id.to_owned() }.into()
+}
+
+fn load_key(
+    keys: &dyn KeyManager,
+    record: &AuthorityRecord,
+) -> Result<Arc<super::SigningKey>, CaError> {
+    let key_id = KeyId::new(&record.key_id)?;
+    keys.get(&key_id)?.ok_or_else(|| CaError::MissingAuthorityKey(record.key_id.clone()))
+}
