@@ -15,19 +15,16 @@
 //! change is saved to the journal before it takes effect and emits one audit event.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, SystemTime};
 
 use keycard_workload_api::{JwtBundle, SpiffeBundle, SpiffeId, TrustDomain, X509Bundle};
 use rustls_pki_types::CertificateDer;
 
-use super::journal::{AuthorityKind, AuthorityRecord, Journal, SlotState, unix_ms};
-use super::jwt_authority::{JwtAuthority, MintedJwtSvid, new_kid};
-use super::selftest;
+use super::journal::{AuthorityKind, AuthorityRecord, Journal, JournalStore, SlotState};
+use super::jwt_authority::{JwtAuthority, MintedJwtSvid};
 use super::{
-    AuthorityOptions, CaError, KeyId, KeyManager, KeyType, SignedSvid, SvidRequest,
-    UpstreamAuthority, X509Authority,
+    CaError, KeyId, KeyManager, KeyType, SignedSvid, SvidRequest, UpstreamAuthority, X509Authority,
 };
 use crate::clock::Clock;
 
@@ -77,21 +74,21 @@ pub struct IssuedX509Svid {
 }
 
 #[derive(Debug, Default)]
-struct State {
-    journal: Journal,
-    x509: BTreeMap<String, Arc<X509Authority>>,
-    jwt: BTreeMap<String, Arc<JwtAuthority>>,
+pub(super) struct State {
+    pub(super) journal: Journal,
+    pub(super) x509: BTreeMap<String, Arc<X509Authority>>,
+    pub(super) jwt: BTreeMap<String, Arc<JwtAuthority>>,
 }
 
 /// The server's signing authorities; see the module documentation.
 #[derive(Debug)]
 pub struct CaManager {
-    config: CaConfig,
-    keys: Arc<dyn KeyManager>,
-    clock: Arc<dyn Clock>,
-    /// Where the journal is saved; `None` keeps it in memory only (tests, throw-away CAs).
-    journal_path: Option<PathBuf>,
-    state: RwLock<State>,
+    pub(super) config: CaConfig,
+    pub(super) keys: Arc<dyn KeyManager>,
+    pub(super) clock: Arc<dyn Clock>,
+    /// Where the journal is saved before any change takes effect.
+    pub(super) journal_store: Arc<dyn JournalStore>,
+    pub(super) state: RwLock<State>,
 }
 
 impl CaManager {
@@ -101,12 +98,9 @@ impl CaManager {
         config: CaConfig,
         keys: Arc<dyn KeyManager>,
         clock: Arc<dyn Clock>,
-        journal_path: Option<PathBuf>,
+        journal_store: Arc<dyn JournalStore>,
     ) -> Result<Self, CaError> {
-        let journal = match &journal_path {
-            Some(path) => Journal::load(path)?,
-            None => Journal::default(),
-        };
+        let journal = journal_store.load()?;
         let mut state = State { journal, ..State::default() };
         for record in state.journal.x509.records.clone() {
             let key = load_key(keys.as_ref(), &record)?;
@@ -127,7 +121,7 @@ impl CaManager {
             )?;
             state.jwt.insert(record.id.clone(), Arc::new(authority));
         }
-        let manager = Self { config, keys, clock, journal_path, state: RwLock::new(state) };
+        let manager = Self { config, keys, clock, journal_store, state: RwLock::new(state) };
         manager.rotate()?;
         Ok(manager)
     }
@@ -137,169 +131,22 @@ impl CaManager {
         &self.config.trust_domain
     }
 
-    fn read(&self) -> RwLockReadGuard<'_, State> {
+    pub(super) fn read(&self) -> RwLockReadGuard<'_, State> {
         self.state.read().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, State> {
+    pub(super) fn write(&self) -> RwLockWriteGuard<'_, State> {
         self.state.write().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Runs the rotation schedule for both kinds; returns whether anything changed.
-    pub fn rotate(&self) -> Result<bool, CaError> {
-        let mut changed = false;
-        for kind in [AuthorityKind::X509, AuthorityKind::Jwt] {
-            changed |= self.rotate_kind(kind)?;
-        }
-        Ok(changed)
-    }
-
-    fn rotate_kind(&self, kind: AuthorityKind) -> Result<bool, CaError> {
-        let now = self.clock.now();
-        let mut state = self.write();
-        let mut next = state.journal.clone();
-        let mut bundle_changed = false;
-        let mut removed = Vec::new();
-        let active = next.set(kind).active().cloned();
-        let expired = active.as_ref().is_none_or(|a| a.not_after() <= now);
-        let mut new_authority = None;
-        if expired {
-            // Nothing can sign: activate the prepared authority if it is still good, or
-            // make a new one and activate it at once.
-            if let Some(old) = &active {
-                tracing::warn!(target: "keycard::audit", event = "authority_expired",
-                    kind = ?kind, id = %old.id, "active authority expired; replacing it now");
-            }
-            let prepared = next.set(kind).prepared().cloned();
-            let successor = match prepared {
-                Some(p) if p.not_after() > now => p.id,
-                stale => {
-                    if let Some(stale) = stale {
-                        let set = next.set_mut(kind);
-                        set.records.retain(|r| r.id != stale.id);
-                        removed.push(stale);
-                    }
-                    let (record, authority) = self.create(kind, now)?;
-                    let id = record.id.clone();
-                    next.set_mut(kind).add(record)?;
-                    new_authority = Some(authority);
-                    id
-                }
-            };
-            if next.set(kind).active().map(|a| &a.id) != Some(&successor) {
-                next.set_mut(kind).activate(kind, &successor)?;
-            }
-            bundle_changed = true;
-        } else if let Some(active) = active {
-            if next.set(kind).prepared().is_none() && now >= active.prepare_at() {
-                let (record, authority) = self.create(kind, now)?;
-                next.set_mut(kind).add(record)?;
-                new_authority = Some(authority);
-                bundle_changed = true;
-            } else if let Some(prepared) = next.set(kind).prepared().cloned()
-                && now >= active.activate_at()
-            {
-                self.self_test(&state, kind, &prepared.id, now)?;
-                next.set_mut(kind).activate(kind, &prepared.id)?;
-            }
-        }
-        let pruned = next.set_mut(kind).prune_expired(now);
-        bundle_changed |= !pruned.is_empty();
-        removed.extend(pruned);
-        if next == state.journal {
-            return Ok(false);
-        }
-        if bundle_changed {
-            next.bundle_sequence += 1;
-        }
-        self.commit(&mut state, next, new_authority)?;
-        for record in removed {
-            self.forget(&mut state, kind, &record);
-        }
-        drop(state);
-        self.audit_slots(kind, "rotation");
-        Ok(true)
-    }
-
-    /// Makes a new authority of `kind` (not yet in the journal).
-    fn create(
-        &self,
-        kind: AuthorityKind,
-        now: SystemTime,
-    ) -> Result<(AuthorityRecord, Loaded), CaError> {
-        let key_id = KeyId::new(&format!("{}-{}", kind_name(kind), new_kid().to_lowercase()))?;
-        match kind {
-            AuthorityKind::X509 => {
-                let key = self.keys.generate(&key_id, self.config.x509_key_type)?;
-                let opts = AuthorityOptions {
-                    backdate: self.config.backdate,
-                    ..AuthorityOptions::new(self.config.trust_domain.clone(), self.config.ca_ttl)
-                };
-                let authority = match &self.config.upstream {
-                    None => X509Authority::self_signed(&opts, key, self.clock.as_ref())?,
-                    Some(up) => {
-                        X509Authority::signed_by_upstream(&opts, key, up, self.clock.as_ref())?
-                    }
-                };
-                let id = hex::encode(authority.subject_key_id().unwrap_or_default());
-                let record = AuthorityRecord {
-                    id: id.clone(),
-                    key_id: key_id.as_str().to_owned(),
-                    state: SlotState::Prepared,
-                    tainted: false,
-                    issued_at_ms: unix_ms(now),
-                    not_after_ms: unix_ms(authority.not_after()),
-                    public_der: authority.certificate().to_vec(),
-                    upstream_chain: authority.upstream_chain().iter().map(|c| c.to_vec()).collect(),
-                };
-                Ok((record, Loaded::X509(id, Arc::new(authority))))
-            }
-            AuthorityKind::Jwt => {
-                let key = self.keys.generate(&key_id, self.config.jwt_key_type)?;
-                let kid = new_kid();
-                let not_after = now + self.config.ca_ttl;
-                let td = self.config.trust_domain.clone();
-                let authority = JwtAuthority::new(td, kid.clone(), key.clone(), now, not_after)?;
-                let record = AuthorityRecord {
-                    id: kid.clone(),
-                    key_id: key_id.as_str().to_owned(),
-                    state: SlotState::Prepared,
-                    tainted: false,
-                    issued_at_ms: unix_ms(now),
-                    not_after_ms: unix_ms(not_after),
-                    public_der: key.public_key_der(),
-                    upstream_chain: Vec::new(),
-                };
-                Ok((record, Loaded::Jwt(kid, Arc::new(authority))))
-            }
-        }
-    }
-
-    fn self_test(
-        &self,
-        state: &State,
-        kind: AuthorityKind,
-        id: &str,
-        now: SystemTime,
-    ) -> Result<(), CaError> {
-        match kind {
-            AuthorityKind::X509 => {
-                let authority = state.x509.get(id).ok_or_else(|| missing(kind, id))?;
-                let bundle = self.x509_bundle_of(&state.journal);
-                selftest::x509(authority, &bundle, self.clock.as_ref())
-            }
-            AuthorityKind::Jwt => {
-                let authority = state.jwt.get(id).ok_or_else(|| missing(kind, id))?;
-                selftest::jwt(authority, now)
-            }
-        }
-    }
-
     /// Saves `next` as the journal, then makes it (and a new authority) current.
-    fn commit(&self, state: &mut State, next: Journal, new: Option<Loaded>) -> Result<(), CaError> {
-        if let Some(path) = &self.journal_path {
-            next.save(path)?;
-        }
+    pub(super) fn commit(
+        &self,
+        state: &mut State,
+        next: Journal,
+        new: Option<Loaded>,
+    ) -> Result<(), CaError> {
+        self.journal_store.save(&next)?;
         state.journal = next;
         match new {
             Some(Loaded::X509(id, a)) => {
@@ -314,7 +161,7 @@ impl CaManager {
     }
 
     /// Drops a removed authority from memory and deletes its key.
-    fn forget(&self, state: &mut State, kind: AuthorityKind, record: &AuthorityRecord) {
+    pub(super) fn forget(&self, state: &mut State, kind: AuthorityKind, record: &AuthorityRecord) {
         match kind {
             AuthorityKind::X509 => {
                 state.x509.remove(&record.id);
@@ -330,7 +177,7 @@ impl CaManager {
         }
     }
 
-    fn audit_slots(&self, kind: AuthorityKind, cause: &str) {
+    pub(super) fn audit_slots(&self, kind: AuthorityKind, cause: &str) {
         let state = self.read();
         let set = state.journal.set(kind);
         tracing::info!(
@@ -442,7 +289,7 @@ impl CaManager {
         authority.sign_jwt_svid(spiffe_id, audiences, ttl, self.clock.now())
     }
 
-    fn x509_bundle_of(&self, journal: &Journal) -> X509Bundle {
+    pub(super) fn x509_bundle_of(&self, journal: &Journal) -> X509Bundle {
         let mut bundle = X509Bundle::new(self.config.trust_domain.clone());
         let roots: Vec<CertificateDer<'static>> = match &self.config.upstream {
             Some(up) => vec![up.root().clone()],
@@ -482,19 +329,19 @@ impl CaManager {
 }
 
 /// A newly made authority, before it is stored in the manager.
-enum Loaded {
+pub(super) enum Loaded {
     X509(String, Arc<X509Authority>),
     Jwt(String, Arc<JwtAuthority>),
 }
 
-fn kind_name(kind: AuthorityKind) -> &'static str {
+pub(super) fn kind_name(kind: AuthorityKind) -> &'static str {
     match kind {
         AuthorityKind::X509 => "x509",
         AuthorityKind::Jwt => "jwt",
     }
 }
 
-fn missing(kind: AuthorityKind, id: &str) -> CaError {
+pub(super) fn missing(kind: AuthorityKind, id: &str) -> CaError {
     super::journal::JournalError::Unknown { kind, id: id.to_owned() }.into()
 }
 

@@ -24,6 +24,7 @@ pub mod journal;
 pub mod jwt_authority;
 pub mod keys;
 pub mod manager;
+mod schedule;
 mod selftest;
 pub mod template;
 pub mod upstream;

@@ -11,7 +11,7 @@ use keycard_workload_api::{
 use rustls_pki_types::{CertificateDer, SubjectPublicKeyInfoDer, UnixTime};
 use x509_parser::prelude::{FromDer, ParsedExtension, X509Certificate};
 
-use super::journal::JournalError;
+use super::journal::{FileJournal, JournalError};
 use super::{
     AuthorityKind, CaConfig, CaError, CaManager, DiskKeyManager, KeyManager, KeyType,
     MemoryKeyManager, SigningKey, SlotState, SvidRequest,
@@ -34,7 +34,7 @@ fn config() -> CaConfig {
 }
 
 fn open(clock: &ManualClock, keys: Arc<dyn KeyManager>, dir: &std::path::Path) -> CaManager {
-    let journal = Some(dir.join("journal.json"));
+    let journal = Arc::new(FileJournal(dir.join("journal.json")));
     CaManager::open(config(), keys, Arc::new(clock.clone()), journal).unwrap()
 }
 
