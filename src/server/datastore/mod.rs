@@ -1,0 +1,247 @@
+//! The server's durable state behind one trait, so that the embedded SQLite store (the
+//! default) and a PostgreSQL store (for HA) are interchangeable.
+//!
+//! What it holds: registration entries (with a store-wide revision counter and tombstones
+//! for deletions, so agents sync by difference), attested agents, join tokens (hashed,
+//! expiring, single use), federated bundles and the CA's authority journal. Every method is
+//! one transaction: a crash leaves the store as it was before the call or after it.
+//!
+//! The methods are synchronous; async callers run them with `tokio::task::spawn_blocking`.
+
+use std::fmt;
+use std::time::SystemTime;
+
+use keycard_workload_api::{SpiffeId, TrustDomain};
+use serde::{Deserialize, Serialize};
+
+use super::entry::{Entry, EntrySpec};
+use crate::selector::SelectorSet;
+
+pub mod sqlite;
+
+pub use sqlite::SqliteDataStore;
+
+/// Largest page a list call returns, whatever the caller asks.
+pub const MAX_PAGE_SIZE: u32 = 1000;
+/// Page size when the caller gives none.
+pub const DEFAULT_PAGE_SIZE: u32 = 100;
+
+/// Why a datastore call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DataStoreError {
+    /// No record with this key.
+    #[error("{kind} {id} not found")]
+    NotFound {
+        /// What was looked for: "entry", "agent", ...
+        kind: &'static str,
+        /// The key.
+        id: String,
+    },
+    /// An entry with the same SPIFFE ID, parent ID and selectors already exists.
+    #[error("an entry with the same SPIFFE ID, parent ID and selectors already exists: {0}")]
+    DuplicateEntry(String),
+    /// A record with this key exists already (agent ID, token).
+    #[error("{kind} {id} already exists")]
+    AlreadyExists {
+        /// What kind of record.
+        kind: &'static str,
+        /// The key.
+        id: String,
+    },
+    /// A page token that this store did not hand out.
+    #[error("invalid page token {0:?}; pass the next_page_token of the previous reply")]
+    BadPageToken(String),
+    /// The database refused or failed (disk, corruption, lock timeout).
+    #[error("datastore failure: {0}")]
+    Backend(String),
+    /// A stored row could not be decoded (the database was edited by hand or is corrupt).
+    #[error("datastore holds a record it cannot read ({0}); restore from a backup")]
+    Corrupt(String),
+}
+
+/// One page of a list request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PageRequest {
+    /// Where to continue: the `next_token` of the previous page, or `None` for the first.
+    pub token: Option<String>,
+    /// How many items at most; 0 means the default, larger than the maximum is capped.
+    pub size: u32,
+}
+
+impl PageRequest {
+    /// The size to use: the default for 0, capped at [`MAX_PAGE_SIZE`].
+    pub fn effective_size(&self) -> u32 {
+        match self.size {
+            0 => DEFAULT_PAGE_SIZE,
+            n => n.min(MAX_PAGE_SIZE),
+        }
+    }
+}
+
+/// One page of results.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    /// The items, in a stable order.
+    pub items: Vec<T>,
+    /// The token for the next page; `None` when this is the last one.
+    pub next_token: Option<String>,
+}
+
+/// Narrows an entry listing; every field that is set must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EntryFilter {
+    /// Only entries with this SPIFFE ID.
+    pub spiffe_id: Option<SpiffeId>,
+    /// Only entries with this parent ID.
+    pub parent_id: Option<SpiffeId>,
+    /// Only entries whose selectors are exactly these.
+    pub selectors: Option<SelectorSet>,
+}
+
+/// What changed among entries after a revision: what an incremental cache needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryChanges {
+    /// Entries created or updated after the revision asked for, by revision.
+    pub changed: Vec<Entry>,
+    /// IDs of entries deleted after that revision.
+    pub deleted: Vec<String>,
+    /// The store's revision when the changes were read: ask from here next time.
+    pub revision: u64,
+}
+
+/// An agent that attested to the server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentRecord {
+    /// The agent's SPIFFE ID.
+    pub id: SpiffeId,
+    /// How it attested: `join_token` or `x509pop`.
+    pub attestation_type: String,
+    /// Selectors the node attestor found (entries match agents by them).
+    pub selectors: SelectorSet,
+    /// Serial number (hex) of the agent's current SVID: only that SVID may renew.
+    pub svid_serial: String,
+    /// Expiry of the agent's current SVID.
+    pub svid_expires_at: SystemTime,
+    /// A banned agent is refused everything until an operator evicts it.
+    pub banned: bool,
+    /// Whether the agent may attest again with the same ID (x509pop yes, join token no).
+    pub can_reattest: bool,
+    /// First attestation.
+    pub created_at: SystemTime,
+    /// Last attestation or renewal.
+    pub updated_at: SystemTime,
+}
+
+/// A join token as stored: only a hash of the secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct JoinTokenRecord {
+    /// SHA-256 of the token text.
+    pub hash: [u8; 32],
+    /// Short public name shown to operators and used in the default agent ID.
+    pub token_id: String,
+    /// The agent ID to assign, when the operator chose one.
+    pub agent_id: Option<SpiffeId>,
+    /// After this the token is refused.
+    pub expires_at: SystemTime,
+    /// When the token was used; a used token is refused.
+    pub used_at: Option<SystemTime>,
+}
+
+impl fmt::Debug for JoinTokenRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JoinTokenRecord")
+            .field("token_id", &self.token_id)
+            .field("agent_id", &self.agent_id)
+            .field("expires_at", &self.expires_at)
+            .field("used_at", &self.used_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The result of presenting a join token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenUse {
+    /// The token was valid and is now used up.
+    Accepted(JoinTokenRecord),
+    /// No such token.
+    Unknown,
+    /// The token was used before.
+    AlreadyUsed,
+    /// The token expired.
+    Expired,
+}
+
+/// The server's durable state; see the module documentation.
+pub trait DataStore: Send + Sync + fmt::Debug {
+    /// Stores a new entry with a fresh ID and the next revision.
+    fn create_entry(&self, spec: &EntrySpec, now: SystemTime) -> Result<Entry, DataStoreError>;
+    /// The entry with this ID.
+    fn get_entry(&self, id: &str) -> Result<Option<Entry>, DataStoreError>;
+    /// Replaces an entry's specification; bumps its revision.
+    fn update_entry(
+        &self,
+        id: &str,
+        spec: &EntrySpec,
+        now: SystemTime,
+    ) -> Result<Entry, DataStoreError>;
+    /// Deletes an entry, leaving a tombstone at the next revision; returns what was deleted.
+    fn delete_entry(&self, id: &str) -> Result<Entry, DataStoreError>;
+    /// Entries matching `filter`, ordered by ID, one page at a time.
+    fn list_entries(
+        &self,
+        filter: &EntryFilter,
+        page: &PageRequest,
+    ) -> Result<Page<Entry>, DataStoreError>;
+    /// How many entries exist.
+    fn count_entries(&self) -> Result<u64, DataStoreError>;
+    /// Whether any entry has this SPIFFE ID (to check that a parent exists).
+    fn entry_with_spiffe_id_exists(&self, id: &SpiffeId) -> Result<bool, DataStoreError>;
+    /// Changes after `revision` (0: everything), at most `limit` changed entries; when the
+    /// limit cuts the list, the returned revision is that of the last entry returned.
+    fn entry_changes_since(
+        &self,
+        revision: u64,
+        limit: u32,
+    ) -> Result<EntryChanges, DataStoreError>;
+
+    /// Creates or replaces an agent record.
+    fn upsert_agent(&self, agent: &AgentRecord) -> Result<(), DataStoreError>;
+    /// The agent with this ID.
+    fn get_agent(&self, id: &SpiffeId) -> Result<Option<AgentRecord>, DataStoreError>;
+    /// Agents ordered by ID, one page at a time.
+    fn list_agents(&self, page: &PageRequest) -> Result<Page<AgentRecord>, DataStoreError>;
+    /// How many agents exist.
+    fn count_agents(&self) -> Result<u64, DataStoreError>;
+    /// Removes an agent (it must attest again); returns whether it existed.
+    fn delete_agent(&self, id: &SpiffeId) -> Result<bool, DataStoreError>;
+    /// Bans or unbans an agent; `NotFound` if there is no such agent.
+    fn set_agent_banned(&self, id: &SpiffeId, banned: bool) -> Result<(), DataStoreError>;
+
+    /// Stores a new join token.
+    fn create_join_token(&self, token: &JoinTokenRecord) -> Result<(), DataStoreError>;
+    /// Uses up the token with this hash, atomically: only one caller can ever get
+    /// `Accepted` for a given token.
+    fn use_join_token(&self, hash: &[u8; 32], now: SystemTime) -> Result<TokenUse, DataStoreError>;
+    /// Whether an unexpired, unused token reserves this agent ID (so entries may name it
+    /// as parent before the agent attests).
+    fn join_token_reserves(
+        &self,
+        agent_id: &SpiffeId,
+        now: SystemTime,
+    ) -> Result<bool, DataStoreError>;
+    /// Deletes tokens that expired before `before`; returns how many.
+    fn prune_join_tokens(&self, before: SystemTime) -> Result<u64, DataStoreError>;
+
+    /// The federated bundle (SPIFFE bundle JSON) of a foreign trust domain.
+    fn get_bundle(&self, trust_domain: &TrustDomain) -> Result<Option<Vec<u8>>, DataStoreError>;
+    /// Stores or replaces a federated bundle.
+    fn set_bundle(&self, trust_domain: &TrustDomain, json: &[u8]) -> Result<(), DataStoreError>;
+
+    /// The CA's authority journal, as last saved.
+    fn load_journal(&self) -> Result<Option<Vec<u8>>, DataStoreError>;
+    /// Replaces the authority journal.
+    fn save_journal(&self, bytes: &[u8]) -> Result<(), DataStoreError>;
+
+    /// Checks that the store answers (for `/ready`).
+    fn ping(&self) -> Result<(), DataStoreError>;
+}

@@ -1,0 +1,263 @@
+//! Registration entries: which SPIFFE ID a workload (or node) with given selectors gets.
+//!
+//! An [`EntrySpec`] is what an operator writes; the server checks it against its trust
+//! domain ([`EntrySpec::check`]) before storing it as an [`Entry`], which adds the ID, the
+//! revision and timestamps. The entry's SPIFFE ID, DNS names and TTLs are the only source
+//! of what goes into an SVID: a CSR contributes nothing but its public key.
+
+use std::time::{Duration, SystemTime};
+
+use keycard_workload_api::{SpiffeId, TrustDomain};
+use rand::Rng as _;
+use serde::{Deserialize, Serialize};
+
+use crate::selector::SelectorSet;
+
+/// Longest hint accepted (the Workload API says hints SHOULD stay under 1024 bytes).
+pub const MAX_HINT_LEN: usize = 1024;
+/// Most DNS names one entry may carry.
+pub const MAX_DNS_NAMES: usize = 64;
+/// Most selectors one entry may carry.
+pub const MAX_SELECTORS: usize = 64;
+/// Path of the server's own SPIFFE ID; node-alias entries use it as their parent.
+pub const SERVER_PATH: &str = "/keycard/server";
+
+/// What an operator specifies for an entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntrySpec {
+    /// The SPIFFE ID the SVID will carry.
+    pub spiffe_id: SpiffeId,
+    /// Who may obtain the SVID: an agent's ID, the ID of another (node-alias) entry, or
+    /// the server's ID for node-alias entries matched against agents' selectors.
+    pub parent_id: SpiffeId,
+    /// What the caller must have (a subset match); never empty.
+    pub selectors: SelectorSet,
+    /// X.509-SVID lifetime; the server default when `None`.
+    pub x509_ttl: Option<Duration>,
+    /// JWT-SVID lifetime; the server default when `None`.
+    pub jwt_ttl: Option<Duration>,
+    /// DNS SANs for the X.509-SVID.
+    pub dns_names: Vec<String>,
+    /// Free text passed to the workload in the `hint` field, to choose between SVIDs.
+    pub hint: String,
+    /// Whether the holder may call the admin API with this SVID.
+    pub admin: bool,
+}
+
+/// A stored entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Random, unique, never reused.
+    pub id: String,
+    /// What the operator asked for.
+    pub spec: EntrySpec,
+    /// The datastore's revision counter when this entry last changed: agents sync by it.
+    pub revision: u64,
+    /// When the entry was created.
+    pub created_at: SystemTime,
+    /// When the entry last changed.
+    pub updated_at: SystemTime,
+}
+
+/// Why an entry specification was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EntryError {
+    /// An entry without selectors would match every caller.
+    #[error("an entry needs at least one selector, for example --selector unix:uid:1000")]
+    NoSelectors,
+    /// Too many selectors.
+    #[error("an entry may have at most {MAX_SELECTORS} selectors")]
+    TooManySelectors,
+    /// The SPIFFE ID is in another trust domain.
+    #[error("SPIFFE ID {id} is not in this server's trust domain {trust_domain}")]
+    ForeignSpiffeId {
+        /// The ID given.
+        id: String,
+        /// The server's trust domain.
+        trust_domain: String,
+    },
+    /// The parent ID is in another trust domain.
+    #[error("parent ID {id} is not in this server's trust domain {trust_domain}")]
+    ForeignParentId {
+        /// The ID given.
+        id: String,
+        /// The server's trust domain.
+        trust_domain: String,
+    },
+    /// The SPIFFE ID has no path.
+    #[error("SPIFFE ID {0} has no path; give it one, for example spiffe://example.org/web")]
+    RootSpiffeId(String),
+    /// The ID is reserved for keycard's own agents and server.
+    #[error("SPIFFE ID {0} is reserved for keycard itself (paths under /keycard/)")]
+    ReservedSpiffeId(String),
+    /// An entry cannot be its own parent.
+    #[error("an entry cannot be its own parent ({0})")]
+    OwnParent(String),
+    /// A DNS name is not valid.
+    #[error(
+        "DNS name {0:?} is not valid (letters, digits, '-' labels separated by '.'; '*.' first is allowed)"
+    )]
+    BadDnsName(String),
+    /// Too many DNS names.
+    #[error("an entry may have at most {MAX_DNS_NAMES} DNS names")]
+    TooManyDnsNames,
+    /// The hint is too long.
+    #[error("hint is {0} bytes; the limit is {MAX_HINT_LEN}")]
+    HintTooLong(usize),
+    /// A TTL of zero.
+    #[error("{0} TTL must be greater than zero")]
+    ZeroTtl(&'static str),
+}
+
+impl EntrySpec {
+    /// Checks the rules that need the server's trust domain.
+    pub fn check(&self, trust_domain: &TrustDomain) -> Result<(), EntryError> {
+        if self.selectors.is_empty() {
+            return Err(EntryError::NoSelectors);
+        }
+        if self.selectors.len() > MAX_SELECTORS {
+            return Err(EntryError::TooManySelectors);
+        }
+        if !self.spiffe_id.is_member_of(trust_domain) {
+            return Err(EntryError::ForeignSpiffeId {
+                id: self.spiffe_id.to_string(),
+                trust_domain: trust_domain.to_string(),
+            });
+        }
+        if !self.parent_id.is_member_of(trust_domain) {
+            return Err(EntryError::ForeignParentId {
+                id: self.parent_id.to_string(),
+                trust_domain: trust_domain.to_string(),
+            });
+        }
+        if self.spiffe_id.is_root() {
+            return Err(EntryError::RootSpiffeId(self.spiffe_id.to_string()));
+        }
+        let path = self.spiffe_id.path();
+        if path == "/keycard" || path.starts_with("/keycard/") {
+            return Err(EntryError::ReservedSpiffeId(self.spiffe_id.to_string()));
+        }
+        if self.spiffe_id == self.parent_id {
+            return Err(EntryError::OwnParent(self.spiffe_id.to_string()));
+        }
+        if self.dns_names.len() > MAX_DNS_NAMES {
+            return Err(EntryError::TooManyDnsNames);
+        }
+        if let Some(bad) = self.dns_names.iter().find(|n| !is_dns_name(n)) {
+            return Err(EntryError::BadDnsName(bad.clone()));
+        }
+        if self.hint.len() > MAX_HINT_LEN {
+            return Err(EntryError::HintTooLong(self.hint.len()));
+        }
+        if self.x509_ttl.is_some_and(|t| t.is_zero()) {
+            return Err(EntryError::ZeroTtl("X.509-SVID"));
+        }
+        if self.jwt_ttl.is_some_and(|t| t.is_zero()) {
+            return Err(EntryError::ZeroTtl("JWT-SVID"));
+        }
+        Ok(())
+    }
+}
+
+/// A fresh entry ID: a random (version 4) UUID.
+pub fn new_entry_id() -> String {
+    let mut b: [u8; 16] = rand::rng().random();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex::encode(b);
+    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+}
+
+/// Whether `name` is a DNS name an SVID may carry: labels of letters, digits and inner
+/// hyphens, at most 63 bytes each and 253 in all, with an optional leading `*.` wildcard.
+pub fn is_dns_name(name: &str) -> bool {
+    let rest = name.strip_prefix("*.").unwrap_or(name);
+    if rest.is_empty() || name.len() > 253 {
+        return false;
+    }
+    rest.split('.').all(|label| {
+        !label.is_empty()
+            && label.len() <= 63
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::selector::Selector;
+
+    fn spec() -> EntrySpec {
+        EntrySpec {
+            spiffe_id: SpiffeId::parse("spiffe://example.org/web").unwrap(),
+            parent_id: SpiffeId::parse("spiffe://example.org/keycard/agent/join_token/t").unwrap(),
+            selectors: [Selector::parse("unix:uid:1000").unwrap()].into_iter().collect(),
+            x509_ttl: None,
+            jwt_ttl: None,
+            dns_names: vec!["web.example.org".into(), "*.web.internal".into()],
+            hint: String::new(),
+            admin: false,
+        }
+    }
+
+    #[test]
+    fn a_good_spec_passes_and_each_rule_has_its_error() {
+        let td = TrustDomain::new("example.org").unwrap();
+        assert_eq!(spec().check(&td), Ok(()));
+        let id = |s: &str| SpiffeId::parse(s).unwrap();
+        type Check = fn(&EntryError) -> bool;
+        let cases: Vec<(EntrySpec, Check)> = vec![
+            (EntrySpec { selectors: SelectorSet::new(), ..spec() }, |e| {
+                matches!(e, EntryError::NoSelectors)
+            }),
+            (EntrySpec { spiffe_id: id("spiffe://other.org/web"), ..spec() }, |e| {
+                matches!(e, EntryError::ForeignSpiffeId { .. })
+            }),
+            (EntrySpec { parent_id: id("spiffe://other.org/a"), ..spec() }, |e| {
+                matches!(e, EntryError::ForeignParentId { .. })
+            }),
+            (EntrySpec { spiffe_id: id("spiffe://example.org"), ..spec() }, |e| {
+                matches!(e, EntryError::RootSpiffeId(_))
+            }),
+            (EntrySpec { spiffe_id: id("spiffe://example.org/keycard/server"), ..spec() }, |e| {
+                matches!(e, EntryError::ReservedSpiffeId(_))
+            }),
+            (EntrySpec { parent_id: id("spiffe://example.org/web"), ..spec() }, |e| {
+                matches!(e, EntryError::OwnParent(_))
+            }),
+            (EntrySpec { dns_names: vec!["bad_name".into()], ..spec() }, |e| {
+                matches!(e, EntryError::BadDnsName(_))
+            }),
+            (EntrySpec { hint: "h".repeat(1025), ..spec() }, |e| {
+                matches!(e, EntryError::HintTooLong(1025))
+            }),
+            (EntrySpec { x509_ttl: Some(Duration::ZERO), ..spec() }, |e| {
+                matches!(e, EntryError::ZeroTtl(_))
+            }),
+        ];
+        for (spec, check) in cases {
+            let err = spec.check(&td).unwrap_err();
+            assert!(check(&err), "{err:?}");
+        }
+    }
+
+    #[test]
+    fn dns_names() {
+        for good in ["a", "web.example.org", "*.example.org", "x-1.y2"] {
+            assert!(is_dns_name(good), "{good}");
+        }
+        for bad in ["", "*.", "a..b", "-a.b", "a-.b", "a_b", "a b", "*", "a.*.b", &"a".repeat(64)] {
+            assert!(!is_dns_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn entry_ids_are_uuid_v4() {
+        let id = new_entry_id();
+        assert_eq!(id.len(), 36);
+        assert_eq!(&id[14..15], "4");
+        assert_ne!(id, new_entry_id());
+    }
+}

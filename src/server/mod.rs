@@ -1,0 +1,5 @@
+//! The CA server daemon: datastore, registration entries, admin API, node attestation and
+//! the agent API.
+
+pub mod datastore;
+pub mod entry;

@@ -1,0 +1,9 @@
+//! Telemetry shared by both daemons: Prometheus metrics, health endpoints, audit events.
+
+pub mod metrics;
+
+pub use metrics::ServerMetrics;
+
+/// The tracing target of audit events: one structured event per attestation, issuance,
+/// entry change and authority change.
+pub const AUDIT_TARGET: &str = "keycard::audit";
