@@ -3,6 +3,7 @@
 //!
 //! For the JSON form (a SPIFFE bundle JWK Set) see [`crate::bundle_json`].
 
+use crate::bundle_set::{BundleSet, TrustDomainBundle};
 use std::collections::BTreeMap;
 
 use crate::jwk::Jwk;
@@ -87,60 +88,11 @@ impl JwtBundle {
 }
 
 /// JWT bundles of several trust domains (our own and federated ones), one per domain.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct JwtBundleSet {
-    bundles: BTreeMap<TrustDomain, JwtBundle>,
-}
+pub type JwtBundleSet = BundleSet<JwtBundle>;
 
-impl JwtBundleSet {
-    /// An empty set.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Adds or replaces the bundle of its trust domain, returning the one replaced.
-    pub fn insert(&mut self, bundle: JwtBundle) -> Option<JwtBundle> {
-        self.bundles.insert(bundle.trust_domain.clone(), bundle)
-    }
-
-    /// The bundle of `trust_domain`.
-    pub fn get(&self, trust_domain: &TrustDomain) -> Option<&JwtBundle> {
-        self.bundles.get(trust_domain)
-    }
-
-    /// The bundle of `trust_domain`, to edit in place.
-    pub fn get_mut(&mut self, trust_domain: &TrustDomain) -> Option<&mut JwtBundle> {
-        self.bundles.get_mut(trust_domain)
-    }
-
-    /// Removes the bundle of `trust_domain`.
-    pub fn remove(&mut self, trust_domain: &TrustDomain) -> Option<JwtBundle> {
-        self.bundles.remove(trust_domain)
-    }
-
-    /// The bundles in trust-domain order.
-    pub fn iter(&self) -> impl Iterator<Item = &JwtBundle> {
-        self.bundles.values()
-    }
-
-    /// Number of trust domains.
-    pub fn len(&self) -> usize {
-        self.bundles.len()
-    }
-
-    /// True when the set holds no bundle.
-    pub fn is_empty(&self) -> bool {
-        self.bundles.is_empty()
-    }
-}
-
-impl FromIterator<JwtBundle> for JwtBundleSet {
-    fn from_iter<I: IntoIterator<Item = JwtBundle>>(iter: I) -> Self {
-        let mut set = Self::new();
-        for bundle in iter {
-            set.insert(bundle);
-        }
-        set
+impl TrustDomainBundle for JwtBundle {
+    fn trust_domain(&self) -> &TrustDomain {
+        &self.trust_domain
     }
 }
 

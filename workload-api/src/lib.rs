@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`spiffe_id`]: `SpiffeId` and `TrustDomain`, parsed by the SPIFFE-ID standard's rules.
 //! - [`x509`]: X509-SVIDs and X.509 bundles, validated by the X509-SVID standard's rules.
+//! - [`bundle_set`]: `BundleSet`, bundles keyed by trust domain (X.509 and JWT alike).
 //! - [`jwk`]: public keys as JWKs (EC P-256/P-384, RSA, Ed25519), SPKI conversion, JWS verify.
 //! - [`jws`]: compact JWS encoding/decoding, `JwsAlg`, the `JwsSigner` trait, `Es256Signer`.
 //! - [`jwt_bundle`]: `JwtBundle` (JWT authorities by `kid`) and `JwtBundleSet` (by trust domain).
@@ -13,6 +14,7 @@
 #![warn(missing_docs)]
 
 pub mod bundle_json;
+pub mod bundle_set;
 pub mod jwk;
 pub mod jws;
 pub mod jwt_bundle;
@@ -22,6 +24,7 @@ pub mod spiffe_id;
 pub mod x509;
 
 pub use bundle_json::{BundleJsonError, SpiffeBundle};
+pub use bundle_set::{BundleSet, TrustDomainBundle};
 pub use jwk::{EcCurve, Jwk, JwkError, JwkParams};
 pub use jws::{Es256Signer, JwsAlg, JwsError, JwsSigner};
 pub use jwt_bundle::{JwtBundle, JwtBundleError, JwtBundleSet};

@@ -1,14 +1,14 @@
 //! X.509 bundles: the CA certificates (authorities) a trust domain's SVIDs chain up to,
 //! and the set of bundles a workload trusts, keyed by trust domain.
 
-use std::collections::BTreeMap;
+use crate::bundle_set::{BundleSet, TrustDomainBundle};
 use std::fmt;
 
 use rustls_pki_types::{CertificateDer, TrustAnchor};
 
 use super::error::X509BundleError;
 use super::{PemProblem, pem_certificates};
-use crate::spiffe_id::{SpiffeId, TrustDomain};
+use crate::spiffe_id::TrustDomain;
 
 /// The X.509 authorities of one trust domain.
 ///
@@ -161,66 +161,18 @@ fn check_authority(cert: &CertificateDer<'_>, index: usize) -> Result<(), X509Bu
 }
 
 /// The X.509 bundles a workload trusts, one per trust domain.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct X509BundleSet {
-    bundles: BTreeMap<TrustDomain, X509Bundle>,
-}
+pub type X509BundleSet = BundleSet<X509Bundle>;
 
-impl X509BundleSet {
-    /// An empty set.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Adds or replaces the bundle of its trust domain; returns the replaced one.
-    pub fn insert(&mut self, bundle: X509Bundle) -> Option<X509Bundle> {
-        self.bundles.insert(bundle.trust_domain.clone(), bundle)
-    }
-
-    /// The bundle of `trust_domain`.
-    pub fn get(&self, trust_domain: &TrustDomain) -> Option<&X509Bundle> {
-        self.bundles.get(trust_domain)
-    }
-
-    /// The bundle of the trust domain `id` belongs to.
-    pub fn get_for_id(&self, id: &SpiffeId) -> Option<&X509Bundle> {
-        self.bundles.get(&id.trust_domain())
-    }
-
-    /// Removes and returns the bundle of `trust_domain`.
-    pub fn remove(&mut self, trust_domain: &TrustDomain) -> Option<X509Bundle> {
-        self.bundles.remove(trust_domain)
-    }
-
-    /// The bundles, ordered by trust domain name.
-    pub fn iter(&self) -> impl Iterator<Item = &X509Bundle> {
-        self.bundles.values()
-    }
-
-    /// Number of trust domains.
-    pub fn len(&self) -> usize {
-        self.bundles.len()
-    }
-
-    /// Whether the set is empty.
-    pub fn is_empty(&self) -> bool {
-        self.bundles.is_empty()
-    }
-}
-
-impl FromIterator<X509Bundle> for X509BundleSet {
-    fn from_iter<I: IntoIterator<Item = X509Bundle>>(iter: I) -> Self {
-        let mut set = Self::new();
-        for bundle in iter {
-            set.insert(bundle);
-        }
-        set
+impl TrustDomainBundle for X509Bundle {
+    fn trust_domain(&self) -> &TrustDomain {
+        &self.trust_domain
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::SpiffeId;
     use crate::x509::test_support::{ca_params, root};
 
     fn td(name: &str) -> TrustDomain {
