@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - `main.rs`: the `keycard` command line.
+//! - [`agent`]: the node agent (renewal planning so far).
 //! - [`clock`]: the `Clock` trait (system clock, manual test clock); all time goes through it.
 //! - [`fsutil`]: atomic private file writes (temp file, fsync, rename, fsync directory).
 //! - [`ca`]: signing: key managers (memory, disk), the X.509 authority (self-signed or
@@ -12,6 +13,7 @@
 //! - [`telemetry`]: Prometheus metrics, health endpoints, audit events.
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod ca;
 pub mod clock;
 pub mod fsutil;
