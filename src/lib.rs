@@ -4,6 +4,8 @@
 //! - `main.rs`: the `keycard` command line.
 //! - [`agent`]: the node agent (renewal planning so far).
 //! - [`clock`]: the `Clock` trait (system clock, manual test clock); all time goes through it.
+//! - [`config`]: TOML loading and value parsing shared by both daemons' configurations.
+//! - [`shutdown`]: the graceful-shutdown signal (SIGINT/SIGTERM) shared by both daemons.
 //! - [`fsutil`]: atomic private file writes (temp file, fsync, rename, fsync directory).
 //! - [`ca`]: signing: key managers (memory, disk), the X.509 authority (self-signed or
 //!   signed by an upstream CA on disk), SVID templates and CSR checks, the JWT authority,
@@ -16,7 +18,9 @@
 pub mod agent;
 pub mod ca;
 pub mod clock;
+pub mod config;
 pub mod fsutil;
 pub mod selector;
 pub mod server;
+pub mod shutdown;
 pub mod telemetry;

@@ -1,5 +1,6 @@
 //! The CA server daemon: datastore, registration entries, admin API, node attestation and
 //! the agent API.
 
+pub mod config;
 pub mod datastore;
 pub mod entry;

@@ -1,5 +1,7 @@
 //! Telemetry shared by both daemons: Prometheus metrics, health endpoints, audit events.
 
+pub mod health;
+pub mod logging;
 pub mod metrics;
 
 pub use metrics::ServerMetrics;
