@@ -1,0 +1,259 @@
+//! `keycard server run`: opens the state, starts every listener, and runs until shut down.
+//!
+//! Start-up order: data directory, datastore, key directory, upstream authority, CA (whose
+//! journal lives in the datastore), then the agent API (mTLS), the admin API (Unix socket),
+//! the health endpoints and the rotation ticker. If any of them stops with an error, the
+//! others are shut down too and the error is returned, so a supervisor restarts the server
+//! rather than leaving it half-alive.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rustls_pki_types::CertificateDer;
+use tokio::task::JoinSet;
+
+use super::admin::{self, AdminOptions};
+use super::agent_api::{self, AgentApiOptions};
+use super::config::{DatastoreConfig, ServerConfig};
+use super::datastore::{DataStore, DataStoreJournal, SqliteDataStore};
+use crate::ca::{AuthorityKind, CaManager, DiskKeyManager, SlotState, UpstreamAuthority};
+use crate::clock::{Clock, SystemClock};
+use crate::shutdown::Shutdown;
+use crate::telemetry::health::{self, HealthEndpoints, Readiness};
+use crate::telemetry::metrics::AuthorityLabels;
+use crate::telemetry::{AUDIT_TARGET, ServerMetrics};
+
+/// How often the rotation schedule runs at most.
+const MAX_ROTATION_TICK: Duration = Duration::from_secs(10);
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The data directory could not be created.
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: String,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The datastore could not be opened.
+    #[error("cannot open the datastore: {0}")]
+    DataStore(#[from] super::datastore::DataStoreError),
+    /// The CA could not start (keys, journal, upstream authority).
+    #[error("cannot start the CA: {0}")]
+    Ca(#[from] crate::ca::CaError),
+    /// The x509pop CA bundle file is unusable.
+    #[error("x509pop_ca_bundle {path}: {reason}")]
+    X509PopBundle {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A listener could not be bound.
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        /// The address.
+        address: String,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The agent API stopped with an error.
+    #[error("agent API: {0}")]
+    AgentApi(#[from] agent_api::AgentApiError),
+    /// The admin API stopped with an error.
+    #[error("admin API: {0}")]
+    Admin(#[from] admin::ServeError),
+    /// The health endpoints stopped with an error.
+    #[error("health endpoints: {0}")]
+    Health(#[from] health::HealthError),
+    /// A background task panicked.
+    #[error("internal task failed: {0}")]
+    Task(String),
+}
+
+/// Runs the server until `shutdown` triggers or a part fails.
+pub async fn run(config: ServerConfig, shutdown: Shutdown) -> Result<(), RunError> {
+    crate::fsutil::create_private_dir(&config.data_dir).map_err(|source| RunError::DataDir {
+        path: config.data_dir.display().to_string(),
+        source,
+    })?;
+    let DatastoreConfig::Sqlite { path } = &config.datastore;
+    let store: Arc<dyn DataStore> = Arc::new(SqliteDataStore::open(path)?);
+    let keys = Arc::new(DiskKeyManager::open(config.data_dir.join("keys"))?);
+    let upstream = match &config.upstream_authority {
+        Some(up) => Some(Arc::new(UpstreamAuthority::load(&up.cert_file, &up.key_file)?)),
+        None => None,
+    };
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let journal = Arc::new(DataStoreJournal(store.clone()));
+    let ca_config = config.ca_config(upstream);
+    let ca = {
+        let (keys, clock) = (keys.clone(), clock.clone());
+        tokio::task::spawn_blocking(move || CaManager::open(ca_config, keys, clock, journal))
+            .await
+            .map_err(|e| RunError::Task(e.to_string()))??
+    };
+    let ca = Arc::new(ca);
+    let metrics = Arc::new(ServerMetrics::new());
+    metrics.entries.set(store.count_entries()? as i64);
+    metrics.agents.set(store.count_agents()? as i64);
+
+    let listener = tokio::net::TcpListener::bind(config.bind_address).await.map_err(|source| {
+        RunError::Bind { address: config.bind_address.to_string(), source }
+    })?;
+    let address = listener.local_addr().map_err(|source| RunError::Bind {
+        address: config.bind_address.to_string(),
+        source,
+    })?;
+    tracing::info!(%address, trust_domain = %config.trust_domain, "agent API listening");
+
+    let mut tasks: JoinSet<Result<(), RunError>> = JoinSet::new();
+    let options = agent_api_options(&config)?;
+    let stop = shutdown.wait();
+    tasks.spawn({
+        let (ca, store, metrics, clock) = (ca.clone(), store.clone(), metrics.clone(), clock.clone());
+        async move { Ok(agent_api::serve(listener, options, ca, store, metrics, clock, stop).await?) }
+    });
+    let admin_options = AdminOptions {
+        trust_domain: config.trust_domain.clone(),
+        socket_path: config.admin_socket.clone(),
+        allowed_uids: Vec::new(),
+    };
+    let stop = shutdown.wait();
+    tasks.spawn({
+        let (ca, store, metrics, clock) = (ca.clone(), store.clone(), metrics.clone(), clock.clone());
+        async move { Ok(admin::serve(admin_options, store, ca, metrics, clock, stop).await?) }
+    });
+    if let Some(addr) = config.health_address {
+        let listener = health::bind(addr).await?;
+        let bound = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!(address = %bound, "health and metrics endpoints listening");
+        let endpoints = health_endpoints(ca.clone(), store.clone(), metrics.clone());
+        let stop = shutdown.wait();
+        tasks.spawn(async move { Ok(health::serve(listener, endpoints, stop).await?) });
+    }
+    let tick = (config.ca_ttl / 100).clamp(Duration::from_millis(100), MAX_ROTATION_TICK);
+    tasks.spawn(rotation_ticker(ca.clone(), metrics.clone(), clock.clone(), tick, shutdown.clone()));
+
+    // The first part to stop (with or without an error) stops all the others.
+    let mut outcome = Ok(());
+    while let Some(joined) = tasks.join_next().await {
+        let result = joined.map_err(|e| RunError::Task(e.to_string())).and_then(|r| r);
+        if let Err(e) = result {
+            tracing::error!(error = %e, "server part failed; shutting down");
+            if outcome.is_ok() {
+                outcome = Err(e);
+            }
+        }
+        shutdown.trigger();
+    }
+    tracing::info!("server stopped");
+    outcome
+}
+
+/// The agent API's options, from the configuration.
+fn agent_api_options(config: &ServerConfig) -> Result<AgentApiOptions, RunError> {
+    let mut options = AgentApiOptions::new(config.trust_domain.clone());
+    options.agent_svid_ttl = config.agent_svid_ttl;
+    options.default_x509_ttl = config.default_x509_svid_ttl;
+    options.default_jwt_ttl = config.default_jwt_svid_ttl;
+    options.server_svid_ttl = config.default_x509_svid_ttl;
+    if let Some(path) = &config.x509pop_ca_bundle {
+        let fail = |reason: String| RunError::X509PopBundle {
+            path: path.display().to_string(),
+            reason,
+        };
+        let text = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+        let certs: Vec<CertificateDer<'static>> = pem::parse_many(&text)
+            .map_err(|e| fail(e.to_string()))?
+            .into_iter()
+            .filter(|block| block.tag() == "CERTIFICATE")
+            .map(|block| CertificateDer::from(block.into_contents()))
+            .collect();
+        if certs.is_empty() {
+            return Err(fail("no CERTIFICATE block in the file".into()));
+        }
+        options.x509pop_ca_bundle = Some(certs);
+    }
+    Ok(options)
+}
+
+/// `/ready` is true with an active X.509 authority and a datastore that answers.
+fn health_endpoints(
+    ca: Arc<CaManager>,
+    store: Arc<dyn DataStore>,
+    metrics: Arc<ServerMetrics>,
+) -> HealthEndpoints {
+    let readiness = Arc::new(move || {
+        let active = ca.authorities(AuthorityKind::X509).iter().any(|a| a.state == SlotState::Active);
+        if !active {
+            return Readiness::not_ready("no active X.509 authority");
+        }
+        match store.ping() {
+            Ok(()) => Readiness::ready(),
+            Err(e) => Readiness::not_ready(format!("datastore: {e}")),
+        }
+    });
+    HealthEndpoints { readiness, metrics: Arc::new(move || metrics.render()) }
+}
+
+/// Runs the CA's rotation schedule every `tick` and keeps the authority metrics current.
+async fn rotation_ticker(
+    ca: Arc<CaManager>,
+    metrics: Arc<ServerMetrics>,
+    clock: Arc<dyn Clock>,
+    tick: Duration,
+    shutdown: Shutdown,
+) -> Result<(), RunError> {
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stop = shutdown.wait();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return Ok(()),
+            _ = interval.tick() => {}
+        }
+        let before = active_ids(&ca);
+        let rotate = {
+            let ca = ca.clone();
+            tokio::spawn(async move { tokio::task::spawn_blocking(move || ca.rotate()).await })
+        };
+        match rotate.await {
+            Ok(Ok(Ok(_))) => {}
+            Ok(Ok(Err(e))) => {
+                // The current authority keeps signing; the next tick tries again.
+                tracing::error!(target: AUDIT_TARGET, event = "rotation_failed", error = %e);
+            }
+            Ok(Err(e)) | Err(e) => return Err(RunError::Task(e.to_string())),
+        }
+        let after = active_ids(&ca);
+        for (kind, (old, new)) in ["x509", "jwt"].iter().zip(before.iter().zip(after.iter())) {
+            let labels = AuthorityLabels { kind: (*kind).into() };
+            if old != new {
+                metrics.rotations.get_or_create(&labels).inc();
+            }
+        }
+        update_expiry_gauges(&ca, &metrics, clock.now());
+    }
+}
+
+/// IDs of the active X.509 and JWT authorities.
+fn active_ids(ca: &CaManager) -> [Option<String>; 2] {
+    [AuthorityKind::X509, AuthorityKind::Jwt].map(|kind| {
+        ca.authorities(kind).into_iter().find(|a| a.state == SlotState::Active).map(|a| a.id)
+    })
+}
+
+fn update_expiry_gauges(ca: &CaManager, metrics: &ServerMetrics, now: SystemTime) {
+    for (kind, name) in [(AuthorityKind::X509, "x509"), (AuthorityKind::Jwt, "jwt")] {
+        if let Some(active) = ca.authorities(kind).into_iter().find(|a| a.state == SlotState::Active)
+        {
+            let left = active.not_after.duration_since(now).unwrap_or_default().as_secs();
+            let labels = AuthorityLabels { kind: name.into() };
+            metrics.authority_expiry_seconds.get_or_create(&labels).set(left as i64);
+        }
+    }
+}
