@@ -1,0 +1,201 @@
+//! The authorized-entry cache: every registration entry in memory, indexed by parent ID,
+//! so that an agent's authorized set is found without scanning all entries.
+//!
+//! An entry is authorized for agent A when its parent is A's ID, or its parent is the
+//! SPIFFE ID of a node-alias entry (one whose parent is the server's ID) whose selectors
+//! are a subset of A's node selectors. The cache follows the datastore by difference
+//! (`entry_changes_since`), on a timer and on demand; when the datastore fails, the last
+//! good copy keeps serving and a warning is logged.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use keycard_workload_api::SpiffeId;
+
+use crate::selector::SelectorSet;
+use crate::server::datastore::{DataStore, DataStoreError, EntryChanges};
+use crate::server::entry::Entry;
+
+/// Changed entries read from the datastore per call while catching up.
+const CHANGES_PER_READ: u32 = 5000;
+
+#[derive(Debug, Default)]
+struct Snapshot {
+    /// The store revision the cache reflects.
+    revision: u64,
+    entries: HashMap<String, Arc<Entry>>,
+    /// Parent ID → IDs of the entries with that parent.
+    by_parent: HashMap<SpiffeId, BTreeSet<String>>,
+}
+
+impl Snapshot {
+    fn remove(&mut self, id: &str) {
+        if let Some(old) = self.entries.remove(id)
+            && let Some(ids) = self.by_parent.get_mut(&old.spec.parent_id)
+        {
+            ids.remove(id);
+            if ids.is_empty() {
+                self.by_parent.remove(&old.spec.parent_id);
+            }
+        }
+    }
+
+    fn apply(&mut self, changes: EntryChanges) {
+        for id in &changes.deleted {
+            self.remove(id);
+        }
+        for entry in changes.changed {
+            self.remove(&entry.id);
+            self.by_parent
+                .entry(entry.spec.parent_id.clone())
+                .or_default()
+                .insert(entry.id.clone());
+            self.entries.insert(entry.id.clone(), Arc::new(entry));
+        }
+        self.revision = self.revision.max(changes.revision);
+    }
+
+    fn children(&self, parent: &SpiffeId) -> impl Iterator<Item = &Arc<Entry>> {
+        self.by_parent.get(parent).into_iter().flatten().filter_map(|id| self.entries.get(id))
+    }
+}
+
+/// The entries authorized for one agent, by entry ID, with the store revision they reflect.
+#[derive(Debug, Clone, Default)]
+pub struct AuthorizedSet {
+    /// The store revision of the cache when the set was computed.
+    pub revision: u64,
+    /// The entries, ordered by ID.
+    pub entries: BTreeMap<String, Arc<Entry>>,
+}
+
+/// The cache; see the module documentation.
+#[derive(Debug)]
+pub struct AuthorizedEntries {
+    store: Arc<dyn DataStore>,
+    server_id: SpiffeId,
+    snapshot: RwLock<Snapshot>,
+    /// Serializes refreshes, so two callers never apply the same changes twice.
+    refreshing: tokio::sync::Mutex<()>,
+}
+
+impl AuthorizedEntries {
+    /// An empty cache over `store`; call [`Self::refresh`] to load it.
+    pub fn new(store: Arc<dyn DataStore>, server_id: SpiffeId) -> Self {
+        Self {
+            store,
+            server_id,
+            snapshot: RwLock::new(Snapshot::default()),
+            refreshing: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Reads every change since the cached revision; on a datastore failure keeps the
+    /// last good copy, logs a warning and returns false.
+    pub async fn refresh(&self) -> bool {
+        let _guard = self.refreshing.lock().await;
+        loop {
+            let since = self.revision();
+            let store = self.store.clone();
+            let read = tokio::task::spawn_blocking(move || {
+                store.entry_changes_since(since, CHANGES_PER_READ)
+            })
+            .await
+            .unwrap_or_else(|e| Err(DataStoreError::Backend(format!("reader task failed: {e}"))));
+            match read {
+                Ok(changes) => {
+                    let more = changes.changed.len() >= CHANGES_PER_READ as usize
+                        && changes.revision > since;
+                    self.write().apply(changes);
+                    if !more {
+                        return true;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, revision = since,
+                        "cannot read entry changes; serving the last good copy of the entries");
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// Refreshes every `interval` until `stop` turns true.
+    pub async fn run(
+        self: Arc<Self>,
+        interval: Duration,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => { self.refresh().await; }
+                changed = stop.changed() => {
+                    if changed.is_err() || *stop.borrow() { return; }
+                }
+            }
+        }
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Snapshot> {
+        self.snapshot.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Snapshot> {
+        self.snapshot.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The store revision the cache reflects.
+    pub fn revision(&self) -> u64 {
+        self.read().revision
+    }
+
+    /// How many entries are cached.
+    pub fn len(&self) -> usize {
+        self.read().entries.len()
+    }
+
+    /// Whether the cache holds no entry.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The entry with this ID, if cached.
+    pub fn get(&self, id: &str) -> Option<Arc<Entry>> {
+        self.read().entries.get(id).cloned()
+    }
+
+    /// The entries authorized for the agent `agent_id` with node selectors `selectors`.
+    pub fn authorized_for(&self, agent_id: &SpiffeId, selectors: &SelectorSet) -> AuthorizedSet {
+        let snap = self.read();
+        let mut entries: BTreeMap<String, Arc<Entry>> =
+            snap.children(agent_id).map(|e| (e.id.clone(), e.clone())).collect();
+        let aliases = snap
+            .children(&self.server_id)
+            .filter(|alias| alias.spec.selectors.is_subset_of(selectors));
+        for alias in aliases {
+            for e in snap.children(&alias.spec.spiffe_id) {
+                entries.insert(e.id.clone(), e.clone());
+            }
+        }
+        AuthorizedSet { revision: snap.revision, entries }
+    }
+
+    /// Whether the entry `entry` is authorized for the agent (same rule as
+    /// [`Self::authorized_for`], checked for one entry).
+    pub fn is_authorized(
+        &self,
+        entry: &Entry,
+        agent_id: &SpiffeId,
+        selectors: &SelectorSet,
+    ) -> bool {
+        if &entry.spec.parent_id == agent_id {
+            return true;
+        }
+        let snap = self.read();
+        snap.children(&self.server_id).any(|alias| {
+            alias.spec.spiffe_id == entry.spec.parent_id
+                && alias.spec.selectors.is_subset_of(selectors)
+        })
+    }
+}

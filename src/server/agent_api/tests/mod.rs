@@ -1,0 +1,1 @@
+//! Agent API tests over real TCP, TLS and SQLite.
