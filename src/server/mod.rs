@@ -3,3 +3,4 @@
 
 pub mod datastore;
 pub mod entry;
+pub mod join_token;
