@@ -12,18 +12,15 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use keycard_workload_api::{SpiffeBundle, SpiffeId, TrustDomain, X509Bundle, X509BundleSet};
-use rustls::ClientConfig;
-use rustls::client::Resumption;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
+use rustls::pki_types::{CertificateDer, UnixTime};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
-use super::{SpiffeServerVerifier, TlsConnectorService};
 use crate::ca::{CaError, KeyType, SigningKey};
+use crate::server::agent_api::SYNC_PAGE_SIZE;
 use crate::server::agent_api::attest::challenge_message;
 use crate::server::agent_api::proto::agent_client::AgentClient;
 use crate::server::agent_api::proto::{self as pb, attest_agent_request, attest_agent_response};
-use crate::server::agent_api::{MAX_MESSAGE_SIZE, SYNC_PAGE_SIZE, server_id};
 
 /// Why a call to the server failed.
 #[derive(Debug, thiserror::Error)]
@@ -108,53 +105,6 @@ pub struct ServerClient {
     grpc: AgentClient<Channel>,
 }
 
-fn unix_now() -> UnixTime {
-    UnixTime::now()
-}
-
-async fn open(
-    addr: &str,
-    trust_domain: &TrustDomain,
-    bundle: &X509Bundle,
-    identity: Option<&AgentIdentity>,
-) -> Result<AgentClient<Channel>, ClientError> {
-    let fail = |reason: String| ClientError::Connect { addr: addr.to_owned(), reason };
-    let mut bundles = X509BundleSet::new();
-    bundles.insert(bundle.clone());
-    let verifier = Arc::new(SpiffeServerVerifier::new(bundles, server_id(trust_domain)));
-    let builder = ClientConfig::builder_with_provider(crate::server::agent_api::tls::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| fail(e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier);
-    let mut config = match identity {
-        Some(id) => {
-            let key =
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(id.key.key_pair().serialize_der()));
-            builder.with_client_auth_cert(id.chain.clone(), key).map_err(|e| fail(e.to_string()))?
-        }
-        None => builder.with_no_client_auth(),
-    };
-    config.resumption = Resumption::disabled();
-    config.enable_sni = false;
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| fail(e.to_string()))?
-        .connect_timeout(Duration::from_secs(10));
-    let channel = endpoint
-        .connect_with_connector(TlsConnectorService::new(Arc::new(config)))
-        .await
-        .map_err(|e| {
-            fail(format!(
-                "{e}: {}",
-                std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default()
-            ))
-        })?;
-    Ok(AgentClient::new(channel)
-        .max_decoding_message_size(MAX_MESSAGE_SIZE)
-        .max_encoding_message_size(MAX_MESSAGE_SIZE))
-}
-
 fn csr_for(key: &SigningKey) -> Result<Vec<u8>, ClientError> {
     let params = rcgen::CertificateParams::default();
     let csr = params
@@ -184,7 +134,7 @@ fn verify_agent_svid(
     let chain = chain_of(svid);
     let mut set = X509BundleSet::new();
     set.insert(bundle.clone());
-    let id = keycard_workload_api::verify_chain(&chain, &set, unix_now())
+    let id = keycard_workload_api::verify_chain(&chain, &set, UnixTime::now())
         .map_err(|e| bad(e.to_string()))?;
     if &id != expected {
         return Err(bad(format!("it names {id}, expected {expected}")));
@@ -207,7 +157,7 @@ impl ServerClient {
         trust_domain: TrustDomain,
         bootstrap: X509Bundle,
     ) -> Result<Self, ClientError> {
-        let grpc = open(addr, &trust_domain, &bootstrap, None).await?;
+        let grpc = super::open_channel(addr, &trust_domain, &bootstrap, None).await?;
         Ok(Self { addr: addr.to_owned(), trust_domain, bundle: bootstrap, identity: None, grpc })
     }
 
@@ -218,7 +168,7 @@ impl ServerClient {
         bundle: X509Bundle,
         identity: AgentIdentity,
     ) -> Result<Self, ClientError> {
-        let grpc = open(addr, &trust_domain, &bundle, Some(&identity)).await?;
+        let grpc = super::open_channel(addr, &trust_domain, &bundle, Some(&identity)).await?;
         Ok(Self { addr: addr.to_owned(), trust_domain, bundle, identity: Some(identity), grpc })
     }
 
@@ -242,7 +192,8 @@ impl ServerClient {
         identity: AgentIdentity,
         bundle: X509Bundle,
     ) -> Result<(), ClientError> {
-        self.grpc = open(&self.addr, &self.trust_domain, &bundle, Some(&identity)).await?;
+        self.grpc =
+            super::open_channel(&self.addr, &self.trust_domain, &bundle, Some(&identity)).await?;
         self.bundle = bundle;
         self.identity = Some(identity);
         Ok(())

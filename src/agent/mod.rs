@@ -9,17 +9,25 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use keycard_workload_api::{SpiffeId, X509BundleSet, verify_chain};
+use keycard_workload_api::{TrustDomain, X509Bundle};
+use rustls::client::Resumption;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tonic::codegen::http::Uri;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::server::agent_api::proto::agent_client::AgentClient;
+use crate::server::agent_api::{MAX_MESSAGE_SIZE, server_id};
 
 pub mod client;
 
@@ -132,4 +140,50 @@ impl tower::Service<Uri> for TlsConnectorService {
             Ok(TokioIo::new(tls))
         })
     }
+}
+
+/// Opens a gRPC channel to `addr` over TLS: the server must present an SVID with the ID
+/// `spiffe://<td>/keycard/server` chaining to `bundle`; `identity`, when given, is the
+/// client certificate. No resumption, no SNI, HTTP/2 by ALPN.
+pub async fn open_channel(
+    addr: &str,
+    trust_domain: &TrustDomain,
+    bundle: &X509Bundle,
+    identity: Option<&AgentIdentity>,
+) -> Result<AgentClient<Channel>, ClientError> {
+    let fail = |reason: String| ClientError::Connect { addr: addr.to_owned(), reason };
+    let mut bundles = X509BundleSet::new();
+    bundles.insert(bundle.clone());
+    let verifier = Arc::new(SpiffeServerVerifier::new(bundles, server_id(trust_domain)));
+    let builder = ClientConfig::builder_with_provider(crate::server::agent_api::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| fail(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let mut config = match identity {
+        Some(id) => {
+            let key =
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(id.key.key_pair().serialize_der()));
+            builder.with_client_auth_cert(id.chain.clone(), key).map_err(|e| fail(e.to_string()))?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.resumption = Resumption::disabled();
+    config.enable_sni = false;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| fail(e.to_string()))?
+        .connect_timeout(Duration::from_secs(10));
+    let channel = endpoint
+        .connect_with_connector(TlsConnectorService::new(Arc::new(config)))
+        .await
+        .map_err(|e| {
+            fail(format!(
+                "{e}: {}",
+                std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default()
+            ))
+        })?;
+    Ok(AgentClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE))
 }

@@ -74,10 +74,10 @@ pub fn check_csr(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::ca::DEFAULT_MAX_CSR_LEN;
-    use rcgen::{CertificateParams, IsCa, KeyPair, SanType};
+    use rcgen::{CertificateParams, KeyPair, SanType};
 
     fn td() -> TrustDomain {
         TrustDomain::new("example.org").unwrap()
@@ -88,6 +88,14 @@ mod tests {
         let mut params = CertificateParams::default();
         edit(&mut params);
         params.serialize_request(&key).unwrap().der().to_vec()
+    }
+
+    /// A requested basicConstraints extension with cA=true (rcgen refuses `is_ca` in CSRs).
+    pub(crate) fn ca_true() -> rcgen::CustomExtension {
+        rcgen::CustomExtension::from_oid_content(
+            &[2, 5, 29, 19],
+            vec![0x30, 0x03, 0x01, 0x01, 0xff],
+        )
     }
 
     fn uri(s: &str) -> SanType {
@@ -110,7 +118,7 @@ mod tests {
 
     #[test]
     fn each_overreach_has_its_error() {
-        let ca = csr(|p| p.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained));
+        let ca = csr(|p| p.custom_extensions = vec![ca_true()]);
         assert!(matches!(check(&ca), Err(AgentApiError::CsrAsksForCa)));
         let other = csr(|p| p.subject_alt_names = vec![uri("spiffe://example.org/db")]);
         assert!(matches!(check(&other), Err(AgentApiError::CsrOtherId { .. })));
