@@ -11,6 +11,7 @@
 //!   signed by an upstream CA on disk), SVID templates and CSR checks, the JWT authority,
 //!   the authority journal and the rotation manager.
 //! - [`selector`]: `Selector` (`type:value`) and `SelectorSet` with subset matching.
+//! - [`agent`]: the node agent: its client of the server's agent API.
 //! - [`server`]: the CA daemon: datastore, registration entries, admin and agent APIs.
 //! - [`telemetry`]: Prometheus metrics, health endpoints, audit events.
 #![forbid(unsafe_code)]

@@ -1,4 +1,14 @@
-//! The node agent: attests to the server, keeps workload SVIDs renewed, serves the
-//! Workload API.
+//! The node agent.
+//!
+//! - [`client`]: the agent's client of the server's agent API (attest, renew, sync, sign,
+//!   bundle); [`server_tls`]: how it authenticates the server over TLS.
+//! - [`renewal`]: when each SVID is renewed (staggered so a fleet never renews at once).
 
+pub mod client;
 pub mod renewal;
+pub mod server_tls;
+
+pub use client::{
+    AgentIdentity, Attestation, ClientError, IssuedX509Svid, ServerClient, SyncedEntries,
+};
+pub use server_tls::{SpiffeServerVerifier, TlsConnectorService, open_channel};

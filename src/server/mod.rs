@@ -1,6 +1,8 @@
 //! The CA server daemon: datastore, registration entries, admin API, node attestation and
 //! the agent API.
 
+pub mod agent_api;
 pub mod config;
 pub mod datastore;
 pub mod entry;
+pub mod join_token;

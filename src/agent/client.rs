@@ -1,0 +1,399 @@
+//! The agent's client of the server's agent API.
+//!
+//! [`ServerClient::connect`] opens TLS to the server, trusting a bootstrap bundle and the
+//! server ID `spiffe://<td>/keycard/server` only. Attestation makes a fresh agent key,
+//! gets an agent SVID, verifies it (chain to the bundle the server sent, the ID the server
+//! named, our own key) before adopting it, and reconnects with it as the client
+//! certificate; every later call goes over that mTLS connection. Renewal does the same
+//! with a new key, because the server accepts only the newest agent SVID.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use keycard_workload_api::{SpiffeBundle, SpiffeId, TrustDomain, X509Bundle, X509BundleSet};
+use rustls::pki_types::{CertificateDer, UnixTime};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+use crate::ca::{CaError, KeyType, SigningKey};
+use crate::server::agent_api::SYNC_PAGE_SIZE;
+use crate::server::agent_api::attest::challenge_message;
+use crate::server::agent_api::proto::agent_client::AgentClient;
+use crate::server::agent_api::proto::{self as pb, attest_agent_request, attest_agent_response};
+
+/// Why a call to the server failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server could not be reached or the TLS handshake failed.
+    #[error("cannot connect to the server at {addr}: {reason}")]
+    Connect {
+        /// The address dialled.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// The server refused the call.
+    #[error("server refused: {}: {}", .0.code(), .0.message())]
+    Rpc(#[from] tonic::Status),
+    /// The server answered with something unusable (bad SVID, bad bundle, protocol error).
+    #[error("bad answer from the server: {0}")]
+    BadResponse(String),
+    /// The call needs an agent SVID and this client has none.
+    #[error("not attested: attest first")]
+    NotAttested,
+    /// Making or using a key failed.
+    #[error("key: {0}")]
+    Key(#[from] CaError),
+}
+
+/// The agent's SVID and key.
+#[derive(Debug, Clone)]
+pub struct AgentIdentity {
+    /// The agent ID.
+    pub spiffe_id: SpiffeId,
+    /// The SVID chain, leaf first.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The SVID's private key.
+    pub key: Arc<SigningKey>,
+    /// The SVID's serial number, hex.
+    pub serial: String,
+    /// The SVID's `notAfter`.
+    pub expires_at: SystemTime,
+}
+
+/// The outcome of attestation.
+#[derive(Debug, Clone)]
+pub struct Attestation {
+    /// The agent's identity (also kept by the client).
+    pub identity: AgentIdentity,
+    /// The bundle the server sent.
+    pub bundle: SpiffeBundle,
+}
+
+/// An X.509-SVID issued for an entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedX509Svid {
+    /// Leaf first, then intermediates.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// `notAfter`, seconds since the Unix epoch.
+    pub expires_at: i64,
+    /// Serial, hex.
+    pub serial: String,
+}
+
+/// The agent's copy of its authorized entries, updated by [`ServerClient::sync`].
+#[derive(Debug, Clone, Default)]
+pub struct SyncedEntries {
+    /// The store revision the copy reflects (0 before the first sync).
+    pub revision: u64,
+    /// The entries by ID.
+    pub entries: BTreeMap<String, pb::Entry>,
+    /// The bundle as of the last sync.
+    pub bundle: Option<SpiffeBundle>,
+    /// IDs of tainted X.509 authorities.
+    pub tainted_authority_ids: Vec<String>,
+}
+
+/// A client of the agent API; see the module documentation.
+#[derive(Debug)]
+pub struct ServerClient {
+    addr: String,
+    trust_domain: TrustDomain,
+    bundle: X509Bundle,
+    identity: Option<AgentIdentity>,
+    grpc: AgentClient<Channel>,
+}
+
+fn csr_for(key: &SigningKey) -> Result<Vec<u8>, ClientError> {
+    let params = rcgen::CertificateParams::default();
+    let csr = params
+        .serialize_request(key.key_pair())
+        .map_err(|e| ClientError::Key(CaError::Signing(e.to_string())))?;
+    Ok(csr.der().to_vec())
+}
+
+fn parse_bundle(td: &TrustDomain, json: &[u8]) -> Result<SpiffeBundle, ClientError> {
+    SpiffeBundle::parse(td.clone(), json)
+        .map_err(|e| ClientError::BadResponse(format!("bundle: {e}")))
+}
+
+fn chain_of(svid: &pb::X509Svid) -> Vec<CertificateDer<'static>> {
+    svid.cert_chain.iter().map(|c| CertificateDer::from(c.clone())).collect()
+}
+
+/// Checks a new agent SVID before adopting it: chain to `bundle`, the expected ID, our key.
+fn verify_agent_svid(
+    svid: &pb::X509Svid,
+    key: Arc<SigningKey>,
+    expected: &SpiffeId,
+    bundle: &X509Bundle,
+) -> Result<AgentIdentity, ClientError> {
+    use x509_parser::prelude::FromDer as _;
+    let bad = |m: String| ClientError::BadResponse(format!("agent SVID: {m}"));
+    let chain = chain_of(svid);
+    let mut set = X509BundleSet::new();
+    set.insert(bundle.clone());
+    let id = keycard_workload_api::verify_chain(&chain, &set, UnixTime::now())
+        .map_err(|e| bad(e.to_string()))?;
+    if &id != expected {
+        return Err(bad(format!("it names {id}, expected {expected}")));
+    }
+    let leaf = chain.first().ok_or_else(|| bad("empty chain".into()))?;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(leaf)
+        .map_err(|e| bad(e.to_string()))?;
+    if cert.public_key().raw != key.public_key_der().as_slice() {
+        return Err(bad("it does not certify our key".into()));
+    }
+    let expires_at = SystemTime::UNIX_EPOCH + Duration::from_secs(svid.expires_at.max(0) as u64);
+    Ok(AgentIdentity { spiffe_id: id, chain, key, serial: svid.serial.clone(), expires_at })
+}
+
+impl ServerClient {
+    /// Connects without a client certificate (to attest), trusting `bootstrap` for the
+    /// server's certificate. `addr` is `host:port`.
+    pub async fn connect(
+        addr: &str,
+        trust_domain: TrustDomain,
+        bootstrap: X509Bundle,
+    ) -> Result<Self, ClientError> {
+        let grpc = super::open_channel(addr, &trust_domain, &bootstrap, None).await?;
+        Ok(Self { addr: addr.to_owned(), trust_domain, bundle: bootstrap, identity: None, grpc })
+    }
+
+    /// Connects with an agent SVID obtained earlier (after a restart).
+    pub async fn connect_with_identity(
+        addr: &str,
+        trust_domain: TrustDomain,
+        bundle: X509Bundle,
+        identity: AgentIdentity,
+    ) -> Result<Self, ClientError> {
+        let grpc = super::open_channel(addr, &trust_domain, &bundle, Some(&identity)).await?;
+        Ok(Self { addr: addr.to_owned(), trust_domain, bundle, identity: Some(identity), grpc })
+    }
+
+    /// The agent identity in use, once attested.
+    pub fn identity(&self) -> Option<&AgentIdentity> {
+        self.identity.as_ref()
+    }
+
+    /// The X.509 bundle trusted for the server.
+    pub fn bundle(&self) -> &X509Bundle {
+        &self.bundle
+    }
+
+    /// The raw gRPC client over the current connection (for calls this type does not wrap).
+    pub fn grpc(&mut self) -> &mut AgentClient<Channel> {
+        &mut self.grpc
+    }
+
+    async fn adopt(
+        &mut self,
+        identity: AgentIdentity,
+        bundle: X509Bundle,
+    ) -> Result<(), ClientError> {
+        self.grpc =
+            super::open_channel(&self.addr, &self.trust_domain, &bundle, Some(&identity)).await?;
+        self.bundle = bundle;
+        self.identity = Some(identity);
+        Ok(())
+    }
+
+    /// Attests with a join token.
+    pub async fn attest_join_token(&mut self, token: &str) -> Result<Attestation, ClientError> {
+        let data = pb::attestation_params::Data::JoinToken(pb::JoinTokenAttestation {
+            token: token.to_owned(),
+        });
+        self.attest(data, None).await
+    }
+
+    /// Attests with x509pop: the node certificate chain (leaf first) and the node key.
+    pub async fn attest_x509pop(
+        &mut self,
+        chain: &[CertificateDer<'_>],
+        node_key: &SigningKey,
+    ) -> Result<Attestation, ClientError> {
+        let data = pb::attestation_params::Data::X509pop(pb::X509PopAttestation {
+            cert_chain: chain.iter().map(|c| c.to_vec()).collect(),
+        });
+        self.attest(data, Some(node_key)).await
+    }
+
+    async fn attest(
+        &mut self,
+        data: pb::attestation_params::Data,
+        node_key: Option<&SigningKey>,
+    ) -> Result<Attestation, ClientError> {
+        let key = Arc::new(SigningKey::generate(KeyType::EcP256)?);
+        let params = pb::AttestationParams { data: Some(data), csr: csr_for(&key)? };
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let first =
+            pb::AttestAgentRequest { step: Some(attest_agent_request::Step::Params(params)) };
+        tx.send(first)
+            .await
+            .map_err(|_| ClientError::BadResponse("request stream closed".into()))?;
+        let mut responses = self.grpc.attest_agent(ReceiverStream::new(rx)).await?.into_inner();
+        let result = loop {
+            let step = responses.message().await?.and_then(|m| m.step).ok_or_else(|| {
+                ClientError::BadResponse("attestation ended without a result".into())
+            })?;
+            match step {
+                attest_agent_response::Step::Challenge(nonce) => {
+                    let node_key = node_key
+                        .ok_or_else(|| ClientError::BadResponse("unexpected challenge".into()))?;
+                    let signature = node_key.sign(&challenge_message(&nonce))?;
+                    let answer = pb::AttestAgentRequest {
+                        step: Some(attest_agent_request::Step::ChallengeResponse(
+                            pb::ChallengeResponse { signature },
+                        )),
+                    };
+                    tx.send(answer)
+                        .await
+                        .map_err(|_| ClientError::BadResponse("request stream closed".into()))?;
+                }
+                attest_agent_response::Step::Result(result) => break result,
+            }
+        };
+        let agent_id = SpiffeId::parse(&result.agent_id)
+            .map_err(|e| ClientError::BadResponse(e.to_string()))?;
+        let bundle = parse_bundle(&self.trust_domain, &result.bundle)?;
+        let x509 = bundle.x509_bundle().map_err(|e| ClientError::BadResponse(e.to_string()))?;
+        let svid = result.svid.ok_or_else(|| ClientError::BadResponse("no SVID".into()))?;
+        let identity = verify_agent_svid(&svid, key, &agent_id, &x509)?;
+        self.adopt(identity.clone(), x509).await?;
+        Ok(Attestation { identity, bundle })
+    }
+
+    /// Renews the agent SVID with a new key, and reconnects with it.
+    pub async fn renew(&mut self) -> Result<AgentIdentity, ClientError> {
+        let current = self.identity.clone().ok_or(ClientError::NotAttested)?;
+        let key = Arc::new(SigningKey::generate(KeyType::EcP256)?);
+        let reply = self
+            .grpc
+            .renew_agent(pb::RenewAgentRequest { csr: csr_for(&key)? })
+            .await?
+            .into_inner();
+        let svid = reply.svid.ok_or_else(|| ClientError::BadResponse("no SVID".into()))?;
+        let identity = verify_agent_svid(&svid, key, &current.spiffe_id, &self.bundle)?;
+        let bundle = self.bundle.clone();
+        self.adopt(identity.clone(), bundle).await?;
+        Ok(identity)
+    }
+
+    /// One raw `SyncEntries` call: every page merged, in order.
+    pub async fn sync_entries(
+        &mut self,
+        since_revision: u64,
+        entry_ids: Vec<String>,
+    ) -> Result<(Vec<pb::EntryRevision>, Vec<pb::Entry>, pb::SyncEntriesResponse), ClientError>
+    {
+        let mut stream = self
+            .grpc
+            .sync_entries(pb::SyncEntriesRequest { since_revision, entry_ids })
+            .await?
+            .into_inner();
+        let (mut revisions, mut entries) = (Vec::new(), Vec::new());
+        while let Some(page) = stream.message().await? {
+            if page.complete {
+                return Ok((revisions, entries, page));
+            }
+            revisions.extend(page.revisions);
+            entries.extend(page.entries);
+        }
+        Err(ClientError::BadResponse("sync ended without a complete message".into()))
+    }
+
+    /// Brings `previous` up to date: keeps unchanged entries, takes changed ones, drops
+    /// those no longer authorized, and fetches any it lacks.
+    pub async fn sync(&mut self, previous: &SyncedEntries) -> Result<SyncedEntries, ClientError> {
+        let (revisions, changed, last) = self.sync_entries(previous.revision, Vec::new()).await?;
+        let mut changed: BTreeMap<String, pb::Entry> =
+            changed.into_iter().map(|e| (e.id.clone(), e)).collect();
+        let mut entries = BTreeMap::new();
+        let mut missing = Vec::new();
+        for r in revisions {
+            match changed.remove(&r.id) {
+                Some(e) => {
+                    entries.insert(r.id, e);
+                }
+                None => match previous.entries.get(&r.id) {
+                    Some(e) if e.revision == r.revision => {
+                        entries.insert(r.id, e.clone());
+                    }
+                    _ => missing.push(r.id),
+                },
+            }
+        }
+        for chunk in missing.chunks(SYNC_PAGE_SIZE) {
+            let (_, fetched, _) = self.sync_entries(previous.revision, chunk.to_vec()).await?;
+            for e in fetched.into_iter().filter(|e| chunk.contains(&e.id)) {
+                entries.insert(e.id.clone(), e);
+            }
+        }
+        let bundle = parse_bundle(&self.trust_domain, &last.bundle)?;
+        if let Ok(x509) = bundle.x509_bundle() {
+            self.bundle = x509;
+        }
+        Ok(SyncedEntries {
+            revision: last.revision,
+            entries,
+            bundle: Some(bundle),
+            tainted_authority_ids: last.tainted_authority_ids,
+        })
+    }
+
+    /// Signs CSRs for entries: one result per `(entry_id, csr)`, in order.
+    pub async fn batch_new_x509_svid(
+        &mut self,
+        items: &[(String, Vec<u8>)],
+    ) -> Result<Vec<Result<IssuedX509Svid, tonic::Status>>, ClientError> {
+        let params = items
+            .iter()
+            .map(|(entry_id, csr)| pb::NewX509SvidParams {
+                entry_id: entry_id.clone(),
+                csr: csr.clone(),
+            })
+            .collect();
+        let reply = self
+            .grpc
+            .batch_new_x509_svid(pb::BatchNewX509SvidRequest { params })
+            .await?
+            .into_inner();
+        Ok(reply
+            .results
+            .into_iter()
+            .map(|r| match r.svid {
+                Some(svid) if r.status_code == 0 => Ok(IssuedX509Svid {
+                    chain: chain_of(&svid),
+                    expires_at: svid.expires_at,
+                    serial: svid.serial,
+                }),
+                _ => {
+                    Err(tonic::Status::new(tonic::Code::from_i32(r.status_code), r.status_message))
+                }
+            })
+            .collect())
+    }
+
+    /// A JWT-SVID for an entry: `(token, expiry seconds since the epoch)`.
+    pub async fn new_jwt_svid(
+        &mut self,
+        entry_id: &str,
+        audiences: &[String],
+    ) -> Result<(String, i64), ClientError> {
+        let req =
+            pb::NewJwtSvidRequest { entry_id: entry_id.to_owned(), audiences: audiences.to_vec() };
+        let reply = self.grpc.new_jwt_svid(req).await?.into_inner();
+        Ok((reply.token, reply.expires_at))
+    }
+
+    /// The trust domain's bundle; also becomes the bundle trusted for the server.
+    pub async fn fetch_bundle(&mut self) -> Result<SpiffeBundle, ClientError> {
+        let reply = self.grpc.fetch_bundle(pb::FetchBundleRequest {}).await?.into_inner();
+        let bundle = parse_bundle(&self.trust_domain, &reply.bundle)?;
+        if let Ok(x509) = bundle.x509_bundle() {
+            self.bundle = x509;
+        }
+        Ok(bundle)
+    }
+}

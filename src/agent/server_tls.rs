@@ -1,0 +1,181 @@
+//! The TLS pieces the agent connects to the server with: a verifier that authenticates
+//! the server by SPIFFE ID (`spiffe://<td>/keycard/server`) against a trust bundle (no DNS
+//! name involved), and a connector that gives tonic a rustls stream.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use keycard_workload_api::{SpiffeId, X509BundleSet, verify_chain};
+use keycard_workload_api::{TrustDomain, X509Bundle};
+use rustls::client::Resumption;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tonic::codegen::http::Uri;
+use tonic::transport::{Channel, Endpoint};
+
+use super::client::{AgentIdentity, ClientError};
+use crate::server::agent_api::proto::agent_client::AgentClient;
+use crate::server::agent_api::{MAX_MESSAGE_SIZE, server_id};
+
+/// Authenticates the server: its chain must verify against the bundle and its leaf must
+/// carry exactly the expected SPIFFE ID.
+#[derive(Debug)]
+pub struct SpiffeServerVerifier {
+    bundles: X509BundleSet,
+    expected: SpiffeId,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl SpiffeServerVerifier {
+    /// Trusts `bundles` and accepts only `expected`.
+    pub fn new(bundles: X509BundleSet, expected: SpiffeId) -> Self {
+        let algorithms = rustls::crypto::ring::default_provider().signature_verification_algorithms;
+        Self { bundles, expected, algorithms }
+    }
+}
+
+impl ServerCertVerifier for SpiffeServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let mut chain = vec![end_entity.clone()];
+        chain.extend(intermediates.iter().cloned());
+        let id = verify_chain(&chain, &self.bundles, now)
+            .map_err(|e| rustls::Error::General(format!("server certificate: {e}")))?;
+        if id != self.expected {
+            return Err(rustls::Error::General(format!(
+                "server presented {id}, expected {}",
+                self.expected
+            )));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// Opens TCP to the URI's host and port, then TLS with `config`: what tonic's channel
+/// calls for each connection.
+#[derive(Debug, Clone)]
+pub struct TlsConnectorService {
+    config: Arc<ClientConfig>,
+}
+
+impl TlsConnectorService {
+    /// A connector using `config`.
+    pub fn new(config: Arc<ClientConfig>) -> Self {
+        Self { config }
+    }
+}
+
+type ConnectFuture =
+    Pin<Box<dyn Future<Output = Result<TokioIo<TlsStream<TcpStream>>, std::io::Error>> + Send>>;
+
+impl tower::Service<Uri> for TlsConnectorService {
+    type Response = TokioIo<TlsStream<TcpStream>>;
+    type Error = std::io::Error;
+    type Future = ConnectFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let config = self.config.clone();
+        Box::pin(async move {
+            let invalid =
+                |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, m.to_owned());
+            let host = uri.host().ok_or_else(|| invalid("server address has no host"))?;
+            let port = uri.port_u16().ok_or_else(|| invalid("server address has no port"))?;
+            let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+            let tcp = TcpStream::connect((host.as_str(), port)).await?;
+            tcp.set_nodelay(true)?;
+            // The verifier checks the SPIFFE ID, not this name; SNI is off.
+            let name =
+                ServerName::try_from("keycard-server").map_err(|_| invalid("server name"))?;
+            let tls = TlsConnector::from(config).connect(name, tcp).await?;
+            Ok(TokioIo::new(tls))
+        })
+    }
+}
+
+/// Opens a gRPC channel to `addr` over TLS: the server must present an SVID with the ID
+/// `spiffe://<td>/keycard/server` chaining to `bundle`; `identity`, when given, is the
+/// client certificate. No resumption, no SNI, HTTP/2 by ALPN.
+pub async fn open_channel(
+    addr: &str,
+    trust_domain: &TrustDomain,
+    bundle: &X509Bundle,
+    identity: Option<&AgentIdentity>,
+) -> Result<AgentClient<Channel>, ClientError> {
+    let fail = |reason: String| ClientError::Connect { addr: addr.to_owned(), reason };
+    let mut bundles = X509BundleSet::new();
+    bundles.insert(bundle.clone());
+    let verifier = Arc::new(SpiffeServerVerifier::new(bundles, server_id(trust_domain)));
+    let builder = ClientConfig::builder_with_provider(crate::server::agent_api::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| fail(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let mut config = match identity {
+        Some(id) => {
+            let key =
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(id.key.key_pair().serialize_der()));
+            builder.with_client_auth_cert(id.chain.clone(), key).map_err(|e| fail(e.to_string()))?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.resumption = Resumption::disabled();
+    config.enable_sni = false;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| fail(e.to_string()))?
+        .connect_timeout(Duration::from_secs(10));
+    let channel = endpoint
+        .connect_with_connector(TlsConnectorService::new(Arc::new(config)))
+        .await
+        .map_err(|e| {
+            fail(format!(
+                "{e}: {}",
+                std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default()
+            ))
+        })?;
+    Ok(AgentClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE))
+}
