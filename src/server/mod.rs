@@ -1,6 +1,7 @@
 //! The CA server daemon: datastore, registration entries, admin API, node attestation and
 //! the agent API.
 
+pub mod admin;
 pub mod datastore;
 pub mod entry;
 pub mod join_token;
