@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - `main.rs`: the `keycard` command line.
+//! - [`cli`]: the admin commands (`keycard entry`, `token`, ...): admin API clients.
 //! - [`clock`]: the `Clock` trait (system clock, manual test clock); all time goes through it.
 //! - [`fsutil`]: atomic private file writes (temp file, fsync, rename, fsync directory).
 //! - [`ca`]: signing: key managers (memory, disk), the X.509 authority (self-signed or
@@ -13,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod ca;
+pub mod cli;
 pub mod clock;
 pub mod fsutil;
 pub mod selector;

@@ -19,6 +19,9 @@ enum Command {
         #[arg(required = true)]
         ids: Vec<String>,
     },
+    /// Admin commands: clients of a running server's admin socket.
+    #[command(flatten)]
+    Admin(keycard::cli::AdminCommand),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -30,6 +33,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::CheckId { ids }) => check_ids(&ids),
+        Some(Command::Admin(command)) => Ok(keycard::cli::run_admin(command)?),
     }
 }
 
