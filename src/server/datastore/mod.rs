@@ -17,8 +17,10 @@ use serde::{Deserialize, Serialize};
 use super::entry::{Entry, EntrySpec};
 use crate::selector::SelectorSet;
 
+pub mod journal;
 pub mod sqlite;
 
+pub use journal::DataStoreJournal;
 pub use sqlite::SqliteDataStore;
 
 /// Largest page a list call returns, whatever the caller asks.

@@ -1,5 +1,329 @@
-//! The embedded SQLite datastore (written next).
+//! The embedded SQLite datastore: one database file, the default for a single server.
+//!
+//! The file is opened in WAL mode with `synchronous=FULL`, so a committed call survives a
+//! crash or power loss, and with foreign keys enforced. Every mutating method runs in one
+//! `IMMEDIATE` transaction: it takes the write lock before reading, so a check and the write
+//! that depends on it (a duplicate check, a join token's single use) cannot interleave with
+//! another writer, even one in another process. The schema is versioned (see `schema.rs`).
+//!
+//! Times are stored as integer milliseconds since the Unix epoch, durations as milliseconds.
 
-/// Placeholder type until the SQLite implementation lands.
+use std::fs::{self, OpenOptions};
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use keycard_workload_api::{SpiffeId, TrustDomain};
+use rusqlite::{Connection, OptionalExtension as _, Transaction, TransactionBehavior};
+
+use super::{
+    AgentRecord, DataStore, DataStoreError, EntryChanges, EntryFilter, JoinTokenRecord, Page,
+    PageRequest, TokenUse,
+};
+use crate::fsutil;
+use crate::server::entry::{Entry, EntrySpec};
+
+mod entries;
+mod records;
+mod schema;
+
+/// How long a call waits for another process's write lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Mode of the database file (and, through SQLite, of its WAL and shared-memory files).
+const FILE_MODE: u32 = 0o600;
+
+/// The embedded SQLite datastore; see the module documentation.
 #[derive(Debug)]
-pub struct SqliteDataStore;
+pub struct SqliteDataStore {
+    /// One connection: SQLite has one writer at a time anyway, and the mutex keeps a
+    /// transaction from being shared between threads.
+    conn: Mutex<Connection>,
+}
+
+impl From<rusqlite::Error> for DataStoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        match e {
+            rusqlite::Error::FromSqlConversionFailure(..)
+            | rusqlite::Error::InvalidColumnType(..)
+            | rusqlite::Error::IntegralValueOutOfRange(..) => Self::Corrupt(e.to_string()),
+            other => Self::Backend(other.to_string()),
+        }
+    }
+}
+
+impl SqliteDataStore {
+    /// Opens (creating if needed) the database at `path` and brings its schema up to date.
+    ///
+    /// A missing parent directory is created with mode 0700; the file gets mode 0600. A
+    /// database written by a newer keycard (a schema version this one does not know) is
+    /// refused rather than misread.
+    pub fn open(path: &Path) -> Result<Self, DataStoreError> {
+        let io_err = |what: &str, e: std::io::Error| {
+            DataStoreError::Backend(format!("{what} {}: {e}", path.display()))
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if !dir.exists() {
+                fsutil::create_private_dir(dir).map_err(|e| io_err("creating directory of", e))?;
+            }
+        }
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(FILE_MODE)
+            .open(path)
+            .map_err(|e| io_err("creating", e))?;
+        fs::set_permissions(path, fs::Permissions::from_mode(FILE_MODE))
+            .map_err(|e| io_err("setting the mode of", e))?;
+        let mut conn = Connection::open(path)?;
+        configure(&conn, true)?;
+        schema::migrate(&mut conn, schema::LATEST)?;
+        Ok(Self { conn: Mutex::new(conn) })
+    }
+
+    /// A private in-memory database (tests and throw-away servers); gone when dropped.
+    pub fn open_in_memory() -> Result<Self, DataStoreError> {
+        let mut conn = Connection::open_in_memory()?;
+        configure(&conn, false)?;
+        schema::migrate(&mut conn, schema::LATEST)?;
+        Ok(Self { conn: Mutex::new(conn) })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave a transaction open: rusqlite rolls an
+        // unfinished transaction back when it is dropped during unwinding.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` in one write transaction, committed only when `f` succeeds.
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, DataStoreError>,
+    ) -> Result<T, DataStoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let value = f(&tx)?;
+        tx.commit()?;
+        Ok(value)
+    }
+
+    /// Runs `f` in one read transaction, so that it sees a single snapshot.
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, DataStoreError>,
+    ) -> Result<T, DataStoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+        f(&tx)
+    }
+}
+
+/// Sets the connection's pragmas; `wal` only for files (memory databases have no WAL).
+fn configure(conn: &Connection, wal: bool) -> Result<(), DataStoreError> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    if wal {
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(DataStoreError::Backend(format!(
+                "SQLite refused WAL journal mode (it is {mode:?})"
+            )));
+        }
+    }
+    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
+    Ok(())
+}
+
+/// A time as stored: milliseconds since the Unix epoch (earlier times clamp to 0).
+fn time_to_db(t: SystemTime) -> i64 {
+    let ms = t.duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+    i64::try_from(ms).unwrap_or(i64::MAX)
+}
+
+/// A stored time back; a negative value means the row is corrupt.
+fn time_from_db(ms: i64) -> Result<SystemTime, DataStoreError> {
+    let ms = u64::try_from(ms)
+        .map_err(|_| DataStoreError::Corrupt(format!("negative timestamp {ms}")))?;
+    Ok(UNIX_EPOCH + Duration::from_millis(ms))
+}
+
+/// A duration as stored: whole milliseconds.
+fn duration_to_db(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A stored duration back.
+fn duration_from_db(ms: i64) -> Result<Duration, DataStoreError> {
+    let ms =
+        u64::try_from(ms).map_err(|_| DataStoreError::Corrupt(format!("negative TTL {ms}")))?;
+    Ok(Duration::from_millis(ms))
+}
+
+/// A stored revision or count back.
+fn u64_from_db(n: i64, what: &str) -> Result<u64, DataStoreError> {
+    u64::try_from(n).map_err(|_| DataStoreError::Corrupt(format!("negative {what} {n}")))
+}
+
+/// The page token that continues after the item with key `last`: the key, base64url.
+fn page_token(last: &str) -> String {
+    URL_SAFE_NO_PAD.encode(last)
+}
+
+/// The key a page starts after: the empty string (before every key) for the first page,
+/// which an empty token also asks for (protobuf cannot tell an empty string from none).
+fn page_after(page: &PageRequest) -> Result<String, DataStoreError> {
+    let token = match page.token.as_deref() {
+        None | Some("") => return Ok(String::new()),
+        Some(token) => token,
+    };
+    URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .filter(|key| !key.is_empty())
+        .ok_or_else(|| DataStoreError::BadPageToken(token.to_owned()))
+}
+
+/// A stored SPIFFE ID back.
+fn spiffe_id_from_db(text: &str) -> Result<SpiffeId, DataStoreError> {
+    SpiffeId::parse(text)
+        .map_err(|e| DataStoreError::Corrupt(format!("stored SPIFFE ID {text:?}: {e}")))
+}
+
+impl DataStore for SqliteDataStore {
+    fn create_entry(&self, spec: &EntrySpec, now: SystemTime) -> Result<Entry, DataStoreError> {
+        self.write(|tx| entries::create(tx, spec, now))
+    }
+
+    fn get_entry(&self, id: &str) -> Result<Option<Entry>, DataStoreError> {
+        self.read(|tx| entries::get(tx, id))
+    }
+
+    fn update_entry(
+        &self,
+        id: &str,
+        spec: &EntrySpec,
+        now: SystemTime,
+    ) -> Result<Entry, DataStoreError> {
+        self.write(|tx| entries::update(tx, id, spec, now))
+    }
+
+    fn delete_entry(&self, id: &str) -> Result<Entry, DataStoreError> {
+        self.write(|tx| entries::delete(tx, id))
+    }
+
+    fn list_entries(
+        &self,
+        filter: &EntryFilter,
+        page: &PageRequest,
+    ) -> Result<Page<Entry>, DataStoreError> {
+        self.read(|tx| entries::list(tx, filter, page))
+    }
+
+    fn count_entries(&self) -> Result<u64, DataStoreError> {
+        self.read(|tx| records::count(tx, "entries"))
+    }
+
+    fn entry_with_spiffe_id_exists(&self, id: &SpiffeId) -> Result<bool, DataStoreError> {
+        let sql = "SELECT EXISTS (SELECT 1 FROM entries WHERE spiffe_id = ?1)";
+        self.read(|tx| Ok(tx.query_row(sql, [id.to_string()], |r| r.get(0))?))
+    }
+
+    fn entry_changes_since(
+        &self,
+        revision: u64,
+        limit: u32,
+    ) -> Result<EntryChanges, DataStoreError> {
+        self.read(|tx| entries::changes_since(tx, revision, limit))
+    }
+
+    fn upsert_agent(&self, agent: &AgentRecord) -> Result<(), DataStoreError> {
+        self.write(|tx| records::upsert_agent(tx, agent))
+    }
+
+    fn get_agent(&self, id: &SpiffeId) -> Result<Option<AgentRecord>, DataStoreError> {
+        self.read(|tx| records::get_agent(tx, id))
+    }
+
+    fn list_agents(&self, page: &PageRequest) -> Result<Page<AgentRecord>, DataStoreError> {
+        self.read(|tx| records::list_agents(tx, page))
+    }
+
+    fn count_agents(&self) -> Result<u64, DataStoreError> {
+        self.read(|tx| records::count(tx, "agents"))
+    }
+
+    fn delete_agent(&self, id: &SpiffeId) -> Result<bool, DataStoreError> {
+        let sql = "DELETE FROM agents WHERE id = ?1";
+        self.write(|tx| Ok(tx.execute(sql, [id.to_string()])? > 0))
+    }
+
+    fn set_agent_banned(&self, id: &SpiffeId, banned: bool) -> Result<(), DataStoreError> {
+        let sql = "UPDATE agents SET banned = ?2 WHERE id = ?1";
+        self.write(|tx| match tx.execute(sql, rusqlite::params![id.to_string(), banned])? {
+            0 => Err(DataStoreError::NotFound { kind: "agent", id: id.to_string() }),
+            _ => Ok(()),
+        })
+    }
+
+    fn create_join_token(&self, token: &JoinTokenRecord) -> Result<(), DataStoreError> {
+        self.write(|tx| records::create_join_token(tx, token))
+    }
+
+    fn use_join_token(&self, hash: &[u8; 32], now: SystemTime) -> Result<TokenUse, DataStoreError> {
+        self.write(|tx| records::use_join_token(tx, hash, now))
+    }
+
+    fn join_token_reserves(
+        &self,
+        agent_id: &SpiffeId,
+        now: SystemTime,
+    ) -> Result<bool, DataStoreError> {
+        let sql = "SELECT EXISTS (SELECT 1 FROM join_tokens \
+                   WHERE agent_id = ?1 AND used_at IS NULL AND expires_at > ?2)";
+        let params = rusqlite::params![agent_id.to_string(), time_to_db(now)];
+        self.read(|tx| Ok(tx.query_row(sql, params, |r| r.get(0))?))
+    }
+
+    fn prune_join_tokens(&self, before: SystemTime) -> Result<u64, DataStoreError> {
+        let sql = "DELETE FROM join_tokens WHERE expires_at < ?1";
+        self.write(|tx| Ok(tx.execute(sql, [time_to_db(before)])? as u64))
+    }
+
+    fn get_bundle(&self, trust_domain: &TrustDomain) -> Result<Option<Vec<u8>>, DataStoreError> {
+        let sql = "SELECT json FROM bundles WHERE trust_domain = ?1";
+        self.read(|tx| {
+            Ok(tx.query_row(sql, [trust_domain.to_string()], |r| r.get(0)).optional()?)
+        })
+    }
+
+    fn set_bundle(&self, trust_domain: &TrustDomain, json: &[u8]) -> Result<(), DataStoreError> {
+        let sql = "INSERT INTO bundles (trust_domain, json) VALUES (?1, ?2) \
+                   ON CONFLICT (trust_domain) DO UPDATE SET json = excluded.json";
+        self.write(|tx| Ok(tx.execute(sql, rusqlite::params![trust_domain.to_string(), json])?))
+            .map(drop)
+    }
+
+    fn load_journal(&self) -> Result<Option<Vec<u8>>, DataStoreError> {
+        let sql = "SELECT bytes FROM journal WHERE id = 1";
+        self.read(|tx| Ok(tx.query_row(sql, [], |r| r.get(0)).optional()?))
+    }
+
+    fn save_journal(&self, bytes: &[u8]) -> Result<(), DataStoreError> {
+        let sql = "INSERT INTO journal (id, bytes) VALUES (1, ?1) \
+                   ON CONFLICT (id) DO UPDATE SET bytes = excluded.bytes";
+        self.write(|tx| Ok(tx.execute(sql, [bytes])?)).map(drop)
+    }
+
+    fn ping(&self) -> Result<(), DataStoreError> {
+        self.read(|tx| Ok(tx.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)).map(drop)?))
+    }
+}
+
+#[cfg(test)]
+mod entry_tests;
+#[cfg(test)]
+mod record_tests;
+#[cfg(test)]
+mod store_tests;

@@ -1,0 +1,174 @@
+//! Agents, join tokens and bundles in the SQLite store, on real database files.
+
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use keycard_workload_api::{SpiffeId, TrustDomain};
+
+use super::SqliteDataStore;
+use crate::selector::Selector;
+use crate::server::datastore::{
+    AgentRecord, DataStore, DataStoreError, JoinTokenRecord, PageRequest, TokenUse,
+};
+
+fn store() -> (tempfile::TempDir, SqliteDataStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteDataStore::open(&dir.path().join("keycard.db")).unwrap();
+    (dir, store)
+}
+
+fn at(secs: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+fn agent_id(n: u32) -> SpiffeId {
+    SpiffeId::parse(&format!("spiffe://example.org/keycard/agent/x509pop/{n:04}")).unwrap()
+}
+
+fn agent(n: u32) -> AgentRecord {
+    AgentRecord {
+        id: agent_id(n),
+        attestation_type: "x509pop".into(),
+        selectors: [Selector::parse("x509pop:subject:cn:node").unwrap()].into_iter().collect(),
+        svid_serial: format!("{n:x}"),
+        svid_expires_at: at(5000),
+        banned: false,
+        can_reattest: true,
+        created_at: at(100),
+        updated_at: at(200),
+    }
+}
+
+fn token(n: u8, agent: Option<SpiffeId>, expires_at: SystemTime) -> JoinTokenRecord {
+    JoinTokenRecord {
+        hash: [n; 32],
+        token_id: format!("{n:016x}"),
+        agent_id: agent,
+        expires_at,
+        used_at: None,
+    }
+}
+
+#[test]
+fn agents_are_stored_replaced_listed_banned_and_deleted() {
+    let (_dir, store) = store();
+    assert_eq!(store.get_agent(&agent_id(1)).unwrap(), None);
+    for n in 0..25 {
+        store.upsert_agent(&agent(n)).unwrap();
+    }
+    assert_eq!(store.count_agents().unwrap(), 25);
+    assert_eq!(store.get_agent(&agent_id(3)).unwrap(), Some(agent(3)));
+
+    let renewed = AgentRecord { svid_serial: "ff".into(), updated_at: at(300), ..agent(3) };
+    store.upsert_agent(&renewed).unwrap();
+    assert_eq!(store.get_agent(&agent_id(3)).unwrap(), Some(renewed));
+    assert_eq!(store.count_agents().unwrap(), 25);
+
+    let mut page = PageRequest { token: None, size: 10 };
+    let mut seen = Vec::new();
+    loop {
+        let got = store.list_agents(&page).unwrap();
+        seen.extend(got.items.into_iter().map(|a| a.id));
+        match got.next_token {
+            Some(t) => page.token = Some(t),
+            None => break,
+        }
+    }
+    assert_eq!(seen, (0..25).map(agent_id).collect::<Vec<_>>());
+    let bad = PageRequest { token: Some("!".into()), size: 10 };
+    assert!(matches!(store.list_agents(&bad), Err(DataStoreError::BadPageToken(_))));
+
+    store.set_agent_banned(&agent_id(4), true).unwrap();
+    assert!(store.get_agent(&agent_id(4)).unwrap().unwrap().banned);
+    store.set_agent_banned(&agent_id(4), false).unwrap();
+    assert!(!store.get_agent(&agent_id(4)).unwrap().unwrap().banned);
+    let err = store.set_agent_banned(&agent_id(99), true).unwrap_err();
+    assert!(matches!(err, DataStoreError::NotFound { kind: "agent", .. }), "{err:?}");
+
+    assert!(store.delete_agent(&agent_id(4)).unwrap());
+    assert!(!store.delete_agent(&agent_id(4)).unwrap());
+    assert_eq!(store.get_agent(&agent_id(4)).unwrap(), None);
+    assert_eq!(store.count_agents().unwrap(), 24);
+}
+
+#[test]
+fn join_tokens_are_single_use_and_expire() {
+    let (_dir, store) = store();
+    let reserved = agent_id(7);
+    store.create_join_token(&token(1, Some(reserved.clone()), at(1000))).unwrap();
+    store.create_join_token(&token(2, None, at(1000))).unwrap();
+    let err = store.create_join_token(&token(1, None, at(2000))).unwrap_err();
+    assert!(matches!(err, DataStoreError::AlreadyExists { kind: "join token", .. }), "{err:?}");
+
+    assert_eq!(store.use_join_token(&[9; 32], at(10)).unwrap(), TokenUse::Unknown);
+    assert_eq!(store.use_join_token(&[2; 32], at(1000)).unwrap(), TokenUse::Expired);
+    assert!(store.join_token_reserves(&reserved, at(999)).unwrap());
+    assert!(!store.join_token_reserves(&reserved, at(1000)).unwrap(), "expired");
+    assert!(!store.join_token_reserves(&agent_id(8), at(10)).unwrap());
+
+    let used = TokenUse::Accepted(JoinTokenRecord {
+        used_at: Some(at(10)),
+        ..token(1, Some(reserved.clone()), at(1000))
+    });
+    assert_eq!(store.use_join_token(&[1; 32], at(10)).unwrap(), used);
+    assert_eq!(store.use_join_token(&[1; 32], at(11)).unwrap(), TokenUse::AlreadyUsed);
+    assert!(!store.join_token_reserves(&reserved, at(12)).unwrap(), "used");
+
+    store.create_join_token(&token(3, None, at(5000))).unwrap();
+    assert_eq!(store.prune_join_tokens(at(1001)).unwrap(), 2);
+    assert_eq!(store.use_join_token(&[1; 32], at(12)).unwrap(), TokenUse::Unknown);
+    assert!(matches!(store.use_join_token(&[3; 32], at(12)).unwrap(), TokenUse::Accepted(_)));
+}
+
+#[test]
+fn racing_stores_accept_a_token_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keycard.db");
+    SqliteDataStore::open(&path).unwrap().create_join_token(&token(5, None, at(1000))).unwrap();
+    // Eight connections to one file, as eight server processes would have.
+    let stores: Vec<SqliteDataStore> =
+        (0..8).map(|_| SqliteDataStore::open(&path).unwrap()).collect();
+    let barrier = Arc::new(Barrier::new(stores.len()));
+    let results: Vec<TokenUse> = std::thread::scope(|s| {
+        let handles: Vec<_> = stores
+            .iter()
+            .map(|store| {
+                let barrier = barrier.clone();
+                s.spawn(move || {
+                    barrier.wait();
+                    store.use_join_token(&[5; 32], at(10)).unwrap()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let accepted = results.iter().filter(|r| matches!(r, TokenUse::Accepted(_))).count();
+    let refused = results.iter().filter(|r| **r == TokenUse::AlreadyUsed).count();
+    assert_eq!((accepted, refused), (1, 7), "{results:?}");
+}
+
+#[test]
+fn bundles_are_stored_and_replaced_per_trust_domain() {
+    let (_dir, store) = store();
+    let a = TrustDomain::new("a.org").unwrap();
+    let b = TrustDomain::new("b.org").unwrap();
+    assert_eq!(store.get_bundle(&a).unwrap(), None);
+    store.set_bundle(&a, br#"{"keys":[]}"#).unwrap();
+    store.set_bundle(&b, b"{}").unwrap();
+    store.set_bundle(&a, br#"{"keys":[1]}"#).unwrap();
+    assert_eq!(store.get_bundle(&a).unwrap().as_deref(), Some(&br#"{"keys":[1]}"#[..]));
+    assert_eq!(store.get_bundle(&b).unwrap().as_deref(), Some(&b"{}"[..]));
+}
+
+#[test]
+fn an_agent_row_that_does_not_decode_is_corrupt() {
+    let (_dir, store) = store();
+    store.upsert_agent(&agent(1)).unwrap();
+    store.lock().execute("UPDATE agents SET selectors = 'nonsense'", []).unwrap();
+    let err = store.get_agent(&agent_id(1)).unwrap_err();
+    assert!(matches!(err, DataStoreError::Corrupt(_)), "{err:?}");
+    store.lock().execute("UPDATE agents SET selectors = '[]', created_at = -5", []).unwrap();
+    assert!(matches!(store.get_agent(&agent_id(1)), Err(DataStoreError::Corrupt(_))));
+    store.lock().execute("UPDATE agents SET created_at = 'text'", []).unwrap();
+    assert!(matches!(store.list_agents(&PageRequest::default()), Err(DataStoreError::Corrupt(_))));
+}

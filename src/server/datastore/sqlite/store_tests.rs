@@ -1,0 +1,169 @@
+//! The SQLite store as a whole: file setup, persistence across reopening, all-or-nothing
+//! calls, and index use by the hot queries.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use keycard_workload_api::{SpiffeId, TrustDomain};
+
+use super::{SqliteDataStore, entries};
+use crate::selector::Selector;
+use crate::server::datastore::{
+    AgentRecord, DataStore, DataStoreError, EntryFilter, JoinTokenRecord, PageRequest, TokenUse,
+};
+use crate::server::entry::EntrySpec;
+
+fn at(secs: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+fn spec(path: &str, selector: &str) -> EntrySpec {
+    EntrySpec {
+        spiffe_id: SpiffeId::parse(&format!("spiffe://example.org{path}")).unwrap(),
+        parent_id: SpiffeId::parse("spiffe://example.org/keycard/server").unwrap(),
+        selectors: [Selector::parse(selector).unwrap()].into_iter().collect(),
+        x509_ttl: None,
+        jwt_ttl: Some(Duration::from_secs(300)),
+        dns_names: vec![],
+        hint: String::new(),
+        admin: true,
+    }
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn the_file_is_private_durable_and_in_wal_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state").join("keycard.db");
+    let store = SqliteDataStore::open(&path).unwrap();
+    store.create_entry(&spec("/a", "unix:uid:1"), at(1)).unwrap();
+    assert_eq!(mode(path.parent().unwrap()), 0o700);
+    assert_eq!(mode(&path), 0o600);
+    assert_eq!(mode(&dir.path().join("state").join("keycard.db-wal")), 0o600);
+    let conn = store.lock();
+    let pragma = |name: &str| -> String {
+        conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get::<_, rusqlite::types::Value>(0))
+            .map(|v| format!("{v:?}"))
+            .unwrap()
+    };
+    assert_eq!(pragma("journal_mode"), r#"Text("wal")"#);
+    assert_eq!(pragma("synchronous"), "Integer(2)", "FULL");
+    assert_eq!(pragma("foreign_keys"), "Integer(1)");
+    drop(conn);
+    store.ping().unwrap();
+}
+
+#[test]
+fn everything_survives_closing_and_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keycard.db");
+    let td = TrustDomain::new("other.org").unwrap();
+    let agent = AgentRecord {
+        id: SpiffeId::parse("spiffe://example.org/keycard/agent/join_token/ab").unwrap(),
+        attestation_type: "join_token".into(),
+        selectors: [Selector::parse("join_token:ab").unwrap()].into_iter().collect(),
+        svid_serial: "01".into(),
+        svid_expires_at: at(900),
+        banned: true,
+        can_reattest: false,
+        created_at: at(1),
+        updated_at: at(2),
+    };
+    let token = JoinTokenRecord {
+        hash: [3; 32],
+        token_id: "0303030303030303".into(),
+        agent_id: None,
+        expires_at: at(1000),
+        used_at: None,
+    };
+    let (kept, deleted, before) = {
+        let store = SqliteDataStore::open(&path).unwrap();
+        let kept = store.create_entry(&spec("/kept", "unix:uid:1"), at(5)).unwrap();
+        let deleted = store.create_entry(&spec("/gone", "unix:uid:2"), at(6)).unwrap();
+        store.delete_entry(&deleted.id).unwrap();
+        store.upsert_agent(&agent).unwrap();
+        store.create_join_token(&token).unwrap();
+        store.set_bundle(&td, b"{\"keys\":[]}").unwrap();
+        store.save_journal(b"{\"x509\":{}}").unwrap();
+        let before = store.entry_changes_since(0, 0).unwrap();
+        (kept, deleted, before)
+    };
+    let store = SqliteDataStore::open(&path).unwrap();
+    assert_eq!(store.get_entry(&kept.id).unwrap(), Some(kept.clone()));
+    assert_eq!(store.entry_changes_since(0, 0).unwrap(), before);
+    assert_eq!(store.entry_changes_since(kept.revision, 0).unwrap().deleted, vec![deleted.id]);
+    assert_eq!(store.get_agent(&agent.id).unwrap(), Some(agent));
+    assert_eq!(store.get_bundle(&td).unwrap().as_deref(), Some(&b"{\"keys\":[]}"[..]));
+    assert_eq!(store.load_journal().unwrap().as_deref(), Some(&b"{\"x509\":{}}"[..]));
+    assert!(matches!(store.use_join_token(&[3; 32], at(10)).unwrap(), TokenUse::Accepted(_)));
+    // The revision counter carries on where it was.
+    assert_eq!(store.create_entry(&spec("/new", "unix:uid:3"), at(7)).unwrap().revision, 4);
+}
+
+#[test]
+fn a_statement_failing_inside_a_call_leaves_no_partial_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteDataStore::open(&dir.path().join("keycard.db")).unwrap();
+    let kept = store.create_entry(&spec("/kept", "unix:uid:1"), at(1)).unwrap();
+    // Make the last statement of create_entry (and of delete_entry) fail.
+    store
+        .lock()
+        .execute_batch(
+            "CREATE TRIGGER boom BEFORE INSERT ON entry_selectors WHEN NEW.value = 'uid:666'
+             BEGIN SELECT RAISE(ABORT, 'injected failure'); END;
+             CREATE TRIGGER no_tombstones BEFORE INSERT ON entry_tombstones
+             BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
+        )
+        .unwrap();
+    let err = store.create_entry(&spec("/new", "unix:uid:666"), at(2)).unwrap_err();
+    assert!(matches!(&err, DataStoreError::Backend(m) if m.contains("injected")), "{err:?}");
+    let err = store.update_entry(&kept.id, &spec("/kept", "unix:uid:666"), at(3)).unwrap_err();
+    assert!(matches!(err, DataStoreError::Backend(_)), "{err:?}");
+    let err = store.delete_entry(&kept.id).unwrap_err();
+    assert!(matches!(err, DataStoreError::Backend(_)), "{err:?}");
+
+    // No entry row, no selectors, no revision consumed, the old entry intact.
+    assert_eq!(store.count_entries().unwrap(), 1);
+    assert_eq!(store.get_entry(&kept.id).unwrap(), Some(kept.clone()));
+    let all = store.list_entries(&EntryFilter::default(), &PageRequest::default()).unwrap();
+    assert_eq!(all.items, vec![kept.clone()]);
+    let mut conn = store.lock();
+    let tx = conn.transaction().unwrap();
+    assert_eq!(entries::current_revision(&tx), 1);
+    let selectors: i64 =
+        tx.query_row("SELECT COUNT(*) FROM entry_selectors", [], |r| r.get(0)).unwrap();
+    assert_eq!(selectors, 1);
+}
+
+/// SQLite's plan for `sql`, one line per step.
+fn plan(store: &SqliteDataStore, sql: &str) -> String {
+    let conn = store.lock();
+    let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+    let rows = stmt.query_map([], |r| r.get::<_, String>(3)).unwrap();
+    rows.map(Result::unwrap).collect::<Vec<_>>().join("\n")
+}
+
+#[test]
+fn the_hot_queries_use_indexes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteDataStore::open(&dir.path().join("keycard.db")).unwrap();
+    let changes = plan(&store, "SELECT id FROM entries WHERE revision > 5 ORDER BY revision");
+    assert!(changes.contains("USING INDEX entries_by_revision"), "{changes}");
+    let tombstones =
+        plan(&store, "SELECT id FROM entry_tombstones WHERE revision > 1 AND revision <= 9");
+    assert!(tombstones.contains("USING INDEX entry_tombstones_by_revision"), "{tombstones}");
+    let duplicate = plan(
+        &store,
+        "SELECT id FROM entries WHERE spiffe_id = 'a' AND parent_id = 'b' \
+         AND selectors_key = 'c' AND id <> 'd'",
+    );
+    assert!(duplicate.contains("USING INDEX entries_by_identity"), "{duplicate}");
+    let by_parent = plan(&store, "SELECT id FROM entries WHERE parent_id = 'b' ORDER BY id");
+    assert!(by_parent.contains("USING INDEX entries_by_parent"), "{by_parent}");
+    for sql in [changes, tombstones, duplicate, by_parent] {
+        assert!(!sql.contains("SCAN entries") && !sql.contains("SCAN entry_tombstones"), "{sql}");
+    }
+}
