@@ -21,7 +21,7 @@ enum Command {
     },
     /// Admin commands: clients of a running server's admin socket.
     #[command(flatten)]
-    Admin(keycard::cli::AdminCommand),
+    Admin(Box<keycard::cli::AdminCommand>),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -33,7 +33,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::CheckId { ids }) => check_ids(&ids),
-        Some(Command::Admin(command)) => Ok(keycard::cli::run_admin(command)?),
+        Some(Command::Admin(command)) => Ok(keycard::cli::run_admin(*command)?),
     }
 }
 

@@ -31,13 +31,24 @@ fn io_kind(error: &(dyn std::error::Error + 'static)) -> Option<io::ErrorKind> {
     None
 }
 
+fn closed(path: &Path, detail: String) -> CliError {
+    let owner = std::fs::metadata(path).map(|m| format!(" (uid {})", m.uid())).unwrap_or_default();
+    CliError::Closed { path: path.to_path_buf(), detail, owner }
+}
+
 fn connect_error(path: &Path, kind: Option<io::ErrorKind>, detail: String) -> CliError {
-    let path = path.to_path_buf();
+    let path_buf = path.to_path_buf();
     match kind {
-        Some(io::ErrorKind::NotFound) => CliError::ServerNotRunning(path),
-        Some(io::ErrorKind::ConnectionRefused) => CliError::ConnectionRefused(path),
-        Some(io::ErrorKind::PermissionDenied) => CliError::PermissionDenied(path),
-        _ => CliError::Connect { path, detail },
+        Some(io::ErrorKind::NotFound) => CliError::ServerNotRunning(path_buf),
+        Some(io::ErrorKind::ConnectionRefused) => CliError::ConnectionRefused(path_buf),
+        Some(io::ErrorKind::PermissionDenied) => CliError::PermissionDenied(path_buf),
+        // The server accepted, then dropped the connection: the peer uid check.
+        Some(
+            io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::UnexpectedEof,
+        ) => closed(path, detail),
+        _ => CliError::Connect { path: path_buf, detail },
     }
 }
 
@@ -68,13 +79,7 @@ impl Client {
             Some(kind @ (io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied)) => {
                 connect_error(&self.path, Some(kind), status.to_string())
             }
-            _ => {
-                let owner = std::fs::metadata(&self.path)
-                    .map(|m| format!(" (uid {})", m.uid()))
-                    .unwrap_or_default();
-                let detail = status.message().to_owned();
-                CliError::Closed { path: self.path.clone(), detail, owner }
-            }
+            _ => closed(&self.path, status.message().to_owned()),
         }
     }
 }

@@ -145,3 +145,65 @@ fn update_keeps_what_is_not_given_and_needs_one_flag() {
     assert_eq!(spec.x509_ttl_seconds, 0);
     assert!(matches!(update(&[]), Err(CliError::NothingToUpdate)));
 }
+
+/// Runs one command line against a live admin API; returns the output or the error text.
+async fn run_line(
+    h: &crate::server::admin::tests::Harness,
+    args: &[&str],
+) -> Result<String, String> {
+    let socket = h.socket.to_str().unwrap();
+    let mut all = args.to_vec();
+    all.extend(["--admin-socket", socket]);
+    let command = parse(&all).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    execute(command, &mut out).await.map_err(|e| e.to_string())?;
+    Ok(String::from_utf8(out).unwrap())
+}
+
+#[tokio::test]
+async fn commands_against_a_live_server_print_results_and_name_fixes() {
+    let h = crate::server::admin::tests::Harness::start(vec![]).await;
+    let server = crate::server::admin::tests::SERVER_ID;
+    let create = [
+        "entry",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/web",
+        "--parent-id",
+        server,
+        "--selector",
+        "unix:uid:1000",
+        "--x509-ttl",
+        "1h",
+    ];
+    let text = run_line(&h, &create).await.unwrap();
+    assert!(text.contains("SPIFFE ID        : spiffe://example.org/web"), "{text}");
+    assert!(text.contains("X509-SVID TTL    : 1h"), "{text}");
+    let err = run_line(&h, &create).await.unwrap_err();
+    assert!(err.contains("already exists") && err.contains("keycard entry update --id"), "{err}");
+
+    let mut orphan = create;
+    orphan[5] = "spiffe://example.org/nobody";
+    let err = run_line(&h, &orphan).await.unwrap_err();
+    assert!(err.contains("does not exist") && err.contains("keycard agent list"), "{err}");
+
+    let json = run_line(&h, &["entry", "show", "--output", "json"]).await.unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(doc["entries"][0]["spiffe_id"], "spiffe://example.org/web");
+    let id = doc["entries"][0]["id"].as_str().unwrap().to_owned();
+    let text = run_line(&h, &["entry", "update", "--id", &id, "--hint", "blue"]).await.unwrap();
+    assert!(text.contains("Hint             : blue"), "{text}");
+    assert_eq!(run_line(&h, &["entry", "count"]).await.unwrap(), "1 registration entries\n");
+
+    let json = run_line(&h, &["token", "generate", "--ttl", "90s", "--output", "json"]);
+    let doc: serde_json::Value = serde_json::from_str(&json.await.unwrap()).unwrap();
+    assert_eq!(doc["token"].as_str().unwrap().len(), 43);
+    let bundle = run_line(&h, &["bundle", "show"]).await.unwrap();
+    assert!(bundle.starts_with("-----BEGIN CERTIFICATE-----"), "{bundle}");
+    let table = run_line(&h, &["authority", "x509", "show"]).await.unwrap();
+    assert!(table.contains("active"), "{table}");
+    let health = run_line(&h, &["healthcheck"]).await.unwrap();
+    assert!(health.contains("healthy"), "{health}");
+    let text = run_line(&h, &["entry", "delete", "--id", &id]).await.unwrap();
+    assert_eq!(text, format!("Deleted entry {id}\n"));
+}

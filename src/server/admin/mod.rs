@@ -30,7 +30,9 @@ pub mod listener;
 pub mod service;
 pub mod status;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
+#[cfg(test)]
+mod tests_ops;
 #[cfg(test)]
 mod tests_peer;
 
