@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //! - `main.rs`: the `keycard` command line.
-//! - [`agent`]: the node agent (renewal planning so far).
+//! - [`agent`]: the node agent: its client of the server and its renewal plan.
+//! - [`cli`]: the admin commands (`keycard entry`, `token`, ...): admin API clients.
 //! - [`clock`]: the `Clock` trait (system clock, manual test clock); all time goes through it.
 //! - [`config`]: TOML loading and value parsing shared by both daemons' configurations.
 //! - [`shutdown`]: the graceful-shutdown signal (SIGINT/SIGTERM) shared by both daemons.
@@ -18,6 +19,7 @@
 
 pub mod agent;
 pub mod ca;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod fsutil;

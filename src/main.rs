@@ -19,6 +19,21 @@ enum Command {
         #[arg(required = true)]
         ids: Vec<String>,
     },
+    /// The CA server daemon.
+    Server {
+        #[command(subcommand)]
+        command: ServerCommand,
+    },
+    /// Admin commands: clients of a running server's admin socket.
+    #[command(flatten)]
+    Admin(Box<keycard::cli::AdminCommand>),
+}
+
+/// What `keycard server` does.
+#[derive(Debug, clap::Subcommand)]
+enum ServerCommand {
+    /// Run the server: agent API, admin socket, CA rotation, health endpoints.
+    Run(keycard::server::config::ServerArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -30,7 +45,21 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::CheckId { ids }) => check_ids(&ids),
+        Some(Command::Server { command: ServerCommand::Run(args) }) => run_server(&args),
+        Some(Command::Admin(command)) => Ok(keycard::cli::run_admin(*command)?),
     }
+}
+
+/// Loads the configuration, sets up logging, and runs the server until SIGINT or SIGTERM.
+fn run_server(args: &keycard::server::config::ServerArgs) -> anyhow::Result<()> {
+    let config = keycard::server::config::ServerConfig::load(args)?;
+    keycard::telemetry::logging::init(config.log_format, &config.log_level)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let shutdown = keycard::shutdown::on_signals()?;
+        keycard::server::run(config, shutdown).await?;
+        Ok(())
+    })
 }
 
 /// Prints one line per ID and fails if any ID is invalid.

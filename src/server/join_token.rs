@@ -116,7 +116,8 @@ pub fn agent_id_of(trust_domain: &TrustDomain, record: &JoinTokenRecord) -> Spif
 }
 
 /// Generates a token for `trust_domain` expiring `ttl` after `now`, checking the
-/// operator's choices; returns the secret and the record to store.
+/// operator's choices; returns the secret and the record to store. The record always
+/// names its agent ID: the operator's choice or [`default_agent_id`].
 pub fn new_token(
     trust_domain: &TrustDomain,
     ttl: Duration,
@@ -144,10 +145,14 @@ pub fn new_token(
         }
     }
     let token = JoinToken::generate();
+    let token_id = token.token_id();
+    // The default ID is stored too, so that the datastore can tell which agent ID an
+    // unused token reserves (entries may name it as parent before the agent attests).
+    let agent_id = agent_id.unwrap_or_else(|| default_agent_id(trust_domain, &token_id));
     let record = JoinTokenRecord {
         hash: token.hash(),
-        token_id: token.token_id(),
-        agent_id,
+        token_id,
+        agent_id: Some(agent_id),
         expires_at: now + ttl,
         used_at: None,
     };
@@ -200,6 +205,7 @@ mod tests {
         assert_eq!(record.used_at, None);
         assert_eq!(record.hash, token.hash());
         let id = agent_id_of(&td(), &record);
+        assert_eq!(record.agent_id.as_ref(), Some(&id), "the default ID is stored");
         assert_eq!(
             id.as_str(),
             format!("spiffe://example.org/keycard/agent/join_token/{}", token.token_id())

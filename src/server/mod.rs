@@ -1,8 +1,12 @@
 //! The CA server daemon: datastore, registration entries, admin API, node attestation and
 //! the agent API.
 
+pub mod admin;
 pub mod agent_api;
 pub mod config;
 pub mod datastore;
 pub mod entry;
 pub mod join_token;
+pub mod run;
+
+pub use run::{RunError, run};

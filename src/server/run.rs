@@ -65,7 +65,7 @@ pub enum RunError {
     /// The admin API stopped with an error.
     #[error("admin API: {0}")]
     Admin(#[from] admin::ServeError),
-    /// The health endpoints stopped with an error.
+    /// The health endpoints could not be bound.
     #[error("health endpoints: {0}")]
     Health(#[from] health::HealthError),
     /// A background task panicked.
@@ -100,13 +100,12 @@ pub async fn run(config: ServerConfig, shutdown: Shutdown) -> Result<(), RunErro
     metrics.entries.set(store.count_entries()? as i64);
     metrics.agents.set(store.count_agents()? as i64);
 
-    let listener = tokio::net::TcpListener::bind(config.bind_address).await.map_err(|source| {
-        RunError::Bind { address: config.bind_address.to_string(), source }
-    })?;
-    let address = listener.local_addr().map_err(|source| RunError::Bind {
-        address: config.bind_address.to_string(),
-        source,
-    })?;
+    let listener = tokio::net::TcpListener::bind(config.bind_address)
+        .await
+        .map_err(|source| RunError::Bind { address: config.bind_address.to_string(), source })?;
+    let address = listener
+        .local_addr()
+        .map_err(|source| RunError::Bind { address: config.bind_address.to_string(), source })?;
     tracing::info!(%address, trust_domain = %config.trust_domain, "agent API listening");
 
     let mut tasks: JoinSet<Result<(), RunError>> = JoinSet::new();
@@ -123,7 +122,8 @@ pub async fn run(config: ServerConfig, shutdown: Shutdown) -> Result<(), RunErro
     };
     let stop = shutdown.wait();
     tasks.spawn({
-        let (ca, store, metrics, clock) = (ca.clone(), store.clone(), metrics.clone(), clock.clone());
+        let (ca, store, metrics, clock) =
+            (ca.clone(), store.clone(), metrics.clone(), clock.clone());
         async move { Ok(admin::serve(admin_options, store, ca, metrics, clock, stop).await?) }
     });
     if let Some(addr) = config.health_address {
@@ -132,10 +132,19 @@ pub async fn run(config: ServerConfig, shutdown: Shutdown) -> Result<(), RunErro
         tracing::info!(address = %bound, "health and metrics endpoints listening");
         let endpoints = health_endpoints(ca.clone(), store.clone(), metrics.clone());
         let stop = shutdown.wait();
-        tasks.spawn(async move { Ok(health::serve(listener, endpoints, stop).await?) });
+        tasks.spawn(async move {
+            health::serve(listener, endpoints, stop).await;
+            Ok(())
+        });
     }
     let tick = (config.ca_ttl / 100).clamp(Duration::from_millis(100), MAX_ROTATION_TICK);
-    tasks.spawn(rotation_ticker(ca.clone(), metrics.clone(), clock.clone(), tick, shutdown.clone()));
+    tasks.spawn(rotation_ticker(
+        ca.clone(),
+        metrics.clone(),
+        clock.clone(),
+        tick,
+        shutdown.clone(),
+    ));
 
     // The first part to stop (with or without an error) stops all the others.
     let mut outcome = Ok(());
@@ -161,10 +170,8 @@ fn agent_api_options(config: &ServerConfig) -> Result<AgentApiOptions, RunError>
     options.default_jwt_ttl = config.default_jwt_svid_ttl;
     options.server_svid_ttl = config.default_x509_svid_ttl;
     if let Some(path) = &config.x509pop_ca_bundle {
-        let fail = |reason: String| RunError::X509PopBundle {
-            path: path.display().to_string(),
-            reason,
-        };
+        let fail =
+            |reason: String| RunError::X509PopBundle { path: path.display().to_string(), reason };
         let text = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
         let certs: Vec<CertificateDer<'static>> = pem::parse_many(&text)
             .map_err(|e| fail(e.to_string()))?
@@ -187,7 +194,8 @@ fn health_endpoints(
     metrics: Arc<ServerMetrics>,
 ) -> HealthEndpoints {
     let readiness = Arc::new(move || {
-        let active = ca.authorities(AuthorityKind::X509).iter().any(|a| a.state == SlotState::Active);
+        let active =
+            ca.authorities(AuthorityKind::X509).iter().any(|a| a.state == SlotState::Active);
         if !active {
             return Readiness::not_ready("no active X.509 authority");
         }
@@ -249,7 +257,8 @@ fn active_ids(ca: &CaManager) -> [Option<String>; 2] {
 
 fn update_expiry_gauges(ca: &CaManager, metrics: &ServerMetrics, now: SystemTime) {
     for (kind, name) in [(AuthorityKind::X509, "x509"), (AuthorityKind::Jwt, "jwt")] {
-        if let Some(active) = ca.authorities(kind).into_iter().find(|a| a.state == SlotState::Active)
+        if let Some(active) =
+            ca.authorities(kind).into_iter().find(|a| a.state == SlotState::Active)
         {
             let left = active.not_after.duration_since(now).unwrap_or_default().as_secs();
             let labels = AuthorityLabels { kind: name.into() };

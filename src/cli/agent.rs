@@ -1,0 +1,102 @@
+//! `keycard agent list|show|evict|ban`.
+
+use std::io::Write;
+
+use clap::Subcommand;
+use keycard_workload_api::SpiffeId;
+use serde_json::json;
+
+use super::output::{agent_json, agent_text, emit};
+use super::{CliError, Connection, client};
+use crate::server::admin::pb;
+
+/// What to do with agents.
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// List attested agents (every page unless a page is asked for).
+    List {
+        /// Fetch one page of this many agents instead of all pages.
+        #[arg(long)]
+        page_size: Option<u32>,
+        /// Fetch the page after this token (from a previous page).
+        #[arg(long)]
+        page_token: Option<String>,
+    },
+    /// Show one agent.
+    Show {
+        /// The agent's SPIFFE ID.
+        #[arg(long, value_name = "ID")]
+        id: SpiffeId,
+    },
+    /// Forget an agent: it must attest again (a banned agent is unbanned this way).
+    Evict {
+        /// The agent's SPIFFE ID.
+        #[arg(long, value_name = "ID")]
+        id: SpiffeId,
+    },
+    /// Refuse an agent everything until it is evicted.
+    Ban {
+        /// The agent's SPIFFE ID.
+        #[arg(long, value_name = "ID")]
+        id: SpiffeId,
+    },
+}
+
+/// Runs one agent command.
+pub(super) async fn run(
+    conn: &Connection,
+    command: AgentCommand,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let mut c = client::connect(conn).await?;
+    let format = conn.output;
+    let req = |id: SpiffeId| pb::AgentRequest { id: id.to_string() };
+    match command {
+        AgentCommand::List { page_size, page_token } => {
+            let one_page = page_size.is_some() || page_token.is_some();
+            let mut req = pb::ListAgentsRequest {
+                page_size: page_size.unwrap_or(0),
+                page_token: page_token.unwrap_or_default(),
+            };
+            let mut agents = Vec::new();
+            let next = loop {
+                let page =
+                    c.api.list_agents(req.clone()).await.map_err(|s| c.fail(s))?.into_inner();
+                agents.extend(page.agents);
+                if one_page || page.next_page_token.is_empty() {
+                    break page.next_page_token;
+                }
+                req.page_token = page.next_page_token;
+            };
+            let text = || {
+                let mut text = format!("Found {} agents\n\n", agents.len());
+                text.extend(agents.iter().map(agent_text));
+                if !next.is_empty() {
+                    text += &format!("Next page token: {next}\n");
+                }
+                text
+            };
+            let json = || {
+                let list: Vec<_> = agents.iter().map(agent_json).collect();
+                json!({ "agents": list, "next_page_token": next })
+            };
+            emit(out, format, text, json)?;
+        }
+        AgentCommand::Show { id } => {
+            let agent = c.api.get_agent(req(id)).await.map_err(|s| c.fail(s))?.into_inner();
+            emit(out, format, || agent_text(&agent), || agent_json(&agent))?;
+        }
+        AgentCommand::Evict { id } => {
+            let shown = id.to_string();
+            c.api.evict_agent(req(id)).await.map_err(|s| c.fail(s))?;
+            let text = || format!("Evicted agent {shown}\n");
+            emit(out, format, text, || json!({ "evicted": shown }))?;
+        }
+        AgentCommand::Ban { id } => {
+            let agent = c.api.ban_agent(req(id)).await.map_err(|s| c.fail(s))?.into_inner();
+            let text = || format!("Banned agent {}\n", agent.id);
+            emit(out, format, text, || agent_json(&agent))?;
+        }
+    }
+    Ok(())
+}

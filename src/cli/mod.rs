@@ -1,0 +1,199 @@
+//! The admin commands of the `keycard` CLI: clients of the admin API on its Unix socket.
+//!
+//! `main.rs` parses [`AdminCommand`] (flattened into its own subcommands) and calls
+//! [`run_admin`]. Every command takes `--admin-socket` (env `KEYCARD_ADMIN_SOCKET`) and
+//! `--output text|json`; each group lives in its own file (`entry.rs`, `token.rs`, ...),
+//! the connection in `client.rs` and the printing in `output.rs`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+
+mod agent;
+mod authority;
+mod bundle;
+mod client;
+mod entry;
+mod healthcheck;
+pub mod output;
+mod token;
+
+pub use agent::AgentCommand;
+pub use authority::{AuthorityAction, AuthorityKindCommand};
+pub use bundle::{BundleCommand, BundleFormatArg};
+pub use entry::EntryCommand;
+pub use output::OutputFormat;
+pub use token::TokenCommand;
+
+use crate::server::admin::DEFAULT_ADMIN_SOCKET;
+
+/// Why an admin command failed; every message says what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// No socket at the path.
+    #[error(
+        "no admin socket at {0}: is the server running? start it with `keycard server run`, \
+         or point --admin-socket (or KEYCARD_ADMIN_SOCKET) at its socket"
+    )]
+    ServerNotRunning(PathBuf),
+    /// A socket file, but nobody listening.
+    #[error(
+        "nothing listens on the admin socket {0}: is the server running? start it with \
+         `keycard server run`"
+    )]
+    ConnectionRefused(PathBuf),
+    /// The file system refused access to the socket or its directory.
+    #[error(
+        "permission denied on the admin socket {0}: run this command as the user the server \
+         runs as, or as root"
+    )]
+    PermissionDenied(PathBuf),
+    /// The server dropped the connection (it refuses uids other than its own and root).
+    #[error(
+        "the server closed the connection on {path} ({detail}): the admin socket serves only \
+         the server's own uid{owner} and root; run this command as that user"
+    )]
+    Closed {
+        /// The socket.
+        path: PathBuf,
+        /// What the transport said.
+        detail: String,
+        /// ` (uid N)` when the socket's owner is known.
+        owner: String,
+    },
+    /// Another connection failure.
+    #[error("could not connect to the admin socket {path}: {detail}")]
+    Connect {
+        /// The socket.
+        path: PathBuf,
+        /// What went wrong.
+        detail: String,
+    },
+    /// The server refused the request; its message names the problem and the fix.
+    #[error("{message} ({code:?})")]
+    Server {
+        /// The gRPC code.
+        code: tonic::Code,
+        /// The server's message.
+        message: String,
+    },
+    /// `entry update` without anything to change.
+    #[error(
+        "nothing to change: give at least one of --spiffe-id, --parent-id, --selector, \
+         --x509-ttl, --jwt-ttl, --dns, --hint, --admin, --no-admin"
+    )]
+    NothingToUpdate,
+    /// The server answered that it is not healthy.
+    #[error("the server is not healthy: {0}")]
+    Unhealthy(String),
+    /// Writing the output failed.
+    #[error("could not write the output: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+/// Where the admin socket is and how to print replies; shared by every admin command.
+#[derive(Debug, Clone, Args)]
+pub struct Connection {
+    /// Path of the server's admin socket.
+    #[arg(
+        long,
+        global = true,
+        env = "KEYCARD_ADMIN_SOCKET",
+        default_value = DEFAULT_ADMIN_SOCKET,
+        value_name = "PATH"
+    )]
+    pub admin_socket: PathBuf,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+}
+
+/// The admin commands.
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Create, show, update, delete and count registration entries.
+    Entry {
+        /// Socket and output.
+        #[command(flatten)]
+        conn: Connection,
+        /// What to do.
+        #[command(subcommand)]
+        command: EntryCommand,
+    },
+    /// Generate join tokens for new agents.
+    Token {
+        /// Socket and output.
+        #[command(flatten)]
+        conn: Connection,
+        /// What to do.
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// List, show, evict and ban attested agents.
+    Agent {
+        /// Socket and output.
+        #[command(flatten)]
+        conn: Connection,
+        /// What to do.
+        #[command(subcommand)]
+        command: AgentCommand,
+    },
+    /// Show the trust domain's bundle.
+    Bundle {
+        /// Socket and output.
+        #[command(flatten)]
+        conn: Connection,
+        /// What to do.
+        #[command(subcommand)]
+        command: BundleCommand,
+    },
+    /// Show and rotate the CA's X.509 and JWT authorities by hand.
+    Authority {
+        /// Socket and output.
+        #[command(flatten)]
+        conn: Connection,
+        /// Which kind of authority.
+        #[command(subcommand)]
+        kind: AuthorityKindCommand,
+    },
+    /// Ask the server whether it is healthy (datastore reachable, active authorities).
+    Healthcheck {
+        /// Socket and output.
+        #[command(flatten)]
+        conn: Connection,
+    },
+}
+
+/// Parses a TTL such as `1h`, `90s` or `5m` (whole seconds).
+pub fn parse_ttl(text: &str) -> Result<Duration, String> {
+    let ttl = humantime::parse_duration(text)
+        .map_err(|e| format!("{e}; write a duration such as 90s, 5m or 1h"))?;
+    if ttl.subsec_nanos() != 0 {
+        return Err("a TTL must be whole seconds, for example 90s or 1h".into());
+    }
+    Ok(ttl)
+}
+
+/// Runs one admin command and prints its result on standard output.
+pub fn run_admin(command: AdminCommand) -> Result<(), CliError> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let mut stdout = std::io::stdout().lock();
+    runtime.block_on(execute(command, &mut stdout))
+}
+
+/// Runs one admin command, writing its output to `out`.
+pub async fn execute(command: AdminCommand, out: &mut dyn Write) -> Result<(), CliError> {
+    match command {
+        AdminCommand::Entry { conn, command } => entry::run(&conn, command, out).await,
+        AdminCommand::Token { conn, command } => token::run(&conn, command, out).await,
+        AdminCommand::Agent { conn, command } => agent::run(&conn, command, out).await,
+        AdminCommand::Bundle { conn, command } => bundle::run(&conn, command, out).await,
+        AdminCommand::Authority { conn, kind } => authority::run(&conn, kind, out).await,
+        AdminCommand::Healthcheck { conn } => healthcheck::run(&conn, out).await,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,132 @@
+//! CA calls: the bundle, the authorities (show, prepare, activate, taint, revoke) and health.
+//!
+//! The CA manager saves each authority change to its journal and emits the audit event
+//! itself, so these calls add none of their own.
+
+use crate::ca::{AuthorityKind, AuthorityStatus};
+use crate::telemetry::metrics::AuthorityLabels;
+
+use super::convert::authority_to_pb;
+use super::pb;
+use super::service::AdminService;
+use super::status::AdminError;
+
+fn kind_label(kind: AuthorityKind) -> &'static str {
+    match kind {
+        AuthorityKind::X509 => "x509",
+        AuthorityKind::Jwt => "jwt",
+    }
+}
+
+impl AdminService {
+    pub(super) fn get_bundle(
+        &self,
+        format: pb::BundleFormat,
+    ) -> Result<pb::GetBundleResponse, AdminError> {
+        let bundle = self.ca.bundle()?;
+        let text = match format {
+            pb::BundleFormat::Pem => {
+                bundle.x509_bundle().map_err(|e| AdminError::Bundle(e.to_string()))?.to_pem()
+            }
+            pb::BundleFormat::Spiffe => {
+                bundle.to_json().map_err(|e| AdminError::Bundle(e.to_string()))?
+            }
+            pb::BundleFormat::Unspecified => return Err(AdminError::MissingBundleFormat),
+        };
+        Ok(pb::GetBundleResponse {
+            format: format.into(),
+            trust_domain: self.trust_domain.to_string(),
+            text,
+            sequence: bundle.sequence.unwrap_or_default(),
+        })
+    }
+
+    pub(super) fn list_authorities(
+        &self,
+        kind: AuthorityKind,
+    ) -> Result<pb::ListAuthoritiesResponse, AdminError> {
+        let authorities = self.ca.authorities(kind).iter().map(authority_to_pb).collect();
+        Ok(pb::ListAuthoritiesResponse { authorities })
+    }
+
+    /// The current status of authority `id`, or the journal's "unknown" error.
+    fn authority(&self, kind: AuthorityKind, id: &str) -> Result<AuthorityStatus, AdminError> {
+        self.ca.authorities(kind).into_iter().find(|a| a.id == id).ok_or_else(|| {
+            AdminError::Ca(crate::ca::journal::JournalError::Unknown { kind, id: id.into() }.into())
+        })
+    }
+
+    fn require_id(id: &str) -> Result<(), AdminError> {
+        if id.is_empty() { Err(AdminError::MissingField("id")) } else { Ok(()) }
+    }
+
+    pub(super) fn prepare_authority(
+        &self,
+        kind: AuthorityKind,
+    ) -> Result<pb::Authority, AdminError> {
+        let id = self.ca.prepare(kind)?;
+        Ok(authority_to_pb(&self.authority(kind, &id)?))
+    }
+
+    pub(super) fn activate_authority(
+        &self,
+        kind: AuthorityKind,
+        id: &str,
+    ) -> Result<pb::Authority, AdminError> {
+        Self::require_id(id)?;
+        self.ca.activate(kind, id)?;
+        self.metrics
+            .rotations
+            .get_or_create(&AuthorityLabels { kind: kind_label(kind).into() })
+            .inc();
+        Ok(authority_to_pb(&self.authority(kind, id)?))
+    }
+
+    pub(super) fn taint_authority(
+        &self,
+        kind: AuthorityKind,
+        id: &str,
+    ) -> Result<pb::Authority, AdminError> {
+        Self::require_id(id)?;
+        self.ca.taint(kind, id)?;
+        Ok(authority_to_pb(&self.authority(kind, id)?))
+    }
+
+    pub(super) fn revoke_authority(
+        &self,
+        kind: AuthorityKind,
+        id: &str,
+    ) -> Result<pb::RevokeAuthorityResponse, AdminError> {
+        Self::require_id(id)?;
+        let before = self.authority(kind, id)?;
+        self.ca.revoke(kind, id)?;
+        Ok(pb::RevokeAuthorityResponse { authority: Some(authority_to_pb(&before)) })
+    }
+
+    /// Healthy when the datastore answers and both kinds of authority have an active one.
+    pub(super) fn health(&self) -> pb::HealthResponse {
+        let datastore_error = match self.store.ping() {
+            Ok(()) => String::new(),
+            Err(e) => e.to_string(),
+        };
+        let active = |kind| {
+            self.ca
+                .authorities(kind)
+                .into_iter()
+                .find(|a| a.state == crate::ca::SlotState::Active)
+                .map(|a| a.id)
+                .unwrap_or_default()
+        };
+        let active_x509_authority = active(AuthorityKind::X509);
+        let active_jwt_authority = active(AuthorityKind::Jwt);
+        pb::HealthResponse {
+            healthy: datastore_error.is_empty()
+                && !active_x509_authority.is_empty()
+                && !active_jwt_authority.is_empty(),
+            trust_domain: self.trust_domain.to_string(),
+            datastore_error,
+            active_x509_authority,
+            active_jwt_authority,
+        }
+    }
+}
