@@ -65,8 +65,9 @@ pub fn on_signals() -> std::io::Result<Shutdown> {
             _ = terminate.recv() => "SIGTERM",
             () = handle.wait() => return,
         };
-        tracing::info!(signal = name, "shutting down");
+        // Trigger first: nothing, not even a failing log write, may stand in the way.
         handle.trigger();
+        tracing::info!(signal = name, "shutting down");
     });
     Ok(shutdown)
 }

@@ -103,7 +103,12 @@ where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
     let filter = filter(level)?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
+    // A daemon must outlive its log reader: with internal-error logging on, a write to a
+    // closed stderr makes the subscriber `eprintln!`, which panics the logging task.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .log_internal_errors(false);
     let installed = match format {
         LogFormat::Text => builder.try_init().is_ok(),
         LogFormat::Json => builder.json().with_current_span(false).try_init().is_ok(),

@@ -1,3 +1,4 @@
 //! keycard's integration tests: one binary, a module per area, each running real parts.
 
 mod cli;
+mod server;

@@ -15,7 +15,7 @@ use super::limits::KeyedLimiter;
 use super::proto::agent_server::{Agent, AgentServer};
 use super::proto::{self as pb};
 use super::tls::PeerInfo;
-use super::{AGENT_PATH_PREFIX, AgentApiError, AgentApiOptions, MAX_MESSAGE_SIZE, SYNC_PAGE_SIZE};
+use super::{AgentApiError, AgentApiOptions, MAX_MESSAGE_SIZE, SYNC_PAGE_SIZE};
 use crate::ca::CaManager;
 use crate::clock::Clock;
 use crate::server::datastore::{AgentRecord, DataStore, DataStoreError};
@@ -72,8 +72,9 @@ impl Inner {
         let leaf = chain.first().ok_or(AgentApiError::NoAgentSvid)?;
         let id = keycard_workload_api::spiffe_id_of(leaf)
             .map_err(|e| AgentApiError::NotAnAgent(e.to_string()))?;
-        if !id.is_member_of(&self.options.trust_domain) || !id.path().starts_with(AGENT_PATH_PREFIX)
-        {
+        // Agent IDs are `/keycard/agent/...` by default, but an operator may choose any ID of
+        // the trust domain for a join token: the agent record below is what decides.
+        if !id.is_member_of(&self.options.trust_domain) || id == self.options.server_id() {
             return Err(AgentApiError::NotAnAgent(id.to_string()));
         }
         let serial = serial_of(leaf)?;

@@ -26,8 +26,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::AgentApiError;
 use super::server_svid::ServerSvid;
-use super::{AGENT_PATH_PREFIX, AgentApiError};
 use crate::ca::CaManager;
 
 /// How long a client may take to finish the TLS handshake.
@@ -83,7 +83,10 @@ impl ClientCertVerifier for AgentCertVerifier {
         let mut chain = vec![end_entity.clone()];
         chain.extend(intermediates.iter().cloned());
         let id = verify_chain(&chain, &set, now).map_err(|e| tls_error(e.to_string()))?;
-        if !id.is_member_of(&self.trust_domain) || !id.path().starts_with(AGENT_PATH_PREFIX) {
+        // Any SVID of our trust domain may complete the handshake (agent IDs chosen for join
+        // tokens need not sit under /keycard/agent/); each call then requires an agent record
+        // whose current serial is this certificate's.
+        if !id.is_member_of(&self.trust_domain) {
             return Err(tls_error(format!("{id} is not an agent of {}", self.trust_domain)));
         }
         Ok(ClientCertVerified::assertion())
