@@ -94,6 +94,11 @@ fn defaults_socket_output_and_token_ttl() {
         panic!("wrong command");
     };
     assert_eq!(conn.admin_socket, PathBuf::from(DEFAULT_ADMIN_SOCKET));
+    // The CLI looks where a server with default settings listens.
+    let server_default = crate::server::config::default_admin_socket(std::path::Path::new(
+        crate::server::config::DEFAULT_DATA_DIR,
+    ));
+    assert_eq!(conn.admin_socket, server_default);
     assert_eq!(conn.output, OutputFormat::Text);
     assert_eq!((spiffe_id, ttl), (None, Duration::from_secs(600)));
 }

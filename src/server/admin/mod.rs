@@ -46,8 +46,9 @@ pub mod pb {
     tonic::include_proto!("keycard.admin.v1");
 }
 
-/// Where a default server puts its admin socket (the CLI's default too).
-pub const DEFAULT_ADMIN_SOCKET: &str = "/tmp/keycard-server/private/admin.sock";
+/// Where a server with the default `data_dir` puts its admin socket, relative to the
+/// directory it runs in; the CLI's default too, so both agree out of the box.
+pub const DEFAULT_ADMIN_SOCKET: &str = ".keycard/server/private/admin.sock";
 
 /// What the admin API needs from the server's configuration.
 #[derive(Debug, Clone)]

@@ -289,4 +289,23 @@ mod tests {
         assert!(cache.get(&created.id).is_none());
         assert!(cache.revision() > created.revision);
     }
+
+    #[tokio::test]
+    async fn the_last_good_copy_keeps_serving_when_the_datastore_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.sqlite3");
+        let store = Arc::new(SqliteDataStore::open(&path).unwrap());
+        let cache =
+            AuthorizedEntries::new(store.clone(), id("spiffe://example.org/keycard/server"));
+        let agent = id("spiffe://example.org/keycard/agent/a");
+        let created = store.create_entry(&entry(0, &agent, "unix:uid:1").spec, SystemTime::now());
+        let created = created.unwrap();
+        assert!(cache.refresh().await);
+        // Break the database under the store, as a failing disk or a bad manual edit would.
+        let other = rusqlite::Connection::open(&path).unwrap();
+        other.execute_batch("DROP TABLE entry_tombstones;").unwrap();
+        assert!(!cache.refresh().await, "a failing datastore must be reported");
+        let served = cache.authorized_for(&agent, &SelectorSet::new());
+        assert_eq!(served.entries.keys().collect::<Vec<_>>(), vec![&created.id]);
+    }
 }
