@@ -19,7 +19,7 @@ pub const MAX_SELECTOR_VALUE_LEN: usize = 1024;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SelectorError {
     /// No `:` between type and value.
-    #[error("selector {0:?} has no type: write it as type:value, for example unix:uid:1000")]
+    #[error("selector {0:?} is not of the form type:value, for example unix:uid:1000")]
     MissingType(String),
     /// Nothing before the first `:`.
     #[error("selector {0:?} has an empty type: write it as type:value, for example unix:uid:1000")]
