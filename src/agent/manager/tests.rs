@@ -272,3 +272,28 @@ fn backoff_doubles_up_to_its_ceiling_with_bounded_jitter() {
     b.reset();
     assert!(b.next_delay() <= Duration::from_millis(1200));
 }
+
+#[tokio::test]
+async fn the_agent_svid_is_renewed_once_half_its_life_has_passed() {
+    let mut s = setup().await;
+    let first = s.manager.client_mut().identity().unwrap().clone();
+    let report = s.manager.tick().await.unwrap();
+    assert!(!report.agent_renewed);
+
+    s.clock.set(first.expires_at - Duration::from_secs(20 * 60));
+    let report = s.manager.tick().await.unwrap();
+    assert!(report.agent_renewed);
+    let second = s.manager.client_mut().identity().unwrap().clone();
+    assert_ne!(second.serial, first.serial);
+    assert_eq!(second.spiffe_id, first.spiffe_id);
+    // The renewed identity is the one used from now on: the next round still works.
+    s.manager.tick().await.unwrap();
+}
+
+#[tokio::test]
+async fn run_does_a_round_and_stops_on_shutdown() {
+    let s = setup().await;
+    let e = s.server.entry("spiffe://example.org/web", &s.agent_id, &["unix:uid:1"]);
+    s.manager.run(std::future::ready(())).await;
+    assert!(s.cache.svid(&e.id).is_some());
+}
