@@ -1,0 +1,162 @@
+//! The values the SVID cache holds and hands out, and why it refuses an update.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use keycard_workload_api::{JwtBundle, SpiffeBundle, SpiffeId, X509Bundle};
+use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
+
+use crate::ca::SigningKey;
+
+/// Why the cache refused an update.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// The SVID is for an entry the cache does not hold (it was removed meanwhile).
+    #[error("no entry {0} in the cache")]
+    UnknownEntry(String),
+    /// No trust bundle is loaded, so no SVID can be checked.
+    #[error("no trust bundle loaded")]
+    NoBundle,
+    /// The bundle from the server is unusable.
+    #[error("bad bundle: {0}")]
+    BadBundle(String),
+    /// The chain does not verify against the current bundle (or is expired).
+    #[error("SVID for entry {entry_id} does not verify: {reason}")]
+    BadChain {
+        /// The entry.
+        entry_id: String,
+        /// Why.
+        reason: String,
+    },
+    /// The SVID names another SPIFFE ID than its entry.
+    #[error("SVID for entry {entry_id} names {found}, expected {expected}")]
+    WrongId {
+        /// The entry.
+        entry_id: String,
+        /// The ID in the SVID.
+        found: String,
+        /// The entry's ID.
+        expected: String,
+    },
+    /// The SVID does not certify the key the agent made for it.
+    #[error("SVID for entry {0} does not certify the agent's key")]
+    KeyMismatch(String),
+}
+
+/// An X.509-SVID held for an entry, with its agent-made key.
+#[derive(Debug)]
+pub struct CachedSvid {
+    /// The entry it was issued for.
+    pub entry_id: String,
+    /// The SPIFFE ID it carries (the entry's).
+    pub spiffe_id: SpiffeId,
+    /// Leaf first, then intermediates.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The private key, made on this agent; never sent anywhere.
+    pub key: Arc<SigningKey>,
+    /// Serial number, hex.
+    pub serial: String,
+    /// When the agent obtained it (the start of its validity as renewal counts it).
+    pub issued_at: SystemTime,
+    /// The leaf's `notAfter`.
+    pub expires_at: SystemTime,
+    /// The signing authority's key ID (the leaf's AKI, lowercase hex), when present: the
+    /// server names tainted authorities by it.
+    pub authority_id: Option<String>,
+    /// When it is due for renewal.
+    pub renew_at: SystemTime,
+}
+
+/// A new SVID to put in the cache, before it is checked.
+#[derive(Debug)]
+pub struct NewSvid {
+    /// The entry it was issued for.
+    pub entry_id: String,
+    /// Leaf first, then intermediates.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The key the agent made for its CSR.
+    pub key: Arc<SigningKey>,
+    /// Serial, hex.
+    pub serial: String,
+    /// When the agent obtained it.
+    pub issued_at: SystemTime,
+    /// When it should be renewed.
+    pub renew_at: SystemTime,
+}
+
+/// An SVID as a workload receives it.
+#[derive(Debug, Clone)]
+pub struct WorkloadSvid {
+    /// The entry it belongs to.
+    pub entry_id: String,
+    /// Its SPIFFE ID.
+    pub spiffe_id: SpiffeId,
+    /// Leaf first, then intermediates.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The private key (`Debug` shows only its public half).
+    pub key: Arc<SigningKey>,
+    /// Serial, hex (identifies this issuance).
+    pub serial: String,
+    /// The leaf's `notAfter`.
+    pub expires_at: SystemTime,
+    /// The entry's hint for workloads holding several SVIDs.
+    pub hint: String,
+}
+
+impl WorkloadSvid {
+    /// The private key as PKCS#8 DER, for the Workload API response. Handle with care.
+    pub fn key_pkcs8_der(&self) -> PrivatePkcs8KeyDer<'_> {
+        self.key.pkcs8_der()
+    }
+}
+
+/// The trust domain's bundle in the forms the Workload API serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustBundle {
+    /// As the server sent it.
+    pub spiffe: SpiffeBundle,
+    /// The X.509 authorities.
+    pub x509: X509Bundle,
+    /// The JWT authorities.
+    pub jwt: JwtBundle,
+}
+
+/// What one caller is entitled to: sent to its subscriber on every change.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// The caller's SVIDs, lowest entry ID first.
+    pub svids: Vec<WorkloadSvid>,
+    /// The current bundle, once one is loaded.
+    pub bundle: Option<Arc<TrustBundle>>,
+}
+
+impl Snapshot {
+    /// Whether `other` gives the caller the same SVIDs and bundle.
+    pub(super) fn same_as(&self, other: &Snapshot) -> bool {
+        let ids = |s: &Snapshot| -> Vec<(String, String)> {
+            s.svids.iter().map(|v| (v.entry_id.clone(), v.serial.clone())).collect()
+        };
+        ids(self) == ids(other) && self.bundle == other.bundle
+    }
+}
+
+/// What an entry sync changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EntryChanges {
+    /// Entries new to the cache.
+    pub added: usize,
+    /// Entries dropped (their SVIDs with them).
+    pub removed: usize,
+    /// Entries from the server that could not be parsed, skipped.
+    pub skipped: usize,
+}
+
+/// An entry that needs an SVID now, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueEntry {
+    /// The entry.
+    pub entry_id: String,
+    /// When the current SVID was due (`None`: no SVID, or it must be replaced at once
+    /// because its authority is tainted or the entry changed).
+    pub previous_due: Option<SystemTime>,
+}

@@ -1,0 +1,310 @@
+//! The agent's sync and renewal loop: keeps the [`SvidCache`] filled from the server.
+//!
+//! One round ([`Manager::tick`]) renews the agent's own SVID when half its life has
+//! passed, syncs the authorized entries and the bundle, then makes a key and a CSR on the
+//! agent for every entry that needs an SVID and asks the server to sign them in batches
+//! (at most [`MAX_BATCH`]; the batch is halved after a failed call). SVIDs issued together
+//! get evenly spread first renewals ([`renewal::batch_first_renewal`]); renewals keep their
+//! phase ([`renewal::steady_renewal`]). [`Manager::run`] repeats rounds every
+//! `sync_interval`, backing off exponentially (with jitter) while the server is down; the
+//! cache keeps serving meanwhile.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rand::Rng as _;
+use x509_parser::prelude::{FromDer as _, X509Certificate};
+
+use super::cache::{CacheError, NewSvid, SvidCache};
+use super::client::{ClientError, ServerClient, SyncedEntries};
+use super::renewal::{self, Validity};
+use crate::ca::{KeyType, SigningKey};
+use crate::clock::Clock;
+
+/// The most CSRs sent in one call (the server's own limit).
+pub const MAX_BATCH: usize = crate::server::agent_api::MAX_BATCH;
+
+/// Why a round failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    /// A call to the server failed; the cache keeps what it had.
+    #[error(transparent)]
+    Server(#[from] ClientError),
+    /// The server's answer could not be taken into the cache.
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    /// Making a workload key or its CSR failed.
+    #[error("cannot make a workload key: {0}")]
+    Key(String),
+}
+
+/// How the manager behaves.
+#[derive(Debug, Clone)]
+pub struct ManagerOptions {
+    /// Time between rounds while the server answers.
+    pub sync_interval: Duration,
+    /// The most CSRs per call (capped at [`MAX_BATCH`]).
+    pub max_batch: usize,
+    /// First delay after a failed round.
+    pub backoff_min: Duration,
+    /// Longest delay between failed rounds.
+    pub backoff_max: Duration,
+    /// The type of the workload keys the agent makes.
+    pub key_type: KeyType,
+}
+
+impl Default for ManagerOptions {
+    fn default() -> Self {
+        Self {
+            sync_interval: Duration::from_secs(5),
+            max_batch: MAX_BATCH,
+            backoff_min: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+            key_type: KeyType::EcP256,
+        }
+    }
+}
+
+/// What one round did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TickReport {
+    /// Whether the agent SVID was renewed.
+    pub agent_renewed: bool,
+    /// Entries held after the sync.
+    pub entries: usize,
+    /// Entries dropped (with their SVIDs).
+    pub removed: usize,
+    /// SVIDs issued for entries that had none (or had to be replaced at once).
+    pub issued: usize,
+    /// SVIDs renewed on schedule.
+    pub renewed: usize,
+    /// SVIDs the server refused or the cache rejected.
+    pub failed: usize,
+    /// Calls made to sign CSRs.
+    pub batches: usize,
+}
+
+/// Exponential backoff with ±20 % jitter.
+#[derive(Debug, Clone)]
+struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    fn new(min: Duration, max: Duration) -> Self {
+        Self { min, max, next: min }
+    }
+
+    fn reset(&mut self) {
+        self.next = self.min;
+    }
+
+    fn next_delay(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(self.max);
+        base.mul_f64(rand::rng().random_range(0.8..=1.2))
+    }
+}
+
+/// The sync and renewal loop; see the module documentation.
+#[derive(Debug)]
+pub struct Manager {
+    client: ServerClient,
+    cache: Arc<SvidCache>,
+    clock: Arc<dyn Clock>,
+    options: ManagerOptions,
+    /// The entries as of the last good sync: the base of the next diff.
+    synced: SyncedEntries,
+    /// The current batch size: halved after a failed call, doubled after a good one.
+    batch: usize,
+    backoff: Backoff,
+}
+
+/// When half the agent SVID's life (from its `notBefore`) has passed.
+fn agent_half_life(chain_leaf: &[u8], expires_at: SystemTime) -> Option<SystemTime> {
+    let (_, cert) = X509Certificate::from_der(chain_leaf).ok()?;
+    let secs = u64::try_from(cert.validity().not_before.timestamp()).ok()?;
+    let not_before = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+    Some(not_before + expires_at.duration_since(not_before).unwrap_or_default() / 2)
+}
+
+impl Manager {
+    /// A manager that fills `cache` through `client` (already attested).
+    pub fn new(
+        client: ServerClient,
+        cache: Arc<SvidCache>,
+        clock: Arc<dyn Clock>,
+        options: ManagerOptions,
+    ) -> Self {
+        let batch = options.max_batch.clamp(1, MAX_BATCH);
+        let backoff = Backoff::new(options.backoff_min, options.backoff_max);
+        Self { client, cache, clock, options, synced: SyncedEntries::default(), batch, backoff }
+    }
+
+    /// The server client (to reconnect it elsewhere, or to look at the agent identity).
+    pub fn client_mut(&mut self) -> &mut ServerClient {
+        &mut self.client
+    }
+
+    /// Replaces the server client, e.g. after the server moved; the cache is kept.
+    pub fn set_client(&mut self, client: ServerClient) {
+        self.client = client;
+    }
+
+    /// The current CSR batch size.
+    pub fn batch_size(&self) -> usize {
+        self.batch
+    }
+
+    /// Runs rounds until `shutdown` completes.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let delay = match self.tick().await {
+                Ok(report) => {
+                    tracing::debug!(?report, "agent sync round");
+                    self.backoff.reset();
+                    self.options.sync_interval
+                }
+                Err(e) => {
+                    let delay = self.backoff.next_delay();
+                    tracing::warn!(error = %e, retry_in = ?delay, "agent sync round failed");
+                    delay
+                }
+            };
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// One round: agent SVID renewal, entry sync, workload SVID issuance and renewal.
+    pub fn tick(&mut self) -> impl Future<Output = Result<TickReport, ManagerError>> + '_ {
+        self.round()
+    }
+
+    async fn round(&mut self) -> Result<TickReport, ManagerError> {
+        let mut report =
+            TickReport { agent_renewed: self.renew_agent_if_due().await?, ..Default::default() };
+        let synced = self.client.sync(&self.synced).await?;
+        let changes = self.cache.set_entries(
+            &synced.entries,
+            synced.bundle.as_ref(),
+            &synced.tainted_authority_ids,
+        )?;
+        self.synced = synced;
+        report.entries = self.synced.entries.len();
+        report.removed = changes.removed;
+        let due = self.cache.due(self.clock.now());
+        let mut rest = due.as_slice();
+        while !rest.is_empty() {
+            let (now, later) = rest.split_at(self.batch.min(rest.len()));
+            match self.sign_batch(now, &mut report).await {
+                Ok(()) => {
+                    self.batch = (self.batch * 2).min(self.options.max_batch.clamp(1, MAX_BATCH));
+                    rest = later;
+                }
+                Err(e) => {
+                    self.batch = (self.batch / 2).max(1);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    async fn renew_agent_if_due(&mut self) -> Result<bool, ManagerError> {
+        let Some(identity) = self.client.identity() else { return Ok(false) };
+        let half = identity
+            .chain
+            .first()
+            .and_then(|leaf| agent_half_life(leaf, identity.expires_at))
+            .unwrap_or(identity.expires_at);
+        if self.clock.now() < half {
+            return Ok(false);
+        }
+        self.client.renew().await?;
+        Ok(true)
+    }
+
+    /// Makes keys and CSRs for `due`, has them signed in one call, and puts the checked
+    /// SVIDs in the cache.
+    async fn sign_batch(
+        &mut self,
+        due: &[super::cache::DueEntry],
+        report: &mut TickReport,
+    ) -> Result<(), ManagerError> {
+        let mut keys = Vec::with_capacity(due.len());
+        let mut items = Vec::with_capacity(due.len());
+        for d in due {
+            let key = SigningKey::generate(self.options.key_type)
+                .map_err(|e| ManagerError::Key(e.to_string()))?;
+            let csr = rcgen::CertificateParams::default()
+                .serialize_request(key.key_pair())
+                .map_err(|e| ManagerError::Key(e.to_string()))?;
+            items.push((d.entry_id.clone(), csr.der().to_vec()));
+            keys.push(Arc::new(key));
+        }
+        report.batches += 1;
+        let results = self.client.batch_new_x509_svid(&items).await?;
+        let issued_at = self.clock.now();
+        let fresh_total =
+            due.iter().zip(&results).filter(|(d, r)| d.previous_due.is_none() && r.is_ok()).count();
+        let phase: f64 = rand::rng().random_range(0.0..1.0);
+        let mut fresh_index = 0;
+        let mut new_svids = Vec::new();
+        for ((d, key), result) in due.iter().zip(keys).zip(results) {
+            let svid = match result {
+                Ok(svid) => svid,
+                Err(status) => {
+                    tracing::warn!(entry_id = %d.entry_id, error = %status.message(), "server refused an SVID");
+                    report.failed += 1;
+                    continue;
+                }
+            };
+            let not_after =
+                SystemTime::UNIX_EPOCH + Duration::from_secs(svid.expires_at.max(0) as u64);
+            let validity = Validity { issued_at, not_after };
+            let renew_at = match d.previous_due {
+                Some(previous) => renewal::steady_renewal(previous, validity),
+                None if fresh_total > 1 => {
+                    fresh_index += 1;
+                    renewal::batch_first_renewal(validity, fresh_index - 1, fresh_total, phase)
+                }
+                None => {
+                    renewal::single_first_renewal(validity, rand::rng().random_range(-1.0..=1.0))
+                }
+            };
+            new_svids.push((
+                d.previous_due.is_some(),
+                NewSvid {
+                    entry_id: d.entry_id.clone(),
+                    chain: svid.chain,
+                    key,
+                    serial: svid.serial,
+                    issued_at,
+                    renew_at,
+                },
+            ));
+        }
+        let (kinds, svids): (Vec<bool>, Vec<NewSvid>) = new_svids.into_iter().unzip();
+        for (renewal, result) in kinds.into_iter().zip(self.cache.update_svids(svids)) {
+            match result {
+                Ok(()) if renewal => report.renewed += 1,
+                Ok(()) => report.issued += 1,
+                Err(e) => {
+                    tracing::warn!(error = %e, "refused an SVID from the server");
+                    report.failed += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
