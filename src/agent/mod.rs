@@ -4,6 +4,7 @@
 //!   bundle); [`server_tls`]: how it authenticates the server over TLS.
 //! - [`renewal`]: when each SVID is renewed (staggered so a fleet never renews at once).
 
+pub mod attest;
 pub mod client;
 pub mod renewal;
 pub mod server_tls;
