@@ -7,8 +7,10 @@
 //!
 //! PID reuse: the caller may exit and another process take its PID while the agent reads
 //! `/proc`, so the selectors would describe the wrong process. The caller is pinned by a
-//! pidfd (or by its start time and uid/gid where the kernel has no pidfds) and checked again
-//! AFTER the selectors are collected; a changed caller is refused.
+//! pidfd where the kernel has them, and always by its `/proc/<pid>` directory opened at
+//! attestation (reads through it fail once the process is gone, whoever has the PID now)
+//! and its start time; without a pidfd its uid and gid must not change either. It is checked
+//! again AFTER the selectors are collected; a changed caller is refused.
 //!
 //! - [`caller`]: [`Caller`], the pinned process, and its same-process check.
 //! - [`unix`]: the selectors and [`UnixAttestorOptions`].

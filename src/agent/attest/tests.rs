@@ -141,6 +141,43 @@ fn unknown_pid_is_gone() {
     assert!(matches!(attest_pid(0, &Default::default()), Err(AttestError::ProcessGone { .. })));
 }
 
+/// Starts a copy of `sleep` at `path` (retrying while another test thread's fork still
+/// holds the copy open for writing: `ETXTBSY`).
+fn spawn_copy_of_sleep(path: &Path) -> Child {
+    let sleep = ["/usr/bin/sleep", "/bin/sleep"].into_iter().find(|p| Path::new(p).exists());
+    std::fs::copy(sleep.unwrap(), path).unwrap();
+    for _ in 0..100 {
+        match Command::new(path).arg("30").spawn() {
+            Ok(child) => return child,
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => std::thread::yield_now(),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    panic!("{} stays busy", path.display())
+}
+
+#[test]
+fn deleted_executable_has_no_path_but_a_name_ending_in_deleted_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let gone = dir.path().join("worker");
+    let odd = dir.path().join("worker (deleted)");
+    let mut a = spawn_copy_of_sleep(&gone);
+    let mut b = spawn_copy_of_sleep(&odd);
+    std::fs::remove_file(&gone).unwrap();
+    let options = UnixAttestorOptions { sha256: true, ..Default::default() };
+    let of_gone = attest_pid(a.id() as i32, &options);
+    let of_odd = attest_pid(b.id() as i32, &options);
+    for c in [&mut a, &mut b] {
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+    let of_gone = of_gone.unwrap();
+    assert!(values(&of_gone, "path:").is_empty(), "{of_gone}");
+    // The deleted file is still hashed: it is read through /proc/<pid>/exe.
+    assert_eq!(values(&of_gone, "sha256:").len(), 1, "{of_gone}");
+    assert_eq!(values(&of_odd.unwrap(), "path:"), vec![odd.to_str().unwrap().to_owned()]);
+}
+
 /// A Python child that (as root) drops to uid/gid 65534 with supplementary groups, then
 /// connects: its selectors are its own, not the agent's.
 #[tokio::test]

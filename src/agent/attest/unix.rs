@@ -5,7 +5,7 @@
 //! | `unix:uid:<n>`, `unix:gid:<n>` | the uid/gid the caller connected with |
 //! | `unix:user:<name>`, `unix:group:<name>` | `/etc/passwd`, `/etc/group` (left out when unknown) |
 //! | `unix:supplementary_gid:<n>`, `unix:supplementary_group:<name>` | `Groups:` of `/proc/<pid>/status` |
-//! | `unix:path:<path>` | `/proc/<pid>/exe` (left out when the file was deleted or replaced) |
+//! | `unix:path:<path>` | `/proc/<pid>/exe` (left out when the file was deleted or replaced, or the agent may not read the link) |
 //! | `unix:sha256:<hex>` | opt-in: the executable, read through `/proc/<pid>/exe`, up to a size limit |
 //!
 //! Names come from the account files only (no NSS modules such as LDAP or sssd).
@@ -68,17 +68,18 @@ pub(crate) fn collect(
         }
     }
 
-    match procfs::read_exe_path(pid, &caller.proc_file("exe"))? {
-        Some(path) => match path.to_str() {
+    match skip_if_denied(procfs::read_exe_path(pid, &caller.proc_file("exe")))? {
+        Some(Some(path)) => match path.to_str() {
             Some(text) => add(&mut set, format!("path:{text}")),
             None => tracing::warn!(pid, ?path, "executable path is not UTF-8: no unix:path"),
         },
-        None => tracing::warn!(pid, "executable was deleted or replaced: no unix:path"),
+        Some(None) => tracing::warn!(pid, "executable was deleted or replaced: no unix:path"),
+        None => {}
     }
 
     if options.sha256 {
-        if let Some(hex) = hash_executable(pid, &caller.proc_file("exe"), options.max_binary_size)?
-        {
+        let hashed = hash_executable(pid, &caller.proc_file("exe"), options.max_binary_size);
+        if let Some(Some(hex)) = skip_if_denied(hashed)? {
             add(&mut set, format!("sha256:{hex}"));
         }
     }
@@ -116,6 +117,22 @@ fn hash_executable(pid: i32, path: &Path, max_size: u64) -> Result<Option<String
         return Ok(None);
     }
     Ok(Some(hex::encode(hasher.finalize())))
+}
+
+/// The agent may not look at another user's executable (it runs without root, or the
+/// process is not dumpable): then the selectors that need it are left out, with a warning,
+/// rather than failing the whole attestation. `Ok(None)`: denied.
+fn skip_if_denied<T>(result: Result<T, AttestError>) -> Result<Option<T>, AttestError> {
+    match result {
+        Ok(v) => Ok(Some(v)),
+        Err(AttestError::ProcRead { path, source })
+            if source.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            tracing::warn!(path = %path.display(), "not allowed to read the caller's executable: no unix:path or unix:sha256");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 fn read_account_file(path: &str) -> String {
