@@ -15,7 +15,7 @@
 //! - [`agent`]: the node agent: its client of the server's agent API.
 //! - [`server`]: the CA daemon: datastore, registration entries, admin and agent APIs.
 //! - [`telemetry`]: Prometheus metrics, health endpoints, audit events.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod agent;
 pub mod ca;

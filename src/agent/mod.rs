@@ -2,10 +2,13 @@
 //!
 //! - [`client`]: the agent's client of the server's agent API (attest, renew, sync, sign,
 //!   bundle); [`server_tls`]: how it authenticates the server over TLS.
+//! - [`attest`]: workload attestation from the socket's peer credentials (unix selectors,
+//!   PID-reuse defence).
 //! - [`cache`]: the workload SVID cache the Workload API serves from; [`manager`]: the
 //!   loop that keeps it synced with the server and renewed.
 //! - [`renewal`]: when each SVID is renewed (staggered so a fleet never renews at once).
 
+pub mod attest;
 pub mod cache;
 pub mod client;
 pub mod manager;

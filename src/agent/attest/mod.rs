@@ -1,0 +1,122 @@
+//! Workload attestation: who is on the other end of a Workload API connection.
+//!
+//! The kernel says which process connected (peer credentials of the Unix socket, never a
+//! secret the workload presents); the unix attestor turns that process into selectors
+//! (`unix:uid:1000`, `unix:path:/usr/bin/app`, ...). A registration entry matches a caller
+//! when the entry's selectors are a subset of the caller's.
+//!
+//! PID reuse: the caller may exit and another process take its PID while the agent reads
+//! `/proc`, so the selectors would describe the wrong process. The caller is pinned by a
+//! pidfd where the kernel has them, and always by its `/proc/<pid>` directory opened at
+//! attestation (reads through it fail once the process is gone, whoever has the PID now)
+//! and its start time; without a pidfd its uid and gid must not change either. It is checked
+//! again AFTER the selectors are collected; a changed caller is refused.
+//!
+//! - [`caller`]: [`Caller`], the pinned process, and its same-process check.
+//! - [`unix`]: the selectors and [`UnixAttestorOptions`].
+//! - `peer`: the system calls (`SO_PEERCRED`, `SO_PEERPIDFD`, pidfds): the crate's only
+//!   `unsafe` code. `procfs`: parsers of `/proc` and the account files.
+
+pub mod caller;
+mod peer;
+mod procfs;
+pub mod unix;
+
+use std::path::PathBuf;
+
+use tokio::net::UnixStream;
+
+pub use caller::Caller;
+pub use unix::{DEFAULT_MAX_BINARY_SIZE, UnixAttestorOptions};
+
+use crate::selector::SelectorSet;
+
+/// Why a caller could not be attested.
+#[derive(Debug, thiserror::Error)]
+pub enum AttestError {
+    /// The kernel gave no peer credentials for the socket.
+    #[error("no peer credentials for the Workload API connection: {0}")]
+    NoPeerCredentials(#[source] std::io::Error),
+    /// The peer's PID is 0: it lives in a PID namespace the agent cannot see into.
+    #[error(
+        "the caller is outside the agent's PID namespace (peer PID 0): run the agent in the \
+         host PID namespace (for containers: hostPID / --pid=host)"
+    )]
+    PeerOutsidePidNamespace,
+    /// The caller exited before attestation finished.
+    #[error("the caller (PID {pid}) exited before attestation finished")]
+    ProcessGone {
+        /// The caller's PID.
+        pid: i32,
+    },
+    /// The PID now belongs to another process, or the caller changed identity.
+    #[error("the caller (PID {pid}) is no longer the attested process: its {what} changed")]
+    ProcessChanged {
+        /// The caller's PID.
+        pid: i32,
+        /// What changed: `start time`, `effective uid`, `effective gid`.
+        what: &'static str,
+    },
+    /// A `/proc` file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    ProcRead {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A `/proc` file did not have the expected form.
+    #[error("{} has no readable {what}", path.display())]
+    ProcParse {
+        /// The file.
+        path: PathBuf,
+        /// What was missing.
+        what: &'static str,
+    },
+    /// Opening or checking a pidfd failed for another reason than the process being gone.
+    #[error("pidfd of the caller: {0}")]
+    Pidfd(#[source] std::io::Error),
+    /// The blocking attestation task panicked or was cancelled.
+    #[error("attestation task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// An attested caller and its selectors.
+#[derive(Debug)]
+pub struct Attested {
+    /// The process, still pinned: check [`Caller::ensure_same_process`] again before using
+    /// the caller for anything that follows much later.
+    pub caller: Caller,
+    /// The selectors discovered for it (all of type `unix`).
+    pub selectors: SelectorSet,
+}
+
+/// Attests the process that connected on `stream`: peer credentials and pidfd, unix
+/// selectors (the `/proc` reads run on the blocking pool), then a same-process check.
+pub async fn attest(
+    stream: &UnixStream,
+    options: &UnixAttestorOptions,
+) -> Result<Attested, AttestError> {
+    let ids = Caller::peer_of(stream)?;
+    let options = options.clone();
+    tokio::task::spawn_blocking(move || {
+        let caller = Caller::from_peer(ids)?;
+        let selectors = unix::collect(&caller, &options)?;
+        caller.ensure_same_process()?;
+        Ok(Attested { caller, selectors })
+    })
+    .await?
+}
+
+/// The selectors of the process with this PID now (for `keycard agent explain --pid N`).
+/// Blocking: call it off the async runtime.
+pub fn attest_pid(pid: i32, options: &UnixAttestorOptions) -> Result<SelectorSet, AttestError> {
+    let caller = Caller::from_pid(pid)?;
+    let selectors = unix::collect(&caller, options)?;
+    caller.ensure_same_process()?;
+    Ok(selectors)
+}
+
+#[cfg(test)]
+mod tests;
