@@ -109,7 +109,7 @@ fn mint_one(ca: &CaManager, id: &SpiffeId, ttl: Duration) -> Result<Current, Age
         event = "server_svid_issued",
         spiffe_id = %id,
         serial = %hex::encode(&issued.svid.serial),
-        expiry = ?issued.svid.not_after,
+        expiry = super::signing::unix_secs(issued.svid.not_after),
     );
     Ok(Current {
         key: Arc::new(CertifiedKey::new(issued.svid.chain_without_root, signer)),
