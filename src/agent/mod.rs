@@ -2,9 +2,11 @@
 //!
 //! - [`client`]: the agent's client of the server's agent API (attest, renew, sync, sign,
 //!   bundle); [`server_tls`]: how it authenticates the server over TLS.
+//! - [`h2fix`]: lets grpcio-style clients that send a socket path as `:authority` in.
 //! - [`renewal`]: when each SVID is renewed (staggered so a fleet never renews at once).
 
 pub mod client;
+pub mod h2fix;
 pub mod renewal;
 pub mod server_tls;
 
