@@ -66,7 +66,9 @@ impl FrameRewriter {
 
     /// Whether the stream may end here: between frames, with no header block open.
     pub fn at_boundary(&self) -> bool {
-        matches!(self.state, State::FrameHeader | State::Preface(0)) && self.pending.is_none()
+        matches!(self.state, State::FrameHeader | State::Preface(0))
+            && self.buf.is_empty()
+            && self.pending.is_none()
     }
 
     /// Consumes `input` and appends what the server should receive to `out`.
