@@ -6,11 +6,13 @@
 //!   PID-reuse defence).
 //! - [`cache`]: the workload SVID cache the Workload API serves from; [`manager`]: the
 //!   loop that keeps it synced with the server and renewed.
+//! - [`h2fix`]: lets grpcio-style clients that send a socket path as `:authority` in.
 //! - [`renewal`]: when each SVID is renewed (staggered so a fleet never renews at once).
 
 pub mod attest;
 pub mod cache;
 pub mod client;
+pub mod h2fix;
 pub mod manager;
 pub mod renewal;
 pub mod server_tls;
