@@ -352,3 +352,22 @@ fn load_key(
     let key_id = KeyId::new(&record.key_id)?;
     keys.get(&key_id)?.ok_or_else(|| CaError::MissingAuthorityKey(record.key_id.clone()))
 }
+
+/// A CA for tests elsewhere in the crate: in-memory keys and journal, the system clock,
+/// 24 h ec-p256 authorities, a 10 s backdate.
+#[cfg(test)]
+pub(crate) fn test_ca(trust_domain: TrustDomain) -> Arc<CaManager> {
+    let config = CaConfig {
+        trust_domain,
+        x509_key_type: KeyType::EcP256,
+        jwt_key_type: KeyType::EcP256,
+        ca_ttl: Duration::from_secs(24 * 3600),
+        backdate: Duration::from_secs(10),
+        upstream: None,
+        refresh_hint: Duration::from_secs(60),
+    };
+    let keys = Arc::new(super::MemoryKeyManager::new());
+    let clock = Arc::new(crate::clock::SystemClock);
+    let journal = Arc::new(super::journal::MemoryJournal::default());
+    Arc::new(CaManager::open(config, keys, clock, journal).expect("a test CA starts"))
+}

@@ -12,8 +12,7 @@ use tokio::net::TcpListener;
 use crate::agent::ServerClient;
 use crate::agent::cache::SvidCache;
 use crate::agent::manager::{Manager, ManagerOptions};
-use crate::ca::journal::MemoryJournal;
-use crate::ca::{CaConfig, CaManager, KeyType, MemoryKeyManager};
+use crate::ca::CaManager;
 use crate::clock::{ManualClock, SystemClock};
 use crate::selector::{Selector, SelectorSet};
 use crate::server::agent_api::{AgentApiError, AgentApiOptions, serve};
@@ -44,24 +43,7 @@ pub struct Server {
 impl Server {
     pub async fn start() -> Self {
         let dir = Arc::new(tempfile::tempdir().unwrap());
-        let config = CaConfig {
-            trust_domain: td(),
-            x509_key_type: KeyType::EcP256,
-            jwt_key_type: KeyType::EcP256,
-            ca_ttl: Duration::from_secs(24 * 3600),
-            backdate: Duration::from_secs(10),
-            upstream: None,
-            refresh_hint: Duration::from_secs(60),
-        };
-        let ca = Arc::new(
-            CaManager::open(
-                config,
-                Arc::new(MemoryKeyManager::new()),
-                Arc::new(SystemClock),
-                Arc::new(MemoryJournal::default()),
-            )
-            .unwrap(),
-        );
+        let ca = crate::ca::manager::test_ca(td());
         let store: Arc<dyn DataStore> =
             Arc::new(SqliteDataStore::open(&dir.path().join("keycard.db")).unwrap());
         Self::start_on("127.0.0.1:0", ca, store, dir).await

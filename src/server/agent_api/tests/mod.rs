@@ -13,8 +13,7 @@ use tokio::net::TcpListener;
 
 use super::{AgentApiOptions, MAX_BATCH, MAX_MESSAGE_SIZE, Rate, proto as pb, serve};
 use crate::agent::ServerClient;
-use crate::ca::journal::MemoryJournal;
-use crate::ca::{CaConfig, CaManager, KeyType, MemoryKeyManager, SigningKey};
+use crate::ca::{CaManager, SigningKey};
 use crate::clock::SystemClock;
 use crate::selector::{Selector, SelectorSet};
 use crate::server::datastore::{DataStore, JoinTokenRecord, SqliteDataStore};
@@ -74,24 +73,7 @@ impl Harness {
 
     pub async fn start_with(edit: impl FnOnce(&mut AgentApiOptions)) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let config = CaConfig {
-            trust_domain: td(),
-            x509_key_type: KeyType::EcP256,
-            jwt_key_type: KeyType::EcP256,
-            ca_ttl: Duration::from_secs(24 * 3600),
-            backdate: Duration::from_secs(10),
-            upstream: None,
-            refresh_hint: Duration::from_secs(60),
-        };
-        let ca = Arc::new(
-            CaManager::open(
-                config,
-                Arc::new(MemoryKeyManager::new()),
-                Arc::new(SystemClock),
-                Arc::new(MemoryJournal::default()),
-            )
-            .unwrap(),
-        );
+        let ca = crate::ca::manager::test_ca(td());
         let store: Arc<dyn DataStore> =
             Arc::new(SqliteDataStore::open(&dir.path().join("keycard.db")).unwrap());
         let metrics = Arc::new(ServerMetrics::new());
