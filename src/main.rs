@@ -19,6 +19,13 @@ enum Command {
         #[arg(required = true)]
         ids: Vec<String>,
     },
+    /// Start a development server with embedded defaults (trust domain example.org, state
+    /// in ./.keycard-dev); the node agent joins it once it lands.
+    Dev {
+        /// Where the development state lives.
+        #[arg(long, default_value = ".keycard-dev")]
+        dir: std::path::PathBuf,
+    },
     /// The CA server daemon.
     Server {
         #[command(subcommand)]
@@ -57,8 +64,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Some(Command::CheckId { ids }) => check_ids(&ids),
         Some(Command::Server { command: ServerCommand::Run(args) }) => run_server(&args),
+        Some(Command::Dev { dir }) => run_dev(&dir),
         Some(Command::Admin(command)) => Ok(keycard::cli::run_admin(*command)?),
     }
+}
+
+/// `keycard dev`: a server with development defaults, and what to paste next.
+fn run_dev(dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let dir = std::fs::canonicalize(dir)?;
+    let args = keycard::server::config::ServerArgs {
+        trust_domain: Some("example.org".parse()?),
+        data_dir: Some(dir.join("server")),
+        bind_address: Some("127.0.0.1:8081".parse()?),
+        health_address: Some("127.0.0.1:8082".parse()?),
+        ..Default::default()
+    };
+    let socket = keycard::server::config::default_admin_socket(&dir.join("server"));
+    println!("keycard dev: CA server for trust domain example.org, state in {}", dir.display());
+    println!("  admin socket : {}", socket.display());
+    println!("  agent API    : 127.0.0.1:8081 (mTLS)");
+    println!("  health       : http://127.0.0.1:8082/ready and /metrics");
+    println!("Try, in another terminal:");
+    println!("  export KEYCARD_ADMIN_SOCKET={}", socket.display());
+    println!("  cargo run --release -- token generate --spiffe-id spiffe://example.org/node/dev");
+    println!("  cargo run --release -- bundle show");
+    println!("Ctrl-C stops it; running it again reuses the state.");
+    run_server(&args)
 }
 
 /// Loads the configuration, sets up logging, and runs the server until SIGINT or SIGTERM.
