@@ -16,6 +16,7 @@ pub mod h2fix;
 pub mod manager;
 pub mod renewal;
 pub mod server_tls;
+pub mod workload_api;
 
 pub use client::{
     AgentIdentity, Attestation, ClientError, IssuedX509Svid, ServerClient, SyncedEntries,

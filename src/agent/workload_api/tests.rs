@@ -1,0 +1,243 @@
+//! The service over a real Unix socket with the real tonic client; the cache holds SVIDs
+//! minted by a real CA for entries selecting this test process's uid.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use hyper_util::rt::TokioIo;
+use keycard_workload_api::proto::{SpiffeWorkloadApiClient, X509svidResponse};
+use keycard_workload_api::{SpiffeId, TrustDomain, X509Bundle};
+use rustls_pki_types::SubjectPublicKeyInfoDer;
+use tokio::sync::oneshot;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Streaming};
+use x509_parser::prelude::{FromDer as _, X509Certificate};
+
+use super::*;
+use crate::agent::cache::NewSvid;
+use crate::ca::journal::MemoryJournal;
+use crate::ca::{CaConfig, CaManager, KeyType, MemoryKeyManager, SigningKey, SvidRequest};
+use crate::clock::SystemClock;
+use crate::server::agent_api::proto as pb;
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    socket: PathBuf,
+    uid: u32,
+    ca: CaManager,
+    cache: Arc<SvidCache>,
+    entries: BTreeMap<String, pb::Entry>,
+    _stop: oneshot::Sender<()>,
+}
+
+fn entry(id: &str, spiffe_id: &str, selector: &str) -> pb::Entry {
+    pb::Entry {
+        id: id.into(),
+        spiffe_id: spiffe_id.into(),
+        selectors: vec![selector.into()],
+        hint: format!("hint-{id}"),
+        ..Default::default()
+    }
+}
+
+impl Setup {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let uid = std::fs::metadata(dir.path()).unwrap().uid();
+        let config = CaConfig {
+            trust_domain: TrustDomain::new("example.org").unwrap(),
+            x509_key_type: KeyType::EcP256,
+            jwt_key_type: KeyType::EcP256,
+            ca_ttl: Duration::from_secs(3600),
+            backdate: Duration::from_secs(1),
+            upstream: None,
+            refresh_hint: Duration::from_secs(5),
+        };
+        let ca = CaManager::open(
+            config,
+            Arc::new(MemoryKeyManager::new()),
+            Arc::new(SystemClock),
+            Arc::new(MemoryJournal::default()),
+        )
+        .unwrap();
+        let cache = Arc::new(SvidCache::new(Arc::new(SystemClock)));
+        let socket = dir.path().join("agent.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let options = UnixAttestorOptions::default();
+        tokio::spawn(serve(listener, cache.clone(), options, async move {
+            let _ = stopped.await;
+        }));
+        Self { _dir: dir, socket, uid, ca, cache, entries: BTreeMap::new(), _stop: stop }
+    }
+
+    fn my_selector(&self) -> String {
+        format!("unix:uid:{}", self.uid)
+    }
+
+    /// Puts the entries in the cache (with the CA's bundle).
+    fn sync(&mut self, entries: Vec<pb::Entry>) {
+        self.entries = entries.into_iter().map(|e| (e.id.clone(), e)).collect();
+        let bundle = self.ca.bundle().unwrap();
+        self.cache.set_entries(&self.entries, Some(&bundle), &[]).unwrap();
+    }
+
+    /// Mints a fresh SVID for the entry and puts it in the cache.
+    fn mint(&self, entry_id: &str) -> Arc<SigningKey> {
+        let key = Arc::new(SigningKey::generate(KeyType::EcP256).unwrap());
+        let req = SvidRequest {
+            public_key: SubjectPublicKeyInfoDer::from(key.public_key_der()),
+            spiffe_id: SpiffeId::parse(&self.entries[entry_id].spiffe_id).unwrap(),
+            dns_names: Vec::new(),
+            ttl: Duration::from_secs(600),
+        };
+        let issued = self.ca.sign_x509_svid(&req).unwrap();
+        let now = SystemTime::now();
+        let results = self.cache.update_svids(vec![NewSvid {
+            entry_id: entry_id.into(),
+            chain: issued.svid.chain_without_root,
+            key: key.clone(),
+            serial: hex::encode(issued.svid.serial),
+            issued_at: now,
+            renew_at: now + Duration::from_secs(300),
+        }]);
+        results.into_iter().for_each(|r| r.unwrap());
+        key
+    }
+}
+
+async fn client(path: &Path) -> SpiffeWorkloadApiClient<Channel> {
+    let path = path.to_path_buf();
+    let channel = Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move { UnixStream::connect(path).await.map(TokioIo::new) }
+        }))
+        .await
+        .unwrap();
+    SpiffeWorkloadApiClient::new(channel)
+}
+
+fn with_header<T>(msg: T) -> Request<T> {
+    let mut req = Request::new(msg);
+    req.metadata_mut().insert(SECURITY_HEADER, SECURITY_HEADER_VALUE.parse().unwrap());
+    req
+}
+
+async fn open_x509(s: &Setup) -> Streaming<X509svidResponse> {
+    let mut c = client(&s.socket).await;
+    c.fetch_x509svid(with_header(X509svidRequest {})).await.unwrap().into_inner()
+}
+
+fn leaf_public_key(chain: &[u8]) -> Vec<u8> {
+    let (_, cert) = X509Certificate::from_der(chain).unwrap();
+    cert.public_key().raw.to_vec()
+}
+
+#[tokio::test]
+async fn fetch_x509_svid_returns_the_callers_svid_key_and_bundle() {
+    let mut s = Setup::start().await;
+    let mine = s.my_selector();
+    s.sync(vec![
+        entry("e1", "spiffe://example.org/me", &mine),
+        entry("e2", "spiffe://example.org/other", "unix:uid:4242424"),
+    ]);
+    let key = s.mint("e1");
+    s.mint("e2");
+
+    let first = open_x509(&s).await.message().await.unwrap().unwrap();
+    assert_eq!(first.svids.len(), 1, "only the entry selecting this uid");
+    let svid = &first.svids[0];
+    assert_eq!(svid.spiffe_id, "spiffe://example.org/me");
+    assert_eq!(svid.hint, "hint-e1");
+    assert_eq!(svid.x509_svid_key, key.pkcs8_der().secret_pkcs8_der());
+    let loaded = SigningKey::from_pkcs8_der(&svid.x509_svid_key).unwrap();
+    assert_eq!(loaded.public_key_der(), leaf_public_key(&svid.x509_svid));
+    let bundle = X509Bundle::parse_der(TrustDomain::new("example.org").unwrap(), &svid.bundle);
+    assert_eq!(bundle.unwrap(), s.ca.bundle().unwrap().x509_bundle().unwrap());
+    assert!(first.federated_bundles.is_empty());
+}
+
+#[tokio::test]
+async fn a_request_without_the_security_header_is_invalid() {
+    let mut s = Setup::start().await;
+    let mine = s.my_selector();
+    s.sync(vec![entry("e1", "spiffe://example.org/me", &mine)]);
+    s.mint("e1");
+    let mut c = client(&s.socket).await;
+    let err = c.fetch_x509svid(Request::new(X509svidRequest {})).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let mut wrong = Request::new(X509svidRequest {});
+    wrong.metadata_mut().insert(SECURITY_HEADER, "TRUE".parse().unwrap());
+    let err = c.fetch_x509svid(wrong).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+}
+
+#[tokio::test]
+async fn a_caller_with_no_entry_is_denied() {
+    let mut s = Setup::start().await;
+    s.sync(vec![entry("e2", "spiffe://example.org/other", "unix:uid:4242424")]);
+    s.mint("e2");
+    let mut c = client(&s.socket).await;
+    let err = c.fetch_x509svid(with_header(X509svidRequest {})).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert_eq!(err.message(), "no identity issued");
+    let err = c.fetch_x509_bundles(with_header(X509BundlesRequest {})).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+}
+
+#[tokio::test]
+async fn the_stream_sends_the_new_svid_after_a_rotation() {
+    let mut s = Setup::start().await;
+    let mine = s.my_selector();
+    s.sync(vec![entry("e1", "spiffe://example.org/me", &mine)]);
+    let first_key = s.mint("e1");
+    let mut stream = open_x509(&s).await;
+    let first = stream.message().await.unwrap().unwrap();
+    assert_eq!(first.svids[0].x509_svid_key, first_key.pkcs8_der().secret_pkcs8_der());
+
+    let second_key = s.mint("e1");
+    let second = stream.message().await.unwrap().unwrap();
+    assert_eq!(second.svids.len(), 1);
+    assert_eq!(second.svids[0].x509_svid_key, second_key.pkcs8_der().secret_pkcs8_der());
+    assert_ne!(second.svids[0].x509_svid, first.svids[0].x509_svid);
+}
+
+#[tokio::test]
+async fn deleting_the_entry_ends_the_stream_with_permission_denied() {
+    let mut s = Setup::start().await;
+    let mine = s.my_selector();
+    s.sync(vec![entry("e1", "spiffe://example.org/me", &mine)]);
+    s.mint("e1");
+    let mut stream = open_x509(&s).await;
+    assert_eq!(stream.message().await.unwrap().unwrap().svids.len(), 1);
+
+    s.sync(Vec::new());
+    let err = stream.message().await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+}
+
+#[tokio::test]
+async fn fetch_x509_bundles_keys_the_bundle_by_trust_domain_id() {
+    let mut s = Setup::start().await;
+    let mine = s.my_selector();
+    s.sync(vec![entry("e1", "spiffe://example.org/me", &mine)]);
+    s.mint("e1");
+    let mut c = client(&s.socket).await;
+    let mut stream =
+        c.fetch_x509_bundles(with_header(X509BundlesRequest {})).await.unwrap().into_inner();
+    let msg = stream.message().await.unwrap().unwrap();
+    assert_eq!(msg.bundles.len(), 1);
+    let der = &msg.bundles["spiffe://example.org"];
+    let bundle = X509Bundle::parse_der(TrustDomain::new("example.org").unwrap(), der).unwrap();
+    assert_eq!(bundle, s.ca.bundle().unwrap().x509_bundle().unwrap());
+
+    let mut jwt = c.fetch_jwt_bundles(with_header(JwtBundlesRequest {})).await.unwrap();
+    let msg = jwt.get_mut().message().await.unwrap().unwrap();
+    let json = &msg.bundles["spiffe://example.org"];
+    let parsed = SpiffeBundle::parse(TrustDomain::new("example.org").unwrap(), json).unwrap();
+    assert_eq!(parsed.jwt_bundle().unwrap(), s.ca.bundle().unwrap().jwt_bundle().unwrap());
+}
