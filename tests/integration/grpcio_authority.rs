@@ -2,8 +2,7 @@
 //! server on a Unix socket. grpcio sends the socket path as `:authority`; h2 refuses that
 //! unless the connection goes through `keycard::agent::h2fix::fix_authority`.
 //!
-//! The interpreter comes from `KEYCARD_PYTHON`, which `scripts/test.sh` sets after
-//! creating a virtualenv with a pinned grpcio.
+//! The interpreter, with a pinned grpcio, comes from [`crate::python::grpcio_python`].
 
 use std::path::{Path, PathBuf};
 
@@ -98,12 +97,7 @@ fn serve(socket: &Path, wrap: bool) {
 
 /// Runs tests/py/fetch_x509svid.py against `socket` and returns its two answer lines.
 async fn grpcio_fetch(socket: &Path) -> (String, String) {
-    let python = std::env::var_os("KEYCARD_PYTHON").unwrap_or_else(|| {
-        panic!(
-            "KEYCARD_PYTHON is not set: run the tests with scripts/test.sh, which creates a \
-             Python virtualenv with grpcio and points KEYCARD_PYTHON at its interpreter"
-        )
-    });
+    let python = tokio::task::spawn_blocking(crate::python::grpcio_python).await.unwrap();
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py/fetch_x509svid.py");
     let output =
         tokio::process::Command::new(python).arg(script).arg(socket).output().await.unwrap();

@@ -2,4 +2,5 @@
 
 mod cli;
 mod grpcio_authority;
+mod python;
 mod server;
