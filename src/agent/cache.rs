@@ -208,10 +208,10 @@ impl SvidCache {
         }
         changes.removed = state.entries.keys().filter(|id| !next.contains_key(*id)).count();
         state.entries = next;
-        if let Some(bundle) = bundle {
-            if state.bundle.as_deref() != Some(&*bundle) {
-                state.bundle = Some(bundle);
-            }
+        if let Some(bundle) = bundle
+            && state.bundle.as_deref() != Some(&*bundle)
+        {
+            state.bundle = Some(bundle);
         }
         state.tainted = tainted.to_vec();
         Self::publish(&mut state);

@@ -130,10 +130,10 @@ impl FrameRewriter {
         let flags = header[4];
         let stream_id =
             u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & 0x7fff_ffff;
-        if let Some(pending) = &self.pending {
-            if kind != TYPE_CONTINUATION || stream_id != pending.stream_id {
-                return Err(H2FixError::ContinuationExpected(pending.stream_id));
-            }
+        if let Some(pending) = &self.pending
+            && (kind != TYPE_CONTINUATION || stream_id != pending.stream_id)
+        {
+            return Err(H2FixError::ContinuationExpected(pending.stream_id));
         }
         match kind {
             TYPE_HEADERS | TYPE_CONTINUATION => {
@@ -203,10 +203,10 @@ impl FrameRewriter {
                 .ok_or(H2FixError::BadHeadersPayload)?;
         }
         pending.fragment.extend_from_slice(body);
-        if flags & FLAG_END_HEADERS != 0 {
-            if let Some(block) = self.pending.take() {
-                self.blocks.finish(block, out)?;
-            }
+        if flags & FLAG_END_HEADERS != 0
+            && let Some(block) = self.pending.take()
+        {
+            self.blocks.finish(block, out)?;
         }
         Ok(())
     }

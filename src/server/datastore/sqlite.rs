@@ -64,10 +64,10 @@ impl SqliteDataStore {
         let io_err = |what: &str, e: std::io::Error| {
             DataStoreError::Backend(format!("{what} {}: {e}", path.display()))
         };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            if !dir.exists() {
-                fsutil::create_private_dir(dir).map_err(|e| io_err("creating directory of", e))?;
-            }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+            && !dir.exists()
+        {
+            fsutil::create_private_dir(dir).map_err(|e| io_err("creating directory of", e))?;
         }
         OpenOptions::new()
             .create(true)

@@ -123,10 +123,10 @@ pub(crate) fn check_signing(cert: &X509Certificate<'_>, index: usize) -> Result<
     if !cert_sign {
         return Err(X509SvidError::SigningCertNoKeyCertSign { index });
     }
-    if let Some(id) = uri_san_id(cert, index)? {
-        if !id.is_root() {
-            return Err(X509SvidError::SigningCertIdHasPath { index, id: id.to_string() });
-        }
+    if let Some(id) = uri_san_id(cert, index)?
+        && !id.is_root()
+    {
+        return Err(X509SvidError::SigningCertIdHasPath { index, id: id.to_string() });
     }
     Ok(())
 }
