@@ -302,6 +302,12 @@ impl CaManager {
         bundle
     }
 
+    /// The X.509 part of the bundle alone, without building the SPIFFE bundle document:
+    /// what verifiers of agent certificates need on every handshake.
+    pub fn x509_bundle(&self) -> X509Bundle {
+        self.x509_bundle_of(&self.read().journal)
+    }
+
     /// The trust domain's bundle: every authority not revoked or expired, with the
     /// sequence number that rises on every change.
     pub fn bundle(&self) -> Result<SpiffeBundle, CaError> {

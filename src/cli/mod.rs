@@ -6,7 +6,7 @@
 //! the connection in `client.rs` and the printing in `output.rs`.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
@@ -27,7 +27,7 @@ pub use entry::EntryCommand;
 pub use output::OutputFormat;
 pub use token::TokenCommand;
 
-use crate::server::admin::DEFAULT_ADMIN_SOCKET;
+use crate::server::config::{DEFAULT_DATA_DIR, default_admin_socket};
 
 /// Why an admin command failed; every message says what to do about it.
 #[derive(Debug, thiserror::Error)]
@@ -101,7 +101,7 @@ pub struct Connection {
         long,
         global = true,
         env = "KEYCARD_ADMIN_SOCKET",
-        default_value = DEFAULT_ADMIN_SOCKET,
+        default_value_os_t = default_admin_socket(Path::new(DEFAULT_DATA_DIR)),
         value_name = "PATH"
     )]
     pub admin_socket: PathBuf,

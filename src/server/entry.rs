@@ -110,6 +110,21 @@ pub enum EntryError {
 }
 
 impl EntrySpec {
+    /// A specification with the given identity, parent and selectors, and the server's
+    /// defaults for everything else (TTLs, no DNS names, no hint, not admin).
+    pub fn new(spiffe_id: SpiffeId, parent_id: SpiffeId, selectors: SelectorSet) -> Self {
+        Self {
+            spiffe_id,
+            parent_id,
+            selectors,
+            x509_ttl: None,
+            jwt_ttl: None,
+            dns_names: Vec::new(),
+            hint: String::new(),
+            admin: false,
+        }
+    }
+
     /// Checks the rules that need the server's trust domain.
     pub fn check(&self, trust_domain: &TrustDomain) -> Result<(), EntryError> {
         if self.selectors.is_empty() {

@@ -225,17 +225,14 @@ async fn rotation_ticker(
             _ = interval.tick() => {}
         }
         let before = active_ids(&ca);
-        let rotate = {
-            let ca = ca.clone();
-            tokio::spawn(async move { tokio::task::spawn_blocking(move || ca.rotate()).await })
-        };
-        match rotate.await {
-            Ok(Ok(Ok(_))) => {}
-            Ok(Ok(Err(e))) => {
+        let rotating = ca.clone();
+        match tokio::task::spawn_blocking(move || rotating.rotate()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
                 // The current authority keeps signing; the next tick tries again.
                 tracing::error!(target: AUDIT_TARGET, event = "rotation_failed", error = %e);
             }
-            Ok(Err(e)) | Err(e) => return Err(RunError::Task(e.to_string())),
+            Err(e) => return Err(RunError::Task(e.to_string())),
         }
         let after = active_ids(&ca);
         for (kind, (old, new)) in ["x509", "jwt"].iter().zip(before.iter().zip(after.iter())) {

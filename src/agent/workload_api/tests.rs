@@ -18,8 +18,7 @@ use x509_parser::prelude::{FromDer as _, X509Certificate};
 
 use super::*;
 use crate::agent::cache::NewSvid;
-use crate::ca::journal::MemoryJournal;
-use crate::ca::{CaConfig, CaManager, KeyType, MemoryKeyManager, SigningKey, SvidRequest};
+use crate::ca::{CaManager, KeyType, SigningKey, SvidRequest};
 use crate::clock::SystemClock;
 use crate::server::agent_api::proto as pb;
 
@@ -27,7 +26,7 @@ struct Setup {
     _dir: tempfile::TempDir,
     socket: PathBuf,
     uid: u32,
-    ca: CaManager,
+    ca: Arc<CaManager>,
     cache: Arc<SvidCache>,
     entries: BTreeMap<String, pb::Entry>,
     _stop: oneshot::Sender<()>,
@@ -47,22 +46,7 @@ impl Setup {
     async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let uid = std::fs::metadata(dir.path()).unwrap().uid();
-        let config = CaConfig {
-            trust_domain: TrustDomain::new("example.org").unwrap(),
-            x509_key_type: KeyType::EcP256,
-            jwt_key_type: KeyType::EcP256,
-            ca_ttl: Duration::from_secs(3600),
-            backdate: Duration::from_secs(1),
-            upstream: None,
-            refresh_hint: Duration::from_secs(5),
-        };
-        let ca = CaManager::open(
-            config,
-            Arc::new(MemoryKeyManager::new()),
-            Arc::new(SystemClock),
-            Arc::new(MemoryJournal::default()),
-        )
-        .unwrap();
+        let ca = crate::ca::manager::test_ca(TrustDomain::new("example.org").unwrap());
         let cache = Arc::new(SvidCache::new(Arc::new(SystemClock)));
         let socket = dir.path().join("agent.sock");
         let listener = UnixListener::bind(&socket).unwrap();

@@ -46,10 +46,6 @@ pub mod pb {
     tonic::include_proto!("keycard.admin.v1");
 }
 
-/// Where a server with the default `data_dir` puts its admin socket, relative to the
-/// directory it runs in; the CLI's default too, so both agree out of the box.
-pub const DEFAULT_ADMIN_SOCKET: &str = ".keycard/server/private/admin.sock";
-
 /// What the admin API needs from the server's configuration.
 #[derive(Debug, Clone)]
 pub struct AdminOptions {

@@ -281,7 +281,7 @@ pub fn verify_node_chain(
         }
     }
     let agent_id = trust_domain
-        .spiffe_id(&format!("/keycard/agent/x509pop/{}", sha1(&chain[0])))
+        .spiffe_id(&format!("{}x509pop/{}", super::AGENT_PATH_PREFIX, sha1(&chain[0])))
         .map_err(|e| bad(e.to_string()))?;
     Ok(NodeIdentity { agent_id, attestor: "x509pop", selectors, can_reattest: true })
 }

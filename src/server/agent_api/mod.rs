@@ -50,7 +50,8 @@ pub const MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
 pub const MAX_BATCH: usize = 500;
 /// Most entries (revisions) in one `SyncEntries` message.
 pub const SYNC_PAGE_SIZE: usize = 500;
-/// Path prefix of every agent ID: only certificates with such an ID may call as agents.
+/// Path prefix of the agent IDs keycard assigns itself (x509pop, default join-token IDs);
+/// operators may choose other IDs for join tokens, so calls are authorized by agent record.
 pub const AGENT_PATH_PREFIX: &str = "/keycard/agent/";
 
 /// What the agent API needs from the server configuration.

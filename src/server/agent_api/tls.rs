@@ -76,10 +76,7 @@ impl ClientCertVerifier for AgentCertVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let bundle = self.ca.bundle().map_err(|e| tls_error(e.to_string()))?;
-        let x509 = bundle.x509_bundle().map_err(|e| tls_error(e.to_string()))?;
-        let mut set = X509BundleSet::new();
-        set.insert(x509);
+        let set: X509BundleSet = [self.ca.x509_bundle()].into_iter().collect();
         let mut chain = vec![end_entity.clone()];
         chain.extend(intermediates.iter().cloned());
         let id = verify_chain(&chain, &set, now).map_err(|e| tls_error(e.to_string()))?;

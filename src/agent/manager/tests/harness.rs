@@ -108,16 +108,8 @@ impl Server {
     }
 
     pub fn entry(&self, spiffe_id: &str, parent: &SpiffeId, sel: &[&str]) -> Entry {
-        let spec = EntrySpec {
-            spiffe_id: SpiffeId::parse(spiffe_id).unwrap(),
-            parent_id: parent.clone(),
-            selectors: selectors(sel),
-            x509_ttl: None,
-            jwt_ttl: None,
-            dns_names: Vec::new(),
-            hint: String::new(),
-            admin: false,
-        };
+        let spec =
+            EntrySpec::new(SpiffeId::parse(spiffe_id).unwrap(), parent.clone(), selectors(sel));
         self.store.create_entry(&spec, SystemTime::now()).unwrap()
     }
 }

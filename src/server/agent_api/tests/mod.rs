@@ -146,16 +146,7 @@ impl Harness {
         sel: &[&str],
         edit: impl FnOnce(&mut EntrySpec),
     ) -> Entry {
-        let mut spec = EntrySpec {
-            spiffe_id: id(spiffe_id),
-            parent_id: parent.clone(),
-            selectors: selectors(sel),
-            x509_ttl: None,
-            jwt_ttl: None,
-            dns_names: Vec::new(),
-            hint: String::new(),
-            admin: false,
-        };
+        let mut spec = EntrySpec::new(id(spiffe_id), parent.clone(), selectors(sel));
         edit(&mut spec);
         self.store.create_entry(&spec, SystemTime::now()).unwrap()
     }
