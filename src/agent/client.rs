@@ -161,6 +161,24 @@ impl ServerClient {
         Ok(Self { addr: addr.to_owned(), trust_domain, bundle: bootstrap, identity: None, grpc })
     }
 
+    /// Connects without a client certificate and WITHOUT authenticating the server's chain
+    /// (only its SPIFFE ID is checked): the insecure bootstrap. The bundle the server sends
+    /// with the attestation answer is trusted from then on.
+    pub async fn connect_insecure(
+        addr: &str,
+        trust_domain: TrustDomain,
+    ) -> Result<Self, ClientError> {
+        tracing::warn!(
+            server = addr,
+            "INSECURE BOOTSTRAP: the server is not authenticated until the agent has attested; \
+             anyone who can intercept this connection can impersonate the server. \
+             Use trust_bundle_path outside development."
+        );
+        let grpc = super::server_tls::open_insecure_channel(addr, &trust_domain).await?;
+        let bundle = X509Bundle::new(trust_domain.clone());
+        Ok(Self { addr: addr.to_owned(), trust_domain, bundle, identity: None, grpc })
+    }
+
     /// Connects with an agent SVID obtained earlier (after a restart).
     pub async fn connect_with_identity(
         addr: &str,

@@ -10,6 +10,7 @@
 //! cache keeps serving meanwhile.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -37,6 +38,42 @@ pub enum ManagerError {
     /// Making a workload key or its CSR failed.
     #[error("cannot make a workload key: {0}")]
     Key(String),
+    /// The agent SVID expired before it could be renewed, and the agent cannot attest
+    /// again by itself (a join token is single-use).
+    #[error("the agent SVID expired; attest the agent again (a new join token, or x509pop)")]
+    AgentExpired,
+}
+
+impl ManagerError {
+    /// Whether attesting again could fix this: the agent SVID expired, or the server no
+    /// longer accepts it (the agent was evicted, or its SVID was superseded).
+    pub fn needs_reattestation(&self) -> bool {
+        match self {
+            Self::AgentExpired => true,
+            Self::Server(ClientError::Rpc(status)) => matches!(
+                status.code(),
+                tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// Makes a newly attested client, for when the agent SVID can no longer be renewed (x509pop
+/// can attest again; a join token cannot).
+pub type Reattest = Box<
+    dyn FnMut() -> Pin<Box<dyn Future<Output = Result<ServerClient, ClientError>> + Send>> + Send,
+>;
+
+/// Told after every round of [`Manager::run_with`]: persists state, updates metrics.
+pub trait RoundObserver: Send {
+    /// `outcome` is the round's result; `manager` gives the client and synced entries.
+    fn after_round(&mut self, manager: &Manager, outcome: &Result<TickReport, ManagerError>);
+}
+
+/// Observes nothing.
+impl RoundObserver for () {
+    fn after_round(&mut self, _: &Manager, _: &Result<TickReport, ManagerError>) {}
 }
 
 /// How the manager behaves.
@@ -83,6 +120,8 @@ pub struct TickReport {
     pub failed: usize,
     /// Calls made to sign CSRs.
     pub batches: usize,
+    /// Whether the agent had to attest again during the round.
+    pub reattested: bool,
 }
 
 /// Exponential backoff with ±20 % jitter.
@@ -110,7 +149,6 @@ impl Backoff {
 }
 
 /// The sync and renewal loop; see the module documentation.
-#[derive(Debug)]
 pub struct Manager {
     client: ServerClient,
     cache: Arc<SvidCache>,
@@ -121,6 +159,20 @@ pub struct Manager {
     /// The current batch size: halved after a failed call, doubled after a good one.
     batch: usize,
     backoff: Backoff,
+    /// How to attest again, if the agent can.
+    reattest: Option<Reattest>,
+}
+
+impl std::fmt::Debug for Manager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manager")
+            .field("client", &self.client)
+            .field("options", &self.options)
+            .field("revision", &self.synced.revision)
+            .field("batch", &self.batch)
+            .field("can_reattest", &self.reattest.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// When half the agent SVID's life (from its `notBefore`) has passed.
@@ -141,7 +193,33 @@ impl Manager {
     ) -> Self {
         let batch = options.max_batch.clamp(1, MAX_BATCH);
         let backoff = Backoff::new(options.backoff_min, options.backoff_max);
-        Self { client, cache, clock, options, synced: SyncedEntries::default(), batch, backoff }
+        Self {
+            client,
+            cache,
+            clock,
+            options,
+            synced: SyncedEntries::default(),
+            batch,
+            backoff,
+            reattest: None,
+        }
+    }
+
+    /// Lets the manager attest again by itself when the agent SVID expired or the server
+    /// stopped accepting it.
+    pub fn with_reattest(mut self, reattest: Reattest) -> Self {
+        self.reattest = Some(reattest);
+        self
+    }
+
+    /// The server client.
+    pub fn client(&self) -> &ServerClient {
+        &self.client
+    }
+
+    /// The entries as of the last good sync.
+    pub fn synced(&self) -> &SyncedEntries {
+        &self.synced
     }
 
     /// The server client (to reconnect it elsewhere, or to look at the agent identity).
@@ -160,10 +238,21 @@ impl Manager {
     }
 
     /// Runs rounds until `shutdown` completes.
-    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        self.run_with((), shutdown).await
+    }
+
+    /// Runs rounds until `shutdown` completes, telling `observer` after each.
+    pub async fn run_with(
+        mut self,
+        mut observer: impl RoundObserver,
+        shutdown: impl Future<Output = ()>,
+    ) {
         tokio::pin!(shutdown);
         loop {
-            let delay = match self.tick().await {
+            let outcome = self.tick().await;
+            observer.after_round(&self, &outcome);
+            let delay = match outcome {
                 Ok(report) => {
                     tracing::debug!(?report, "agent sync round");
                     self.backoff.reset();
@@ -188,6 +277,21 @@ impl Manager {
     }
 
     async fn round(&mut self) -> Result<TickReport, ManagerError> {
+        match self.round_once().await {
+            Err(e) if e.needs_reattestation() && self.reattest.is_some() => {
+                tracing::warn!(error = %e, "the agent SVID is no longer usable; attesting again");
+                if let Some(reattest) = self.reattest.as_mut() {
+                    self.client = reattest().await?;
+                }
+                let mut report = self.round_once().await?;
+                report.reattested = true;
+                Ok(report)
+            }
+            other => other,
+        }
+    }
+
+    async fn round_once(&mut self) -> Result<TickReport, ManagerError> {
         let mut report =
             TickReport { agent_renewed: self.renew_agent_if_due().await?, ..Default::default() };
         let synced = self.client.sync(&self.synced).await?;
@@ -224,7 +328,11 @@ impl Manager {
             .first()
             .and_then(|leaf| agent_half_life(leaf, identity.expires_at))
             .unwrap_or(identity.expires_at);
-        if self.clock.now() < half {
+        let now = self.clock.now();
+        if now >= identity.expires_at {
+            return Err(ManagerError::AgentExpired);
+        }
+        if now < half {
             return Ok(false);
         }
         self.client.renew().await?;

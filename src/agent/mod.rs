@@ -12,10 +12,12 @@
 pub mod attest;
 pub mod cache;
 pub mod client;
+pub mod config;
 pub mod h2fix;
 pub mod manager;
 pub mod renewal;
 pub mod server_tls;
+pub mod storage;
 pub mod workload_api;
 
 pub use client::{

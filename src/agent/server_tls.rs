@@ -31,7 +31,8 @@ use crate::server::agent_api::{MAX_MESSAGE_SIZE, server_id};
 /// carry exactly the expected SPIFFE ID.
 #[derive(Debug)]
 pub struct SpiffeServerVerifier {
-    bundles: X509BundleSet,
+    /// `None` only for an insecure bootstrap: the chain is then not checked at all.
+    bundles: Option<X509BundleSet>,
     expected: SpiffeId,
     algorithms: WebPkiSupportedAlgorithms,
 }
@@ -40,7 +41,14 @@ impl SpiffeServerVerifier {
     /// Trusts `bundles` and accepts only `expected`.
     pub fn new(bundles: X509BundleSet, expected: SpiffeId) -> Self {
         let algorithms = rustls::crypto::ring::default_provider().signature_verification_algorithms;
-        Self { bundles, expected, algorithms }
+        Self { bundles: Some(bundles), expected, algorithms }
+    }
+
+    /// Accepts any chain whose leaf names `expected`: for an insecure bootstrap only, where
+    /// the operator chose to trust the first server that answers.
+    pub fn insecure(expected: SpiffeId) -> Self {
+        let algorithms = rustls::crypto::ring::default_provider().signature_verification_algorithms;
+        Self { bundles: None, expected, algorithms }
     }
 }
 
@@ -55,8 +63,11 @@ impl ServerCertVerifier for SpiffeServerVerifier {
     ) -> Result<ServerCertVerified, rustls::Error> {
         let mut chain = vec![end_entity.clone()];
         chain.extend(intermediates.iter().cloned());
-        let id = verify_chain(&chain, &self.bundles, now)
-            .map_err(|e| rustls::Error::General(format!("server certificate: {e}")))?;
+        let id = match &self.bundles {
+            Some(bundles) => verify_chain(&chain, bundles, now),
+            None => keycard_workload_api::spiffe_id_of(end_entity),
+        }
+        .map_err(|e| rustls::Error::General(format!("server certificate: {e}")))?;
         if id != self.expected {
             return Err(rustls::Error::General(format!(
                 "server presented {id}, expected {}",
@@ -143,10 +154,28 @@ pub async fn open_channel(
     bundle: &X509Bundle,
     identity: Option<&AgentIdentity>,
 ) -> Result<AgentClient<Channel>, ClientError> {
-    let fail = |reason: String| ClientError::Connect { addr: addr.to_owned(), reason };
     let mut bundles = X509BundleSet::new();
     bundles.insert(bundle.clone());
-    let verifier = Arc::new(SpiffeServerVerifier::new(bundles, server_id(trust_domain)));
+    let verifier = SpiffeServerVerifier::new(bundles, server_id(trust_domain));
+    open_with_verifier(addr, verifier, identity).await
+}
+
+/// Like [`open_channel`] without checking the server's chain (only its SPIFFE ID), and
+/// without a client certificate: an insecure bootstrap, before the agent has a bundle.
+pub async fn open_insecure_channel(
+    addr: &str,
+    trust_domain: &TrustDomain,
+) -> Result<AgentClient<Channel>, ClientError> {
+    open_with_verifier(addr, SpiffeServerVerifier::insecure(server_id(trust_domain)), None).await
+}
+
+async fn open_with_verifier(
+    addr: &str,
+    verifier: SpiffeServerVerifier,
+    identity: Option<&AgentIdentity>,
+) -> Result<AgentClient<Channel>, ClientError> {
+    let fail = |reason: String| ClientError::Connect { addr: addr.to_owned(), reason };
+    let verifier = Arc::new(verifier);
     let builder = ClientConfig::builder_with_provider(crate::server::agent_api::tls::provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| fail(e.to_string()))?

@@ -1,0 +1,38 @@
+//! The raw shape of the agent's TOML file: every key optional and mostly a string, so that
+//! [`super::AgentConfig`] can check each value itself and name the key at fault.
+//! `deny_unknown_fields` turns typos into errors instead of silently ignored settings.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// The top level of the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileConfig {
+    pub(super) trust_domain: Option<String>,
+    pub(super) server_address: Option<String>,
+    pub(super) trust_bundle_path: Option<PathBuf>,
+    pub(super) insecure_bootstrap: Option<bool>,
+    pub(super) join_token: Option<String>,
+    pub(super) x509pop: Option<FileX509Pop>,
+    pub(super) socket_path: Option<String>,
+    pub(super) admin_socket: Option<PathBuf>,
+    pub(super) data_dir: Option<PathBuf>,
+    pub(super) sync_interval: Option<String>,
+    pub(super) workload_key_type: Option<String>,
+    pub(super) disk_cache: Option<bool>,
+    pub(super) unix_sha256: Option<bool>,
+    pub(super) unix_sha256_max_size: Option<u64>,
+    pub(super) health_address: Option<String>,
+    pub(super) log_format: Option<String>,
+    pub(super) log_level: Option<String>,
+}
+
+/// `[x509pop]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileX509Pop {
+    pub(super) cert_file: Option<PathBuf>,
+    pub(super) key_file: Option<PathBuf>,
+}

@@ -1,0 +1,201 @@
+//! The agent's Prometheus metrics.
+//!
+//! One [`AgentMetrics`] value is shared (behind an `Arc`) by the agent's parts: the sync
+//! loop counts renewals and rounds, the Workload API counts attestations and connections,
+//! and `/metrics` renders the registry as Prometheus text (prefix `keycard_agent`).
+
+use std::fmt;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// A label set with one `result` label.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `ok`, or what went wrong.
+    pub result: String,
+}
+
+/// Labels of workload SVID metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SvidLabels {
+    /// `issued` (first SVID of an entry), `renewed`, or `failed`.
+    pub outcome: String,
+}
+
+/// Every metric the agent exports.
+pub struct AgentMetrics {
+    registry: Mutex<Registry>,
+    /// Entries the agent holds for its workloads.
+    pub cache_entries: Gauge,
+    /// Workload X.509-SVIDs in the cache.
+    pub cache_svids: Gauge,
+    /// Workload SVIDs obtained or refused, by outcome.
+    pub svids: Family<SvidLabels, Counter>,
+    /// Sync rounds with the server, by result.
+    pub sync_rounds: Family<ResultLabels, Counter>,
+    /// Renewals of the agent's own SVID.
+    pub agent_renewals: Counter,
+    /// Node attestations made by the agent (first start and re-attestation), by result.
+    pub node_attestations: Family<ResultLabels, Counter>,
+    /// Seconds until the agent SVID expires (negative once expired).
+    pub agent_svid_expiry_seconds: Gauge,
+    /// Workload attestations, by result.
+    pub workload_attestations: Family<ResultLabels, Counter>,
+    /// Time to attest one workload, in seconds.
+    pub workload_attestation_latency: Histogram,
+    /// Workload API connections accepted.
+    pub workload_connections: Counter,
+    /// Workload API connections open now.
+    pub workload_connections_open: Gauge,
+}
+
+impl fmt::Debug for AgentMetrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AgentMetrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for AgentMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl AgentMetrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("keycard_agent");
+        let cache_entries = Gauge::default();
+        registry.register("cache_entries", "Entries held for workloads", cache_entries.clone());
+        let cache_svids = Gauge::default();
+        registry.register("cache_svids", "Workload X.509-SVIDs in the cache", cache_svids.clone());
+        let svids = Family::<SvidLabels, Counter>::default();
+        registry.register("svids", "Workload SVIDs obtained or refused", svids.clone());
+        let sync_rounds = Family::<ResultLabels, Counter>::default();
+        registry.register("sync_rounds", "Sync rounds with the server", sync_rounds.clone());
+        let agent_renewals = Counter::default();
+        registry.register("agent_renewals", "Renewals of the agent SVID", agent_renewals.clone());
+        let node_attestations = Family::<ResultLabels, Counter>::default();
+        registry.register("node_attestations", "Node attestations", node_attestations.clone());
+        let agent_svid_expiry_seconds = Gauge::default();
+        registry.register(
+            "agent_svid_expiry_seconds",
+            "Seconds until the agent SVID expires",
+            agent_svid_expiry_seconds.clone(),
+        );
+        let workload_attestations = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "workload_attestations",
+            "Workload attestations",
+            workload_attestations.clone(),
+        );
+        let workload_attestation_latency =
+            Histogram::new([0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0]);
+        registry.register(
+            "workload_attestation_latency_seconds",
+            "Time to attest one workload",
+            workload_attestation_latency.clone(),
+        );
+        let workload_connections = Counter::default();
+        registry.register(
+            "workload_api_connections",
+            "Workload API connections accepted",
+            workload_connections.clone(),
+        );
+        let workload_connections_open = Gauge::default();
+        registry.register(
+            "workload_api_connections_open",
+            "Workload API connections open now",
+            workload_connections_open.clone(),
+        );
+        Self {
+            registry: Mutex::new(registry),
+            cache_entries,
+            cache_svids,
+            svids,
+            sync_rounds,
+            agent_renewals,
+            node_attestations,
+            agent_svid_expiry_seconds,
+            workload_attestations,
+            workload_attestation_latency,
+            workload_connections,
+            workload_connections_open,
+        }
+    }
+
+    /// Counts workload SVIDs with `outcome` (`issued`, `renewed`, `failed`).
+    pub fn svids(&self, outcome: &str, n: usize) {
+        let labels = SvidLabels { outcome: outcome.into() };
+        self.svids.get_or_create(&labels).inc_by(n as u64);
+    }
+
+    /// Counts one sync round.
+    pub fn sync_round(&self, result: &str) {
+        self.sync_rounds.get_or_create(&ResultLabels { result: result.into() }).inc();
+    }
+
+    /// Counts one node attestation.
+    pub fn node_attested(&self, result: &str) {
+        self.node_attestations.get_or_create(&ResultLabels { result: result.into() }).inc();
+    }
+
+    /// Counts one workload attestation and its latency.
+    pub fn workload_attested(&self, result: &str, took: Duration) {
+        self.workload_attestations.get_or_create(&ResultLabels { result: result.into() }).inc();
+        self.workload_attestation_latency.observe(took.as_secs_f64());
+    }
+
+    /// The registry in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text_with_every_family() {
+        let m = AgentMetrics::new();
+        m.cache_entries.set(2);
+        m.cache_svids.set(1);
+        m.svids("renewed", 3);
+        m.sync_round("ok");
+        m.agent_renewals.inc();
+        m.node_attested("ok");
+        m.agent_svid_expiry_seconds.set(120);
+        m.workload_attested("ok", Duration::from_micros(300));
+        m.workload_connections.inc();
+        m.workload_connections_open.set(1);
+        let text = m.render();
+        for needle in [
+            "keycard_agent_cache_entries 2",
+            "keycard_agent_cache_svids 1",
+            "keycard_agent_svids_total{outcome=\"renewed\"} 3",
+            "keycard_agent_sync_rounds_total{result=\"ok\"} 1",
+            "keycard_agent_agent_renewals_total 1",
+            "keycard_agent_node_attestations_total{result=\"ok\"} 1",
+            "keycard_agent_agent_svid_expiry_seconds 120",
+            "keycard_agent_workload_attestations_total{result=\"ok\"} 1",
+            "keycard_agent_workload_attestation_latency_seconds_count 1",
+            "keycard_agent_workload_api_connections_total 1",
+            "keycard_agent_workload_api_connections_open 1",
+            "# EOF",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+    }
+}
