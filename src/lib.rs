@@ -2,17 +2,18 @@
 //!
 //! # Layout
 //! - `main.rs`: the `keycard` command line.
-//! - [`agent`]: the node agent: its client of the server and its renewal plan.
+//! - [`agent`]: the node agent (`keycard agent run`): node attestation, the sync and
+//!   renewal loop, the workload SVID cache, workload attestation and the Workload API.
 //! - [`cli`]: the admin commands (`keycard entry`, `token`, ...): admin API clients.
 //! - [`clock`]: the `Clock` trait (system clock, manual test clock); all time goes through it.
 //! - [`config`]: TOML loading and value parsing shared by both daemons' configurations.
 //! - [`shutdown`]: the graceful-shutdown signal (SIGINT/SIGTERM) shared by both daemons.
 //! - [`fsutil`]: atomic private file writes (temp file, fsync, rename, fsync directory).
+//! - [`pemfile`]: reading operator-supplied PEM certificates and keys.
 //! - [`ca`]: signing: key managers (memory, disk), the X.509 authority (self-signed or
 //!   signed by an upstream CA on disk), SVID templates and CSR checks, the JWT authority,
 //!   the authority journal and the rotation manager.
 //! - [`selector`]: `Selector` (`type:value`) and `SelectorSet` with subset matching.
-//! - [`agent`]: the node agent: its client of the server's agent API.
 //! - [`server`]: the CA daemon: datastore, registration entries, admin and agent APIs.
 //! - [`telemetry`]: Prometheus metrics, health endpoints, audit events.
 #![deny(unsafe_code)]
@@ -23,6 +24,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod fsutil;
+pub mod pemfile;
 pub mod selector;
 pub mod server;
 pub mod shutdown;

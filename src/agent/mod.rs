@@ -12,6 +12,7 @@
 pub mod attest;
 pub mod cache;
 pub mod client;
+pub mod disk_cache;
 pub mod config;
 pub mod h2fix;
 pub mod manager;

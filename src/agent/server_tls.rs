@@ -195,15 +195,20 @@ async fn open_with_verifier(
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| fail(e.to_string()))?
         .connect_timeout(Duration::from_secs(10));
-    let channel = endpoint
-        .connect_with_connector(TlsConnectorService::new(Arc::new(config)))
-        .await
-        .map_err(|e| {
+    let connector = TlsConnectorService::new(Arc::new(config));
+    // With an agent SVID the channel connects on first use (and again after every drop),
+    // so an agent restarted while the server is down starts and serves from its cache;
+    // without one (attestation) the server must answer now.
+    let channel = if identity.is_some() {
+        endpoint.connect_with_connector_lazy(connector)
+    } else {
+        endpoint.connect_with_connector(connector).await.map_err(|e| {
             fail(format!(
                 "{e}: {}",
                 std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default()
             ))
-        })?;
+        })?
+    };
     Ok(AgentClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE))

@@ -9,7 +9,6 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use rustls_pki_types::CertificateDer;
 use tokio::task::JoinSet;
 
 use super::admin::{self, AdminOptions};
@@ -170,18 +169,9 @@ fn agent_api_options(config: &ServerConfig) -> Result<AgentApiOptions, RunError>
     options.default_jwt_ttl = config.default_jwt_svid_ttl;
     options.server_svid_ttl = config.default_x509_svid_ttl;
     if let Some(path) = &config.x509pop_ca_bundle {
-        let fail =
-            |reason: String| RunError::X509PopBundle { path: path.display().to_string(), reason };
-        let text = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
-        let certs: Vec<CertificateDer<'static>> = pem::parse_many(&text)
-            .map_err(|e| fail(e.to_string()))?
-            .into_iter()
-            .filter(|block| block.tag() == "CERTIFICATE")
-            .map(|block| CertificateDer::from(block.into_contents()))
-            .collect();
-        if certs.is_empty() {
-            return Err(fail("no CERTIFICATE block in the file".into()));
-        }
+        let certs = crate::pemfile::read_certificates(path).map_err(|e| {
+            RunError::X509PopBundle { path: e.path, reason: e.reason }
+        })?;
         options.x509pop_ca_bundle = Some(certs);
     }
     Ok(options)
