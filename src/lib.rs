@@ -6,6 +6,7 @@
 //!   renewal loop, the workload SVID cache, workload attestation and the Workload API.
 //! - [`cli`]: the admin commands (`keycard entry`, `token`, ...): admin API clients.
 //! - [`clock`]: the `Clock` trait (system clock, manual test clock); all time goes through it.
+//! - [`dev`]: `keycard dev`: a server and an agent with development defaults.
 //! - [`config`]: TOML loading and value parsing shared by both daemons' configurations.
 //! - [`shutdown`]: the graceful-shutdown signal (SIGINT/SIGTERM) shared by both daemons.
 //! - [`fsutil`]: atomic private file writes (temp file, fsync, rename, fsync directory).
@@ -23,6 +24,7 @@ pub mod ca;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod dev;
 pub mod fsutil;
 pub mod pemfile;
 pub mod selector;

@@ -19,8 +19,8 @@ enum Command {
         #[arg(required = true)]
         ids: Vec<String>,
     },
-    /// Start a development server with embedded defaults (trust domain example.org, state
-    /// in ./.keycard-dev); the node agent joins it once it lands.
+    /// Start a development server and agent with embedded defaults (trust domain
+    /// example.org, state in ./.keycard-dev) and an entry for the calling user.
     Dev {
         /// Where the development state lives.
         #[arg(long, default_value = ".keycard-dev")]
@@ -31,6 +31,8 @@ enum Command {
         #[command(subcommand)]
         command: ServerCommand,
     },
+    /// Workload API commands: what a workload on this node gets from the agent.
+    Api(keycard::cli::api::ApiArgs),
     /// Admin commands: clients of a running server's admin socket.
     #[command(flatten)]
     Admin(Box<keycard::cli::AdminCommand>),
@@ -65,32 +67,51 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::CheckId { ids }) => check_ids(&ids),
         Some(Command::Server { command: ServerCommand::Run(args) }) => run_server(&args),
         Some(Command::Dev { dir }) => run_dev(&dir),
-        Some(Command::Admin(command)) => Ok(keycard::cli::run_admin(*command)?),
+        Some(Command::Api(args)) => Ok(keycard::cli::api::run_api(args)?),
+        Some(Command::Admin(command)) => match *command {
+            keycard::cli::AdminCommand::Agent {
+                command: keycard::cli::AgentCommand::Run(args),
+                ..
+            } => run_agent(&args),
+            command => Ok(keycard::cli::run_admin(command)?),
+        },
     }
 }
 
-/// `keycard dev`: a server with development defaults, and what to paste next.
+/// `keycard dev`: a server and an agent with development defaults, and what to paste next.
 fn run_dev(dir: &std::path::Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
-    let dir = std::fs::canonicalize(dir)?;
-    let args = keycard::server::config::ServerArgs {
-        trust_domain: Some("example.org".parse()?),
-        data_dir: Some(dir.join("server")),
-        bind_address: Some("127.0.0.1:8081".parse()?),
-        health_address: Some("127.0.0.1:8082".parse()?),
-        ..Default::default()
-    };
-    let socket = keycard::server::config::default_admin_socket(&dir.join("server"));
-    println!("keycard dev: CA server for trust domain example.org, state in {}", dir.display());
-    println!("  admin socket : {}", socket.display());
-    println!("  agent API    : 127.0.0.1:8081 (mTLS)");
-    println!("  health       : http://127.0.0.1:8082/ready and /metrics");
-    println!("Try, in another terminal:");
-    println!("  export KEYCARD_ADMIN_SOCKET={}", socket.display());
-    println!("  cargo run --release -- token generate --spiffe-id spiffe://example.org/node/dev");
-    println!("  cargo run --release -- bundle show");
-    println!("Ctrl-C stops it; running it again reuses the state.");
-    run_server(&args)
+    let paths = keycard::dev::DevPaths::new(&std::fs::canonicalize(dir)?);
+    keycard::telemetry::logging::init(keycard::telemetry::logging::LogFormat::Text, "info")?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let shutdown = keycard::shutdown::on_signals()?;
+        keycard::dev::run(&paths, shutdown, print_next_steps).await?;
+        Ok(())
+    })
+}
+
+/// What a newcomer pastes next, printed once the agent starts.
+fn print_next_steps(paths: &keycard::dev::DevPaths) {
+    let socket = paths.workload_socket.display();
+    println!();
+    println!("keycard dev: server and agent for trust domain {}", keycard::dev::TRUST_DOMAIN);
+    println!("  state          : {}", paths.dir.display());
+    println!("  Workload API   : {socket}");
+    println!("  admin socket   : {}", paths.admin_socket.display());
+    println!("  agent API      : {} (mTLS)", keycard::dev::SERVER_ADDRESS);
+    println!(
+        "  health/metrics : http://{}/ready (server), http://{}/ready (agent)",
+        keycard::dev::SERVER_HEALTH,
+        keycard::dev::AGENT_HEALTH
+    );
+    println!("In another terminal:");
+    println!("  export SPIFFE_ENDPOINT_SOCKET=unix://{socket}");
+    println!("  export KEYCARD_ADMIN_SOCKET={}", paths.admin_socket.display());
+    println!("  cargo run --release -- api fetch x509 --socket {socket}");
+    println!("  cargo run --release -- entry show");
+    println!("Ctrl-C stops both; running it again reuses the state.");
+    println!();
 }
 
 /// Loads the configuration, sets up logging, and runs the server until SIGINT or SIGTERM.
@@ -101,6 +122,19 @@ fn run_server(args: &keycard::server::config::ServerArgs) -> anyhow::Result<()> 
     runtime.block_on(async {
         let shutdown = keycard::shutdown::on_signals()?;
         keycard::server::run(config, shutdown).await?;
+        Ok(())
+    })
+}
+
+/// Loads the agent configuration, sets up logging, and runs the agent until SIGINT or
+/// SIGTERM.
+fn run_agent(args: &keycard::agent::config::AgentArgs) -> anyhow::Result<()> {
+    let config = keycard::agent::config::AgentConfig::load(args)?;
+    keycard::telemetry::logging::init(config.log_format, &config.log_level)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let shutdown = keycard::shutdown::on_signals()?;
+        keycard::agent::run::run(config, shutdown).await?;
         Ok(())
     })
 }

@@ -24,7 +24,8 @@ use crate::server::agent_api::proto as pb;
 mod types;
 
 pub use types::{
-    CacheError, CachedSvid, DueEntry, EntryChanges, NewSvid, Snapshot, TrustBundle, WorkloadSvid,
+    CacheError, CachedSvid, DueEntry, EntryChanges, EntryView, NewSvid, Snapshot, TrustBundle,
+    WorkloadSvid,
 };
 
 /// One entry as the cache keeps it: parsed once when synced.
@@ -299,5 +300,20 @@ impl SvidCache {
             renew_at: new.renew_at,
         }));
         Ok(())
+    }
+
+    /// Every entry with its selectors and its SVID's expiry, lowest entry ID first.
+    pub fn entry_views(&self) -> Vec<EntryView> {
+        let state = self.lock();
+        state
+            .entries
+            .iter()
+            .map(|(id, e)| EntryView {
+                entry_id: id.clone(),
+                spiffe_id: e.spiffe_id.clone(),
+                selectors: e.selectors.clone(),
+                svid_expires_at: e.svid.as_ref().map(|s| s.expires_at),
+            })
+            .collect()
     }
 }

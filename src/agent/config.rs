@@ -14,7 +14,7 @@
 //! | `join_token` | none | Single-use join token for node attestation (`--join-token`) |
 //! | `[x509pop]` `cert_file`, `key_file` | none | Node certificate (chain) and PKCS#8 key for x509pop attestation; the agent re-attests with them by itself when it must (`--x509pop-cert`, `--x509pop-key`) |
 //! | `socket_path` | `/tmp/keycard-agent/public/api.sock` | Workload API socket, a path or `unix:///path` (`--socket-path`) |
-//! | `admin_socket` | `<data_dir>/private/admin.sock` | Agent admin socket (for `keycard agent explain`), 0600 in a 0700 dir (`--admin-socket`) |
+//! | `admin_socket` | `<data_dir>/private/admin.sock` | Agent admin socket (for `keycard agent explain`), 0600 in a 0700 dir (`--agent-admin-socket`) |
 //! | `data_dir` | `.keycard/agent` | Agent SVID, key and bundle (0600 files in a 0700 dir) (`--data-dir`) |
 //! | `sync_interval` | `5s` | Time between syncs with the server while it answers |
 //! | `workload_key_type` | `ec-p256` | Key type of workload SVIDs: `ec-p256`, `ec-p384` or `ed25519` |
@@ -84,8 +84,8 @@ pub struct AgentArgs {
     /// Workload API socket, a path or unix:///path (key socket_path).
     #[arg(long, value_name = "PATH")]
     pub socket_path: Option<String>,
-    /// Agent admin socket (key admin_socket).
-    #[arg(long, value_name = "PATH")]
+    /// Agent admin socket, used by `keycard agent explain` (key admin_socket).
+    #[arg(id = "agent_admin_socket", long = "agent-admin-socket", value_name = "PATH")]
     pub admin_socket: Option<PathBuf>,
     /// Data directory (key data_dir).
     #[arg(long, value_name = "DIR")]

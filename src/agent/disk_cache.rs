@@ -91,10 +91,17 @@ impl DiskCache {
     }
 
     /// Writes the cache if it changed since the last save; returns whether it wrote.
-    pub fn save(&mut self, synced: &SyncedEntries, cache: &SvidCache) -> Result<bool, StorageError> {
-        let svids: Vec<_> = cache.entry_ids().into_iter().filter_map(|id| cache.svid(&id)).collect();
-        let fingerprint =
-            (synced.revision, svids.iter().map(|s| (s.entry_id.clone(), s.serial.clone())).collect());
+    pub fn save(
+        &mut self,
+        synced: &SyncedEntries,
+        cache: &SvidCache,
+    ) -> Result<bool, StorageError> {
+        let svids: Vec<_> =
+            cache.entry_ids().into_iter().filter_map(|id| cache.svid(&id)).collect();
+        let fingerprint = (
+            synced.revision,
+            svids.iter().map(|s| (s.entry_id.clone(), s.serial.clone())).collect(),
+        );
         if self.last_saved.as_ref() == Some(&fingerprint) {
             return Ok(false);
         }
@@ -128,7 +135,11 @@ impl DiskCache {
     }
 
     /// Fills `cache` from the file, checking every SVID; a missing file restores nothing.
-    pub fn load(&self, trust_domain: &TrustDomain, cache: &SvidCache) -> Result<Restored, StorageError> {
+    pub fn load(
+        &self,
+        trust_domain: &TrustDomain,
+        cache: &SvidCache,
+    ) -> Result<Restored, StorageError> {
         let bytes = match std::fs::read(&self.path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Restored::default()),
@@ -144,7 +155,8 @@ impl DiskCache {
         let mut entries = BTreeMap::new();
         for e in &file.entries {
             let raw = B64.decode(e).map_err(|e| self.invalid(e.to_string()))?;
-            let entry = pb::Entry::decode(raw.as_slice()).map_err(|e| self.invalid(e.to_string()))?;
+            let entry =
+                pb::Entry::decode(raw.as_slice()).map_err(|e| self.invalid(e.to_string()))?;
             entries.insert(entry.id.clone(), entry);
         }
         let bundle = match &file.bundle {

@@ -9,15 +9,18 @@
 //! - [`h2fix`]: lets grpcio-style clients that send a socket path as `:authority` in.
 //! - [`renewal`]: when each SVID is renewed (staggered so a fleet never renews at once).
 
+pub mod admin;
 pub mod attest;
 pub mod cache;
 pub mod client;
-pub mod disk_cache;
 pub mod config;
+pub mod disk_cache;
 pub mod h2fix;
 pub mod manager;
 pub mod renewal;
+pub mod run;
 pub mod server_tls;
+pub mod socket;
 pub mod storage;
 pub mod workload_api;
 

@@ -18,7 +18,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use keycard_workload_api::proto::{
     JwtBundlesRequest, JwtBundlesResponse, JwtsvidRequest, JwtsvidResponse, SECURITY_HEADER,
@@ -37,6 +37,7 @@ use tonic::{Request, Response, Status};
 use super::attest::{Attested, UnixAttestorOptions, attest};
 use super::cache::{Snapshot, SvidCache};
 use super::h2fix::{AuthorityFix, fix_authority};
+use crate::telemetry::AgentMetrics;
 
 mod convert;
 
@@ -52,6 +53,24 @@ pub struct WorkloadPeer {
 pub struct WorkloadConnection {
     inner: AuthorityFix<UnixStream>,
     peer: WorkloadPeer,
+    _open: OpenConnection,
+}
+
+/// Counts a connection in `workload_api_connections_open` for as long as it lives.
+struct OpenConnection(Arc<AgentMetrics>);
+
+impl OpenConnection {
+    fn new(metrics: Arc<AgentMetrics>) -> Self {
+        metrics.workload_connections.inc();
+        metrics.workload_connections_open.inc();
+        Self(metrics)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.workload_connections_open.dec();
+    }
 }
 
 impl std::fmt::Debug for WorkloadConnection {
@@ -102,12 +121,13 @@ pub async fn serve(
     listener: UnixListener,
     cache: Arc<SvidCache>,
     options: UnixAttestorOptions,
+    metrics: Arc<AgentMetrics>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let service = WorkloadApiService { cache, stop: stop_rx };
     let (conn_tx, conn_rx) = mpsc::channel::<Result<WorkloadConnection, io::Error>>(16);
-    tokio::spawn(accept_loop(listener, Arc::new(options), conn_tx));
+    tokio::spawn(accept_loop(listener, Arc::new(options), metrics, conn_tx));
     let signal = async move {
         shutdown.await;
         stop_tx.send_replace(true);
@@ -122,6 +142,7 @@ pub async fn serve(
 async fn accept_loop(
     listener: UnixListener,
     options: Arc<UnixAttestorOptions>,
+    metrics: Arc<AgentMetrics>,
     conns: mpsc::Sender<Result<WorkloadConnection, io::Error>>,
 ) {
     loop {
@@ -137,14 +158,18 @@ async fn accept_loop(
             },
             () = conns.closed() => return,
         };
-        let (options, conns) = (options.clone(), conns.clone());
+        let (options, conns, metrics) = (options.clone(), conns.clone(), metrics.clone());
         tokio::spawn(async move {
+            let open = OpenConnection::new(metrics.clone());
+            let started = Instant::now();
             let attested = attest(&stream, &options).await.map_err(|e| {
                 tracing::warn!(error = %e, "workload attestation failed");
                 e.to_string()
             });
+            let result = if attested.is_ok() { "ok" } else { "error" };
+            metrics.workload_attested(result, started.elapsed());
             let peer = WorkloadPeer { attested: Arc::new(attested) };
-            let conn = WorkloadConnection { inner: fix_authority(stream), peer };
+            let conn = WorkloadConnection { inner: fix_authority(stream), peer, _open: open };
             let _ = conns.send(Ok(conn)).await;
         });
     }

@@ -1,3 +1,5 @@
+//! `keycard agent run` (the daemon, started by main.rs), `keycard agent explain` (a client
+//! of the agent's admin socket) and the server-side agent admin commands
 //! `keycard agent list|show|evict|ban`.
 
 use std::io::Write;
@@ -13,6 +15,24 @@ use crate::server::admin::pb;
 /// What to do with agents.
 #[derive(Debug, Subcommand)]
 pub enum AgentCommand {
+    /// Run the node agent: attest to the server, keep workload SVIDs renewed, and serve
+    /// the SPIFFE Workload API on a Unix socket.
+    Run(Box<crate::agent::config::AgentArgs>),
+    /// Ask the local agent which selectors it finds for a process and, for every entry it
+    /// holds, whether it matches and which selectors are missing.
+    Explain {
+        /// The process to explain.
+        #[arg(long)]
+        pid: i32,
+        /// The agent's admin socket.
+        #[arg(
+            long,
+            env = "KEYCARD_AGENT_ADMIN_SOCKET",
+            default_value_os_t = super::explain::default_agent_admin_socket(),
+            value_name = "PATH"
+        )]
+        agent_admin_socket: std::path::PathBuf,
+    },
     /// List attested agents (every page unless a page is asked for).
     List {
         /// Fetch one page of this many agents instead of all pages.
@@ -48,6 +68,13 @@ pub(super) async fn run(
     command: AgentCommand,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
+    match &command {
+        AgentCommand::Run(_) => return Err(CliError::Daemon("keycard agent run")),
+        AgentCommand::Explain { pid, agent_admin_socket } => {
+            return super::explain::run(agent_admin_socket, *pid, conn.output, out).await;
+        }
+        _ => {}
+    }
     let mut c = client::connect(conn).await?;
     let format = conn.output;
     let req = |id: SpiffeId| pb::AgentRequest { id: id.to_string() };
@@ -96,6 +123,9 @@ pub(super) async fn run(
             let agent = c.api.ban_agent(req(id)).await.map_err(|s| c.fail(s))?.into_inner();
             let text = || format!("Banned agent {}\n", agent.id);
             emit(out, format, text, || agent_json(&agent))?;
+        }
+        AgentCommand::Run(_) | AgentCommand::Explain { .. } => {
+            unreachable!("handled before connecting")
         }
     }
     Ok(())

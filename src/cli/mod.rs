@@ -12,10 +12,12 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 
 mod agent;
+pub mod api;
 mod authority;
 mod bundle;
 mod client;
 mod entry;
+mod explain;
 mod healthcheck;
 pub mod output;
 mod token;
@@ -91,6 +93,24 @@ pub enum CliError {
     /// Writing the output failed.
     #[error("could not write the output: {0}")]
     Output(#[from] std::io::Error),
+    /// A Workload API call failed; the message says why and what to do.
+    #[error("{0}")]
+    WorkloadApi(String),
+    /// The agent's admin socket did not answer.
+    #[error(
+        "cannot reach the agent admin socket {path} ({detail}): is the agent running \
+         (`keycard agent run`)? point --agent-admin-socket (or KEYCARD_AGENT_ADMIN_SOCKET) at \
+         its admin socket, and run this as the agent's user or root"
+    )]
+    AgentUnreachable {
+        /// The socket.
+        path: PathBuf,
+        /// What went wrong.
+        detail: String,
+    },
+    /// A daemon command reached the admin-command runner (only the binary can start one).
+    #[error("`{0}` starts a daemon; run it from the keycard binary, not as an admin command")]
+    Daemon(&'static str),
 }
 
 /// Where the admin socket is and how to print replies; shared by every admin command.

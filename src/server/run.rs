@@ -169,9 +169,8 @@ fn agent_api_options(config: &ServerConfig) -> Result<AgentApiOptions, RunError>
     options.default_jwt_ttl = config.default_jwt_svid_ttl;
     options.server_svid_ttl = config.default_x509_svid_ttl;
     if let Some(path) = &config.x509pop_ca_bundle {
-        let certs = crate::pemfile::read_certificates(path).map_err(|e| {
-            RunError::X509PopBundle { path: e.path, reason: e.reason }
-        })?;
+        let certs = crate::pemfile::read_certificates(path)
+            .map_err(|e| RunError::X509PopBundle { path: e.path, reason: e.reason })?;
         options.x509pop_ca_bundle = Some(certs);
     }
     Ok(options)

@@ -1,6 +1,8 @@
 //! keycard's integration tests: one binary, a module per area, each running real parts.
 
+mod agent;
 mod cli;
 mod grpcio_authority;
+mod procs;
 mod python;
 mod server;

@@ -1,117 +1,12 @@
 //! The real `keycard server run` process: admin CLI commands over its socket, an agent
 //! attesting and getting SVIDs over mTLS, and a restart that loses nothing.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
-
 use keycard::agent::{ServerClient, SyncedEntries};
 use keycard::ca::{KeyType, SigningKey};
 use keycard_workload_api::{TrustDomain, X509Bundle, X509BundleSet, verify_chain};
 use rustls_pki_types::UnixTime;
-use serde_json::Value;
 
-fn keycard() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_keycard"))
-}
-
-/// A running server process; stopped with SIGTERM when dropped.
-struct Server {
-    child: Child,
-    address: String,
-    admin_socket: PathBuf,
-}
-
-impl Server {
-    /// Starts a server with its state in `dir` and waits until it listens.
-    fn start(dir: &Path) -> Server {
-        let admin_socket = dir.join("private").join("admin.sock");
-        let mut child = keycard()
-            .args(["server", "run", "--trust-domain", "example.org", "--bind-address"])
-            .args(["127.0.0.1:0", "--log-format", "json", "--data-dir"])
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let mut address = None;
-        let mut admin_ready = false;
-        while address.is_none() || !admin_ready {
-            let line = rx.recv_timeout(Duration::from_secs(30)).expect("server did not start");
-            let Ok(event) = serde_json::from_str::<Value>(&line) else { continue };
-            match event["fields"]["message"].as_str() {
-                Some("agent API listening") => {
-                    address = event["fields"]["address"].as_str().map(str::to_owned)
-                }
-                Some("admin API listening") => admin_ready = true,
-                _ => {}
-            }
-        }
-        // Keep draining the log (shown when a test fails) so the server never blocks.
-        std::thread::spawn(move || {
-            while let Ok(line) = rx.recv() {
-                eprintln!("server: {line}");
-            }
-        });
-        Server { child, address: address.unwrap(), admin_socket }
-    }
-
-    /// Runs an admin command with `--output json` and returns its parsed output.
-    fn admin(&self, args: &[&str]) -> Value {
-        let out = self.admin_raw(args);
-        assert!(out.status.success(), "keycard {args:?} failed: {out:?}");
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-
-    fn admin_raw(&self, args: &[&str]) -> Output {
-        keycard()
-            .args(args)
-            .arg("--admin-socket")
-            .arg(&self.admin_socket)
-            .args(["--output", "json"])
-            .output()
-            .unwrap()
-    }
-
-    /// Runs an admin command with text output.
-    fn admin_text(&self, args: &[&str]) -> String {
-        let out = keycard().args(args).arg("--admin-socket").arg(&self.admin_socket).output();
-        let out = out.unwrap();
-        assert!(out.status.success(), "keycard {args:?} failed: {out:?}");
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    /// Stops the server with SIGTERM and checks that it exits cleanly, within 20 s.
-    fn stop(mut self) {
-        let pid = self.child.id().to_string();
-        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-        for _ in 0..200 {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "server exited with {status}");
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("server did not stop within 20 s of SIGTERM");
-    }
-}
-
-impl Drop for Server {
-    /// A test that fails half-way must not leave a server running.
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use crate::procs::{Server, keycard};
 
 fn td() -> TrustDomain {
     TrustDomain::new("example.org").unwrap()

@@ -10,11 +10,13 @@
 //! - [`bundle_json`]: `SpiffeBundle`, the SPIFFE bundle JWK Set format, both ways.
 //! - [`jwt_svid`]: JWT-SVID validation against a `JwtBundleSet`, and signing.
 //! - [`proto`]: the Workload API wire types and tonic stubs (service `SpiffeWorkloadAPI`).
+//! - [`client`]: `WorkloadApiClient`, the Workload API over a Unix socket, answers checked.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod bundle_json;
 pub mod bundle_set;
+pub mod client;
 pub mod jwk;
 pub mod jws;
 pub mod jwt_bundle;
@@ -25,6 +27,7 @@ pub mod x509;
 
 pub use bundle_json::{BundleJsonError, SpiffeBundle};
 pub use bundle_set::{BundleSet, TrustDomainBundle};
+pub use client::{ClientError, WorkloadApiClient, X509Context};
 pub use jwk::{EcCurve, Jwk, JwkError, JwkParams};
 pub use jws::{Es256Signer, JwsAlg, JwsError, JwsSigner};
 pub use jwt_bundle::{JwtBundle, JwtBundleError, JwtBundleSet};

@@ -7,6 +7,7 @@ use keycard_workload_api::{JwtBundle, SpiffeBundle, SpiffeId, X509Bundle};
 use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 
 use crate::ca::SigningKey;
+use crate::selector::SelectorSet;
 
 /// Why the cache refused an update.
 #[derive(Debug, thiserror::Error)]
@@ -159,4 +160,17 @@ pub struct DueEntry {
     /// When the current SVID was due (`None`: no SVID, or it must be replaced at once
     /// because its authority is tainted or the entry changed).
     pub previous_due: Option<SystemTime>,
+}
+
+/// One entry as `keycard agent explain` shows it.
+#[derive(Debug, Clone)]
+pub struct EntryView {
+    /// The entry ID.
+    pub entry_id: String,
+    /// The entry's SPIFFE ID.
+    pub spiffe_id: SpiffeId,
+    /// The entry's selectors.
+    pub selectors: SelectorSet,
+    /// The `notAfter` of the entry's current SVID, if it has one.
+    pub svid_expires_at: Option<SystemTime>,
 }

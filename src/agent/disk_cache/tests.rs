@@ -62,7 +62,10 @@ fn a_saved_cache_is_restored_checked_and_expired_svids_are_dropped() {
     assert!(!disk.save(&synced, &cache).unwrap(), "an unchanged cache is not written again");
     let file = dir.path().join("cache/workload_cache.json");
     assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
-    assert_eq!(std::fs::metadata(file.parent().unwrap()).unwrap().permissions().mode() & 0o777, 0o700);
+    assert_eq!(
+        std::fs::metadata(file.parent().unwrap()).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
 
     // A restart now: both SVIDs come back, with their keys.
     let fresh = SvidCache::new(clock.clone());

@@ -52,9 +52,15 @@ impl Setup {
         let listener = UnixListener::bind(&socket).unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let options = UnixAttestorOptions::default();
-        tokio::spawn(serve(listener, cache.clone(), options, async move {
-            let _ = stopped.await;
-        }));
+        tokio::spawn(serve(
+            listener,
+            cache.clone(),
+            options,
+            Arc::new(crate::telemetry::AgentMetrics::new()),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
         Self { _dir: dir, socket, uid, ca, cache, entries: BTreeMap::new(), _stop: stop }
     }
 

@@ -1,0 +1,98 @@
+//! Explain over a real Unix socket, with the real tonic client, for this test process.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt as _;
+
+use hyper_util::rt::TokioIo;
+use keycard_workload_api::TrustDomain;
+use tokio::sync::oneshot;
+use tonic::Code;
+use tonic::transport::Endpoint;
+
+use super::pb::agent_admin_client::AgentAdminClient;
+use super::*;
+use crate::clock::SystemClock;
+use crate::server::agent_api::proto as pb_agent;
+
+fn entry(id: &str, selectors: &[String]) -> pb_agent::Entry {
+    pb_agent::Entry {
+        id: id.into(),
+        spiffe_id: format!("spiffe://example.org/{id}"),
+        selectors: selectors.to_vec(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn explain_names_the_selectors_and_what_each_entry_lacks() {
+    let dir = tempfile::tempdir().unwrap();
+    let uid = std::fs::metadata(dir.path()).unwrap().uid();
+    let ca = crate::ca::manager::test_ca(TrustDomain::new("example.org").unwrap());
+    let cache = Arc::new(SvidCache::new(Arc::new(SystemClock)));
+    let mine = format!("unix:uid:{uid}");
+    let entries: BTreeMap<String, pb_agent::Entry> = [
+        entry("match", std::slice::from_ref(&mine)),
+        entry("extra", &[mine.clone(), "unix:user:no-such-user-here".into()]),
+        entry("other", &["unix:uid:4242424".into()]),
+    ]
+    .into_iter()
+    .map(|e| (e.id.clone(), e))
+    .collect();
+    cache.set_entries(&entries, Some(&ca.bundle().unwrap()), &[]).unwrap();
+
+    let socket = dir.path().join("private/admin.sock");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn({
+        let (socket, cache) = (socket.clone(), cache.clone());
+        async move {
+            serve_admin(&socket, cache, UnixAttestorOptions::default(), async move {
+                let _ = stopped.await;
+            })
+            .await
+        }
+    });
+    let mut client = None;
+    for _ in 0..100 {
+        let target = socket.clone();
+        let channel = Endpoint::from_static("http://localhost")
+            .connect_with_connector(tower::service_fn(move |_| {
+                let target = target.clone();
+                async move { tokio::net::UnixStream::connect(target).await.map(TokioIo::new) }
+            }))
+            .await;
+        if let Ok(channel) = channel {
+            client = Some(AgentAdminClient::new(channel));
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let mut client = client.expect("the admin socket never came up");
+
+    let pid = std::process::id() as i32;
+    let reply = client.explain(pb::ExplainRequest { pid }).await.unwrap().into_inner();
+    assert_eq!(reply.pid, pid);
+    assert!(reply.selectors.contains(&mine), "{:?}", reply.selectors);
+    let by_id: BTreeMap<&str, &pb::EntryMatch> =
+        reply.entries.iter().map(|e| (e.entry_id.as_str(), e)).collect();
+    assert!(by_id["match"].matches && by_id["match"].missing_selectors.is_empty());
+    assert!(!by_id["extra"].matches);
+    assert_eq!(by_id["extra"].missing_selectors, ["unix:user:no-such-user-here"]);
+    assert!(!by_id["other"].matches);
+    assert_eq!(by_id["other"].missing_selectors, ["unix:uid:4242424"]);
+    assert!(!by_id["match"].has_svid && by_id["match"].svid_expires_at == 0);
+    assert_eq!(by_id["match"].spiffe_id, "spiffe://example.org/match");
+
+    // A process that is gone: NotFound, naming the PID.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let gone = child.id() as i32;
+    child.wait().unwrap();
+    let err = client.explain(pb::ExplainRequest { pid: gone }).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    assert!(err.message().contains(&gone.to_string()), "{err:?}");
+    let err = client.explain(pb::ExplainRequest { pid: 0 }).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+    assert!(!socket.exists(), "the socket is removed on shutdown");
+}

@@ -1,0 +1,450 @@
+//! `keycard agent run`: attests the node, then keeps the workload SVID cache synced and
+//! serves the Workload API until shut down.
+//!
+//! Start-up order: data directory; the stored bundle and agent SVID (if an earlier run
+//! left them); the on-disk workload cache (if enabled); the server client: with a valid
+//! stored SVID it is used at once (the server may be down: the cache is served
+//! meanwhile), otherwise the node attests (join token or x509pop) and the new SVID and
+//! bundle are stored; then the Workload API socket, the admin socket, the health
+//! endpoints and the sync loop. If any part stops with an error, the others are shut down
+//! too and the error is returned.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use keycard_workload_api::{SpiffeBundle, X509Bundle};
+use tokio::task::JoinSet;
+
+use super::cache::SvidCache;
+use super::client::{Attestation, ClientError, ServerClient};
+use super::config::{AgentConfig, Bootstrap, NodeAttestation};
+use super::disk_cache::DiskCache;
+use super::manager::{Manager, ManagerError, ManagerOptions, Reattest, RoundObserver, TickReport};
+use super::storage::{AgentStorage, StorageError, StoredIdentity};
+use crate::clock::{Clock, SystemClock};
+use crate::shutdown::Shutdown;
+use crate::telemetry::health::{self, HealthEndpoints, Readiness};
+use crate::telemetry::{AUDIT_TARGET, AgentMetrics};
+
+/// Longest wait between attempts to reach the server for the first attestation.
+const MAX_ATTEST_RETRY: Duration = Duration::from_secs(30);
+
+/// Why the agent could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The data directory or a stored file is unusable.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// A configured PEM file is unusable.
+    #[error(transparent)]
+    PemFile(#[from] crate::pemfile::PemFileError),
+    /// The configured trust bundle file holds no usable bundle.
+    #[error("trust_bundle_path {path}: {reason}")]
+    TrustBundle {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Nothing to authenticate the server with.
+    #[error(
+        "no trust bundle to authenticate the server: pass --trust-bundle FILE (the output of \
+         `keycard bundle show --format pem` on the server), or --insecure-bootstrap for development"
+    )]
+    NoBootstrap,
+    /// The agent has no usable SVID and no way to attest.
+    #[error(
+        "the agent has no valid SVID and no node attestor: pass --join-token TOKEN (from \
+         `keycard token generate`) or --x509pop-cert/--x509pop-key"
+    )]
+    NoAttestation,
+    /// Node attestation failed.
+    #[error("node attestation failed: {0}")]
+    Attestation(ClientError),
+    /// A socket could not be set up.
+    #[error(transparent)]
+    Socket(#[from] super::socket::SocketError),
+    /// The Workload API stopped with an error.
+    #[error("Workload API: {0}")]
+    WorkloadApi(#[from] tonic::transport::Error),
+    /// The agent admin API stopped with an error.
+    #[error("agent admin API: {0}")]
+    Admin(String),
+    /// The health endpoints could not be bound.
+    #[error("health endpoints: {0}")]
+    Health(#[from] health::HealthError),
+    /// A background task panicked.
+    #[error("internal task failed: {0}")]
+    Task(String),
+}
+
+/// What `/ready` looks at: the agent SVID's expiry, seconds since the epoch (0: none).
+#[derive(Debug, Default)]
+struct AgentStatus {
+    svid_expires_at: AtomicU64,
+}
+
+impl AgentStatus {
+    fn set_expiry(&self, at: SystemTime) {
+        let secs = at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
+        self.svid_expires_at.store(secs, Ordering::Relaxed);
+    }
+
+    fn expires_at(&self) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(self.svid_expires_at.load(Ordering::Relaxed))
+    }
+}
+
+/// Runs the agent until `shutdown` triggers or a part fails.
+pub async fn run(config: AgentConfig, shutdown: Shutdown) -> Result<(), RunError> {
+    let storage = AgentStorage::open(&config.data_dir)?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let metrics = Arc::new(AgentMetrics::new());
+    let status = Arc::new(AgentStatus::default());
+    let cache = Arc::new(SvidCache::new(clock.clone()));
+    let mut disk_cache = None;
+    if config.disk_cache {
+        let disk = DiskCache::open(&config.data_dir)?;
+        match disk.load(&config.trust_domain, &cache) {
+            Ok(restored) => tracing::info!(?restored, "workload cache restored from disk"),
+            Err(e) => tracing::warn!(error = %e, "ignoring the on-disk workload cache"),
+        }
+        disk_cache = Some(disk);
+    }
+
+    let attestor = Attestor::new(&config)?;
+    let client = tokio::select! {
+        client = establish(&config, &storage, &attestor, &metrics) => client?,
+        () = shutdown.wait() => return Ok(()),
+    };
+    if let Some(id) = client.identity() {
+        status.set_expiry(id.expires_at);
+        tracing::info!(agent_id = %id.spiffe_id, expires_at = ?id.expires_at, "agent identity ready");
+    }
+
+    let listener = super::socket::bind_workload_socket(&config.socket_path)?;
+    tracing::info!(socket = %config.socket_path.display(), "Workload API listening");
+    let mut tasks: JoinSet<Result<(), RunError>> = JoinSet::new();
+    let unix = config.unix.clone();
+    tasks.spawn({
+        let (cache, unix, metrics, stop) =
+            (cache.clone(), unix.clone(), metrics.clone(), shutdown.wait());
+        async move { Ok(super::workload_api::serve(listener, cache, unix, metrics, stop).await?) }
+    });
+    tasks.spawn({
+        let (path, cache, stop) = (config.admin_socket.clone(), cache.clone(), shutdown.wait());
+        async move {
+            super::admin::serve_admin(&path, cache, unix, stop)
+                .await
+                .map_err(|e| RunError::Admin(e.to_string()))
+        }
+    });
+    if let Some(addr) = config.health_address {
+        let listener = health::bind(addr).await?;
+        let bound = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!(address = %bound, "health and metrics endpoints listening");
+        let endpoints =
+            health_endpoints(status.clone(), cache.clone(), metrics.clone(), clock.clone());
+        let stop = shutdown.wait();
+        tasks.spawn(async move {
+            health::serve(listener, endpoints, stop).await;
+            Ok(())
+        });
+    }
+
+    let options = ManagerOptions {
+        sync_interval: config.sync_interval,
+        key_type: config.workload_key_type,
+        ..Default::default()
+    };
+    let mut manager = Manager::new(client, cache.clone(), clock.clone(), options);
+    if let Some(reattest) = attestor.reattest(&config, &storage, &metrics) {
+        manager = manager.with_reattest(reattest);
+    }
+    let observer = Observer {
+        storage: storage.clone(),
+        disk_cache,
+        cache: cache.clone(),
+        metrics: metrics.clone(),
+        status: status.clone(),
+        clock: clock.clone(),
+        saved_serial: None,
+        saved_bundle: None,
+    };
+    let stop = shutdown.wait();
+    tasks.spawn(async move {
+        manager.run_with(observer, stop).await;
+        Ok(())
+    });
+
+    // The first part to stop (with or without an error) stops all the others.
+    let mut outcome = Ok(());
+    while let Some(joined) = tasks.join_next().await {
+        let result = joined.map_err(|e| RunError::Task(e.to_string())).and_then(|r| r);
+        if let Err(e) = result {
+            tracing::error!(error = %e, "agent part failed; shutting down");
+            if outcome.is_ok() {
+                outcome = Err(e);
+            }
+        }
+        shutdown.trigger();
+    }
+    if let Err(e) = std::fs::remove_file(&config.socket_path) {
+        tracing::debug!(error = %e, "could not remove the Workload API socket");
+    }
+    tracing::info!("agent stopped");
+    outcome
+}
+
+/// The configured node attestor, with its files read once at start-up.
+#[derive(Clone)]
+enum Attestor {
+    JoinToken(String),
+    X509Pop {
+        chain: Vec<rustls_pki_types::CertificateDer<'static>>,
+        key: Arc<crate::ca::SigningKey>,
+    },
+    None,
+}
+
+impl Attestor {
+    fn new(config: &AgentConfig) -> Result<Self, RunError> {
+        Ok(match &config.attestation {
+            NodeAttestation::JoinToken(t) => Self::JoinToken(t.clone()),
+            NodeAttestation::X509Pop { cert_file, key_file } => Self::X509Pop {
+                chain: crate::pemfile::read_certificates(cert_file)?,
+                key: Arc::new(crate::pemfile::read_private_key(key_file)?),
+            },
+            NodeAttestation::None => Self::None,
+        })
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Self::JoinToken(_) => "join_token",
+            Self::X509Pop { .. } => "x509pop",
+            Self::None => "none",
+        }
+    }
+
+    async fn attest(&self, client: &mut ServerClient) -> Result<Attestation, RunError> {
+        match self {
+            Self::JoinToken(token) => client.attest_join_token(token).await,
+            Self::X509Pop { chain, key } => client.attest_x509pop(chain, key).await,
+            Self::None => return Err(RunError::NoAttestation),
+        }
+        .map_err(RunError::Attestation)
+    }
+
+    /// With x509pop the manager may attest again by itself; a join token is single-use.
+    fn reattest(
+        &self,
+        config: &AgentConfig,
+        storage: &AgentStorage,
+        metrics: &Arc<AgentMetrics>,
+    ) -> Option<Reattest> {
+        if !matches!(self, Self::X509Pop { .. }) {
+            return None;
+        }
+        let (attestor, storage, metrics) = (self.clone(), storage.clone(), metrics.clone());
+        let (addr, td) = (config.server_address.clone(), config.trust_domain.clone());
+        Some(Box::new(move || {
+            let (attestor, storage, metrics) = (attestor.clone(), storage.clone(), metrics.clone());
+            let (addr, td) = (addr.clone(), td.clone());
+            Box::pin(async move {
+                let bundle = match storage.load_bundle(&td) {
+                    Ok(Some(b)) => {
+                        b.x509_bundle().map_err(|e| ClientError::BadResponse(e.to_string()))?
+                    }
+                    _ => {
+                        return Err(ClientError::BadResponse(
+                            "no stored bundle to re-attest with".into(),
+                        ));
+                    }
+                };
+                let mut client = ServerClient::connect(&addr, td, bundle).await?;
+                let result = attestor.attest(&mut client).await;
+                metrics.node_attested(if result.is_ok() { "ok" } else { "error" });
+                let attestation = result.map_err(|e| ClientError::BadResponse(e.to_string()))?;
+                persist(&storage, &attestation);
+                Ok(client)
+            })
+        }))
+    }
+}
+
+/// Stores a fresh attestation's SVID and bundle (a failure is logged: the agent runs on).
+fn persist(storage: &AgentStorage, attestation: &Attestation) {
+    tracing::info!(
+        target: AUDIT_TARGET,
+        event = "node_attested",
+        agent_id = %attestation.identity.spiffe_id,
+        serial = %attestation.identity.serial,
+    );
+    if let Err(e) = storage.save_identity(&attestation.identity) {
+        tracing::error!(error = %e, "cannot store the agent SVID");
+    }
+    if let Err(e) = storage.save_bundle(&attestation.bundle) {
+        tracing::error!(error = %e, "cannot store the bundle");
+    }
+}
+
+/// A server client ready for the sync loop: from the stored SVID, or by attesting.
+async fn establish(
+    config: &AgentConfig,
+    storage: &AgentStorage,
+    attestor: &Attestor,
+    metrics: &AgentMetrics,
+) -> Result<ServerClient, RunError> {
+    let (addr, td) = (config.server_address.as_str(), &config.trust_domain);
+    let stored = storage.load_bundle(td)?;
+    if let Some(bundle) = &stored {
+        let x509 = bundle.x509_bundle().map_err(|e| StorageError::Invalid {
+            path: storage.dir().join(super::storage::BUNDLE_FILE).display().to_string(),
+            reason: e.to_string(),
+        })?;
+        match storage.load_identity(bundle, SystemTime::now())? {
+            Some(StoredIdentity::Valid(identity)) => {
+                tracing::info!(agent_id = %identity.spiffe_id, "using the stored agent SVID");
+                return ServerClient::connect_with_identity(addr, td.clone(), x509, identity)
+                    .await
+                    .map_err(RunError::Attestation);
+            }
+            Some(StoredIdentity::Expired { spiffe_id, expired_at }) => {
+                tracing::warn!(agent_id = %spiffe_id, ?expired_at, attestor = attestor.name(),
+                    "the stored agent SVID expired; attesting again");
+            }
+            None => {}
+        }
+    }
+    if matches!(attestor, Attestor::None) {
+        return Err(RunError::NoAttestation);
+    }
+    let bootstrap = match (&stored, &config.bootstrap) {
+        (Some(bundle), _) => Some(x509_of(bundle)?),
+        (None, Bootstrap::Bundle(path)) => {
+            let certs = crate::pemfile::read_certificates(path)?;
+            let bundle = X509Bundle::from_authorities(td.clone(), certs).map_err(|e| {
+                RunError::TrustBundle { path: path.display().to_string(), reason: e.to_string() }
+            })?;
+            Some(bundle)
+        }
+        (None, Bootstrap::Insecure) => None,
+        (None, Bootstrap::Stored) => return Err(RunError::NoBootstrap),
+    };
+    let mut delay = Duration::from_millis(250);
+    loop {
+        let connected = match &bootstrap {
+            Some(bundle) => ServerClient::connect(addr, td.clone(), bundle.clone()).await,
+            None => ServerClient::connect_insecure(addr, td.clone()).await,
+        };
+        let mut client = match connected {
+            Ok(c) => c,
+            Err(e @ ClientError::Connect { .. }) => {
+                tracing::warn!(error = %e, retry_in = ?delay, "cannot reach the server to attest");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(MAX_ATTEST_RETRY);
+                continue;
+            }
+            Err(e) => return Err(RunError::Attestation(e)),
+        };
+        let result = attestor.attest(&mut client).await;
+        metrics.node_attested(if result.is_ok() { "ok" } else { "error" });
+        persist(storage, &result?);
+        return Ok(client);
+    }
+}
+
+fn x509_of(bundle: &SpiffeBundle) -> Result<X509Bundle, RunError> {
+    bundle
+        .x509_bundle()
+        .map_err(|e| RunError::TrustBundle { path: "stored bundle".into(), reason: e.to_string() })
+}
+
+/// After every round: store a renewed agent SVID and a changed bundle, save the disk
+/// cache, and update the metrics and the readiness status.
+struct Observer {
+    storage: AgentStorage,
+    disk_cache: Option<DiskCache>,
+    cache: Arc<SvidCache>,
+    metrics: Arc<AgentMetrics>,
+    status: Arc<AgentStatus>,
+    clock: Arc<dyn Clock>,
+    saved_serial: Option<String>,
+    saved_bundle: Option<SpiffeBundle>,
+}
+
+impl RoundObserver for Observer {
+    fn after_round(&mut self, manager: &Manager, outcome: &Result<TickReport, ManagerError>) {
+        match outcome {
+            Ok(report) => {
+                self.metrics.sync_round("ok");
+                if report.agent_renewed {
+                    self.metrics.agent_renewals.inc();
+                }
+                if report.reattested {
+                    self.metrics.node_attested("ok");
+                }
+                self.metrics.svids("issued", report.issued);
+                self.metrics.svids("renewed", report.renewed);
+                self.metrics.svids("failed", report.failed);
+            }
+            Err(_) => self.metrics.sync_round("error"),
+        }
+        if let Some(identity) = manager.client().identity() {
+            self.status.set_expiry(identity.expires_at);
+            if self.saved_serial.as_deref() != Some(identity.serial.as_str()) {
+                match self.storage.save_identity(identity) {
+                    Ok(()) => self.saved_serial = Some(identity.serial.clone()),
+                    Err(e) => tracing::error!(error = %e, "cannot store the agent SVID"),
+                }
+            }
+        }
+        let synced = manager.synced();
+        if let Some(bundle) = &synced.bundle
+            && self.saved_bundle.as_ref() != Some(bundle)
+        {
+            match self.storage.save_bundle(bundle) {
+                Ok(()) => self.saved_bundle = Some(bundle.clone()),
+                Err(e) => tracing::error!(error = %e, "cannot store the bundle"),
+            }
+        }
+        if let Some(disk) = &mut self.disk_cache
+            && outcome.is_ok()
+            && let Err(e) = disk.save(synced, &self.cache)
+        {
+            tracing::error!(error = %e, "cannot save the workload cache");
+        }
+        let ids = self.cache.entry_ids();
+        self.metrics.cache_entries.set(ids.len() as i64);
+        self.metrics
+            .cache_svids
+            .set(ids.iter().filter(|id| self.cache.svid(id).is_some()).count() as i64);
+        let now = self.clock.now();
+        let left = match self.status.expires_at().duration_since(now) {
+            Ok(d) => d.as_secs() as i64,
+            Err(e) => -(e.duration().as_secs() as i64),
+        };
+        self.metrics.agent_svid_expiry_seconds.set(left);
+    }
+}
+
+/// `/ready` is true while the agent SVID is valid and a bundle is loaded.
+fn health_endpoints(
+    status: Arc<AgentStatus>,
+    cache: Arc<SvidCache>,
+    metrics: Arc<AgentMetrics>,
+    clock: Arc<dyn Clock>,
+) -> HealthEndpoints {
+    let readiness = Arc::new(move || {
+        if status.expires_at() <= clock.now() {
+            return Readiness::not_ready("the agent SVID is expired");
+        }
+        if cache.bundle().is_none() {
+            return Readiness::not_ready("no trust bundle loaded yet");
+        }
+        Readiness::ready()
+    });
+    HealthEndpoints { readiness, metrics: Arc::new(move || metrics.render()) }
+}

@@ -1,0 +1,355 @@
+//! `keycard api ...`: a workload's view of the Workload API, from the command line.
+//!
+//! Every command takes `--socket` as a path or `unix:///path` and falls back to
+//! `SPIFFE_ENDPOINT_SOCKET`; `--output json` prints one JSON document (per update, for
+//! `watch`). The calls are made as this process, so the agent attests *this* process:
+//! run them as the user (or under the program) the identity is meant for.
+
+use std::io::Write;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime};
+
+use clap::{Args, Subcommand};
+use keycard_workload_api::client::{ClientError, JwtSvidToken, parse_x509_response};
+use keycard_workload_api::{SpiffeId, WorkloadApiClient, X509Context};
+use serde_json::{Value, json};
+use x509_parser::prelude::{FromDer as _, X509Certificate};
+
+use super::CliError;
+use super::output::{OutputFormat, emit, time_text};
+
+/// `keycard api`: flags shared by every Workload API command, and the command.
+#[derive(Debug, Args)]
+pub struct ApiArgs {
+    /// The Workload API socket: a path or unix:///path (default: $SPIFFE_ENDPOINT_SOCKET).
+    #[arg(long, global = true, value_name = "SOCKET")]
+    pub socket: Option<String>,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: ApiCommand,
+}
+
+/// The Workload API commands.
+#[derive(Debug, Subcommand)]
+pub enum ApiCommand {
+    /// Fetch this process's SVIDs or the bundles.
+    #[command(subcommand)]
+    Fetch(FetchCommand),
+    /// Have the agent validate a token.
+    #[command(subcommand)]
+    Validate(ValidateCommand),
+    /// Print this process's X.509-SVIDs now and again after every change, until Ctrl-C.
+    Watch {
+        /// Stop after this many updates (for scripts).
+        #[arg(long, value_name = "N")]
+        max_updates: Option<usize>,
+    },
+}
+
+/// `keycard api fetch ...`.
+#[derive(Debug, Subcommand)]
+pub enum FetchCommand {
+    /// X.509-SVIDs (with their keys) and bundles.
+    X509 {
+        /// Also write svid.N.pem, svid.N.key (0600), bundle.N.pem and
+        /// federated_bundle.N.M.pem into this directory.
+        #[arg(long, value_name = "DIR")]
+        write: Option<PathBuf>,
+    },
+    /// JWT-SVIDs for one or more audiences.
+    Jwt {
+        /// Audience the token is for (repeat for several).
+        #[arg(long, required = true, value_name = "AUDIENCE")]
+        audience: Vec<String>,
+        /// Only the identity with this SPIFFE ID (default: one token per identity).
+        #[arg(long, value_name = "ID")]
+        spiffe_id: Option<SpiffeId>,
+    },
+    /// The X.509 and JWT bundles.
+    Bundles,
+}
+
+/// `keycard api validate ...`.
+#[derive(Debug, Subcommand)]
+pub enum ValidateCommand {
+    /// Validate a JWT-SVID for an audience.
+    Jwt {
+        /// The audience the token must name.
+        #[arg(long, value_name = "AUDIENCE")]
+        audience: String,
+        /// The token (compact JWS).
+        #[arg(long, value_name = "TOKEN")]
+        svid: String,
+    },
+}
+
+/// Runs one Workload API command on a fresh runtime, writing to stdout.
+pub fn run_api(args: ApiArgs) -> Result<(), CliError> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let mut stdout = std::io::stdout();
+    runtime.block_on(execute(args, &mut stdout))
+}
+
+/// The advice for a failed Workload API call.
+fn advice(error: ClientError) -> CliError {
+    use tonic::Code;
+    let message = match &error {
+        ClientError::Connect { path, reason } => format!(
+            "cannot connect to the Workload API at {} ({reason}): is the agent running? start \
+             one with `keycard agent run` (or `keycard dev`) and pass its socket with --socket",
+            path.display()
+        ),
+        ClientError::Status(s) if s.code() == Code::PermissionDenied => {
+            let uid = std::fs::metadata("/proc/self").map(|m| m.uid().to_string());
+            format!(
+                "the agent has no identity for this process (uid {}, pid {}): register an entry \
+                 whose selectors match it (for example --selector unix:uid:{0}), or run \
+                 `keycard agent explain --pid {1}` on the node to see why",
+                uid.unwrap_or_else(|_| "?".into()),
+                std::process::id()
+            )
+        }
+        _ => error.to_string(),
+    };
+    CliError::WorkloadApi(message)
+}
+
+/// Runs one Workload API command, writing its output to `out`.
+pub async fn execute(args: ApiArgs, out: &mut (dyn Write + Send)) -> Result<(), CliError> {
+    let format = args.output;
+    let started = Instant::now();
+    let mut client = WorkloadApiClient::connect(args.socket.as_deref()).await.map_err(advice)?;
+    match args.command {
+        ApiCommand::Fetch(FetchCommand::X509 { write }) => {
+            let context = client.fetch_x509_context().await.map_err(advice)?;
+            let took = started.elapsed();
+            if let Some(dir) = &write {
+                write_files(dir, &context)?;
+            }
+            emit(
+                out,
+                format,
+                || x509_text(&context, took, write.as_deref()),
+                || x509_json(&context),
+            )?;
+        }
+        ApiCommand::Fetch(FetchCommand::Jwt { audience, spiffe_id }) => {
+            let svids =
+                client.fetch_jwt_svids(&audience, spiffe_id.as_ref()).await.map_err(advice)?;
+            emit(out, format, || jwt_text(&svids), || jwt_json(&svids))?;
+        }
+        ApiCommand::Fetch(FetchCommand::Bundles) => {
+            let x509 = client.fetch_x509_bundles().await.map_err(advice)?;
+            let jwt = client.fetch_jwt_bundles().await.map_err(advice)?;
+            let text = || {
+                let mut t = String::new();
+                for b in x509.iter() {
+                    t += &format!(
+                        "X.509 bundle of {} ({} CAs):\n{}",
+                        b.trust_domain(),
+                        b.len(),
+                        b.to_pem()
+                    );
+                }
+                for b in jwt.iter() {
+                    t += &format!("JWT bundle of {}: {} keys\n", b.trust_domain(), b.len());
+                }
+                t
+            };
+            let json = || {
+                let x: Vec<Value> = x509
+                    .iter()
+                    .map(|b| json!({"trust_domain": b.trust_domain().to_string(), "pem": b.to_pem()}))
+                    .collect();
+                let j: Vec<Value> = jwt
+                    .iter()
+                    .map(|b| json!({"trust_domain": b.trust_domain().to_string(), "keys": b.len()}))
+                    .collect();
+                json!({"x509": x, "jwt": j})
+            };
+            emit(out, format, text, json)?;
+        }
+        ApiCommand::Validate(ValidateCommand::Jwt { audience, svid }) => {
+            let (id, claims) =
+                client.validate_jwt_svid(&audience, &svid).await.map_err(|e| match e {
+                    ClientError::Status(s) if s.code() == tonic::Code::InvalidArgument => {
+                        CliError::WorkloadApi(format!("the JWT-SVID is not valid: {}", s.message()))
+                    }
+                    other => advice(other),
+                })?;
+            let claims = struct_json(&claims);
+            let text = || {
+                let pretty = serde_json::to_string_pretty(&claims).unwrap_or_default();
+                format!("The JWT-SVID is valid.\nSPIFFE ID: {id}\nClaims:    {pretty}\n")
+            };
+            emit(out, format, text, || json!({"spiffe_id": id.to_string(), "claims": claims}))?;
+        }
+        ApiCommand::Watch { max_updates } => {
+            let mut stream = client.watch_x509().await.map_err(advice)?;
+            let mut seen = 0;
+            while max_updates.is_none_or(|max| seen < max) {
+                let Some(msg) = stream.message().await.map_err(|s| advice(s.into()))? else {
+                    return Err(CliError::WorkloadApi("the agent closed the stream".into()));
+                };
+                let context = parse_x509_response(&msg).map_err(advice)?;
+                let took = started.elapsed();
+                emit(out, format, || x509_text(&context, took, None), || x509_json(&context))?;
+                out.flush()?;
+                seen += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The leaf's validity and serial, for display.
+fn leaf_facts(svid: &keycard_workload_api::X509Svid) -> (i64, i64, String) {
+    match X509Certificate::from_der(svid.leaf()) {
+        Ok((_, cert)) => (
+            cert.validity().not_before.timestamp(),
+            cert.validity().not_after.timestamp(),
+            hex::encode(cert.raw_serial()),
+        ),
+        Err(_) => (0, 0, String::new()),
+    }
+}
+
+fn x509_text(context: &X509Context, took: std::time::Duration, written: Option<&Path>) -> String {
+    let n = context.svids.len();
+    let mut t = format!("Received {n} SVID{} after {took:.1?}\n", if n == 1 { "" } else { "s" });
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs()
+        as i64;
+    for svid in &context.svids {
+        let (not_before, not_after, serial) = leaf_facts(svid);
+        t += &format!("\nSPIFFE ID:         {}\n", svid.spiffe_id());
+        if let Some(hint) = svid.hint() {
+            t += &format!("Hint:              {hint}\n");
+        }
+        t += &format!("Serial:            {serial}\n");
+        t += &format!("SVID valid after:  {}\n", time_text(not_before));
+        t += &format!(
+            "SVID valid until:  {} ({}s left)\n",
+            time_text(not_after),
+            (not_after - now).max(0)
+        );
+        t += &format!("Chain length:      {}\n", svid.cert_chain().len());
+    }
+    let tds: Vec<String> =
+        context.bundles.iter().map(|b| format!("{} ({} CAs)", b.trust_domain(), b.len())).collect();
+    t += &format!("\nBundles:           {}\n", tds.join(", "));
+    if let Some(dir) = written {
+        t += &format!("Written to:        {}\n", dir.display());
+    }
+    t
+}
+
+fn x509_json(context: &X509Context) -> Value {
+    let svids: Vec<Value> = context
+        .svids
+        .iter()
+        .map(|svid| {
+            let (not_before, not_after, serial) = leaf_facts(svid);
+            json!({
+                "spiffe_id": svid.spiffe_id().to_string(),
+                "hint": svid.hint().unwrap_or_default(),
+                "serial": serial,
+                "not_before": not_before,
+                "not_after": not_after,
+                "chain_pem": svid.chain_pem(),
+            })
+        })
+        .collect();
+    let bundles: Vec<Value> = context
+        .bundles
+        .iter()
+        .map(|b| json!({"trust_domain": b.trust_domain().to_string(), "pem": b.to_pem()}))
+        .collect();
+    json!({"svids": svids, "bundles": bundles})
+}
+
+/// Writes each SVID, its key (0600) and the bundles, each file atomically.
+fn write_files(dir: &Path, context: &X509Context) -> Result<(), CliError> {
+    std::fs::create_dir_all(dir)?;
+    for (i, svid) in context.svids.iter().enumerate() {
+        let own = context.bundles.get(&svid.spiffe_id().trust_domain());
+        crate::fsutil::write_atomic(
+            &dir.join(format!("svid.{i}.pem")),
+            svid.chain_pem().as_bytes(),
+            0o644,
+        )?;
+        crate::fsutil::write_private_atomic(
+            &dir.join(format!("svid.{i}.key")),
+            svid.key_pem().as_bytes(),
+        )?;
+        if let Some(bundle) = own {
+            crate::fsutil::write_atomic(
+                &dir.join(format!("bundle.{i}.pem")),
+                bundle.to_pem().as_bytes(),
+                0o644,
+            )?;
+        }
+        let federated =
+            context.bundles.iter().filter(|b| *b.trust_domain() != svid.spiffe_id().trust_domain());
+        for (j, bundle) in federated.enumerate() {
+            let name = format!("federated_bundle.{i}.{j}.pem");
+            crate::fsutil::write_atomic(&dir.join(name), bundle.to_pem().as_bytes(), 0o644)?;
+        }
+    }
+    Ok(())
+}
+
+fn jwt_text(svids: &[JwtSvidToken]) -> String {
+    svids
+        .iter()
+        .map(|s| {
+            let exp = s.expires_at.map(|t| {
+                time_text(
+                    t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs() as i64
+                )
+            });
+            format!(
+                "token({}) expires {}:\n{}\n",
+                s.spiffe_id,
+                exp.unwrap_or_else(|| "?".into()),
+                s.token
+            )
+        })
+        .collect()
+}
+
+fn jwt_json(svids: &[JwtSvidToken]) -> Value {
+    let list: Vec<Value> = svids
+        .iter()
+        .map(|s| {
+            let exp = s.expires_at.map(|t| t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs());
+            json!({"spiffe_id": s.spiffe_id.to_string(), "token": s.token, "hint": s.hint, "expires_at": exp})
+        })
+        .collect();
+    json!({"svids": list})
+}
+
+/// A protobuf `Struct` as JSON.
+fn struct_json(s: &prost_types::Struct) -> Value {
+    Value::Object(s.fields.iter().map(|(k, v)| (k.clone(), value_json(v))).collect())
+}
+
+fn value_json(v: &prost_types::Value) -> Value {
+    use prost_types::value::Kind;
+    match &v.kind {
+        None | Some(Kind::NullValue(_)) => Value::Null,
+        Some(Kind::NumberValue(n)) => {
+            serde_json::Number::from_f64(*n).map_or(Value::Null, Value::Number)
+        }
+        Some(Kind::StringValue(s)) => Value::String(s.clone()),
+        Some(Kind::BoolValue(b)) => Value::Bool(*b),
+        Some(Kind::StructValue(s)) => struct_json(s),
+        Some(Kind::ListValue(l)) => Value::Array(l.values.iter().map(value_json).collect()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

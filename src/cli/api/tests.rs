@@ -1,0 +1,211 @@
+//! `keycard api` against the agent's real Workload API service on a real Unix socket, its
+//! cache filled with SVIDs minted by a real CA for this test process's uid.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keycard_workload_api::TrustDomain;
+use rustls_pki_types::SubjectPublicKeyInfoDer;
+use tokio::sync::oneshot;
+
+use super::*;
+use crate::agent::attest::UnixAttestorOptions;
+use crate::agent::cache::{NewSvid, SvidCache};
+use crate::ca::{CaManager, KeyType, SigningKey, SvidRequest};
+use crate::clock::SystemClock;
+use crate::server::agent_api::proto as pb;
+use crate::telemetry::AgentMetrics;
+
+struct Agent {
+    dir: tempfile::TempDir,
+    socket: String,
+    ca: Arc<CaManager>,
+    cache: Arc<SvidCache>,
+    _stop: oneshot::Sender<()>,
+}
+
+impl Agent {
+    /// An agent whose cache holds `web` (selecting this uid) with a fresh SVID, or nothing.
+    async fn start(with_entry: bool) -> Agent {
+        let dir = tempfile::tempdir().unwrap();
+        let uid = std::fs::metadata(dir.path()).unwrap().uid();
+        let ca = crate::ca::manager::test_ca(TrustDomain::new("example.org").unwrap());
+        let cache = Arc::new(SvidCache::new(Arc::new(SystemClock)));
+        let mut entries = BTreeMap::new();
+        if with_entry {
+            let e = pb::Entry {
+                id: "web".into(),
+                spiffe_id: "spiffe://example.org/web".into(),
+                selectors: vec![format!("unix:uid:{uid}")],
+                hint: "internal".into(),
+                ..Default::default()
+            };
+            entries.insert(e.id.clone(), e);
+        }
+        cache.set_entries(&entries, Some(&ca.bundle().unwrap()), &[]).unwrap();
+        let path = dir.path().join("agent.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let metrics = Arc::new(AgentMetrics::new());
+        tokio::spawn(crate::agent::workload_api::serve(
+            listener,
+            cache.clone(),
+            UnixAttestorOptions::default(),
+            metrics,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        let agent =
+            Agent { socket: format!("unix://{}", path.display()), dir, ca, cache, _stop: stop };
+        if with_entry {
+            agent.mint();
+        }
+        agent
+    }
+
+    fn mint(&self) {
+        let key = Arc::new(SigningKey::generate(KeyType::EcP256).unwrap());
+        let issued = self
+            .ca
+            .sign_x509_svid(&SvidRequest {
+                public_key: SubjectPublicKeyInfoDer::from(key.public_key_der()),
+                spiffe_id: SpiffeId::parse("spiffe://example.org/web").unwrap(),
+                dns_names: Vec::new(),
+                ttl: Duration::from_secs(600),
+            })
+            .unwrap();
+        let now = SystemTime::now();
+        let svid = NewSvid {
+            entry_id: "web".into(),
+            chain: issued.svid.chain_without_root,
+            key,
+            serial: hex::encode(issued.svid.serial),
+            issued_at: now,
+            renew_at: now + Duration::from_secs(300),
+        };
+        self.cache.update_svids(vec![svid]).into_iter().for_each(|r| r.unwrap());
+    }
+
+    fn args(&self, output: OutputFormat, command: ApiCommand) -> ApiArgs {
+        ApiArgs { socket: Some(self.socket.clone()), output, command }
+    }
+
+    async fn run(&self, output: OutputFormat, command: ApiCommand) -> Result<String, CliError> {
+        let mut out = Vec::new();
+        execute(self.args(output, command), &mut out).await?;
+        Ok(String::from_utf8(out).unwrap())
+    }
+}
+
+#[tokio::test]
+async fn fetch_x509_prints_and_writes_the_svid_files() {
+    let agent = Agent::start(true).await;
+    let dir = agent.dir.path().join("certs");
+    let fetch = ApiCommand::Fetch(FetchCommand::X509 { write: Some(dir.clone()) });
+    let text = agent.run(OutputFormat::Text, fetch).await.unwrap();
+    assert!(text.contains("Received 1 SVID after"), "{text}");
+    assert!(text.contains("SPIFFE ID:         spiffe://example.org/web"), "{text}");
+    assert!(text.contains("Hint:              internal"), "{text}");
+    assert!(text.contains("Bundles:           example.org (1 CAs)"), "{text}");
+    let mode = |name: &str| std::fs::metadata(dir.join(name)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode("svid.0.key"), 0o600);
+    assert_eq!(mode("svid.0.pem"), 0o644);
+    let chain = std::fs::read_to_string(dir.join("svid.0.pem")).unwrap();
+    let key = std::fs::read_to_string(dir.join("svid.0.key")).unwrap();
+    let svid = keycard_workload_api::X509Svid::from_pem(&chain, &key).unwrap();
+    assert_eq!(svid.spiffe_id().as_str(), "spiffe://example.org/web");
+    let bundle = std::fs::read_to_string(dir.join("bundle.0.pem")).unwrap();
+    assert_eq!(bundle, agent.ca.bundle().unwrap().x509_bundle().unwrap().to_pem());
+    // openssl, an independent verifier, accepts the written chain against the written bundle.
+    let verify = std::process::Command::new("openssl")
+        .args(["verify", "-purpose", "sslclient", "-CAfile"])
+        .arg(dir.join("bundle.0.pem"))
+        .arg(dir.join("svid.0.pem"))
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "{verify:?}");
+
+    let json = agent
+        .run(OutputFormat::Json, ApiCommand::Fetch(FetchCommand::X509 { write: None }))
+        .await
+        .unwrap();
+    let doc: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(doc["svids"][0]["spiffe_id"], "spiffe://example.org/web");
+    assert_eq!(doc["bundles"][0]["trust_domain"], "example.org");
+}
+
+#[tokio::test]
+async fn watch_prints_every_rotation() {
+    let agent = Agent::start(true).await;
+    let args = agent.args(OutputFormat::Json, ApiCommand::Watch { max_updates: Some(3) });
+    let watcher = tokio::spawn(async move {
+        let mut out = Vec::new();
+        execute(args, &mut out).await.map(|()| String::from_utf8(out).unwrap())
+    });
+    // Rotate until the watcher has seen three states (bounded: 50 rotations at most).
+    for _ in 0..50 {
+        if watcher.is_finished() {
+            break;
+        }
+        agent.mint();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = watcher.await.unwrap().unwrap();
+    let serials: Vec<String> = serde_json::Deserializer::from_str(&out)
+        .into_iter::<Value>()
+        .map(|doc| doc.unwrap()["svids"][0]["serial"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(serials.len(), 3, "{out}");
+    assert!(serials[0] != serials[1] && serials[1] != serials[2], "{serials:?}");
+}
+
+#[tokio::test]
+async fn validate_jwt_accepts_a_good_token_and_explains_a_bad_one() {
+    let agent = Agent::start(true).await;
+    let id = SpiffeId::parse("spiffe://example.org/web").unwrap();
+    let minted = agent.ca.sign_jwt_svid(&id, &["db".to_owned()], Duration::from_secs(60)).unwrap();
+    let ok = ApiCommand::Validate(ValidateCommand::Jwt {
+        audience: "db".into(),
+        svid: minted.token.clone(),
+    });
+    let text = agent.run(OutputFormat::Text, ok).await.unwrap();
+    assert!(
+        text.contains("The JWT-SVID is valid.") && text.contains("spiffe://example.org/web"),
+        "{text}"
+    );
+    assert!(text.contains("\"aud\""), "{text}");
+    let wrong =
+        ApiCommand::Validate(ValidateCommand::Jwt { audience: "other".into(), svid: minted.token });
+    let err = agent.run(OutputFormat::Text, wrong).await.unwrap_err().to_string();
+    assert!(err.contains("the JWT-SVID is not valid"), "{err}");
+}
+
+#[tokio::test]
+async fn failures_name_the_problem_and_the_fix() {
+    let agent = Agent::start(false).await;
+    let fetch = || ApiCommand::Fetch(FetchCommand::X509 { write: None });
+    let err = agent.run(OutputFormat::Text, fetch()).await.unwrap_err().to_string();
+    assert!(
+        err.contains("no identity for this process") && err.contains("keycard agent explain --pid"),
+        "{err}"
+    );
+
+    let missing = ApiArgs {
+        socket: Some(format!("unix://{}/nothing.sock", agent.dir.path().display())),
+        output: OutputFormat::Text,
+        command: fetch(),
+    };
+    let err = execute(missing, &mut Vec::new()).await.unwrap_err().to_string();
+    assert!(err.contains("is the agent running?") && err.contains("keycard agent run"), "{err}");
+
+    let bad = ApiArgs {
+        socket: Some("tcp://127.0.0.1:1".into()),
+        output: OutputFormat::Text,
+        command: fetch(),
+    };
+    let err = execute(bad, &mut Vec::new()).await.unwrap_err().to_string();
+    assert!(err.contains("unix:///"), "{err}");
+}

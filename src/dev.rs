@@ -1,0 +1,283 @@
+//! `keycard dev`: a CA server and a node agent on this machine with development defaults,
+//! and an entry for the calling user, so that a first SVID is one command away.
+//!
+//! The two daemons run in this process but share nothing in memory: the agent reaches the
+//! server only over the agent API (mTLS on 127.0.0.1:8081), exactly as on two machines,
+//! and the set-up (bundle, join token, entry) goes through the admin socket, as an
+//! operator's CLI would. State lives in one directory (default `./.keycard-dev`):
+//! `server/` (datastore, CA keys, admin socket), `agent/` (agent SVID, bundle, admin
+//! socket), `bundle.pem` and the Workload API socket `agent.sock`. Running it again reuses
+//! all of it: the CA, the entries and the agent's SVID (a new join token is made only
+//! when the agent has no valid SVID).
+
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use hyper_util::rt::TokioIo;
+use keycard_workload_api::TrustDomain;
+use tokio::task::JoinSet;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::agent::config::{AgentArgs, AgentConfig};
+use crate::agent::storage::{AgentStorage, StoredIdentity};
+use crate::server::admin::pb::{self, admin_client::AdminClient};
+use crate::server::config::{ServerArgs, ServerConfig};
+use crate::shutdown::Shutdown;
+
+/// The development trust domain.
+pub const TRUST_DOMAIN: &str = "example.org";
+/// The server's agent API address.
+pub const SERVER_ADDRESS: &str = "127.0.0.1:8081";
+/// The server's health address.
+pub const SERVER_HEALTH: &str = "127.0.0.1:8082";
+/// The agent's health address.
+pub const AGENT_HEALTH: &str = "127.0.0.1:8083";
+/// The agent's own SPIFFE ID in dev mode.
+pub const AGENT_ID: &str = "spiffe://example.org/node/dev";
+/// How long to wait for the server's admin socket.
+const STARTUP: Duration = Duration::from_secs(30);
+
+/// Why dev mode could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DevError {
+    /// A configuration built from the defaults was refused (a bad `--dir`).
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The server stopped with an error.
+    #[error("server: {0}")]
+    Server(#[from] crate::server::run::RunError),
+    /// The agent stopped with an error.
+    #[error("agent: {0}")]
+    Agent(#[from] crate::agent::run::RunError),
+    /// The set-up over the admin socket failed.
+    #[error("set-up over the admin socket {socket}: {reason}")]
+    Setup {
+        /// The admin socket.
+        socket: String,
+        /// What failed.
+        reason: String,
+    },
+    /// A file of the state directory could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// A background task panicked.
+    #[error("internal task failed: {0}")]
+    Task(String),
+}
+
+/// Where everything lives under the state directory.
+#[derive(Debug, Clone)]
+pub struct DevPaths {
+    /// The state directory (absolute).
+    pub dir: PathBuf,
+    /// The server's admin socket.
+    pub admin_socket: PathBuf,
+    /// The Workload API socket.
+    pub workload_socket: PathBuf,
+    /// The agent's admin socket.
+    pub agent_admin_socket: PathBuf,
+    /// The trust bundle, PEM.
+    pub bundle: PathBuf,
+}
+
+impl DevPaths {
+    /// The layout under `dir` (which should be absolute).
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            admin_socket: crate::server::config::default_admin_socket(&dir.join("server")),
+            workload_socket: dir.join("agent.sock"),
+            agent_admin_socket: crate::agent::config::default_admin_socket(&dir.join("agent")),
+            bundle: dir.join("bundle.pem"),
+        }
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DevError + '_ {
+    move |source| DevError::Io { path: path.display().to_string(), source }
+}
+
+/// Runs the server and the agent until `shutdown` triggers or either fails; `ready` is
+/// called once the agent has been started.
+pub async fn run(
+    paths: &DevPaths,
+    shutdown: Shutdown,
+    ready: impl FnOnce(&DevPaths),
+) -> Result<(), DevError> {
+    std::fs::create_dir_all(&paths.dir).map_err(io_err(&paths.dir))?;
+    let server_config = ServerConfig::load(&ServerArgs {
+        trust_domain: Some(
+            TrustDomain::new(TRUST_DOMAIN).map_err(|e| DevError::Task(e.to_string()))?,
+        ),
+        data_dir: Some(paths.dir.join("server")),
+        bind_address: SERVER_ADDRESS.parse().ok(),
+        health_address: SERVER_HEALTH.parse().ok(),
+        admin_socket: Some(paths.admin_socket.clone()),
+        ..Default::default()
+    })?;
+    let mut tasks: JoinSet<Result<(), DevError>> = JoinSet::new();
+    tasks.spawn({
+        let shutdown = shutdown.clone();
+        async move { Ok(crate::server::run(server_config, shutdown).await?) }
+    });
+
+    let setup = tokio::select! {
+        setup = set_up(paths) => Some(setup),
+        // The server stopped before it was ready: its error is the one to report.
+        _ = wait_first(&mut tasks) => None,
+        () = shutdown.wait() => None,
+    };
+    match setup {
+        Some(Ok(token)) => {
+            let agent_config = AgentConfig::load(&AgentArgs {
+                trust_domain: TrustDomain::new(TRUST_DOMAIN).ok(),
+                server_address: Some(SERVER_ADDRESS.into()),
+                trust_bundle: Some(paths.bundle.clone()),
+                join_token: token,
+                socket_path: Some(paths.workload_socket.display().to_string()),
+                admin_socket: Some(paths.agent_admin_socket.clone()),
+                data_dir: Some(paths.dir.join("agent")),
+                health_address: AGENT_HEALTH.parse().ok(),
+                ..Default::default()
+            })?;
+            tasks.spawn({
+                let shutdown = shutdown.clone();
+                async move { Ok(crate::agent::run::run(agent_config, shutdown).await?) }
+            });
+            ready(paths);
+        }
+        Some(Err(e)) => {
+            shutdown.trigger();
+            let _ = join_all(&mut tasks, &shutdown).await;
+            return Err(e);
+        }
+        None => {}
+    }
+    join_all(&mut tasks, &shutdown).await
+}
+
+/// Waits for the first task to end and returns its result (pending forever if none).
+async fn wait_first(tasks: &mut JoinSet<Result<(), DevError>>) -> Result<(), DevError> {
+    match tasks.join_next().await {
+        Some(joined) => joined.map_err(|e| DevError::Task(e.to_string())).and_then(|r| r),
+        None => std::future::pending().await,
+    }
+}
+
+/// Joins every task; the first to stop stops the others; the first error is returned.
+async fn join_all(
+    tasks: &mut JoinSet<Result<(), DevError>>,
+    shutdown: &Shutdown,
+) -> Result<(), DevError> {
+    let mut outcome = Ok(());
+    while let Some(joined) = tasks.join_next().await {
+        let result = joined.map_err(|e| DevError::Task(e.to_string())).and_then(|r| r);
+        if let Err(e) = result
+            && outcome.is_ok()
+        {
+            outcome = Err(e);
+        }
+        shutdown.trigger();
+    }
+    outcome
+}
+
+/// Over the admin socket: writes the bundle, makes sure an entry exists for the calling
+/// user, and returns a join token when the agent has no valid SVID.
+async fn set_up(paths: &DevPaths) -> Result<Option<String>, DevError> {
+    let fail = |reason: String| DevError::Setup {
+        socket: paths.admin_socket.display().to_string(),
+        reason,
+    };
+    let mut admin = connect_admin(&paths.admin_socket).await.map_err(fail)?;
+    let bundle = admin
+        .get_bundle(pb::GetBundleRequest { format: pb::BundleFormat::Pem.into() })
+        .await
+        .map_err(|s| fail(s.message().to_owned()))?
+        .into_inner();
+    crate::fsutil::write_atomic(&paths.bundle, bundle.text.as_bytes(), 0o644)
+        .map_err(io_err(&paths.bundle))?;
+
+    let uid = std::fs::metadata(&paths.dir).map_err(io_err(&paths.dir))?.uid();
+    let user = std::env::var("USER").ok().filter(|u| {
+        !u.is_empty()
+            && u.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    });
+    let spiffe_id = format!(
+        "spiffe://{TRUST_DOMAIN}/user/{}",
+        user.unwrap_or_else(|| format!("uid-{uid}")).to_ascii_lowercase()
+    );
+    let selector = format!("unix:uid:{uid}");
+    let existing = admin
+        .list_entries(pb::ListEntriesRequest {
+            by_spiffe_id: spiffe_id.clone(),
+            by_parent_id: AGENT_ID.into(),
+            by_selectors: vec![selector.clone()],
+            ..Default::default()
+        })
+        .await
+        .map_err(|s| fail(s.message().to_owned()))?
+        .into_inner();
+    if existing.entries.is_empty() {
+        let spec = pb::EntrySpec {
+            spiffe_id: spiffe_id.clone(),
+            parent_id: AGENT_ID.into(),
+            selectors: vec![selector],
+            dns_names: vec!["localhost".into()],
+            ..Default::default()
+        };
+        admin
+            .create_entry(pb::CreateEntryRequest { spec: Some(spec) })
+            .await
+            .map_err(|s| fail(s.message().to_owned()))?;
+        tracing::info!(%spiffe_id, uid, "registered an entry for the calling user");
+    }
+
+    if agent_has_valid_svid(&paths.dir.join("agent")) {
+        return Ok(None);
+    }
+    let token = admin
+        .generate_join_token(pb::GenerateJoinTokenRequest {
+            ttl_seconds: 0,
+            agent_id: AGENT_ID.into(),
+        })
+        .await
+        .map_err(|s| fail(s.message().to_owned()))?
+        .into_inner();
+    Ok(Some(token.token))
+}
+
+/// Whether an earlier run left the agent a valid SVID (then it needs no join token).
+fn agent_has_valid_svid(agent_dir: &Path) -> bool {
+    let Ok(td) = TrustDomain::new(TRUST_DOMAIN) else { return false };
+    let Ok(storage) = AgentStorage::open(agent_dir) else { return false };
+    let Ok(Some(bundle)) = storage.load_bundle(&td) else { return false };
+    matches!(storage.load_identity(&bundle, SystemTime::now()), Ok(Some(StoredIdentity::Valid(_))))
+}
+
+/// Connects to the admin socket, waiting for the server to create it.
+async fn connect_admin(socket: &Path) -> Result<AdminClient<Channel>, String> {
+    let deadline = Instant::now() + STARTUP;
+    loop {
+        let target = socket.to_path_buf();
+        let attempt = Endpoint::from_static("http://localhost")
+            .connect_with_connector(tower::service_fn(move |_| {
+                let target = target.clone();
+                async move { tokio::net::UnixStream::connect(target).await.map(TokioIo::new) }
+            }))
+            .await;
+        match attempt {
+            Ok(channel) => return Ok(AdminClient::new(channel)),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(format!("the server did not open it within {STARTUP:?}: {e}"));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! Real `keycard server run` and `keycard agent run` processes, and workloads calling the
+//! agent's Workload API over its Unix socket: this test process (uid entries), a Python
+//! grpcio client, the `keycard api` CLI, and the CLI run as another uid.
+
+use std::collections::BTreeSet;
+use std::io::{Read as _, Write as _};
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use hyper_util::rt::TokioIo;
+use keycard_workload_api::proto::{
+    SECURITY_HEADER, SECURITY_HEADER_VALUE, SpiffeWorkloadApiClient, X509svidRequest,
+    X509svidResponse,
+};
+use keycard_workload_api::{TrustDomain, X509Bundle, X509BundleSet, verify_chain};
+use rustls_pki_types::{CertificateDer, UnixTime};
+use tokio::net::UnixStream;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Streaming};
+use x509_parser::prelude::{FromDer as _, X509Certificate};
+
+use crate::procs::{Agent, Server};
+
+/// Short lifetimes so that renewals happen within a test: SVIDs live 20 s.
+const SERVER_CONFIG: &str = r#"
+trust_domain = "example.org"
+ca_ttl = "10m"
+default_x509_svid_ttl = "20s"
+default_jwt_svid_ttl = "1m"
+agent_svid_ttl = "1m"
+"#;
+
+/// How long the tests wait for anything the agent should do by itself.
+const PATIENCE: Duration = Duration::from_secs(40);
+
+/// A server and a temp dir whose `public/` directory anyone may enter (so that a client
+/// run as `nobody` reaches the socket and is refused by attestation, not by the mode).
+struct Setup {
+    dir: tempfile::TempDir,
+    server: Server,
+    uid: u32,
+    bundle: X509Bundle,
+    bundle_file: PathBuf,
+    /// A join token for the agent `node/1` (entries may name it as parent at once).
+    token: String,
+}
+
+impl Setup {
+    fn start(bind: &str) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let uid = std::fs::metadata(dir.path()).unwrap().uid();
+        let server = Server::start_with(&dir.path().join("server"), bind, Some(SERVER_CONFIG));
+        let pem = server.admin_text(&["bundle", "show", "--format", "pem"]);
+        let bundle = X509Bundle::parse_pem(TrustDomain::new("example.org").unwrap(), &pem).unwrap();
+        let bundle_file = dir.path().join("bundle.pem");
+        std::fs::write(&bundle_file, pem).unwrap();
+        let token = server.token("node/1");
+        Setup { dir, server, uid, bundle, bundle_file, token }
+    }
+
+    /// An entry for workloads of this test's uid under the agent `node/1`.
+    fn entry(&self, name: &str) -> String {
+        let created = self.server.admin(&[
+            "entry",
+            "create",
+            "--spiffe-id",
+            &format!("spiffe://example.org/workload/{name}"),
+            "--parent-id",
+            "spiffe://example.org/node/1",
+            "--selector",
+            &format!("unix:uid:{}", self.uid),
+        ]);
+        created["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Starts an agent that attests with the join token for `node/1` and syncs often.
+    fn agent(&self, extra_config: &str) -> Agent {
+        self.agent_with(&["--join-token", &self.token], extra_config)
+    }
+
+    fn agent_with(&self, flags: &[&str], extra_config: &str) -> Agent {
+        let config = self.dir.path().join("agent.toml");
+        std::fs::write(&config, format!("sync_interval = \"300ms\"\n{extra_config}")).unwrap();
+        let mut args = vec!["--config", config.to_str().unwrap()];
+        args.extend(["--trust-bundle", self.bundle_file.to_str().unwrap()]);
+        args.extend(flags);
+        let with_health = extra_config.contains("health_address");
+        Agent::start(self.dir.path(), &self.server.address, &args, with_health)
+    }
+}
+
+async fn connect(socket: &Path) -> SpiffeWorkloadApiClient<Channel> {
+    let socket = socket.to_path_buf();
+    let channel = Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let socket = socket.clone();
+            async move { UnixStream::connect(socket).await.map(TokioIo::new) }
+        }))
+        .await
+        .unwrap();
+    SpiffeWorkloadApiClient::new(channel)
+}
+
+fn with_header<T>(msg: T) -> Request<T> {
+    let mut req = Request::new(msg);
+    req.metadata_mut().insert(SECURITY_HEADER, SECURITY_HEADER_VALUE.parse().unwrap());
+    req
+}
+
+/// Opens FetchX509SVID, retrying while the agent has nothing for us yet.
+async fn open_stream(socket: &Path) -> Streaming<X509svidResponse> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let mut client = connect(socket).await;
+        match client.fetch_x509svid(with_header(X509svidRequest {})).await {
+            Ok(stream) => return stream.into_inner(),
+            Err(s) if s.code() == Code::PermissionDenied && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(s) => panic!("FetchX509SVID: {s:?}"),
+        }
+    }
+}
+
+/// One SVID of a response: its SPIFFE ID (checked against the bundle), serial, expiry.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Seen {
+    id: String,
+    serial: String,
+    not_after: SystemTime,
+}
+
+fn seen(response: &X509svidResponse, bundle: &X509Bundle) -> Vec<Seen> {
+    let bundles: X509BundleSet = [bundle.clone()].into_iter().collect();
+    let mut out: Vec<Seen> = response
+        .svids
+        .iter()
+        .map(|svid| {
+            let chain = der_chain(&svid.x509_svid);
+            let id = verify_chain(&chain, &bundles, UnixTime::now()).unwrap().to_string();
+            assert_eq!(id, svid.spiffe_id);
+            let (_, cert) = X509Certificate::from_der(&chain[0]).unwrap();
+            let secs = cert.validity().not_after.timestamp() as u64;
+            Seen {
+                id,
+                serial: hex::encode(cert.raw_serial()),
+                not_after: SystemTime::UNIX_EPOCH + Duration::from_secs(secs),
+            }
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Splits concatenated DER certificates.
+fn der_chain(mut der: &[u8]) -> Vec<CertificateDer<'static>> {
+    let mut chain = Vec::new();
+    while !der.is_empty() {
+        let (rest, _) = X509Certificate::from_der(der).unwrap();
+        chain.push(CertificateDer::from(der[..der.len() - rest.len()].to_vec()));
+        der = rest;
+    }
+    chain
+}
+
+/// Reads the stream until `done` holds for a message, within [`PATIENCE`].
+async fn next_until(
+    stream: &mut Streaming<X509svidResponse>,
+    bundle: &X509Bundle,
+    done: impl Fn(&[Seen]) -> bool,
+) -> Vec<Seen> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let msg = tokio::time::timeout(left, stream.message())
+            .await
+            .expect("the stream did not deliver in time")
+            .expect("stream error")
+            .expect("stream ended");
+        let svids = seen(&msg, bundle);
+        if done(&svids) {
+            return svids;
+        }
+    }
+}
+
+fn ids(svids: &[Seen]) -> BTreeSet<&str> {
+    svids.iter().map(|s| s.id.as_str()).collect()
+}
+
+/// `GET path` on the health address; returns the status line and the body.
+fn http_get(address: &str, path: &str) -> (String, String) {
+    let mut tcp = std::net::TcpStream::connect(address).unwrap();
+    write!(tcp, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut text = String::new();
+    tcp.read_to_string(&mut text).unwrap();
+    let status = text.lines().next().unwrap_or_default().to_owned();
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn workloads_get_renewed_svids_and_lose_deleted_ones_from_a_real_agent() {
+    let setup = Setup::start("127.0.0.1:0");
+    let a = setup.entry("a");
+    let b = setup.entry("b");
+    let agent = setup.agent("health_address = \"127.0.0.1:0\"\n");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut stream = open_stream(&agent.socket).await;
+        let first = next_until(&mut stream, &setup.bundle, |s| s.len() == 2).await;
+        assert_eq!(
+            ids(&first),
+            BTreeSet::from(["spiffe://example.org/workload/a", "spiffe://example.org/workload/b"])
+        );
+
+        // A renewed SVID arrives on the open stream before the old one expires.
+        let renewed = next_until(&mut stream, &setup.bundle, |s| {
+            s.iter().any(|n| first.iter().any(|o| o.id == n.id && o.serial != n.serial))
+        })
+        .await;
+        let old_expiry = first.iter().map(|s| s.not_after).min().unwrap();
+        assert!(SystemTime::now() < old_expiry, "renewal came after the old SVID expired");
+        assert_eq!(renewed.len(), 2);
+
+        // Deleting an entry redacts its SVID from the stream.
+        setup.server.admin(&["entry", "delete", "--id", &b]);
+        let after = next_until(&mut stream, &setup.bundle, |s| s.len() == 1).await;
+        assert_eq!(ids(&after), BTreeSet::from(["spiffe://example.org/workload/a"]));
+
+        // Ready, with the cache in the metrics.
+        let health = agent.health.clone().unwrap();
+        let (status, body) = http_get(&health, "/ready");
+        assert!(status.contains("200"), "{status} {body}");
+        // The gauges are set after each sync round: poll until the deletion shows.
+        let deadline = Instant::now() + PATIENCE;
+        let metrics = loop {
+            let (_, metrics) = http_get(&health, "/metrics");
+            if metrics.contains("keycard_agent_cache_svids 1") || Instant::now() > deadline {
+                break metrics;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        for needle in [
+            "keycard_agent_cache_svids 1",
+            "keycard_agent_cache_entries 1",
+            "keycard_agent_svids_total{outcome=\"renewed\"}",
+            "keycard_agent_agent_svid_expiry_seconds",
+            "keycard_agent_workload_attestations_total{result=\"ok\"}",
+        ] {
+            assert!(metrics.contains(needle), "missing {needle} in {metrics}");
+        }
+
+        // Without the security header: InvalidArgument.
+        let mut client = connect(&agent.socket).await;
+        let err = client.fetch_x509svid(Request::new(X509svidRequest {})).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    });
+    let _ = a;
+
+    // Python's grpcio, which sends the socket path as :authority, gets an SVID.
+    let out = std::process::Command::new(crate::python::grpcio_python())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/fetch_x509svid.py"))
+        .arg(&agent.socket)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("with_header ok "), "{text} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("without_header error INVALID_ARGUMENT"), "{text}");
+
+    agent.stop();
+}
+
+#[test]
+fn the_agent_serves_its_cache_while_the_server_is_down_and_renews_after() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let bind = format!("127.0.0.1:{port}");
+    let setup = Setup::start(&bind);
+    setup.entry("a");
+    let agent = setup.agent("disk_cache = true\n");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let Setup { dir, server, bundle, .. } = setup;
+    let first = runtime.block_on(async {
+        let mut stream = open_stream(&agent.socket).await;
+        next_until(&mut stream, &bundle, |s| s.len() == 1).await
+    });
+    server.stop();
+
+    // Server down: a new workload connection still gets the cached, valid SVID.
+    runtime.block_on(async {
+        let mut stream = open_stream(&agent.socket).await;
+        let now = next_until(&mut stream, &bundle, |s| s.len() == 1).await;
+        assert_eq!(now[0].id, first[0].id);
+        assert!(now[0].not_after > SystemTime::now());
+    });
+
+    // The server returns on the same address: the agent renews by itself.
+    let server = Server::start_with(&dir.path().join("server"), &bind, Some(SERVER_CONFIG));
+    runtime.block_on(async {
+        let mut stream = open_stream(&agent.socket).await;
+        let renewed =
+            next_until(&mut stream, &bundle, |s| s.len() == 1 && s[0].serial != first[0].serial)
+                .await;
+        assert_eq!(renewed[0].id, first[0].id);
+    });
+    agent.stop();
+    server.stop();
+}

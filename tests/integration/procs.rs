@@ -1,0 +1,202 @@
+//! Real `keycard server run` and `keycard agent run` processes for the tests: started with
+//! JSON logs, waited for by the log lines that say they listen, stopped with SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// The `keycard` binary under test.
+pub fn keycard() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_keycard"))
+}
+
+/// Spawns `command` with JSON logs on stderr and waits until every message in `wanted`
+/// was logged (30 s at most); returns the child, the fields of each wanted event, and the
+/// rest of the log, forwarded to the test's stderr under `name`.
+fn spawn_and_wait(
+    mut command: Command,
+    name: &'static str,
+    wanted: &[&str],
+) -> (Child, Vec<Value>) {
+    let mut child = command.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut found: Vec<Option<Value>> = vec![None; wanted.len()];
+    while found.iter().any(Option::is_none) {
+        let line = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("{name} did not log {wanted:?} within 30 s");
+            }
+        };
+        eprintln!("{name}: {line}");
+        let Ok(event) = serde_json::from_str::<Value>(&line) else { continue };
+        let message = event["fields"]["message"].as_str().unwrap_or_default();
+        if let Some(i) = wanted.iter().position(|w| *w == message) {
+            found[i] = Some(event["fields"].clone());
+        }
+    }
+    // Keep draining the log (shown when a test fails) so the process never blocks.
+    std::thread::spawn(move || {
+        while let Ok(line) = rx.recv() {
+            eprintln!("{name}: {line}");
+        }
+    });
+    (child, found.into_iter().map(Option::unwrap_or_default).collect())
+}
+
+/// Sends SIGTERM and checks the process exits cleanly within 20 s.
+fn terminate(child: &mut Child, name: &str) {
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    for _ in 0..200 {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "{name} exited with {status}");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{name} did not stop within 20 s of SIGTERM");
+}
+
+/// A running server process; killed when dropped.
+pub struct Server {
+    child: Child,
+    /// The agent API address, `127.0.0.1:port`.
+    pub address: String,
+    /// The admin socket.
+    pub admin_socket: PathBuf,
+}
+
+impl Server {
+    /// Starts a server with its state in `dir` on a free port.
+    pub fn start(dir: &Path) -> Server {
+        Self::start_with(dir, "127.0.0.1:0", None)
+    }
+
+    /// Starts a server with its state in `dir`, listening on `bind`, with `config` (TOML
+    /// text, written to `dir/server.toml`) when given.
+    pub fn start_with(dir: &Path, bind: &str, config: Option<&str>) -> Server {
+        let admin_socket = dir.join("private").join("admin.sock");
+        let mut command = keycard();
+        command
+            .args(["server", "run", "--trust-domain", "example.org", "--bind-address", bind])
+            .args(["--log-format", "json", "--data-dir"])
+            .arg(dir);
+        if let Some(text) = config {
+            let path = dir.join("server.toml");
+            std::fs::create_dir_all(dir).unwrap();
+            std::fs::write(&path, text).unwrap();
+            command.arg("--config").arg(path);
+        }
+        let (child, fields) =
+            spawn_and_wait(command, "server", &["agent API listening", "admin API listening"]);
+        let address = fields[0]["address"].as_str().unwrap().to_owned();
+        Server { child, address, admin_socket }
+    }
+
+    /// Runs an admin command with `--output json` and returns its parsed output.
+    pub fn admin(&self, args: &[&str]) -> Value {
+        let out = self.admin_raw(args);
+        assert!(out.status.success(), "keycard {args:?} failed: {out:?}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Runs an admin command with `--output json`, whatever its outcome.
+    pub fn admin_raw(&self, args: &[&str]) -> Output {
+        keycard()
+            .args(args)
+            .arg("--admin-socket")
+            .arg(&self.admin_socket)
+            .args(["--output", "json"])
+            .output()
+            .unwrap()
+    }
+
+    /// Runs an admin command with text output.
+    pub fn admin_text(&self, args: &[&str]) -> String {
+        let out = keycard().args(args).arg("--admin-socket").arg(&self.admin_socket).output();
+        let out = out.unwrap();
+        assert!(out.status.success(), "keycard {args:?} failed: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// A join token for the agent ID `spiffe://example.org/<path>`.
+    pub fn token(&self, path: &str) -> String {
+        let id = format!("spiffe://example.org/{path}");
+        let token = self.admin(&["token", "generate", "--spiffe-id", &id]);
+        token["token"].as_str().unwrap().to_owned()
+    }
+
+    /// Stops the server with SIGTERM and checks that it exits cleanly.
+    pub fn stop(mut self) {
+        terminate(&mut self.child, "server");
+    }
+}
+
+impl Drop for Server {
+    /// A test that fails half-way must not leave a server running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running agent process; killed when dropped.
+pub struct Agent {
+    child: Child,
+    /// The Workload API socket.
+    pub socket: PathBuf,
+    /// The agent admin socket (for `keycard agent explain`).
+    pub admin_socket: PathBuf,
+    /// The health address, when the agent was started with one.
+    pub health: Option<String>,
+}
+
+impl Agent {
+    /// Starts an agent with its state in `dir/agent` and its Workload API socket at
+    /// `dir/public/api.sock`, attesting to `server` with `extra` flags (a join token, a
+    /// trust bundle, ...), and waits until the Workload API (and, with `with_health`, the
+    /// health endpoints) listen.
+    pub fn start(dir: &Path, server: &str, extra: &[&str], with_health: bool) -> Agent {
+        let socket = dir.join("public").join("api.sock");
+        let admin_socket = dir.join("agent").join("private").join("admin.sock");
+        let mut command = keycard();
+        command
+            .args(["agent", "run", "--trust-domain", "example.org", "--server-address", server])
+            .args(["--log-format", "json", "--data-dir"])
+            .arg(dir.join("agent"))
+            .arg("--socket-path")
+            .arg(&socket)
+            .args(extra);
+        let mut wanted = vec!["Workload API listening"];
+        if with_health {
+            wanted.push("health and metrics endpoints listening");
+        }
+        let (child, fields) = spawn_and_wait(command, "agent", &wanted);
+        let health = fields.get(1).and_then(|f| f["address"].as_str()).map(str::to_owned);
+        Agent { child, socket, admin_socket, health }
+    }
+
+    /// Stops the agent with SIGTERM and checks that it exits cleanly.
+    pub fn stop(mut self) {
+        terminate(&mut self.child, "agent");
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
