@@ -312,6 +312,7 @@ impl SvidCache {
                 entry_id: id.clone(),
                 spiffe_id: e.spiffe_id.clone(),
                 selectors: e.selectors.clone(),
+                hint: e.hint.clone(),
                 svid_expires_at: e.svid.as_ref().map(|s| s.expires_at),
             })
             .collect()

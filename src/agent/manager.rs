@@ -15,10 +15,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use rand::Rng as _;
+use tokio::sync::mpsc;
 use x509_parser::prelude::{FromDer as _, X509Certificate};
 
 use super::cache::{CacheError, NewSvid, SvidCache};
 use super::client::{ClientError, ServerClient, SyncedEntries};
+use super::jwt::{JwtError, JwtRequest};
 use super::renewal::{self, Validity};
 use crate::ca::{KeyType, SigningKey};
 use crate::clock::Clock;
@@ -161,6 +163,8 @@ pub struct Manager {
     backoff: Backoff,
     /// How to attest again, if the agent can.
     reattest: Option<Reattest>,
+    /// JWT-SVID requests from the Workload API, served between rounds.
+    jwt_requests: Option<mpsc::Receiver<JwtRequest>>,
 }
 
 impl std::fmt::Debug for Manager {
@@ -172,6 +176,17 @@ impl std::fmt::Debug for Manager {
             .field("batch", &self.batch)
             .field("can_reattest", &self.reattest.is_some())
             .finish_non_exhaustive()
+    }
+}
+
+/// The next JWT-SVID request; pending forever when there is no channel or it is closed.
+async fn next_request(requests: &mut Option<mpsc::Receiver<JwtRequest>>) -> Option<JwtRequest> {
+    match requests {
+        Some(rx) => match rx.recv().await {
+            Some(r) => Some(r),
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
     }
 }
 
@@ -202,7 +217,14 @@ impl Manager {
             batch,
             backoff,
             reattest: None,
+            jwt_requests: None,
         }
+    }
+
+    /// Serves JWT-SVID requests (from a [`super::jwt::JwtMinter`]) while it runs.
+    pub fn with_jwt_requests(mut self, requests: mpsc::Receiver<JwtRequest>) -> Self {
+        self.jwt_requests = Some(requests);
+        self
     }
 
     /// Lets the manager attest again by itself when the agent SVID expired or the server
@@ -249,6 +271,7 @@ impl Manager {
         shutdown: impl Future<Output = ()>,
     ) {
         tokio::pin!(shutdown);
+        let mut jwt_requests = self.jwt_requests.take();
         loop {
             let outcome = self.tick().await;
             observer.after_round(&self, &outcome);
@@ -264,11 +287,28 @@ impl Manager {
                     delay
                 }
             };
-            tokio::select! {
-                _ = &mut shutdown => return,
-                _ = tokio::time::sleep(delay) => {}
+            let wake = tokio::time::sleep(delay);
+            tokio::pin!(wake);
+            loop {
+                tokio::select! {
+                    _ = &mut shutdown => return,
+                    _ = &mut wake => break,
+                    Some(request) = next_request(&mut jwt_requests) => self.mint_jwt(request).await,
+                }
             }
         }
+    }
+
+    /// Asks the server for a JWT-SVID and answers the Workload API's request.
+    async fn mint_jwt(&mut self, request: JwtRequest) {
+        let JwtRequest { entry_id, audiences, reply } = request;
+        let result = self
+            .client
+            .new_jwt_svid(&entry_id, &audiences)
+            .await
+            .map_err(|e| JwtError::Server(e.to_string()));
+        // The caller may have given up waiting; nothing to do then.
+        let _ = reply.send(result);
     }
 
     /// One round: agent SVID renewal, entry sync, workload SVID issuance and renewal.

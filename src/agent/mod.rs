@@ -16,6 +16,7 @@ pub mod client;
 pub mod config;
 pub mod disk_cache;
 pub mod h2fix;
+pub mod jwt;
 pub mod manager;
 pub mod renewal;
 pub mod run;

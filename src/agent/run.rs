@@ -20,6 +20,7 @@ use super::cache::SvidCache;
 use super::client::{Attestation, ClientError, ServerClient};
 use super::config::{AgentConfig, Bootstrap, NodeAttestation};
 use super::disk_cache::DiskCache;
+use super::jwt::JwtMinter;
 use super::manager::{Manager, ManagerError, ManagerOptions, Reattest, RoundObserver, TickReport};
 use super::storage::{AgentStorage, StorageError, StoredIdentity};
 use crate::clock::{Clock, SystemClock};
@@ -127,10 +128,14 @@ pub async fn run(config: AgentConfig, shutdown: Shutdown) -> Result<(), RunError
     tracing::info!(socket = %config.socket_path.display(), "Workload API listening");
     let mut tasks: JoinSet<Result<(), RunError>> = JoinSet::new();
     let unix = config.unix.clone();
+    let (minter, jwt_requests) = JwtMinter::new(clock.clone());
     tasks.spawn({
         let (cache, unix, metrics, stop) =
             (cache.clone(), unix.clone(), metrics.clone(), shutdown.wait());
-        async move { Ok(super::workload_api::serve(listener, cache, unix, metrics, stop).await?) }
+        let jwt = Some(minter.clone());
+        async move {
+            Ok(super::workload_api::serve(listener, cache, unix, metrics, jwt, stop).await?)
+        }
     });
     tasks.spawn({
         let (path, cache, stop) = (config.admin_socket.clone(), cache.clone(), shutdown.wait());
@@ -158,7 +163,8 @@ pub async fn run(config: AgentConfig, shutdown: Shutdown) -> Result<(), RunError
         key_type: config.workload_key_type,
         ..Default::default()
     };
-    let mut manager = Manager::new(client, cache.clone(), clock.clone(), options);
+    let mut manager =
+        Manager::new(client, cache.clone(), clock.clone(), options).with_jwt_requests(jwt_requests);
     if let Some(reattest) = attestor.reattest(&config, &storage, &metrics) {
         manager = manager.with_reattest(reattest);
     }
@@ -171,6 +177,7 @@ pub async fn run(config: AgentConfig, shutdown: Shutdown) -> Result<(), RunError
         clock: clock.clone(),
         saved_serial: None,
         saved_bundle: None,
+        minter,
     };
     let stop = shutdown.wait();
     tasks.spawn(async move {
@@ -373,6 +380,8 @@ struct Observer {
     clock: Arc<dyn Clock>,
     saved_serial: Option<String>,
     saved_bundle: Option<SpiffeBundle>,
+    /// Cached JWT-SVIDs of entries a sync removed are dropped.
+    minter: JwtMinter,
 }
 
 impl RoundObserver for Observer {
@@ -417,6 +426,7 @@ impl RoundObserver for Observer {
             tracing::error!(error = %e, "cannot save the workload cache");
         }
         let ids = self.cache.entry_ids();
+        self.minter.retain_entries(&|entry| ids.iter().any(|id| id == entry));
         self.metrics.cache_entries.set(ids.len() as i64);
         self.metrics
             .cache_svids

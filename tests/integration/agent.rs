@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::io::{Read as _, Write as _};
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -20,7 +21,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Streaming};
 use x509_parser::prelude::{FromDer as _, X509Certificate};
 
-use crate::procs::{Agent, Server};
+use crate::procs::{Agent, Server, keycard};
 
 /// Short lifetimes so that renewals happen within a test: SVIDs live 20 s.
 const SERVER_CONFIG: &str = r#"
@@ -215,6 +216,73 @@ fn workloads_get_renewed_svids_and_lose_deleted_ones_from_a_real_agent() {
             ids(&first),
             BTreeSet::from(["spiffe://example.org/workload/a", "spiffe://example.org/workload/b"])
         );
+
+        // `keycard agent explain` for this process: both entries match, nothing is missing.
+        let out = keycard()
+            .args(["agent", "explain", "--pid", &std::process::id().to_string()])
+            .arg("--agent-admin-socket")
+            .arg(&agent.admin_socket)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{out:?}");
+        assert!(text.contains("MATCH     spiffe://example.org/workload/a"), "{text}");
+        assert!(text.contains(&format!("unix:uid:{}", setup.uid)), "{text}");
+
+        // The CLI, as this user, gets both; as `nobody`, PermissionDenied with advice.
+        let socket = format!("unix://{}", agent.socket.display());
+        let out = keycard().args(["api", "fetch", "x509", "--socket", &socket]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{out:?}");
+        assert!(text.contains("spiffe://example.org/workload/b"), "{text}");
+        if setup.uid == 0 {
+            let out = keycard()
+                .args(["api", "fetch", "x509", "--socket", &socket])
+                .uid(65534)
+                .gid(65534)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "nobody got an SVID: {out:?}");
+            assert!(err.contains("no identity for this process (uid 65534"), "{err}");
+        } else {
+            println!("note: not root, cannot run the fetch as another uid; that check is skipped");
+        }
+
+        // A JWT-SVID minted by the server through the agent, validated by the agent.
+        let out = keycard()
+            .args([
+                "api",
+                "fetch",
+                "jwt",
+                "--audience",
+                "db",
+                "--output",
+                "json",
+                "--socket",
+                &socket,
+            ])
+            .arg("--spiffe-id")
+            .arg("spiffe://example.org/workload/a")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(doc["svids"][0]["spiffe_id"], "spiffe://example.org/workload/a");
+        let token = doc["svids"][0]["token"].as_str().unwrap().to_owned();
+        let validate = |audience: &str| {
+            keycard()
+                .args(["api", "validate", "jwt", "--audience", audience, "--svid", &token])
+                .args(["--socket", &socket])
+                .output()
+                .unwrap()
+        };
+        let out = validate("db");
+        assert!(out.status.success(), "{out:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("spiffe://example.org/workload/a"));
+        let out = validate("not-db");
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("not valid"), "{out:?}");
 
         // A renewed SVID arrives on the open stream before the old one expires.
         let renewed = next_until(&mut stream, &setup.bundle, |s| {

@@ -34,9 +34,13 @@ fn spawn_and_wait(
     while found.iter().any(Option::is_none) {
         let line = match rx.recv_timeout(Duration::from_secs(30)) {
             Ok(line) => line,
-            Err(_) => {
+            Err(mpsc::RecvTimeoutError::Timeout) => {
                 let _ = child.kill();
                 panic!("{name} did not log {wanted:?} within 30 s");
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let status = child.wait().unwrap();
+                panic!("{name} exited ({status}) before logging {wanted:?}; its log is above");
             }
         };
         eprintln!("{name}: {line}");

@@ -171,6 +171,8 @@ pub struct EntryView {
     pub spiffe_id: SpiffeId,
     /// The entry's selectors.
     pub selectors: SelectorSet,
+    /// The entry's hint.
+    pub hint: String,
     /// The `notAfter` of the entry's current SVID, if it has one.
     pub svid_expires_at: Option<SystemTime>,
 }

@@ -42,8 +42,32 @@ fn entry(id: &str, spiffe_id: &str, selector: &str) -> pb::Entry {
     }
 }
 
+/// Answers JWT-SVID requests the way the manager does, minting with the real CA for the
+/// entry's SPIFFE ID (or, with `wrong_id`, for another ID: a misbehaving server).
+fn jwt_minter(ca: Arc<CaManager>, cache: Arc<SvidCache>, wrong_id: bool) -> JwtMinter {
+    let (minter, mut requests) = JwtMinter::new(Arc::new(SystemClock));
+    tokio::spawn(async move {
+        while let Some(req) = requests.recv().await {
+            let view = cache.entry_views().into_iter().find(|v| v.entry_id == req.entry_id);
+            let id = match (view, wrong_id) {
+                (Some(_), true) => SpiffeId::parse("spiffe://example.org/impostor").unwrap(),
+                (Some(v), false) => v.spiffe_id,
+                (None, _) => continue,
+            };
+            let minted = ca.sign_jwt_svid(&id, &req.audiences, Duration::from_secs(120)).unwrap();
+            let exp = minted.expiry.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
+            let _ = req.reply.send(Ok((minted.token, exp as i64)));
+        }
+    });
+    minter
+}
+
 impl Setup {
     async fn start() -> Self {
+        Self::start_with(false).await
+    }
+
+    async fn start_with(wrong_jwt_id: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let uid = std::fs::metadata(dir.path()).unwrap().uid();
         let ca = crate::ca::manager::test_ca(TrustDomain::new("example.org").unwrap());
@@ -57,6 +81,7 @@ impl Setup {
             cache.clone(),
             options,
             Arc::new(crate::telemetry::AgentMetrics::new()),
+            Some(jwt_minter(ca.clone(), cache.clone(), wrong_jwt_id)),
             async move {
                 let _ = stopped.await;
             },
@@ -230,4 +255,97 @@ async fn fetch_x509_bundles_keys_the_bundle_by_trust_domain_id() {
     let json = &msg.bundles["spiffe://example.org"];
     let parsed = SpiffeBundle::parse(TrustDomain::new("example.org").unwrap(), json).unwrap();
     assert_eq!(parsed.jwt_bundle().unwrap(), s.ca.bundle().unwrap().jwt_bundle().unwrap());
+}
+
+fn jwt_request(audience: &[&str], spiffe_id: &str) -> Request<JwtsvidRequest> {
+    with_header(JwtsvidRequest {
+        audience: audience.iter().map(|a| (*a).to_owned()).collect(),
+        spiffe_id: spiffe_id.into(),
+    })
+}
+
+#[tokio::test]
+async fn fetch_jwt_svid_gives_one_checked_token_per_identity_and_reuses_it() {
+    let mut s = Setup::start().await;
+    let mine = s.my_selector();
+    s.sync(vec![
+        entry("e1", "spiffe://example.org/me", &mine),
+        entry("e3", "spiffe://example.org/me-too", &mine),
+        entry("e2", "spiffe://example.org/other", "unix:uid:4242424"),
+    ]);
+    let mut c = client(&s.socket).await;
+    let reply = c.fetch_jwtsvid(jwt_request(&["db", "cache"], "")).await.unwrap().into_inner();
+    let ids: Vec<&str> = reply.svids.iter().map(|v| v.spiffe_id.as_str()).collect();
+    assert_eq!(ids, ["spiffe://example.org/me", "spiffe://example.org/me-too"]);
+    assert_eq!(reply.svids[0].hint, "hint-e1");
+    let mut set = JwtBundleSet::new();
+    set.insert(s.ca.bundle().unwrap().jwt_bundle().unwrap());
+    for v in &reply.svids {
+        let valid = validate_jwt_svid(&v.svid, &set, &["db", "cache"], SystemTime::now()).unwrap();
+        assert_eq!(valid.spiffe_id.as_str(), v.spiffe_id);
+    }
+    // The same audiences (in another order) get the cached token.
+    let again = c.fetch_jwtsvid(jwt_request(&["cache", "db"], "")).await.unwrap().into_inner();
+    assert_eq!(again.svids[0].svid, reply.svids[0].svid);
+
+    let one = c.fetch_jwtsvid(jwt_request(&["db"], "spiffe://example.org/me-too")).await;
+    let one = one.unwrap().into_inner();
+    assert_eq!(one.svids.len(), 1);
+    assert_eq!(one.svids[0].spiffe_id, "spiffe://example.org/me-too");
+
+    let err = c.fetch_jwtsvid(jwt_request(&["db"], "spiffe://example.org/other")).await;
+    assert_eq!(err.unwrap_err().code(), Code::PermissionDenied);
+    let err = c.fetch_jwtsvid(jwt_request(&[], "")).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let mut bare =
+        Request::new(JwtsvidRequest { audience: vec!["db".into()], spiffe_id: String::new() });
+    bare.metadata_mut().remove(SECURITY_HEADER);
+    assert_eq!(c.fetch_jwtsvid(bare).await.unwrap_err().code(), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn fetch_jwt_svid_refuses_callers_without_entries_and_bad_tokens_from_the_server() {
+    let mut s = Setup::start_with(true).await;
+    s.sync(vec![entry("e2", "spiffe://example.org/other", "unix:uid:4242424")]);
+    let mut c = client(&s.socket).await;
+    let err = c.fetch_jwtsvid(jwt_request(&["db"], "")).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+
+    let mine = s.my_selector();
+    s.sync(vec![entry("e1", "spiffe://example.org/me", &mine)]);
+    let err = c.fetch_jwtsvid(jwt_request(&["db"], "")).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "a token for the wrong ID reached the caller");
+}
+
+#[tokio::test]
+async fn validate_jwt_svid_checks_signature_audience_and_form() {
+    let mut s = Setup::start().await;
+    let mine = s.my_selector();
+    s.sync(vec![entry("e1", "spiffe://example.org/me", &mine)]);
+    s.mint("e1");
+    let id = SpiffeId::parse("spiffe://example.org/web").unwrap();
+    let token = s.ca.sign_jwt_svid(&id, &["db".to_owned()], Duration::from_secs(60)).unwrap().token;
+    let mut c = client(&s.socket).await;
+    let validate = |audience: &str, svid: &str| {
+        with_header(ValidateJwtsvidRequest { audience: audience.into(), svid: svid.into() })
+    };
+    let ok = c.validate_jwtsvid(validate("db", &token)).await.unwrap().into_inner();
+    assert_eq!(ok.spiffe_id, "spiffe://example.org/web");
+    let claims = ok.claims.unwrap();
+    assert!(claims.fields.contains_key("aud") && claims.fields.contains_key("exp"));
+
+    let other_ca = crate::ca::manager::test_ca(TrustDomain::new("example.org").unwrap());
+    let foreign = other_ca.sign_jwt_svid(&id, &["db".to_owned()], Duration::from_secs(60));
+    for (audience, svid, what) in [
+        ("other", token.as_str(), "wrong audience"),
+        ("db", "not.a.token", "garbage"),
+        ("db", foreign.unwrap().token.as_str(), "another CA's key"),
+        ("", token.as_str(), "no audience"),
+        ("db", "", "no token"),
+    ] {
+        let err = c.validate_jwtsvid(validate(audience, svid)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{what}: {err:?}");
+    }
+    let bare = Request::new(ValidateJwtsvidRequest { audience: "db".into(), svid: token });
+    assert_eq!(c.validate_jwtsvid(bare).await.unwrap_err().code(), Code::InvalidArgument);
 }

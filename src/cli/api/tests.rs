@@ -54,6 +54,7 @@ impl Agent {
             cache.clone(),
             UnixAttestorOptions::default(),
             metrics,
+            None,
             async move {
                 let _ = stopped.await;
             },

@@ -1,0 +1,186 @@
+//! JWT-SVIDs for the Workload API: minted by the server, cached on the agent.
+//!
+//! The [`Manager`](super::manager::Manager) owns the only connection to the server, so
+//! the Workload API does not call the server itself: it asks through a [`JwtMinter`], whose
+//! requests the manager serves between its sync rounds. Tokens are cached per (entry,
+//! audiences) and handed out again until half their lifetime has passed, as SPIRE does:
+//! a busy workload asking for the same token costs the server nothing.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::clock::Clock;
+
+/// How many tokens the cache keeps at most (the oldest is dropped first).
+pub const MAX_CACHED_TOKENS: usize = 4096;
+/// How long a Workload API call waits for the server to mint a token.
+pub const MINT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why no token could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum JwtError {
+    /// The agent's sync loop is not running (shutting down).
+    #[error("the agent is not connected to the server")]
+    NoManager,
+    /// The server did not answer in time.
+    #[error("the server did not mint the JWT-SVID within {0:?}")]
+    Timeout(Duration),
+    /// The server refused or could not be reached.
+    #[error("the server could not mint the JWT-SVID: {0}")]
+    Server(String),
+}
+
+/// One request for the manager: mint a token for `entry_id` and `audiences`.
+#[derive(Debug)]
+pub struct JwtRequest {
+    /// The entry the token is for.
+    pub entry_id: String,
+    /// The audiences, sorted and without duplicates.
+    pub audiences: Vec<String>,
+    /// Where the token (and its `exp`, seconds since the epoch) goes.
+    pub reply: oneshot::Sender<Result<(String, i64), JwtError>>,
+}
+
+#[derive(Debug, Clone)]
+struct CachedToken {
+    token: String,
+    issued_at: SystemTime,
+    expires_at: SystemTime,
+}
+
+impl CachedToken {
+    /// Fresh until half its life has passed.
+    fn fresh(&self, now: SystemTime) -> bool {
+        let life = self.expires_at.duration_since(self.issued_at).unwrap_or_default();
+        now < self.issued_at + life / 2
+    }
+}
+
+type Key = (String, Vec<String>);
+
+/// The Workload API's handle for JWT-SVIDs; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct JwtMinter {
+    requests: mpsc::Sender<JwtRequest>,
+    cache: Arc<Mutex<HashMap<Key, CachedToken>>>,
+    clock: Arc<dyn Clock>,
+}
+
+/// Sorted, deduplicated audiences: the same set is the same cache key.
+pub fn normalize_audiences(audiences: &[String]) -> Vec<String> {
+    let mut a = audiences.to_vec();
+    a.sort();
+    a.dedup();
+    a
+}
+
+impl JwtMinter {
+    /// A minter, and the receiver of its requests (give it to the manager).
+    pub fn new(clock: Arc<dyn Clock>) -> (Self, mpsc::Receiver<JwtRequest>) {
+        let (requests, rx) = mpsc::channel(64);
+        (Self { requests, cache: Arc::default(), clock }, rx)
+    }
+
+    /// A token for `entry_id` and `audiences`: from the cache while fresh, else minted.
+    pub async fn token(&self, entry_id: &str, audiences: &[String]) -> Result<String, JwtError> {
+        let key = (entry_id.to_owned(), normalize_audiences(audiences));
+        let now = self.clock.now();
+        if let Some(hit) = self.lock().get(&key).filter(|c| c.fresh(now)) {
+            return Ok(hit.token.clone());
+        }
+        let (reply, answer) = oneshot::channel();
+        let request = JwtRequest { entry_id: key.0.clone(), audiences: key.1.clone(), reply };
+        self.requests.send(request).await.map_err(|_| JwtError::NoManager)?;
+        let (token, exp) = tokio::time::timeout(MINT_TIMEOUT, answer)
+            .await
+            .map_err(|_| JwtError::Timeout(MINT_TIMEOUT))?
+            .map_err(|_| JwtError::NoManager)??;
+        let expires_at = SystemTime::UNIX_EPOCH + Duration::from_secs(exp.max(0) as u64);
+        let mut cache = self.lock();
+        if cache.len() >= MAX_CACHED_TOKENS && !cache.contains_key(&key) {
+            let oldest = cache.iter().min_by_key(|(_, c)| c.issued_at).map(|(k, _)| k.clone());
+            if let Some(oldest) = oldest {
+                cache.remove(&oldest);
+            }
+        }
+        cache.insert(
+            key,
+            CachedToken { token: token.clone(), issued_at: self.clock.now(), expires_at },
+        );
+        Ok(token)
+    }
+
+    /// Forgets the cached token of `entry_id` and `audiences` (it failed validation).
+    pub fn forget(&self, entry_id: &str, audiences: &[String]) {
+        self.lock().remove(&(entry_id.to_owned(), normalize_audiences(audiences)));
+    }
+
+    /// Drops the tokens of entries not in `keep` (entries removed by a sync).
+    pub fn retain_entries(&self, keep: &dyn Fn(&str) -> bool) {
+        self.lock().retain(|(entry, _), _| keep(entry));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, CachedToken>> {
+        self.cache.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+
+    /// Answers every request with a numbered token living 60 s from the clock's now.
+    fn serve(mut rx: mpsc::Receiver<JwtRequest>, clock: Arc<ManualClock>) -> Arc<Mutex<usize>> {
+        let minted = Arc::new(Mutex::new(0));
+        let counter = minted.clone();
+        tokio::spawn(async move {
+            while let Some(req) = rx.recv().await {
+                let n = {
+                    let mut m = counter.lock().unwrap();
+                    *m += 1;
+                    *m
+                };
+                let exp =
+                    clock.now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() + 60;
+                let token = format!("{}:{}:{n}", req.entry_id, req.audiences.join(","));
+                let _ = req.reply.send(Ok((token, exp as i64)));
+            }
+        });
+        minted
+    }
+
+    #[tokio::test]
+    async fn tokens_are_reused_until_half_their_life_then_minted_again() {
+        let clock = Arc::new(ManualClock::starting_now());
+        let (minter, rx) = JwtMinter::new(clock.clone());
+        let minted = serve(rx, clock.clone());
+        let a = minter.token("e1", &["b".into(), "a".into(), "a".into()]).await.unwrap();
+        assert_eq!(a, "e1:a,b:1");
+        // Same audiences in another order: the cached token.
+        assert_eq!(minter.token("e1", &["a".into(), "b".into()]).await.unwrap(), a);
+        // Another audience or entry: a new token.
+        assert_eq!(minter.token("e1", &["a".into()]).await.unwrap(), "e1:a:2");
+        assert_eq!(minter.token("e2", &["a".into()]).await.unwrap(), "e2:a:3");
+        clock.advance(Duration::from_secs(29));
+        assert_eq!(minter.token("e1", &["a".into(), "b".into()]).await.unwrap(), a);
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(minter.token("e1", &["a".into(), "b".into()]).await.unwrap(), "e1:a,b:4");
+        minter.forget("e1", &["a".into(), "b".into()]);
+        assert_eq!(minter.token("e1", &["b".into(), "a".into()]).await.unwrap(), "e1:a,b:5");
+        minter.retain_entries(&|e| e != "e2");
+        assert_eq!(minter.token("e2", &["a".into()]).await.unwrap(), "e2:a:6");
+        assert_eq!(*minted.lock().unwrap(), 6);
+    }
+
+    #[tokio::test]
+    async fn without_a_manager_the_call_fails_at_once() {
+        let (minter, rx) = JwtMinter::new(Arc::new(ManualClock::starting_now()));
+        drop(rx);
+        let err = minter.token("e1", &["a".into()]).await.unwrap_err();
+        assert!(matches!(err, JwtError::NoManager), "{err}");
+    }
+}
