@@ -212,11 +212,27 @@ impl SvidCache {
         if let Some(bundle) = bundle
             && state.bundle.as_deref() != Some(&*bundle)
         {
+            Self::mark_unverifiable(&mut state, &bundle, self.clock.now());
             state.bundle = Some(bundle);
         }
         state.tainted = tainted.to_vec();
         Self::publish(&mut state);
         Ok(changes)
+    }
+
+    /// Marks for replacement every SVID that no longer chains to `bundle` (its authority
+    /// was removed from the bundle, e.g. revoked): it is renewed in the next round instead
+    /// of at its planned time.
+    fn mark_unverifiable(state: &mut State, bundle: &TrustBundle, now: SystemTime) {
+        let mut set = X509BundleSet::new();
+        set.insert(bundle.x509.clone());
+        for (id, entry) in state.entries.iter_mut() {
+            let Some(svid) = &entry.svid else { continue };
+            if let Err(e) = keycard_workload_api::verify_chain(&svid.chain, &set, unix_time(now)) {
+                tracing::info!(entry_id = %id, error = %e, "SVID no longer chains to the bundle; renewing it now");
+                entry.stale = true;
+            }
+        }
     }
 
     /// Entries that need an SVID at `now`: none yet, entry changed, authority tainted,
@@ -318,3 +334,6 @@ impl SvidCache {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests;
