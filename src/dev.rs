@@ -204,6 +204,20 @@ async fn set_up(paths: &DevPaths) -> Result<Option<String>, DevError> {
     crate::fsutil::write_atomic(&paths.bundle, bundle.text.as_bytes(), 0o644)
         .map_err(io_err(&paths.bundle))?;
 
+    // The token comes first: its agent ID may be an entry's parent before it attests.
+    let token = if agent_has_valid_svid(&paths.dir.join("agent")) {
+        None
+    } else {
+        let reply = admin
+            .generate_join_token(pb::GenerateJoinTokenRequest {
+                ttl_seconds: 0,
+                agent_id: AGENT_ID.into(),
+            })
+            .await
+            .map_err(|s| fail(s.message().to_owned()))?
+            .into_inner();
+        Some(reply.token)
+    };
     let uid = std::fs::metadata(&paths.dir).map_err(io_err(&paths.dir))?.uid();
     let user = std::env::var("USER").ok().filter(|u| {
         !u.is_empty()
@@ -239,18 +253,7 @@ async fn set_up(paths: &DevPaths) -> Result<Option<String>, DevError> {
         tracing::info!(%spiffe_id, uid, "registered an entry for the calling user");
     }
 
-    if agent_has_valid_svid(&paths.dir.join("agent")) {
-        return Ok(None);
-    }
-    let token = admin
-        .generate_join_token(pb::GenerateJoinTokenRequest {
-            ttl_seconds: 0,
-            agent_id: AGENT_ID.into(),
-        })
-        .await
-        .map_err(|s| fail(s.message().to_owned()))?
-        .into_inner();
-    Ok(Some(token.token))
+    Ok(token)
 }
 
 /// Whether an earlier run left the agent a valid SVID (then it needs no join token).
