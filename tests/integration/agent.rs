@@ -33,22 +33,23 @@ agent_svid_ttl = "1m"
 "#;
 
 /// How long the tests wait for anything the agent should do by itself.
-const PATIENCE: Duration = Duration::from_secs(40);
+pub const PATIENCE: Duration = Duration::from_secs(40);
 
 /// A server and a temp dir whose `public/` directory anyone may enter (so that a client
 /// run as `nobody` reaches the socket and is refused by attestation, not by the mode).
-struct Setup {
+pub struct Setup {
     dir: tempfile::TempDir,
     server: Server,
     uid: u32,
-    bundle: X509Bundle,
+    /// The server's X.509 bundle.
+    pub bundle: X509Bundle,
     bundle_file: PathBuf,
     /// A join token for the agent `node/1` (entries may name it as parent at once).
     token: String,
 }
 
 impl Setup {
-    fn start(bind: &str) -> Setup {
+    pub fn start(bind: &str) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let uid = std::fs::metadata(dir.path()).unwrap().uid();
@@ -62,7 +63,7 @@ impl Setup {
     }
 
     /// An entry for workloads of this test's uid under the agent `node/1`.
-    fn entry(&self, name: &str) -> String {
+    pub fn entry(&self, name: &str) -> String {
         let created = self.server.admin(&[
             "entry",
             "create",
@@ -77,7 +78,7 @@ impl Setup {
     }
 
     /// Starts an agent that attests with the join token for `node/1` and syncs often.
-    fn agent(&self, extra_config: &str) -> Agent {
+    pub fn agent(&self, extra_config: &str) -> Agent {
         self.agent_with(&["--join-token", &self.token], extra_config)
     }
 
@@ -111,7 +112,7 @@ fn with_header<T>(msg: T) -> Request<T> {
 }
 
 /// Opens FetchX509SVID, retrying while the agent has nothing for us yet.
-async fn open_stream(socket: &Path) -> Streaming<X509svidResponse> {
+pub async fn open_stream(socket: &Path) -> Streaming<X509svidResponse> {
     let deadline = Instant::now() + PATIENCE;
     loop {
         let mut client = connect(socket).await;

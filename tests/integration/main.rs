@@ -3,6 +3,7 @@
 mod agent;
 mod cli;
 mod grpcio_authority;
+mod interop;
 mod procs;
 mod python;
 mod server;
