@@ -24,6 +24,7 @@ use super::jwt::{JwtError, JwtRequest};
 use super::renewal::{self, Validity};
 use crate::ca::{KeyType, SigningKey};
 use crate::clock::Clock;
+use crate::telemetry::AUDIT_TARGET;
 
 /// The most CSRs sent in one call (the server's own limit).
 pub const MAX_BATCH: usize = crate::server::agent_api::MAX_BATCH;
@@ -440,7 +441,21 @@ impl Manager {
             ));
         }
         let (kinds, svids): (Vec<bool>, Vec<NewSvid>) = new_svids.into_iter().unzip();
-        for (renewal, result) in kinds.into_iter().zip(self.cache.update_svids(svids)) {
+        let entry_ids: Vec<String> = svids.iter().map(|s| s.entry_id.clone()).collect();
+        let outcomes = kinds.into_iter().zip(entry_ids).zip(self.cache.update_svids(svids));
+        for ((renewal, entry_id), result) in outcomes {
+            if result.is_ok()
+                && let Some(svid) = self.cache.svid(&entry_id)
+            {
+                tracing::info!(
+                    target: AUDIT_TARGET,
+                    event = if renewal { "workload_svid_renewed" } else { "workload_svid_issued" },
+                    entry_id = %entry_id,
+                    spiffe_id = %svid.spiffe_id,
+                    serial = %svid.serial,
+                    renew_at = ?svid.renew_at,
+                );
+            }
             match result {
                 Ok(()) if renewal => report.renewed += 1,
                 Ok(()) => report.issued += 1,

@@ -377,3 +377,64 @@ fn the_agent_serves_its_cache_while_the_server_is_down_and_renews_after() {
     agent.stop();
     server.stop();
 }
+
+#[test]
+fn an_evicted_x509pop_agent_attests_again_by_itself_and_keeps_serving() {
+    let nodes = Path::new(env!("CARGO_MANIFEST_DIR")).join("certs-dev/nodes");
+    let config = format!("{SERVER_CONFIG}x509pop_ca_bundle = {:?}\n", nodes.join("ca.pem"));
+    let dir = tempfile::tempdir().unwrap();
+    let uid = std::fs::metadata(dir.path()).unwrap().uid();
+    let server = Server::start_with(&dir.path().join("server"), "127.0.0.1:0", Some(&config));
+    let bundle_file = dir.path().join("bundle.pem");
+    let pem = server.admin_text(&["bundle", "show", "--format", "pem"]);
+    std::fs::write(&bundle_file, &pem).unwrap();
+    let bundle = X509Bundle::parse_pem(TrustDomain::new("example.org").unwrap(), &pem).unwrap();
+    let agent_config = dir.path().join("agent.toml");
+    std::fs::write(&agent_config, "sync_interval = \"300ms\"\n").unwrap();
+    let agent = Agent::start(
+        dir.path(),
+        &server.address,
+        &[
+            "--config",
+            agent_config.to_str().unwrap(),
+            "--trust-bundle",
+            bundle_file.to_str().unwrap(),
+            "--x509pop-cert",
+            nodes.join("node1.pem").to_str().unwrap(),
+            "--x509pop-key",
+            nodes.join("node1.key.pem").to_str().unwrap(),
+        ],
+        false,
+    );
+    let agents = server.admin(&["agent", "list"]);
+    let agent_id = agents["agents"][0]["id"].as_str().unwrap().to_owned();
+    assert!(agent_id.starts_with("spiffe://example.org/keycard/agent/x509pop/"), "{agent_id}");
+    server.admin(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/workload/pop",
+        "--parent-id",
+        &agent_id,
+        "--selector",
+        &format!("unix:uid:{uid}"),
+    ]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut stream = open_stream(&agent.socket).await;
+        let first = next_until(&mut stream, &bundle, |s| s.len() == 1).await;
+
+        // Evicted: the server no longer knows the agent's SVID. The agent attests again
+        // with its node certificate and goes on renewing, without a restart.
+        server.admin(&["agent", "evict", "--id", &agent_id]);
+        assert_eq!(server.admin(&["agent", "list"])["agents"].as_array().map(Vec::len), Some(0));
+        let renewed =
+            next_until(&mut stream, &bundle, |s| s.len() == 1 && s[0].serial != first[0].serial)
+                .await;
+        assert_eq!(renewed[0].id, "spiffe://example.org/workload/pop");
+        let agents = server.admin(&["agent", "list"]);
+        assert_eq!(agents["agents"][0]["id"], agent_id.as_str(), "the agent is back: {agents}");
+    });
+    agent.stop();
+    server.stop();
+}
