@@ -14,10 +14,9 @@ use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use hyper_util::rt::TokioIo;
 use keycard_workload_api::TrustDomain;
 use tokio::task::JoinSet;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::agent::config::{AgentArgs, AgentConfig};
 use crate::agent::storage::{AgentStorage, StoredIdentity};
@@ -268,14 +267,7 @@ fn agent_has_valid_svid(agent_dir: &Path) -> bool {
 async fn connect_admin(socket: &Path) -> Result<AdminClient<Channel>, String> {
     let deadline = Instant::now() + STARTUP;
     loop {
-        let target = socket.to_path_buf();
-        let attempt = Endpoint::from_static("http://localhost")
-            .connect_with_connector(tower::service_fn(move |_| {
-                let target = target.clone();
-                async move { tokio::net::UnixStream::connect(target).await.map(TokioIo::new) }
-            }))
-            .await;
-        match attempt {
+        match keycard_workload_api::client::unix_channel(socket).await {
             Ok(channel) => return Ok(AdminClient::new(channel)),
             Err(e) if Instant::now() >= deadline => {
                 return Err(format!("the server did not open it within {STARTUP:?}: {e}"));

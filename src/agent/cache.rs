@@ -335,5 +335,35 @@ impl SvidCache {
     }
 }
 
+/// A fresh SVID minted by `ca` for `spiffe_id`, ready for [`SvidCache::update_svids`]
+/// (renewal due at half its life). For tests only.
+#[cfg(test)]
+pub(crate) fn test_svid(
+    ca: &crate::ca::CaManager,
+    entry_id: &str,
+    spiffe_id: &str,
+    ttl: Duration,
+) -> NewSvid {
+    use crate::ca::{KeyType, SigningKey, SvidRequest};
+    let key = Arc::new(SigningKey::generate(KeyType::EcP256).expect("key"));
+    let issued = ca
+        .sign_x509_svid(&SvidRequest {
+            public_key: rustls_pki_types::SubjectPublicKeyInfoDer::from(key.public_key_der()),
+            spiffe_id: SpiffeId::parse(spiffe_id).expect("a valid test ID"),
+            dns_names: Vec::new(),
+            ttl,
+        })
+        .expect("the test CA signs");
+    let now = SystemTime::now();
+    NewSvid {
+        entry_id: entry_id.into(),
+        chain: issued.svid.chain_without_root,
+        key,
+        serial: hex::encode(issued.svid.serial),
+        issued_at: now,
+        renew_at: now + ttl / 2,
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -8,9 +8,7 @@
 //! is replaced; a live one, or a file that is not a socket, is left alone with an error.
 
 use std::io;
-use std::os::unix::fs::{
-    DirBuilderExt as _, FileTypeExt as _, MetadataExt as _, PermissionsExt as _,
-};
+use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 use tokio::net::UnixListener;
@@ -130,18 +128,15 @@ fn check_dir(dir: &Path, own: u32) -> Result<(), SocketError> {
 
 /// Removes a socket left by an agent that is gone; refuses a live socket or another file.
 fn remove_stale(path: &Path) -> Result<(), SocketError> {
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io_err(path, "inspect")(e)),
-    };
-    if !meta.file_type().is_socket() {
-        return Err(SocketError::NotASocket(path.to_path_buf()));
+    use crate::server::admin::listener::{Existing, existing_socket};
+    match existing_socket(path).map_err(io_err(path, "inspect"))? {
+        Existing::Absent => Ok(()),
+        Existing::Live => Err(SocketError::InUse(path.to_path_buf())),
+        Existing::NotASocket => Err(SocketError::NotASocket(path.to_path_buf())),
+        Existing::Stale => {
+            std::fs::remove_file(path).map_err(io_err(path, "remove the stale socket"))
+        }
     }
-    if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        return Err(SocketError::InUse(path.to_path_buf()));
-    }
-    std::fs::remove_file(path).map_err(io_err(path, "remove the stale socket"))
 }
 
 #[cfg(test)]

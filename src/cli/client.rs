@@ -5,9 +5,8 @@ use std::io;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
-use hyper_util::rt::TokioIo;
 use tonic::Status;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::{CliError, Connection};
 use crate::server::admin::pb::admin_client::AdminClient;
@@ -55,14 +54,7 @@ fn connect_error(path: &Path, kind: Option<io::ErrorKind>, detail: String) -> Cl
 /// Connects to the admin socket named by `conn`.
 pub(super) async fn connect(conn: &Connection) -> Result<Client, CliError> {
     let path = conn.admin_socket.clone();
-    // The URI is required by the HTTP layer and never resolved: the connector ignores it.
-    let endpoint = Endpoint::from_static("http://localhost");
-    let target = path.clone();
-    let channel = endpoint
-        .connect_with_connector(tower::service_fn(move |_| {
-            let target = target.clone();
-            async move { tokio::net::UnixStream::connect(target).await.map(TokioIo::new) }
-        }))
+    let channel = keycard_workload_api::client::unix_channel(&path)
         .await
         .map_err(|e| connect_error(&path, io_kind(&e), e.to_string()))?;
     Ok(Client { api: AdminClient::new(channel), path })
@@ -86,6 +78,8 @@ impl Client {
 
 #[cfg(test)]
 mod tests {
+    use tonic::transport::Endpoint;
+
     use super::*;
     use crate::cli::OutputFormat;
 

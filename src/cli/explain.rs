@@ -5,9 +5,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use hyper_util::rt::TokioIo;
 use serde_json::json;
-use tonic::transport::Endpoint;
 
 use super::CliError;
 use super::output::{OutputFormat, emit, time_text};
@@ -27,18 +25,11 @@ pub(super) async fn run(
 ) -> Result<(), CliError> {
     let unreachable =
         |detail: String| CliError::AgentUnreachable { path: socket.to_path_buf(), detail };
-    let target = socket.to_path_buf();
-    let channel = Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let target = target.clone();
-            async move { tokio::net::UnixStream::connect(target).await.map(TokioIo::new) }
-        }))
-        .await
-        .map_err(|e| {
-            let detail =
-                std::error::Error::source(&e).map_or_else(|| e.to_string(), ToString::to_string);
-            unreachable(detail)
-        })?;
+    let channel = keycard_workload_api::client::unix_channel(socket).await.map_err(|e| {
+        let detail =
+            std::error::Error::source(&e).map_or_else(|| e.to_string(), ToString::to_string);
+        unreachable(detail)
+    })?;
     let reply = AgentAdminClient::new(channel)
         .explain(pb::ExplainRequest { pid })
         .await

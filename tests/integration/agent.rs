@@ -9,15 +9,13 @@ use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use hyper_util::rt::TokioIo;
 use keycard_workload_api::proto::{
     SECURITY_HEADER, SECURITY_HEADER_VALUE, SpiffeWorkloadApiClient, X509svidRequest,
     X509svidResponse,
 };
 use keycard_workload_api::{TrustDomain, X509Bundle, X509BundleSet, verify_chain};
 use rustls_pki_types::{CertificateDer, UnixTime};
-use tokio::net::UnixStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Request, Streaming};
 use x509_parser::prelude::{FromDer as _, X509Certificate};
 
@@ -94,15 +92,7 @@ impl Setup {
 }
 
 async fn connect(socket: &Path) -> SpiffeWorkloadApiClient<Channel> {
-    let socket = socket.to_path_buf();
-    let channel = Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let socket = socket.clone();
-            async move { UnixStream::connect(socket).await.map(TokioIo::new) }
-        }))
-        .await
-        .unwrap();
-    SpiffeWorkloadApiClient::new(channel)
+    SpiffeWorkloadApiClient::new(keycard_workload_api::client::unix_channel(socket).await.unwrap())
 }
 
 fn with_header<T>(msg: T) -> Request<T> {

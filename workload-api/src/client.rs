@@ -206,6 +206,18 @@ fn jwt_expiry(token: &str) -> Option<SystemTime> {
     Some(SystemTime::UNIX_EPOCH + Duration::from_secs(exp))
 }
 
+/// A gRPC channel over the Unix socket at `path` (connected now). The URI tonic needs is
+/// never resolved: the connector ignores it.
+pub async fn unix_channel(path: &Path) -> Result<Channel, tonic::transport::Error> {
+    let target = path.to_path_buf();
+    Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let target = target.clone();
+            async move { tokio::net::UnixStream::connect(target).await.map(TokioIo::new) }
+        }))
+        .await
+}
+
 impl WorkloadApiClient {
     /// Connects to `address` (or `SPIFFE_ENDPOINT_SOCKET`).
     pub async fn connect(address: Option<&str>) -> Result<Self, ClientError> {
@@ -214,19 +226,11 @@ impl WorkloadApiClient {
 
     /// Connects to the socket at `path`.
     pub async fn connect_path(path: &Path) -> Result<Self, ClientError> {
-        let target = path.to_path_buf();
-        // The URI is required by the HTTP layer and never resolved: the connector ignores it.
-        let channel = Endpoint::from_static("http://localhost")
-            .connect_with_connector(tower::service_fn(move |_| {
-                let target = target.clone();
-                async move { tokio::net::UnixStream::connect(target).await.map(TokioIo::new) }
-            }))
-            .await
-            .map_err(|e| ClientError::Connect {
-                path: path.to_path_buf(),
-                reason: std::error::Error::source(&e)
-                    .map_or_else(|| e.to_string(), ToString::to_string),
-            })?;
+        let channel = unix_channel(path).await.map_err(|e| ClientError::Connect {
+            path: path.to_path_buf(),
+            reason: std::error::Error::source(&e)
+                .map_or_else(|| e.to_string(), ToString::to_string),
+        })?;
         Ok(Self { path: path.to_path_buf(), api: SpiffeWorkloadApiClient::new(channel) })
     }
 

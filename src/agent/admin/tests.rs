@@ -3,11 +3,9 @@
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt as _;
 
-use hyper_util::rt::TokioIo;
 use keycard_workload_api::TrustDomain;
 use tokio::sync::oneshot;
 use tonic::Code;
-use tonic::transport::Endpoint;
 
 use super::pb::agent_admin_client::AgentAdminClient;
 use super::*;
@@ -53,14 +51,7 @@ async fn explain_names_the_selectors_and_what_each_entry_lacks() {
     });
     let mut client = None;
     for _ in 0..100 {
-        let target = socket.clone();
-        let channel = Endpoint::from_static("http://localhost")
-            .connect_with_connector(tower::service_fn(move |_| {
-                let target = target.clone();
-                async move { tokio::net::UnixStream::connect(target).await.map(TokioIo::new) }
-            }))
-            .await;
-        if let Ok(channel) = channel {
+        if let Ok(channel) = keycard_workload_api::client::unix_channel(&socket).await {
             client = Some(AgentAdminClient::new(channel));
             break;
         }

@@ -1,7 +1,5 @@
-use rustls_pki_types::SubjectPublicKeyInfoDer;
-
 use super::*;
-use crate::ca::{CaManager, KeyType, SigningKey, SvidRequest};
+use crate::ca::CaManager;
 use crate::clock::SystemClock;
 
 fn entries() -> BTreeMap<String, pb::Entry> {
@@ -15,24 +13,7 @@ fn entries() -> BTreeMap<String, pb::Entry> {
 }
 
 fn mint(ca: &CaManager, cache: &SvidCache) {
-    let key = Arc::new(SigningKey::generate(KeyType::EcP256).unwrap());
-    let issued = ca
-        .sign_x509_svid(&SvidRequest {
-            public_key: SubjectPublicKeyInfoDer::from(key.public_key_der()),
-            spiffe_id: SpiffeId::parse("spiffe://example.org/web").unwrap(),
-            dns_names: Vec::new(),
-            ttl: Duration::from_secs(600),
-        })
-        .unwrap();
-    let now = SystemTime::now();
-    let svid = NewSvid {
-        entry_id: "e1".into(),
-        chain: issued.svid.chain_without_root,
-        key,
-        serial: hex::encode(issued.svid.serial),
-        issued_at: now,
-        renew_at: now + Duration::from_secs(300),
-    };
+    let svid = test_svid(ca, "e1", "spiffe://example.org/web", Duration::from_secs(600));
     cache.update_svids(vec![svid]).into_iter().for_each(|r| r.unwrap());
 }
 

@@ -1,10 +1,7 @@
 use std::os::unix::fs::PermissionsExt as _;
 
-use keycard_workload_api::SpiffeId;
-use rustls::pki_types::SubjectPublicKeyInfoDer;
-
 use super::*;
-use crate::ca::{CaManager, KeyType, SvidRequest};
+use crate::ca::CaManager;
 use crate::clock::ManualClock;
 
 fn entry(id: &str) -> pb::Entry {
@@ -18,26 +15,9 @@ fn entry(id: &str) -> pb::Entry {
 }
 
 fn mint(ca: &CaManager, cache: &SvidCache, entry_id: &str, ttl: Duration) {
-    let key = Arc::new(SigningKey::generate(KeyType::EcP256).unwrap());
-    let issued = ca
-        .sign_x509_svid(&SvidRequest {
-            public_key: SubjectPublicKeyInfoDer::from(key.public_key_der()),
-            spiffe_id: SpiffeId::parse(&format!("spiffe://example.org/{entry_id}")).unwrap(),
-            dns_names: Vec::new(),
-            ttl,
-        })
-        .unwrap();
-    let now = SystemTime::now();
-    for r in cache.update_svids(vec![NewSvid {
-        entry_id: entry_id.into(),
-        chain: issued.svid.chain_without_root,
-        key,
-        serial: hex::encode(issued.svid.serial),
-        issued_at: now,
-        renew_at: now + ttl / 2,
-    }]) {
-        r.unwrap();
-    }
+    let id = format!("spiffe://example.org/{entry_id}");
+    let svid = crate::agent::cache::test_svid(ca, entry_id, &id, ttl);
+    cache.update_svids(vec![svid]).into_iter().for_each(|r| r.unwrap());
 }
 
 #[test]

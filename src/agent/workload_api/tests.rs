@@ -7,12 +7,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use hyper_util::rt::TokioIo;
 use keycard_workload_api::proto::{SpiffeWorkloadApiClient, X509svidResponse};
 use keycard_workload_api::{SpiffeId, TrustDomain, X509Bundle};
 use rustls_pki_types::SubjectPublicKeyInfoDer;
 use tokio::sync::oneshot;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Streaming};
 use x509_parser::prelude::{FromDer as _, X509Certificate};
 
@@ -125,15 +124,7 @@ impl Setup {
 }
 
 async fn client(path: &Path) -> SpiffeWorkloadApiClient<Channel> {
-    let path = path.to_path_buf();
-    let channel = Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move { UnixStream::connect(path).await.map(TokioIo::new) }
-        }))
-        .await
-        .unwrap();
-    SpiffeWorkloadApiClient::new(channel)
+    SpiffeWorkloadApiClient::new(keycard_workload_api::client::unix_channel(path).await.unwrap())
 }
 
 fn with_header<T>(msg: T) -> Request<T> {

@@ -7,13 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keycard_workload_api::TrustDomain;
-use rustls_pki_types::SubjectPublicKeyInfoDer;
 use tokio::sync::oneshot;
 
 use super::*;
 use crate::agent::attest::UnixAttestorOptions;
-use crate::agent::cache::{NewSvid, SvidCache};
-use crate::ca::{CaManager, KeyType, SigningKey, SvidRequest};
+use crate::agent::cache::{SvidCache, test_svid};
+use crate::ca::CaManager;
 use crate::clock::SystemClock;
 use crate::server::agent_api::proto as pb;
 use crate::telemetry::AgentMetrics;
@@ -68,25 +67,7 @@ impl Agent {
     }
 
     fn mint(&self) {
-        let key = Arc::new(SigningKey::generate(KeyType::EcP256).unwrap());
-        let issued = self
-            .ca
-            .sign_x509_svid(&SvidRequest {
-                public_key: SubjectPublicKeyInfoDer::from(key.public_key_der()),
-                spiffe_id: SpiffeId::parse("spiffe://example.org/web").unwrap(),
-                dns_names: Vec::new(),
-                ttl: Duration::from_secs(600),
-            })
-            .unwrap();
-        let now = SystemTime::now();
-        let svid = NewSvid {
-            entry_id: "web".into(),
-            chain: issued.svid.chain_without_root,
-            key,
-            serial: hex::encode(issued.svid.serial),
-            issued_at: now,
-            renew_at: now + Duration::from_secs(300),
-        };
+        let svid = test_svid(&self.ca, "web", "spiffe://example.org/web", Duration::from_secs(600));
         self.cache.update_svids(vec![svid]).into_iter().for_each(|r| r.unwrap());
     }
 

@@ -177,20 +177,46 @@ fn check_dir(dir: &Path, own: u32) -> Result<(), ListenerError> {
     Ok(())
 }
 
-/// Removes a socket left by a server that is gone; refuses a live socket or another file.
-fn remove_stale(path: &Path) -> Result<(), ListenerError> {
+/// What sits at a socket path before binding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Existing {
+    /// Nothing.
+    Absent,
+    /// A socket nobody listens on: left by a process that is gone.
+    Stale,
+    /// A socket something answers on.
+    Live,
+    /// A file that is not a socket.
+    NotASocket,
+}
+
+/// Looks at `path` without following a symlink.
+pub(crate) fn existing_socket(path: &Path) -> io::Result<Existing> {
     let meta = match std::fs::symlink_metadata(path) {
         Ok(meta) => meta,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io_err(path, "inspect")(e)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Existing::Absent),
+        Err(e) => return Err(e),
     };
     if !meta.file_type().is_socket() {
-        return Err(ListenerError::NotASocket(path.to_path_buf()));
+        return Ok(Existing::NotASocket);
     }
-    if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        return Err(ListenerError::InUse(path.to_path_buf()));
+    Ok(if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        Existing::Live
+    } else {
+        Existing::Stale
+    })
+}
+
+/// Removes a socket left by a server that is gone; refuses a live socket or another file.
+fn remove_stale(path: &Path) -> Result<(), ListenerError> {
+    match existing_socket(path).map_err(io_err(path, "inspect"))? {
+        Existing::Absent => Ok(()),
+        Existing::Live => Err(ListenerError::InUse(path.to_path_buf())),
+        Existing::NotASocket => Err(ListenerError::NotASocket(path.to_path_buf())),
+        Existing::Stale => {
+            std::fs::remove_file(path).map_err(io_err(path, "remove the stale socket"))
+        }
     }
-    std::fs::remove_file(path).map_err(io_err(path, "remove the stale socket"))
 }
 
 #[cfg(test)]
