@@ -48,10 +48,15 @@ pub struct Setup {
 
 impl Setup {
     pub fn start(bind: &str) -> Setup {
+        Self::start_with(bind, SERVER_CONFIG)
+    }
+
+    /// Like [`Setup::start`] with the server configured by `config` (TOML).
+    pub fn start_with(bind: &str, config: &str) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let uid = std::fs::metadata(dir.path()).unwrap().uid();
-        let server = Server::start_with(&dir.path().join("server"), bind, Some(SERVER_CONFIG));
+        let server = Server::start_with(&dir.path().join("server"), bind, Some(config));
         let pem = server.admin_text(&["bundle", "show", "--format", "pem"]);
         let bundle = X509Bundle::parse_pem(TrustDomain::new("example.org").unwrap(), &pem).unwrap();
         let bundle_file = dir.path().join("bundle.pem");

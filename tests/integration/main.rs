@@ -4,6 +4,7 @@ mod agent;
 mod cli;
 mod grpcio_authority;
 mod interop;
+mod mtls;
 mod procs;
 mod python;
 mod server;

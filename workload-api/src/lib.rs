@@ -11,6 +11,9 @@
 //! - [`jwt_svid`]: JWT-SVID validation against a `JwtBundleSet`, and signing.
 //! - [`proto`]: the Workload API wire types and tonic stubs (service `SpiffeWorkloadAPI`).
 //! - [`client`]: `WorkloadApiClient`, the Workload API over a Unix socket, answers checked.
+//! - [`source`]: `X509Source`, the current SVIDs and bundles, following the agent's stream.
+//! - [`tls`]: rustls server and client configs that hot-swap the SVID and authorize peers
+//!   by SPIFFE ID.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -22,7 +25,9 @@ pub mod jws;
 pub mod jwt_bundle;
 pub mod jwt_svid;
 pub mod proto;
+pub mod source;
 pub mod spiffe_id;
+pub mod tls;
 pub mod x509;
 
 pub use bundle_json::{BundleJsonError, SpiffeBundle};
@@ -32,7 +37,9 @@ pub use jwk::{EcCurve, Jwk, JwkError, JwkParams};
 pub use jws::{Es256Signer, JwsAlg, JwsError, JwsSigner};
 pub use jwt_bundle::{JwtBundle, JwtBundleError, JwtBundleSet};
 pub use jwt_svid::{JwtSvid, JwtSvidError, encode_jwt_svid, validate_jwt_svid};
+pub use source::X509Source;
 pub use spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain};
+pub use tls::{Authorizer, client_config, peer_spiffe_id, server_config};
 pub use x509::{
     X509Bundle, X509BundleError, X509BundleSet, X509Svid, X509SvidError, spiffe_id_of, verify_chain,
 };

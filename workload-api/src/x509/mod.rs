@@ -15,7 +15,7 @@ mod error;
 mod rules;
 mod svid;
 #[cfg(test)]
-mod test_support;
+pub(crate) mod test_support;
 mod verify;
 
 use rustls_pki_types::CertificateDer;
