@@ -10,6 +10,7 @@
 //! - [`config`]: TOML loading and value parsing shared by both daemons' configurations.
 //! - [`shutdown`]: the graceful-shutdown signal (SIGINT/SIGTERM) shared by both daemons.
 //! - [`fsutil`]: atomic private file writes (temp file, fsync, rename, fsync directory).
+//! - [`helper`]: `keycard helper`, the sidecar that writes SVID files and signals a child.
 //! - [`pemfile`]: reading operator-supplied PEM certificates and keys.
 //! - [`ca`]: signing: key managers (memory, disk), the X.509 authority (self-signed or
 //!   signed by an upstream CA on disk), SVID templates and CSR checks, the JWT authority,
@@ -26,6 +27,7 @@ pub mod clock;
 pub mod config;
 pub mod dev;
 pub mod fsutil;
+pub mod helper;
 pub mod pemfile;
 pub mod selector;
 pub mod server;

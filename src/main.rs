@@ -33,6 +33,9 @@ enum Command {
     },
     /// Workload API commands: what a workload on this node gets from the agent.
     Api(keycard::cli::api::ApiArgs),
+    /// The sidecar for programs that read certificate files: writes the SVID, key and
+    /// bundle on every rotation and signals (or starts) the program.
+    Helper(Box<keycard::helper::HelperArgs>),
     /// Admin commands: clients of a running server's admin socket.
     #[command(flatten)]
     Admin(Box<keycard::cli::AdminCommand>),
@@ -68,6 +71,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Server { command: ServerCommand::Run(args) }) => run_server(&args),
         Some(Command::Dev { dir }) => run_dev(&dir),
         Some(Command::Api(args)) => Ok(keycard::cli::api::run_api(args)?),
+        Some(Command::Helper(args)) => run_helper(*args),
         Some(Command::Admin(command)) => match *command {
             keycard::cli::AdminCommand::Agent {
                 command: keycard::cli::AgentCommand::Run(args),
@@ -135,6 +139,17 @@ fn run_agent(args: &keycard::agent::config::AgentArgs) -> anyhow::Result<()> {
     runtime.block_on(async {
         let shutdown = keycard::shutdown::on_signals()?;
         keycard::agent::run::run(config, shutdown).await?;
+        Ok(())
+    })
+}
+
+/// Runs the sidecar until SIGINT or SIGTERM (or once, with `--once`).
+fn run_helper(args: keycard::helper::HelperArgs) -> anyhow::Result<()> {
+    keycard::telemetry::logging::init(keycard::telemetry::logging::LogFormat::Text, "info")?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let shutdown = keycard::shutdown::on_signals()?;
+        keycard::helper::run(args, shutdown).await?;
         Ok(())
     })
 }

@@ -60,11 +60,13 @@ pub struct JoinToken {
 }
 
 impl JoinToken {
-    /// Generates a new random token.
+    /// Generates a new random token: 256 random bits as 64 lowercase hex characters, so
+    /// that it never starts with `-` (a command line would take it for a flag) and needs
+    /// no quoting in a shell.
     pub fn generate() -> Self {
         let mut bytes = [0u8; 32];
         rand::rng().fill_bytes(&mut bytes);
-        let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        let secret = hex::encode(bytes);
         let hash = hash_token(&secret);
         Self { secret, hash }
     }
@@ -168,14 +170,16 @@ mod tests {
     }
 
     #[test]
-    fn secrets_are_43_base64url_chars_and_differ() {
+    fn secrets_are_64_hex_chars_that_never_look_like_a_flag() {
         let a = JoinToken::generate();
         let b = JoinToken::generate();
-        assert_eq!(a.secret().len(), 43);
-        assert!(a.secret().bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
         assert_ne!(a.secret(), b.secret());
-        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(a.secret()).unwrap();
-        assert_eq!(raw.len(), 32);
+        for _ in 0..1000 {
+            let t = JoinToken::generate();
+            assert_eq!(t.secret().len(), 64);
+            assert!(t.secret().bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
+            assert_eq!(hex::decode(t.secret()).unwrap().len(), 32);
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 mod agent;
 mod cli;
 mod grpcio_authority;
+mod helper;
 mod interop;
 mod mtls;
 mod procs;
