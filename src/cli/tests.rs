@@ -201,7 +201,7 @@ async fn commands_against_a_live_server_print_results_and_name_fixes() {
 
     let json = run_line(&h, &["token", "generate", "--ttl", "90s", "--output", "json"]);
     let doc: serde_json::Value = serde_json::from_str(&json.await.unwrap()).unwrap();
-    assert_eq!(doc["token"].as_str().unwrap().len(), 43);
+    assert_eq!(doc["token"].as_str().unwrap().len(), 64);
     let bundle = run_line(&h, &["bundle", "show"]).await.unwrap();
     assert!(bundle.starts_with("-----BEGIN CERTIFICATE-----"), "{bundle}");
     let table = run_line(&h, &["authority", "x509", "show"]).await.unwrap();

@@ -10,7 +10,6 @@
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
-use base64::Engine as _;
 use keycard_workload_api::{SpiffeId, TrustDomain};
 use rand::RngCore as _;
 use sha2::{Digest as _, Sha256};

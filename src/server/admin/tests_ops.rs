@@ -39,7 +39,7 @@ async fn join_tokens_are_stored_hashed_with_the_default_or_chosen_agent_id() {
     let mut h = Harness::start(vec![]).await;
     let req = pb::GenerateJoinTokenRequest { ttl_seconds: 0, agent_id: String::new() };
     let reply = h.client.generate_join_token(req).await.unwrap().into_inner();
-    assert_eq!(reply.token.len(), 43);
+    assert_eq!(reply.token.len(), 64);
     assert_eq!(reply.token_id, hex::encode(&hash_token(&reply.token)[..8]));
     assert_eq!(
         reply.agent_id,
