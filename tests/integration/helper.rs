@@ -164,6 +164,7 @@ fn helper_files_work_with_openssl_and_renewals_signal_the_child() {
     assert!(banner.contains("listening"), "{banner}");
     let talk = s_client_until(&once, port, "hello\n", "spiffe://example.org/workload/web: hello");
     let _ = echo.kill();
+    let _ = echo.wait();
     assert!(talk.contains("Verify return code: 0 (ok)"), "{talk}");
 
     // A long-running helper: after a rotation it rewrites the files and sends SIGHUP.

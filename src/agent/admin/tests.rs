@@ -73,10 +73,11 @@ async fn explain_names_the_selectors_and_what_each_entry_lacks() {
     assert!(!by_id["match"].has_svid && by_id["match"].svid_expires_at == 0);
     assert_eq!(by_id["match"].spiffe_id, "spiffe://example.org/match");
 
-    // A process that is gone: NotFound, naming the PID.
-    let mut child = std::process::Command::new("true").spawn().unwrap();
-    let gone = child.id() as i32;
-    child.wait().unwrap();
+    // A PID no process can have (above the kernel's pid_max; a PID of an exited child
+    // could be reused by a parallel test): NotFound, naming the PID.
+    let pid_max: i32 =
+        std::fs::read_to_string("/proc/sys/kernel/pid_max").unwrap().trim().parse().unwrap();
+    let gone = pid_max + 1;
     let err = client.explain(pb::ExplainRequest { pid: gone }).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
     assert!(err.message().contains(&gone.to_string()), "{err:?}");
