@@ -47,6 +47,12 @@ fn an_mtls_pair_keeps_working_while_both_svids_rotate() {
             .unwrap()
             .unwrap();
 
+        // JwtSource: a token from the agent, validated locally against the JWT bundles.
+        let jwt = keycard_workload_api::JwtSource::new(Some(&endpoint)).await.unwrap();
+        let token = jwt.fetch_jwt_svid(&["db".to_owned()], Some(&front)).await.unwrap();
+        assert_eq!(jwt.validate(&token.token, "db").unwrap().spiffe_id, front);
+        assert!(jwt.validate(&token.token, "other").is_err());
+
         // "back" serves and accepts only "front"; "front" connects and accepts only "back".
         let server =
             server_config(&source, Some(back.clone()), Authorizer::Exact(front.clone())).unwrap();

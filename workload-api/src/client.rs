@@ -17,7 +17,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status, Streaming};
 
 use crate::proto::{
-    JwtBundlesRequest, JwtsvidRequest, SECURITY_HEADER, SECURITY_HEADER_VALUE,
+    JwtBundlesRequest, JwtBundlesResponse, JwtsvidRequest, SECURITY_HEADER, SECURITY_HEADER_VALUE,
     SpiffeWorkloadApiClient, ValidateJwtsvidRequest, X509BundlesRequest, X509svidRequest,
     X509svidResponse,
 };
@@ -197,6 +197,19 @@ pub fn parse_x509_response(msg: &X509svidResponse) -> Result<X509Context, Client
     Ok(X509Context { svids, bundles })
 }
 
+/// Parses one FetchJWTBundles message (JWK Sets keyed by trust domain).
+pub fn parse_jwt_bundles(msg: &JwtBundlesResponse) -> Result<JwtBundleSet, ClientError> {
+    let mut set = JwtBundleSet::new();
+    for (key, json) in &msg.bundles {
+        let td = trust_domain_key(key)?;
+        let bad = |e: String| ClientError::Invalid(format!("JWT bundle {key}: {e}"));
+        let doc = SpiffeBundle::parse(td, json).map_err(|e| bad(e.to_string()))?;
+        let bundle = doc.jwt_bundle().map_err(|e| bad(e.to_string()))?;
+        set.insert(bundle);
+    }
+    Ok(set)
+}
+
 /// The `exp` claim of a compact JWS, read without verifying it.
 fn jwt_expiry(token: &str) -> Option<SystemTime> {
     let payload = token.split('.').nth(1)?;
@@ -265,20 +278,18 @@ impl WorkloadApiClient {
         Ok(set)
     }
 
+    /// Opens FetchJWTBundles: parse each message with [`parse_jwt_bundles`].
+    pub async fn watch_jwt_bundles(
+        &mut self,
+    ) -> Result<Streaming<JwtBundlesResponse>, ClientError> {
+        Ok(self.api.fetch_jwt_bundles(with_header(JwtBundlesRequest {})).await?.into_inner())
+    }
+
     /// The JWT bundles (FetchJWTBundles' first message).
     pub async fn fetch_jwt_bundles(&mut self) -> Result<JwtBundleSet, ClientError> {
-        let mut stream =
-            self.api.fetch_jwt_bundles(with_header(JwtBundlesRequest {})).await?.into_inner();
+        let mut stream = self.watch_jwt_bundles().await?;
         let msg = stream.message().await?.ok_or(ClientError::StreamEnded)?;
-        let mut set = JwtBundleSet::new();
-        for (key, json) in &msg.bundles {
-            let td = trust_domain_key(key)?;
-            let bad = |e: String| ClientError::Invalid(format!("JWT bundle {key}: {e}"));
-            let doc = SpiffeBundle::parse(td, json).map_err(|e| bad(e.to_string()))?;
-            let bundle = doc.jwt_bundle().map_err(|e| bad(e.to_string()))?;
-            set.insert(bundle);
-        }
-        Ok(set)
+        parse_jwt_bundles(&msg)
     }
 
     /// JWT-SVIDs for `audience` (one per identity, or only `spiffe_id`'s).

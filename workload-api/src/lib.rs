@@ -11,6 +11,7 @@
 //! - [`jwt_svid`]: JWT-SVID validation against a `JwtBundleSet`, and signing.
 //! - [`proto`]: the Workload API wire types and tonic stubs (service `SpiffeWorkloadAPI`).
 //! - [`client`]: `WorkloadApiClient`, the Workload API over a Unix socket, answers checked.
+//! - [`jwt_source`]: `JwtSource`, JWT-SVIDs on demand and JWT bundles for local validation.
 //! - [`source`]: `X509Source`, the current SVIDs and bundles, following the agent's stream.
 //! - [`tls`]: rustls server and client configs that hot-swap the SVID and authorize peers
 //!   by SPIFFE ID.
@@ -23,6 +24,7 @@ pub mod client;
 pub mod jwk;
 pub mod jws;
 pub mod jwt_bundle;
+pub mod jwt_source;
 pub mod jwt_svid;
 pub mod proto;
 pub mod source;
@@ -36,6 +38,7 @@ pub use client::{ClientError, WorkloadApiClient, X509Context};
 pub use jwk::{EcCurve, Jwk, JwkError, JwkParams};
 pub use jws::{Es256Signer, JwsAlg, JwsError, JwsSigner};
 pub use jwt_bundle::{JwtBundle, JwtBundleError, JwtBundleSet};
+pub use jwt_source::JwtSource;
 pub use jwt_svid::{JwtSvid, JwtSvidError, encode_jwt_svid, validate_jwt_svid};
 pub use source::X509Source;
 pub use spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain};
