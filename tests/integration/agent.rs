@@ -30,6 +30,15 @@ default_jwt_svid_ttl = "1m"
 agent_svid_ttl = "1m"
 "#;
 
+/// SVIDs live 6 s, so they rotate about every 3 s (for tests that need several rotations).
+pub const FAST_ROTATION: &str = r#"
+trust_domain = "example.org"
+ca_ttl = "10m"
+default_x509_svid_ttl = "6s"
+default_jwt_svid_ttl = "1m"
+agent_svid_ttl = "1m"
+"#;
+
 /// How long the tests wait for anything the agent should do by itself.
 pub const PATIENCE: Duration = Duration::from_secs(40);
 

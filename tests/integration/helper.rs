@@ -7,22 +7,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::agent::{PATIENCE, Setup};
+use crate::agent::{FAST_ROTATION, PATIENCE, Setup};
 use crate::procs::keycard;
 
-/// SVIDs live 6 s, so they rotate about every 3 s.
-const FAST_ROTATION: &str = r#"
-trust_domain = "example.org"
-ca_ttl = "10m"
-default_x509_svid_ttl = "6s"
-default_jwt_svid_ttl = "1m"
-agent_svid_ttl = "1m"
-"#;
-
-/// `openssl s_client` that sends `input` and keeps the connection open until its output
-/// shows `expected` (or [`PATIENCE`] runs out); returns the output so far.
-fn s_client_until(dir: &Path, port: u16, input: &str, expected: &str) -> String {
-    let mut child = Command::new("openssl")
+/// `openssl s_client` to `port` presenting and trusting the helper's files in `dir`.
+fn s_client_command(dir: &Path, port: u16) -> Command {
+    let mut command = Command::new("openssl");
+    command
         .args(["s_client", "-connect", &format!("127.0.0.1:{port}"), "-verify_return_error"])
         .arg("-cert")
         .arg(dir.join("svid.pem"))
@@ -31,10 +22,14 @@ fn s_client_until(dir: &Path, port: u16, input: &str, expected: &str) -> String 
         .arg("-CAfile")
         .arg(dir.join("bundle.pem"))
         .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        .stdout(Stdio::piped());
+    command
+}
+
+/// `openssl s_client` that sends `input` and keeps the connection open until its output
+/// shows `expected` (or [`PATIENCE`] runs out); returns the output so far.
+fn s_client_until(dir: &Path, port: u16, input: &str, expected: &str) -> String {
+    let mut child = s_client_command(dir, port).stderr(Stdio::null()).spawn().unwrap();
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(input.as_bytes()).unwrap();
     let stdout = child.stdout.take().unwrap();
@@ -83,19 +78,7 @@ fn example(name: &str) -> PathBuf {
 
 /// `openssl s_client` with the helper's files; returns its output (stdin: `input`).
 fn s_client(dir: &Path, port: u16, input: &str) -> String {
-    let mut child = Command::new("openssl")
-        .args(["s_client", "-connect", &format!("127.0.0.1:{port}"), "-verify_return_error"])
-        .arg("-cert")
-        .arg(dir.join("svid.pem"))
-        .arg("-key")
-        .arg(dir.join("svid_key.pem"))
-        .arg("-CAfile")
-        .arg(dir.join("bundle.pem"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = s_client_command(dir, port).stderr(Stdio::piped()).spawn().unwrap();
     child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))

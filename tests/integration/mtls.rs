@@ -11,16 +11,7 @@ use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use crate::agent::{PATIENCE, Setup};
-
-/// SVIDs live 6 s, so they rotate about every 3 s.
-const FAST_ROTATION: &str = r#"
-trust_domain = "example.org"
-ca_ttl = "10m"
-default_x509_svid_ttl = "6s"
-default_jwt_svid_ttl = "1m"
-agent_svid_ttl = "1m"
-"#;
+use crate::agent::{FAST_ROTATION, PATIENCE, Setup};
 
 fn id(s: &str) -> SpiffeId {
     SpiffeId::parse(s).unwrap()
