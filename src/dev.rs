@@ -70,6 +70,23 @@ pub enum DevError {
     Task(String),
 }
 
+/// Flags of `keycard dev`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DevArgs {
+    /// Where the development state lives.
+    #[arg(long, default_value = ".keycard-dev")]
+    pub dir: std::path::PathBuf,
+    /// The server's agent API address.
+    #[arg(long, default_value = SERVER_ADDRESS, value_name = "ADDR")]
+    pub server_address: std::net::SocketAddr,
+    /// The server's /live, /ready and /metrics address.
+    #[arg(long, default_value = SERVER_HEALTH, value_name = "ADDR")]
+    pub server_health: std::net::SocketAddr,
+    /// The agent's /live, /ready and /metrics address.
+    #[arg(long, default_value = AGENT_HEALTH, value_name = "ADDR")]
+    pub agent_health: std::net::SocketAddr,
+}
+
 /// Where everything lives under the state directory.
 #[derive(Debug, Clone)]
 pub struct DevPaths {
@@ -106,6 +123,7 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DevError + '_ {
 /// called once the agent has been started.
 pub async fn run(
     paths: &DevPaths,
+    args: &DevArgs,
     shutdown: Shutdown,
     ready: impl FnOnce(&DevPaths),
 ) -> Result<(), DevError> {
@@ -115,8 +133,8 @@ pub async fn run(
             TrustDomain::new(TRUST_DOMAIN).map_err(|e| DevError::Task(e.to_string()))?,
         ),
         data_dir: Some(paths.dir.join("server")),
-        bind_address: SERVER_ADDRESS.parse().ok(),
-        health_address: SERVER_HEALTH.parse().ok(),
+        bind_address: Some(args.server_address),
+        health_address: Some(args.server_health),
         admin_socket: Some(paths.admin_socket.clone()),
         ..Default::default()
     })?;
@@ -136,13 +154,13 @@ pub async fn run(
         Some(Ok(token)) => {
             let agent_config = AgentConfig::load(&AgentArgs {
                 trust_domain: TrustDomain::new(TRUST_DOMAIN).ok(),
-                server_address: Some(SERVER_ADDRESS.into()),
+                server_address: Some(args.server_address.to_string()),
                 trust_bundle: Some(paths.bundle.clone()),
                 join_token: token,
                 socket_path: Some(paths.workload_socket.display().to_string()),
                 admin_socket: Some(paths.agent_admin_socket.clone()),
                 data_dir: Some(paths.dir.join("agent")),
-                health_address: AGENT_HEALTH.parse().ok(),
+                health_address: Some(args.agent_health),
                 ..Default::default()
             })?;
             tasks.spawn({

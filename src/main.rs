@@ -21,11 +21,7 @@ enum Command {
     },
     /// Start a development server and agent with embedded defaults (trust domain
     /// example.org, state in ./.keycard-dev) and an entry for the calling user.
-    Dev {
-        /// Where the development state lives.
-        #[arg(long, default_value = ".keycard-dev")]
-        dir: std::path::PathBuf,
-    },
+    Dev(keycard::dev::DevArgs),
     /// The CA server daemon.
     Server {
         #[command(subcommand)]
@@ -69,7 +65,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Some(Command::CheckId { ids }) => check_ids(&ids),
         Some(Command::Server { command: ServerCommand::Run(args) }) => run_server(&args),
-        Some(Command::Dev { dir }) => run_dev(&dir),
+        Some(Command::Dev(args)) => run_dev(&args),
         Some(Command::Api(args)) => Ok(keycard::cli::api::run_api(args)?),
         Some(Command::Helper(args)) => run_helper(*args),
         Some(Command::Admin(command)) => match *command {
@@ -83,31 +79,39 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// `keycard dev`: a server and an agent with development defaults, and what to paste next.
-fn run_dev(dir: &std::path::Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let paths = keycard::dev::DevPaths::new(&std::fs::canonicalize(dir)?);
+fn run_dev(args: &keycard::dev::DevArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.dir)?;
+    let paths = keycard::dev::DevPaths::new(&std::fs::canonicalize(&args.dir)?);
     keycard::telemetry::logging::init(keycard::telemetry::logging::LogFormat::Text, "info")?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let shutdown = keycard::shutdown::on_signals()?;
-        keycard::dev::run(&paths, shutdown, print_next_steps).await?;
+        let (server, server_health, agent_health) =
+            (args.server_address, args.server_health, args.agent_health);
+        keycard::dev::run(&paths, args, shutdown, |paths| {
+            print_next_steps(paths, server, server_health, agent_health)
+        })
+        .await?;
         Ok(())
     })
 }
 
 /// What a newcomer pastes next, printed once the agent starts.
-fn print_next_steps(paths: &keycard::dev::DevPaths) {
+fn print_next_steps(
+    paths: &keycard::dev::DevPaths,
+    server: std::net::SocketAddr,
+    server_health: std::net::SocketAddr,
+    agent_health: std::net::SocketAddr,
+) {
     let socket = paths.workload_socket.display();
     println!();
     println!("keycard dev: server and agent for trust domain {}", keycard::dev::TRUST_DOMAIN);
     println!("  state          : {}", paths.dir.display());
     println!("  Workload API   : {socket}");
     println!("  admin socket   : {}", paths.admin_socket.display());
-    println!("  agent API      : {} (mTLS)", keycard::dev::SERVER_ADDRESS);
+    println!("  agent API      : {server} (mTLS)");
     println!(
-        "  health/metrics : http://{}/ready (server), http://{}/ready (agent)",
-        keycard::dev::SERVER_HEALTH,
-        keycard::dev::AGENT_HEALTH
+        "  health/metrics : http://{server_health}/ready (server), http://{agent_health}/ready (agent)"
     );
     println!("In another terminal:");
     println!("  export SPIFFE_ENDPOINT_SOCKET=unix://{socket}");
@@ -116,6 +120,9 @@ fn print_next_steps(paths: &keycard::dev::DevPaths) {
     println!("  cargo run --release -- entry show");
     println!("Ctrl-C stops both; running it again reuses the state.");
     println!();
+    // Scripts (and the e2e tests) wait for this line before pasting anything.
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
 }
 
 /// Loads the configuration, sets up logging, and runs the server until SIGINT or SIGTERM.

@@ -1,0 +1,6 @@
+//! End-to-end tests: the real `keycard` binary in dev mode, and real workload processes
+//! (the examples, the `keycard api` CLI) under different uids.
+
+mod dev;
+mod support;
+mod workloads;
