@@ -354,7 +354,7 @@ fn the_agent_serves_its_cache_while_the_server_is_down_and_renews_after() {
     setup.entry("a");
     let agent = setup.agent("disk_cache = true\n");
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let Setup { dir, server, bundle, .. } = setup;
+    let Setup { dir, server, bundle, bundle_file, token, .. } = setup;
     let first = runtime.block_on(async {
         let mut stream = open_stream(&agent.socket).await;
         next_until(&mut stream, &bundle, |s| s.len() == 1).await
@@ -367,6 +367,29 @@ fn the_agent_serves_its_cache_while_the_server_is_down_and_renews_after() {
         let now = next_until(&mut stream, &bundle, |s| s.len() == 1).await;
         assert_eq!(now[0].id, first[0].id);
         assert!(now[0].not_after > SystemTime::now());
+    });
+
+    // The agent restarts while the server is still down: its stored SVID and the on-disk
+    // workload cache (checked on load) let it serve the same SVID at once.
+    agent.stop();
+    let config = dir.path().join("agent.toml");
+    let agent = Agent::start(
+        dir.path(),
+        &bind,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--trust-bundle",
+            bundle_file.to_str().unwrap(),
+            "--join-token",
+            &token,
+        ],
+        false,
+    );
+    runtime.block_on(async {
+        let mut stream = open_stream(&agent.socket).await;
+        let restored = next_until(&mut stream, &bundle, |s| s.len() == 1).await;
+        assert_eq!(restored[0].serial, first[0].serial, "served from the disk cache");
     });
 
     // The server returns on the same address: the agent renews by itself.
@@ -389,9 +412,7 @@ fn an_evicted_x509pop_agent_attests_again_by_itself_and_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
     let uid = std::fs::metadata(dir.path()).unwrap().uid();
     let server = Server::start_with(&dir.path().join("server"), "127.0.0.1:0", Some(&config));
-    let bundle_file = dir.path().join("bundle.pem");
     let pem = server.admin_text(&["bundle", "show", "--format", "pem"]);
-    std::fs::write(&bundle_file, &pem).unwrap();
     let bundle = X509Bundle::parse_pem(TrustDomain::new("example.org").unwrap(), &pem).unwrap();
     let agent_config = dir.path().join("agent.toml");
     std::fs::write(&agent_config, "sync_interval = \"300ms\"\n").unwrap();
@@ -401,8 +422,8 @@ fn an_evicted_x509pop_agent_attests_again_by_itself_and_keeps_serving() {
         &[
             "--config",
             agent_config.to_str().unwrap(),
-            "--trust-bundle",
-            bundle_file.to_str().unwrap(),
+            // No bundle at all: trust the first server (development only; logged).
+            "--insecure-bootstrap",
             "--x509pop-cert",
             nodes.join("node1.pem").to_str().unwrap(),
             "--x509pop-key",
