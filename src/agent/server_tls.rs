@@ -1,6 +1,7 @@
-//! The TLS pieces the agent connects to the server with: a verifier that authenticates
-//! the server by SPIFFE ID (`spiffe://<td>/keycard/server`) against a trust bundle (no DNS
-//! name involved), and a connector that gives tonic a rustls stream.
+//! The TLS pieces the agent connects to the server with: the workload library's SPIFFE
+//! verifier, authenticating the server by SPIFFE ID (`spiffe://<td>/keycard/server`)
+//! against a trust bundle (no DNS name involved), and a connector that gives tonic a
+//! rustls stream.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -9,14 +10,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
-use keycard_workload_api::{SpiffeId, X509BundleSet, verify_chain};
-use keycard_workload_api::{TrustDomain, X509Bundle};
+use keycard_workload_api::tls::{Authorizer, SpiffePeerVerifier};
+use keycard_workload_api::{TrustDomain, X509Bundle, X509BundleSet};
+use rustls::ClientConfig;
 use rustls::client::Resumption;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::ServerName;
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
-use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -26,79 +25,6 @@ use tonic::transport::{Channel, Endpoint};
 use super::client::{AgentIdentity, ClientError};
 use crate::server::agent_api::proto::agent_client::AgentClient;
 use crate::server::agent_api::{MAX_MESSAGE_SIZE, server_id};
-
-/// Authenticates the server: its chain must verify against the bundle and its leaf must
-/// carry exactly the expected SPIFFE ID.
-#[derive(Debug)]
-pub struct SpiffeServerVerifier {
-    /// `None` only for an insecure bootstrap: the chain is then not checked at all.
-    bundles: Option<X509BundleSet>,
-    expected: SpiffeId,
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl SpiffeServerVerifier {
-    /// Trusts `bundles` and accepts only `expected`.
-    pub fn new(bundles: X509BundleSet, expected: SpiffeId) -> Self {
-        let algorithms = rustls::crypto::ring::default_provider().signature_verification_algorithms;
-        Self { bundles: Some(bundles), expected, algorithms }
-    }
-
-    /// Accepts any chain whose leaf names `expected`: for an insecure bootstrap only, where
-    /// the operator chose to trust the first server that answers.
-    pub fn insecure(expected: SpiffeId) -> Self {
-        let algorithms = rustls::crypto::ring::default_provider().signature_verification_algorithms;
-        Self { bundles: None, expected, algorithms }
-    }
-}
-
-impl ServerCertVerifier for SpiffeServerVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let mut chain = vec![end_entity.clone()];
-        chain.extend(intermediates.iter().cloned());
-        let id = match &self.bundles {
-            Some(bundles) => verify_chain(&chain, bundles, now),
-            None => keycard_workload_api::spiffe_id_of(end_entity),
-        }
-        .map_err(|e| rustls::Error::General(format!("server certificate: {e}")))?;
-        if id != self.expected {
-            return Err(rustls::Error::General(format!(
-                "server presented {id}, expected {}",
-                self.expected
-            )));
-        }
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
 
 /// Opens TCP to the URI's host and port, then TLS with `config`: what tonic's channel
 /// calls for each connection.
@@ -154,9 +80,11 @@ pub async fn open_channel(
     bundle: &X509Bundle,
     identity: Option<&AgentIdentity>,
 ) -> Result<AgentClient<Channel>, ClientError> {
-    let mut bundles = X509BundleSet::new();
-    bundles.insert(bundle.clone());
-    let verifier = SpiffeServerVerifier::new(bundles, server_id(trust_domain));
+    let bundles: X509BundleSet = [bundle.clone()].into_iter().collect();
+    let verifier = SpiffePeerVerifier::new(
+        move || bundles.clone(),
+        Authorizer::Exact(server_id(trust_domain)),
+    );
     open_with_verifier(addr, verifier, identity).await
 }
 
@@ -166,12 +94,14 @@ pub async fn open_insecure_channel(
     addr: &str,
     trust_domain: &TrustDomain,
 ) -> Result<AgentClient<Channel>, ClientError> {
-    open_with_verifier(addr, SpiffeServerVerifier::insecure(server_id(trust_domain)), None).await
+    let verifier =
+        SpiffePeerVerifier::dangerous_without_chain(Authorizer::Exact(server_id(trust_domain)));
+    open_with_verifier(addr, verifier, None).await
 }
 
 async fn open_with_verifier(
     addr: &str,
-    verifier: SpiffeServerVerifier,
+    verifier: SpiffePeerVerifier,
     identity: Option<&AgentIdentity>,
 ) -> Result<AgentClient<Channel>, ClientError> {
     let fail = |reason: String| ClientError::Connect { addr: addr.to_owned(), reason };

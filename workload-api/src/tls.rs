@@ -30,7 +30,7 @@ use tokio::sync::watch;
 
 use crate::client::X509Context;
 use crate::source::{X509Source, pick};
-use crate::{SpiffeId, TrustDomain, spiffe_id_of, verify_chain};
+use crate::{SpiffeId, TrustDomain, X509BundleSet, spiffe_id_of, verify_chain};
 
 /// Why a config could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -135,31 +135,85 @@ impl ResolvesClientCert for SvidResolver {
     }
 }
 
-/// Verifies a peer's SVID: chain to the bundle of its trust domain, then the authorizer.
-struct SpiffePeerVerifier {
-    source: watch::Receiver<Arc<X509Context>>,
+/// Where a verifier reads the bundles from, at each handshake.
+pub type BundleFn = Arc<dyn Fn() -> X509BundleSet + Send + Sync>;
+
+/// Verifies a peer's SVID: its chain against the bundle of the peer's own trust domain
+/// (read at each handshake), then its SPIFFE ID with an [`Authorizer`]. Serves as both a
+/// rustls server-certificate and client-certificate verifier.
+pub struct SpiffePeerVerifier {
+    /// `None` only for [`SpiffePeerVerifier::dangerous_without_chain`].
+    bundles: Option<BundleFn>,
     authorizer: Authorizer,
     algorithms: WebPkiSupportedAlgorithms,
+    client_auth_mandatory: bool,
 }
 
 impl fmt::Debug for SpiffePeerVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SpiffePeerVerifier").field("authorizer", &self.authorizer).finish()
+        f.debug_struct("SpiffePeerVerifier")
+            .field("authorizer", &self.authorizer)
+            .field("checks_chain", &self.bundles.is_some())
+            .finish_non_exhaustive()
     }
 }
 
 impl SpiffePeerVerifier {
+    /// A verifier trusting what `bundles` returns at each handshake.
+    pub fn new(
+        bundles: impl Fn() -> X509BundleSet + Send + Sync + 'static,
+        authorizer: Authorizer,
+    ) -> Self {
+        Self {
+            bundles: Some(Arc::new(bundles)),
+            authorizer,
+            algorithms: provider().signature_verification_algorithms,
+            client_auth_mandatory: true,
+        }
+    }
+
+    /// A verifier trusting the bundles of an [`X509Source`]-like stream of contexts.
+    pub fn from_updates(
+        updates: watch::Receiver<Arc<X509Context>>,
+        authorizer: Authorizer,
+    ) -> Self {
+        Self::new(move || updates.borrow().bundles.clone(), authorizer)
+    }
+
+    /// As a client-certificate verifier: let clients without a certificate in too (the
+    /// application then decides what they may do). A certificate that is sent is still
+    /// verified in full.
+    pub fn optional_client_auth(mut self) -> Self {
+        self.client_auth_mandatory = false;
+        self
+    }
+
+    /// DANGEROUS: checks the peer's SPIFFE ID but not its chain, so anyone can pass. Only
+    /// for an explicitly insecure bootstrap, before any bundle is known.
+    pub fn dangerous_without_chain(authorizer: Authorizer) -> Self {
+        Self {
+            bundles: None,
+            authorizer,
+            algorithms: provider().signature_verification_algorithms,
+            client_auth_mandatory: true,
+        }
+    }
+
     fn verify(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<SpiffeId, rustls::Error> {
-        let mut chain = vec![end_entity.clone().into_owned()];
-        chain.extend(intermediates.iter().map(|c| c.clone().into_owned()));
-        let bundles = self.source.borrow().bundles.clone();
-        let id = verify_chain(&chain, &bundles, now)
-            .map_err(|e| rustls::Error::General(format!("peer SVID refused: {e}")))?;
+        let id = match &self.bundles {
+            Some(bundles) => {
+                let mut chain = vec![end_entity.clone().into_owned()];
+                chain.extend(intermediates.iter().map(|c| c.clone().into_owned()));
+                verify_chain(&chain, &bundles(), now)
+            }
+            None => spiffe_id_of(end_entity),
+        }
+        .map_err(|e| rustls::Error::General(format!("peer SVID refused: {e}")))?;
         self.authorizer.authorize(&id).map_err(rustls::Error::General)?;
         Ok(id)
     }
@@ -223,6 +277,10 @@ impl ClientCertVerifier for SpiffePeerVerifier {
         &[]
     }
 
+    fn client_auth_mandatory(&self) -> bool {
+        self.client_auth_mandatory
+    }
+
     fn verify_client_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -268,11 +326,7 @@ fn parts(
         provider: provider.clone(),
         cached: Mutex::new(None),
     });
-    let verifier = Arc::new(SpiffePeerVerifier {
-        source: updates,
-        authorizer,
-        algorithms: provider.signature_verification_algorithms,
-    });
+    let verifier = Arc::new(SpiffePeerVerifier::from_updates(updates, authorizer));
     (provider, resolver, verifier)
 }
 

@@ -12,14 +12,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use keycard_workload_api::{TrustDomain, X509BundleSet, verify_chain};
-use rustls::DistinguishedName;
-use rustls::client::danger::HandshakeSignatureValid;
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::pki_types::{CertificateDer, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use keycard_workload_api::tls::{Authorizer, SpiffePeerVerifier};
+use keycard_workload_api::{TrustDomain, X509BundleSet};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::CertificateDer;
 use rustls::server::{NoServerSessionStorage, ServerConfig};
-use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
@@ -38,78 +35,14 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Verifies agents' client certificates against the CA's current bundle.
-#[derive(Debug)]
-pub struct AgentCertVerifier {
-    ca: Arc<CaManager>,
-    trust_domain: TrustDomain,
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl AgentCertVerifier {
-    /// A verifier trusting what `ca` publishes for `trust_domain`.
-    pub fn new(ca: Arc<CaManager>, trust_domain: TrustDomain) -> Self {
-        Self { ca, trust_domain, algorithms: provider().signature_verification_algorithms }
-    }
-}
-
-fn tls_error(msg: impl Into<String>) -> rustls::Error {
-    rustls::Error::General(msg.into())
-}
-
-impl ClientCertVerifier for AgentCertVerifier {
-    fn offer_client_auth(&self) -> bool {
-        true
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        false
-    }
-
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        let set: X509BundleSet = [self.ca.x509_bundle()].into_iter().collect();
-        let mut chain = vec![end_entity.clone()];
-        chain.extend(intermediates.iter().cloned());
-        let id = verify_chain(&chain, &set, now).map_err(|e| tls_error(e.to_string()))?;
-        // Any SVID of our trust domain may complete the handshake (agent IDs chosen for join
-        // tokens need not sit under /keycard/agent/); each call then requires an agent record
-        // whose current serial is this certificate's.
-        if !id.is_member_of(&self.trust_domain) {
-            return Err(tls_error(format!("{id} is not an agent of {}", self.trust_domain)));
-        }
-        Ok(ClientCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
+/// Verifies agents' client certificates against the CA's current bundle (read at each
+/// handshake). Any SVID of our trust domain may complete the handshake (agent IDs chosen
+/// for join tokens need not sit under /keycard/agent/); each call then requires an agent
+/// record whose current serial is this certificate's. Attestation needs no certificate.
+pub fn agent_cert_verifier(ca: Arc<CaManager>, trust_domain: &TrustDomain) -> SpiffePeerVerifier {
+    let bundles = move || -> X509BundleSet { [ca.x509_bundle()].into_iter().collect() };
+    SpiffePeerVerifier::new(bundles, Authorizer::MemberOf(trust_domain.clone()))
+        .optional_client_auth()
 }
 
 /// The server configuration: TLS 1.3 and 1.2, the rotating server SVID, optional agent
@@ -119,7 +52,7 @@ pub fn server_config(
     svid: Arc<ServerSvid>,
     trust_domain: &TrustDomain,
 ) -> Result<Arc<ServerConfig>, AgentApiError> {
-    let verifier = Arc::new(AgentCertVerifier::new(ca, trust_domain.clone()));
+    let verifier = Arc::new(agent_cert_verifier(ca, trust_domain));
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| AgentApiError::Setup(e.to_string()))?
