@@ -2,5 +2,7 @@
 //! (the examples, the `keycard api` CLI) under different uids.
 
 mod dev;
+#[path = "../common/examples.rs"]
+mod examples;
 mod support;
 mod workloads;

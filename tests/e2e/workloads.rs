@@ -9,7 +9,8 @@ use std::os::unix::process::CommandExt as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{Dev, PATIENCE, example, is_root};
+use crate::examples::example;
+use crate::support::{Dev, PATIENCE, is_root};
 
 const NOBODY: u32 = 65534;
 

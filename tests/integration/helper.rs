@@ -3,11 +3,12 @@
 //! rotation it rewrites them and signals its child.
 
 use std::io::{BufRead as _, BufReader, Write as _};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::agent::{FAST_ROTATION, PATIENCE, Setup};
+use crate::examples::example;
 use crate::procs::keycard;
 
 /// `openssl s_client` to `port` presenting and trusting the helper's files in `dir`.
@@ -55,25 +56,6 @@ fn s_client_until(dir: &Path, port: u16, input: &str, expected: &str) -> String 
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// An example binary: `cargo test` builds them next to the test binary; a filtered run
-/// (`cargo test --test integration`) does not, so it is built here then.
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().unwrap().parent().unwrap();
-    let path = profile_dir.join("examples").join(name);
-    if !path.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--example", name, "--manifest-path"])
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
-            .env("CARGO_TARGET_DIR", profile_dir.parent().unwrap())
-            .status()
-            .unwrap();
-        assert!(status.success(), "cannot build the example {name}");
-    }
-    path
 }
 
 /// `openssl s_client` with the helper's files; returns its output (stdin: `input`).

@@ -2,6 +2,8 @@
 
 mod agent;
 mod cli;
+#[path = "../common/examples.rs"]
+mod examples;
 mod grpcio_authority;
 mod helper;
 mod interop;
