@@ -8,7 +8,7 @@
 //! with a new key, because the server accepts only the newest agent SVID.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
 use keycard_workload_api::{SpiffeBundle, SpiffeId, TrustDomain, X509Bundle, X509BundleSet};
@@ -16,6 +16,7 @@ use rustls::pki_types::{CertificateDer, UnixTime};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
+use super::server_tls::TrustCell;
 use crate::ca::{CaError, KeyType, SigningKey};
 use crate::server::agent_api::SYNC_PAGE_SIZE;
 use crate::server::agent_api::attest::challenge_message;
@@ -100,7 +101,8 @@ pub struct SyncedEntries {
 pub struct ServerClient {
     addr: String,
     trust_domain: TrustDomain,
-    bundle: X509Bundle,
+    /// The bundle trusted for the server, shared with the open channel's verifier.
+    trust: TrustCell,
     identity: Option<AgentIdentity>,
     grpc: AgentClient<Channel>,
 }
@@ -157,8 +159,9 @@ impl ServerClient {
         trust_domain: TrustDomain,
         bootstrap: X509Bundle,
     ) -> Result<Self, ClientError> {
-        let grpc = super::open_channel(addr, &trust_domain, &bootstrap, None).await?;
-        Ok(Self { addr: addr.to_owned(), trust_domain, bundle: bootstrap, identity: None, grpc })
+        let trust = Arc::new(RwLock::new(bootstrap));
+        let grpc = super::open_channel(addr, &trust_domain, &trust, None).await?;
+        Ok(Self { addr: addr.to_owned(), trust_domain, trust, identity: None, grpc })
     }
 
     /// Connects without a client certificate and WITHOUT authenticating the server's chain
@@ -175,8 +178,8 @@ impl ServerClient {
              Use trust_bundle_path outside development."
         );
         let grpc = super::server_tls::open_insecure_channel(addr, &trust_domain).await?;
-        let bundle = X509Bundle::new(trust_domain.clone());
-        Ok(Self { addr: addr.to_owned(), trust_domain, bundle, identity: None, grpc })
+        let trust = Arc::new(RwLock::new(X509Bundle::new(trust_domain.clone())));
+        Ok(Self { addr: addr.to_owned(), trust_domain, trust, identity: None, grpc })
     }
 
     /// Connects with an agent SVID obtained earlier (after a restart).
@@ -186,8 +189,9 @@ impl ServerClient {
         bundle: X509Bundle,
         identity: AgentIdentity,
     ) -> Result<Self, ClientError> {
-        let grpc = super::open_channel(addr, &trust_domain, &bundle, Some(&identity)).await?;
-        Ok(Self { addr: addr.to_owned(), trust_domain, bundle, identity: Some(identity), grpc })
+        let trust = Arc::new(RwLock::new(bundle));
+        let grpc = super::open_channel(addr, &trust_domain, &trust, Some(&identity)).await?;
+        Ok(Self { addr: addr.to_owned(), trust_domain, trust, identity: Some(identity), grpc })
     }
 
     /// The agent identity in use, once attested.
@@ -195,9 +199,14 @@ impl ServerClient {
         self.identity.as_ref()
     }
 
-    /// The X.509 bundle trusted for the server.
-    pub fn bundle(&self) -> &X509Bundle {
-        &self.bundle
+    /// The X.509 bundle trusted for the server now.
+    pub fn bundle(&self) -> X509Bundle {
+        self.trust.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Trusts `bundle` for the server from now on, the open channel included.
+    fn set_bundle(&self, bundle: X509Bundle) {
+        *self.trust.write().unwrap_or_else(PoisonError::into_inner) = bundle;
     }
 
     /// The raw gRPC client over the current connection (for calls this type does not wrap).
@@ -210,9 +219,10 @@ impl ServerClient {
         identity: AgentIdentity,
         bundle: X509Bundle,
     ) -> Result<(), ClientError> {
+        self.set_bundle(bundle);
         self.grpc =
-            super::open_channel(&self.addr, &self.trust_domain, &bundle, Some(&identity)).await?;
-        self.bundle = bundle;
+            super::open_channel(&self.addr, &self.trust_domain, &self.trust, Some(&identity))
+                .await?;
         self.identity = Some(identity);
         Ok(())
     }
@@ -292,8 +302,8 @@ impl ServerClient {
             .await?
             .into_inner();
         let svid = reply.svid.ok_or_else(|| ClientError::BadResponse("no SVID".into()))?;
-        let identity = verify_agent_svid(&svid, key, &current.spiffe_id, &self.bundle)?;
-        let bundle = self.bundle.clone();
+        let bundle = self.bundle();
+        let identity = verify_agent_svid(&svid, key, &current.spiffe_id, &bundle)?;
         self.adopt(identity.clone(), bundle).await?;
         Ok(identity)
     }
@@ -350,7 +360,7 @@ impl ServerClient {
         }
         let bundle = parse_bundle(&self.trust_domain, &last.bundle)?;
         if let Ok(x509) = bundle.x509_bundle() {
-            self.bundle = x509;
+            self.set_bundle(x509);
         }
         Ok(SyncedEntries {
             revision: last.revision,
@@ -410,7 +420,7 @@ impl ServerClient {
         let reply = self.grpc.fetch_bundle(pb::FetchBundleRequest {}).await?.into_inner();
         let bundle = parse_bundle(&self.trust_domain, &reply.bundle)?;
         if let Ok(x509) = bundle.x509_bundle() {
-            self.bundle = x509;
+            self.set_bundle(x509);
         }
         Ok(bundle)
     }

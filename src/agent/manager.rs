@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use x509_parser::prelude::{FromDer as _, X509Certificate};
 
 use super::cache::{CacheError, NewSvid, SvidCache};
-use super::client::{ClientError, ServerClient, SyncedEntries};
+use super::client::{AgentIdentity, ClientError, ServerClient, SyncedEntries};
 use super::jwt::{JwtError, JwtRequest};
 use super::renewal::{self, Validity};
 use crate::ca::{KeyType, SigningKey};
@@ -199,6 +199,33 @@ fn agent_half_life(chain_leaf: &[u8], expires_at: SystemTime) -> Option<SystemTi
     Some(not_before + expires_at.duration_since(not_before).unwrap_or_default() / 2)
 }
 
+/// The key ID of the authority that signed `leaf` (its AKI, lowercase hex).
+fn authority_key_id(leaf: &[u8]) -> Option<String> {
+    use x509_parser::prelude::ParsedExtension;
+    let (_, cert) = X509Certificate::from_der(leaf).ok()?;
+    cert.extensions().iter().find_map(|ext| match ext.parsed_extension() {
+        ParsedExtension::AuthorityKeyIdentifier(aki) => {
+            aki.key_identifier.as_ref().map(|k| hex::encode(k.0))
+        }
+        _ => None,
+    })
+}
+
+/// Whether the agent SVID must be renewed now because of `synced`: its authority is
+/// tainted, or it no longer chains to the bundle (the server would soon refuse it).
+fn agent_svid_outdated(identity: &AgentIdentity, synced: &SyncedEntries, now: SystemTime) -> bool {
+    let Some(leaf) = identity.chain.first() else { return false };
+    if authority_key_id(leaf).is_some_and(|aki| synced.tainted_authority_ids.contains(&aki)) {
+        return true;
+    }
+    let Some(Ok(x509)) = synced.bundle.as_ref().map(|b| b.x509_bundle()) else { return false };
+    let set: keycard_workload_api::X509BundleSet = [x509].into_iter().collect();
+    let unix = rustls_pki_types::UnixTime::since_unix_epoch(
+        now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default(),
+    );
+    keycard_workload_api::verify_chain(&identity.chain, &set, unix).is_err()
+}
+
 impl Manager {
     /// A manager that fills `cache` through `client` (already attested).
     pub fn new(
@@ -342,6 +369,16 @@ impl Manager {
             &synced.tainted_authority_ids,
         )?;
         self.synced = synced;
+        // A taint covers the agent's own SVID too: renew it now, while the server still
+        // accepts the old one (it will not once the authority is revoked).
+        if !report.agent_renewed
+            && let Some(identity) = self.client.identity()
+            && agent_svid_outdated(identity, &self.synced, self.clock.now())
+        {
+            tracing::info!("the agent SVID's authority is tainted or gone; renewing it now");
+            self.client.renew().await?;
+            report.agent_renewed = true;
+        }
         report.entries = self.synced.entries.len();
         report.removed = changes.removed;
         let due = self.cache.due(self.clock.now());

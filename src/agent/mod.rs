@@ -28,4 +28,4 @@ pub mod workload_api;
 pub use client::{
     AgentIdentity, Attestation, ClientError, IssuedX509Svid, ServerClient, SyncedEntries,
 };
-pub use server_tls::{TlsConnectorService, open_channel};
+pub use server_tls::{TlsConnectorService, TrustCell, open_channel};

@@ -5,7 +5,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -71,20 +71,26 @@ impl tower::Service<Uri> for TlsConnectorService {
     }
 }
 
+/// The bundle the agent trusts for the server, shared by the client (which updates it
+/// after every sync) and the verifier of its open channel (which reads it at every
+/// handshake, so a reconnection after a CA rotation trusts the new authority).
+pub type TrustCell = Arc<RwLock<X509Bundle>>;
+
 /// Opens a gRPC channel to `addr` over TLS: the server must present an SVID with the ID
-/// `spiffe://<td>/keycard/server` chaining to `bundle`; `identity`, when given, is the
-/// client certificate. No resumption, no SNI, HTTP/2 by ALPN.
+/// `spiffe://<td>/keycard/server` chaining to the bundle in `trust`; `identity`, when
+/// given, is the client certificate. No resumption, no SNI, HTTP/2 by ALPN.
 pub async fn open_channel(
     addr: &str,
     trust_domain: &TrustDomain,
-    bundle: &X509Bundle,
+    trust: &TrustCell,
     identity: Option<&AgentIdentity>,
 ) -> Result<AgentClient<Channel>, ClientError> {
-    let bundles: X509BundleSet = [bundle.clone()].into_iter().collect();
-    let verifier = SpiffePeerVerifier::new(
-        move || bundles.clone(),
-        Authorizer::Exact(server_id(trust_domain)),
-    );
+    let trust = trust.clone();
+    let bundles = move || -> X509BundleSet {
+        let bundle = trust.read().unwrap_or_else(PoisonError::into_inner).clone();
+        [bundle].into_iter().collect()
+    };
+    let verifier = SpiffePeerVerifier::new(bundles, Authorizer::Exact(server_id(trust_domain)));
     open_with_verifier(addr, verifier, identity).await
 }
 

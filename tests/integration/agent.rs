@@ -463,3 +463,65 @@ fn an_evicted_x509pop_agent_attests_again_by_itself_and_keeps_serving() {
     agent.stop();
     server.stop();
 }
+
+#[test]
+fn after_a_full_ca_rotation_the_agent_trusts_the_restarted_server_by_the_new_authority() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let bind = format!("127.0.0.1:{port}");
+    let setup = Setup::start(&bind);
+    setup.entry("a");
+    let agent = setup.agent("");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let first = runtime.block_on(async {
+        let mut stream = open_stream(&agent.socket).await;
+        next_until(&mut stream, &setup.bundle, |s| s.len() == 1).await
+    });
+    // Rotate the X.509 authority all the way: the old one leaves the bundle.
+    let authorities = setup.server.admin(&["authority", "x509", "show"]);
+    let old = authorities["authorities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["state"] == "active")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let new =
+        setup.server.admin(&["authority", "x509", "prepare"])["id"].as_str().unwrap().to_owned();
+    setup.server.admin(&["authority", "x509", "activate", "--id", &new]);
+    let agent_id = "spiffe://example.org/node/1";
+    let serial_of_agent =
+        || setup.server.admin(&["agent", "show", "--id", agent_id])["svid_serial"].clone();
+    let before = serial_of_agent();
+    setup.server.admin(&["authority", "x509", "taint", "--id", &old]);
+    let pem = setup.server.admin_text(&["bundle", "show", "--format", "pem"]);
+    let both = X509Bundle::parse_pem(TrustDomain::new("example.org").unwrap(), &pem).unwrap();
+    // The taint makes the agent renew the workload SVID and its own onto the new authority.
+    let renewed = runtime.block_on(async {
+        let mut stream = open_stream(&agent.socket).await;
+        next_until(&mut stream, &both, |s| s.len() == 1 && s[0].serial != first[0].serial).await
+    });
+    let deadline = Instant::now() + PATIENCE;
+    while serial_of_agent() == before {
+        assert!(Instant::now() < deadline, "the agent did not renew its own SVID after the taint");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    setup.server.admin(&["authority", "x509", "revoke", "--id", &old]);
+    let pem = setup.server.admin_text(&["bundle", "show", "--format", "pem"]);
+    let rotated = X509Bundle::parse_pem(TrustDomain::new("example.org").unwrap(), &pem).unwrap();
+    // A restarted server presents an SVID from the new authority only; the agent's
+    // connection must trust it by the bundle it synced, not the one it started with.
+    let Setup { dir, server, .. } = setup;
+    server.stop();
+    let server = Server::start_with(&dir.path().join("server"), &bind, Some(SERVER_CONFIG));
+    runtime.block_on(async {
+        let mut stream = open_stream(&agent.socket).await;
+        let again =
+            next_until(&mut stream, &rotated, |s| s.len() == 1 && s[0].serial != renewed[0].serial)
+                .await;
+        assert_eq!(again[0].id, "spiffe://example.org/workload/a");
+    });
+    agent.stop();
+    server.stop();
+}
