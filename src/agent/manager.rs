@@ -10,122 +10,24 @@
 //! cache keeps serving meanwhile.
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use rand::Rng as _;
 use tokio::sync::mpsc;
-use x509_parser::prelude::{FromDer as _, X509Certificate};
 
-use super::cache::{CacheError, NewSvid, SvidCache};
-use super::client::{AgentIdentity, ClientError, ServerClient, SyncedEntries};
+use super::cache::{NewSvid, SvidCache};
+use super::client::{ServerClient, SyncedEntries};
 use super::jwt::{JwtError, JwtRequest};
 use super::renewal::{self, Validity};
-use crate::ca::{KeyType, SigningKey};
+use crate::ca::SigningKey;
 use crate::clock::Clock;
 use crate::telemetry::AUDIT_TARGET;
+use agent_svid::{agent_half_life, agent_svid_outdated};
+pub use types::{ManagerError, ManagerOptions, Reattest, RoundObserver, TickReport};
 
 /// The most CSRs sent in one call (the server's own limit).
 pub const MAX_BATCH: usize = crate::server::agent_api::MAX_BATCH;
-
-/// Why a round failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ManagerError {
-    /// A call to the server failed; the cache keeps what it had.
-    #[error(transparent)]
-    Server(#[from] ClientError),
-    /// The server's answer could not be taken into the cache.
-    #[error(transparent)]
-    Cache(#[from] CacheError),
-    /// Making a workload key or its CSR failed.
-    #[error("cannot make a workload key: {0}")]
-    Key(String),
-    /// The agent SVID expired before it could be renewed, and the agent cannot attest
-    /// again by itself (a join token is single-use).
-    #[error("the agent SVID expired; attest the agent again (a new join token, or x509pop)")]
-    AgentExpired,
-}
-
-impl ManagerError {
-    /// Whether attesting again could fix this: the agent SVID expired, or the server no
-    /// longer accepts it (the agent was evicted, or its SVID was superseded).
-    pub fn needs_reattestation(&self) -> bool {
-        match self {
-            Self::AgentExpired => true,
-            Self::Server(ClientError::Rpc(status)) => matches!(
-                status.code(),
-                tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
-            ),
-            _ => false,
-        }
-    }
-}
-
-/// Makes a newly attested client, for when the agent SVID can no longer be renewed (x509pop
-/// can attest again; a join token cannot).
-pub type Reattest = Box<
-    dyn FnMut() -> Pin<Box<dyn Future<Output = Result<ServerClient, ClientError>> + Send>> + Send,
->;
-
-/// Told after every round of [`Manager::run_with`]: persists state, updates metrics.
-pub trait RoundObserver: Send {
-    /// `outcome` is the round's result; `manager` gives the client and synced entries.
-    fn after_round(&mut self, manager: &Manager, outcome: &Result<TickReport, ManagerError>);
-}
-
-/// Observes nothing.
-impl RoundObserver for () {
-    fn after_round(&mut self, _: &Manager, _: &Result<TickReport, ManagerError>) {}
-}
-
-/// How the manager behaves.
-#[derive(Debug, Clone)]
-pub struct ManagerOptions {
-    /// Time between rounds while the server answers.
-    pub sync_interval: Duration,
-    /// The most CSRs per call (capped at [`MAX_BATCH`]).
-    pub max_batch: usize,
-    /// First delay after a failed round.
-    pub backoff_min: Duration,
-    /// Longest delay between failed rounds.
-    pub backoff_max: Duration,
-    /// The type of the workload keys the agent makes.
-    pub key_type: KeyType,
-}
-
-impl Default for ManagerOptions {
-    fn default() -> Self {
-        Self {
-            sync_interval: Duration::from_secs(5),
-            max_batch: MAX_BATCH,
-            backoff_min: Duration::from_secs(1),
-            backoff_max: Duration::from_secs(60),
-            key_type: KeyType::EcP256,
-        }
-    }
-}
-
-/// What one round did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TickReport {
-    /// Whether the agent SVID was renewed.
-    pub agent_renewed: bool,
-    /// Entries held after the sync.
-    pub entries: usize,
-    /// Entries dropped (with their SVIDs).
-    pub removed: usize,
-    /// SVIDs issued for entries that had none (or had to be replaced at once).
-    pub issued: usize,
-    /// SVIDs renewed on schedule.
-    pub renewed: usize,
-    /// SVIDs the server refused or the cache rejected.
-    pub failed: usize,
-    /// Calls made to sign CSRs.
-    pub batches: usize,
-    /// Whether the agent had to attest again during the round.
-    pub reattested: bool,
-}
 
 /// Exponential backoff with ±20 % jitter.
 #[derive(Debug, Clone)]
@@ -189,41 +91,6 @@ async fn next_request(requests: &mut Option<mpsc::Receiver<JwtRequest>>) -> Opti
         },
         None => std::future::pending().await,
     }
-}
-
-/// When half the agent SVID's life (from its `notBefore`) has passed.
-fn agent_half_life(chain_leaf: &[u8], expires_at: SystemTime) -> Option<SystemTime> {
-    let (_, cert) = X509Certificate::from_der(chain_leaf).ok()?;
-    let secs = u64::try_from(cert.validity().not_before.timestamp()).ok()?;
-    let not_before = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
-    Some(not_before + expires_at.duration_since(not_before).unwrap_or_default() / 2)
-}
-
-/// The key ID of the authority that signed `leaf` (its AKI, lowercase hex).
-fn authority_key_id(leaf: &[u8]) -> Option<String> {
-    use x509_parser::prelude::ParsedExtension;
-    let (_, cert) = X509Certificate::from_der(leaf).ok()?;
-    cert.extensions().iter().find_map(|ext| match ext.parsed_extension() {
-        ParsedExtension::AuthorityKeyIdentifier(aki) => {
-            aki.key_identifier.as_ref().map(|k| hex::encode(k.0))
-        }
-        _ => None,
-    })
-}
-
-/// Whether the agent SVID must be renewed now because of `synced`: its authority is
-/// tainted, or it no longer chains to the bundle (the server would soon refuse it).
-fn agent_svid_outdated(identity: &AgentIdentity, synced: &SyncedEntries, now: SystemTime) -> bool {
-    let Some(leaf) = identity.chain.first() else { return false };
-    if authority_key_id(leaf).is_some_and(|aki| synced.tainted_authority_ids.contains(&aki)) {
-        return true;
-    }
-    let Some(Ok(x509)) = synced.bundle.as_ref().map(|b| b.x509_bundle()) else { return false };
-    let set: keycard_workload_api::X509BundleSet = [x509].into_iter().collect();
-    let unix = rustls_pki_types::UnixTime::since_unix_epoch(
-        now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default(),
-    );
-    keycard_workload_api::verify_chain(&identity.chain, &set, unix).is_err()
 }
 
 impl Manager {
@@ -506,5 +373,7 @@ impl Manager {
     }
 }
 
+mod agent_svid;
 #[cfg(test)]
 mod tests;
+mod types;

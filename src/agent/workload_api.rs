@@ -21,10 +21,10 @@ use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
 use keycard_workload_api::proto::{
-    JwtBundlesRequest, JwtBundlesResponse, Jwtsvid, JwtsvidRequest, JwtsvidResponse,
-    SECURITY_HEADER, SECURITY_HEADER_VALUE, SpiffeWorkloadApi, SpiffeWorkloadApiServer,
-    ValidateJwtsvidRequest, ValidateJwtsvidResponse, X509BundlesRequest, X509BundlesResponse,
-    X509svidRequest, X509svidResponse,
+    JwtBundlesRequest, JwtBundlesResponse, JwtsvidRequest, JwtsvidResponse, SECURITY_HEADER,
+    SECURITY_HEADER_VALUE, SpiffeWorkloadApi, SpiffeWorkloadApiServer, ValidateJwtsvidRequest,
+    ValidateJwtsvidResponse, X509BundlesRequest, X509BundlesResponse, X509svidRequest,
+    X509svidResponse,
 };
 use keycard_workload_api::{JwtBundleSet, SpiffeBundle, validate_jwt_svid};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -35,12 +35,13 @@ use tonic::transport::server::Connected;
 use tonic::{Request, Response, Status};
 
 use super::attest::{Attested, UnixAttestorOptions, attest};
-use super::cache::{EntryView, Snapshot, SvidCache};
+use super::cache::{Snapshot, SvidCache};
 use super::h2fix::{AuthorityFix, fix_authority};
 use super::jwt::JwtMinter;
 use crate::telemetry::AgentMetrics;
 
 mod convert;
+mod jwt;
 
 /// How a connection's caller was attested: kept for the life of the connection.
 #[derive(Debug, Clone)]
@@ -333,61 +334,8 @@ impl SpiffeWorkloadApi for WorkloadApiService {
         let Ok(a) = &*attested else {
             return Err(Status::unavailable("workload attestation failed"));
         };
-        let req = request.into_inner();
-        if req.audience.is_empty() || req.audience.iter().any(String::is_empty) {
-            return Err(Status::invalid_argument("audience must be specified"));
-        }
-        let mut entries: Vec<EntryView> = self
-            .cache
-            .entry_views()
-            .into_iter()
-            .filter(|e| !e.selectors.is_empty() && e.selectors.is_subset_of(&a.selectors))
-            .collect();
-        if entries.is_empty() {
-            return Err(no_identity(a));
-        }
-        if !req.spiffe_id.is_empty() {
-            entries.retain(|e| e.spiffe_id.as_str() == req.spiffe_id);
-            if entries.is_empty() {
-                return Err(Status::permission_denied(format!(
-                    "no identity {} issued to this caller",
-                    req.spiffe_id
-                )));
-            }
-        }
-        let minter = self
-            .jwt
-            .as_ref()
-            .ok_or_else(|| Status::unavailable("this agent has no server to mint JWT-SVIDs"))?;
-        let mut bundles = JwtBundleSet::new();
-        match self.cache.bundle() {
-            Some(bundle) => bundles.insert(bundle.jwt.clone()),
-            None => return Err(Status::unavailable("the agent has no trust bundle yet")),
-        };
-        let audiences: Vec<&str> = req.audience.iter().map(String::as_str).collect();
-        let mut svids = Vec::with_capacity(entries.len());
-        for e in entries {
-            let token = minter.token(&e.entry_id, &req.audience).await.map_err(|err| {
-                tracing::warn!(entry_id = %e.entry_id, error = %err, "no JWT-SVID from the server");
-                Status::unavailable(format!("could not get a JWT-SVID: {err}"))
-            })?;
-            // Never hand out a token that does not validate against the bundle.
-            match validate_jwt_svid(&token, &bundles, &audiences, SystemTime::now()) {
-                Ok(svid) if svid.spiffe_id == e.spiffe_id => {}
-                Ok(svid) => {
-                    minter.forget(&e.entry_id, &req.audience);
-                    tracing::error!(entry_id = %e.entry_id, got = %svid.spiffe_id, "server minted a JWT-SVID for the wrong ID");
-                    return Err(Status::unavailable("the server sent an unusable JWT-SVID"));
-                }
-                Err(err) => {
-                    minter.forget(&e.entry_id, &req.audience);
-                    tracing::error!(entry_id = %e.entry_id, error = %err, "server minted an invalid JWT-SVID");
-                    return Err(Status::unavailable("the server sent an unusable JWT-SVID"));
-                }
-            }
-            svids.push(Jwtsvid { spiffe_id: e.spiffe_id.to_string(), svid: token, hint: e.hint });
-        }
-        Ok(Response::new(JwtsvidResponse { svids }))
+        let reply = jwt::fetch(&self.cache, self.jwt.as_ref(), a, request.into_inner()).await?;
+        Ok(Response::new(reply))
     }
 
     async fn fetch_jwt_bundles(

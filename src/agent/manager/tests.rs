@@ -11,6 +11,7 @@ use x509_parser::prelude::{FromDer as _, X509Certificate};
 
 use super::*;
 use crate::agent::cache::{CacheError, NewSvid, WorkloadSvid};
+use crate::ca::KeyType;
 use crate::ca::journal::AuthorityKind;
 use crate::selector::SelectorSet;
 

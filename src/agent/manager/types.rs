@@ -1,0 +1,109 @@
+//! The manager's public vocabulary: its options, what a round reports, why a round
+//! failed, and the hooks `agent run` plugs in (re-attestation, a round observer).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use super::super::cache::CacheError;
+use super::super::client::{ClientError, ServerClient};
+use super::{MAX_BATCH, Manager};
+use crate::ca::KeyType;
+
+/// Why a round failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    /// A call to the server failed; the cache keeps what it had.
+    #[error(transparent)]
+    Server(#[from] ClientError),
+    /// The server's answer could not be taken into the cache.
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    /// Making a workload key or its CSR failed.
+    #[error("cannot make a workload key: {0}")]
+    Key(String),
+    /// The agent SVID expired before it could be renewed, and the agent cannot attest
+    /// again by itself (a join token is single-use).
+    #[error("the agent SVID expired; attest the agent again (a new join token, or x509pop)")]
+    AgentExpired,
+}
+
+impl ManagerError {
+    /// Whether attesting again could fix this: the agent SVID expired, or the server no
+    /// longer accepts it (the agent was evicted, or its SVID was superseded).
+    pub fn needs_reattestation(&self) -> bool {
+        match self {
+            Self::AgentExpired => true,
+            Self::Server(ClientError::Rpc(status)) => matches!(
+                status.code(),
+                tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// Makes a newly attested client, for when the agent SVID can no longer be renewed (x509pop
+/// can attest again; a join token cannot).
+pub type Reattest = Box<
+    dyn FnMut() -> Pin<Box<dyn Future<Output = Result<ServerClient, ClientError>> + Send>> + Send,
+>;
+
+/// Told after every round of [`Manager::run_with`]: persists state, updates metrics.
+pub trait RoundObserver: Send {
+    /// `outcome` is the round's result; `manager` gives the client and synced entries.
+    fn after_round(&mut self, manager: &Manager, outcome: &Result<TickReport, ManagerError>);
+}
+
+/// Observes nothing.
+impl RoundObserver for () {
+    fn after_round(&mut self, _: &Manager, _: &Result<TickReport, ManagerError>) {}
+}
+
+/// How the manager behaves.
+#[derive(Debug, Clone)]
+pub struct ManagerOptions {
+    /// Time between rounds while the server answers.
+    pub sync_interval: Duration,
+    /// The most CSRs per call (capped at [`MAX_BATCH`]).
+    pub max_batch: usize,
+    /// First delay after a failed round.
+    pub backoff_min: Duration,
+    /// Longest delay between failed rounds.
+    pub backoff_max: Duration,
+    /// The type of the workload keys the agent makes.
+    pub key_type: KeyType,
+}
+
+impl Default for ManagerOptions {
+    fn default() -> Self {
+        Self {
+            sync_interval: Duration::from_secs(5),
+            max_batch: MAX_BATCH,
+            backoff_min: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+            key_type: KeyType::EcP256,
+        }
+    }
+}
+
+/// What one round did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TickReport {
+    /// Whether the agent SVID was renewed.
+    pub agent_renewed: bool,
+    /// Entries held after the sync.
+    pub entries: usize,
+    /// Entries dropped (with their SVIDs).
+    pub removed: usize,
+    /// SVIDs issued for entries that had none (or had to be replaced at once).
+    pub issued: usize,
+    /// SVIDs renewed on schedule.
+    pub renewed: usize,
+    /// SVIDs the server refused or the cache rejected.
+    pub failed: usize,
+    /// Calls made to sign CSRs.
+    pub batches: usize,
+    /// Whether the agent had to attest again during the round.
+    pub reattested: bool,
+}

@@ -1,0 +1,73 @@
+//! FetchJWTSVID: one token per identity of the caller (or the one asked for), minted by
+//! the server through the agent's [`JwtMinter`] and validated before it is handed out.
+
+use std::time::SystemTime;
+
+use keycard_workload_api::proto::{Jwtsvid, JwtsvidRequest, JwtsvidResponse};
+use keycard_workload_api::{JwtBundleSet, validate_jwt_svid};
+use tonic::Status;
+
+use super::no_identity;
+use crate::agent::attest::Attested;
+use crate::agent::cache::{EntryView, SvidCache};
+use crate::agent::jwt::JwtMinter;
+
+/// Answers a FetchJWTSVID request of an attested caller.
+pub(super) async fn fetch(
+    cache: &SvidCache,
+    minter: Option<&JwtMinter>,
+    attested: &Attested,
+    req: JwtsvidRequest,
+) -> Result<JwtsvidResponse, Status> {
+    if req.audience.is_empty() || req.audience.iter().any(String::is_empty) {
+        return Err(Status::invalid_argument("audience must be specified"));
+    }
+    let mut entries: Vec<EntryView> = cache
+        .entry_views()
+        .into_iter()
+        .filter(|e| !e.selectors.is_empty() && e.selectors.is_subset_of(&attested.selectors))
+        .collect();
+    if entries.is_empty() {
+        return Err(no_identity(attested));
+    }
+    if !req.spiffe_id.is_empty() {
+        entries.retain(|e| e.spiffe_id.as_str() == req.spiffe_id);
+        if entries.is_empty() {
+            return Err(Status::permission_denied(format!(
+                "no identity {} issued to this caller",
+                req.spiffe_id
+            )));
+        }
+    }
+    let minter =
+        minter.ok_or_else(|| Status::unavailable("this agent has no server to mint JWT-SVIDs"))?;
+    let mut bundles = JwtBundleSet::new();
+    match cache.bundle() {
+        Some(bundle) => bundles.insert(bundle.jwt.clone()),
+        None => return Err(Status::unavailable("the agent has no trust bundle yet")),
+    };
+    let audiences: Vec<&str> = req.audience.iter().map(String::as_str).collect();
+    let mut svids = Vec::with_capacity(entries.len());
+    for e in entries {
+        let token = minter.token(&e.entry_id, &req.audience).await.map_err(|err| {
+            tracing::warn!(entry_id = %e.entry_id, error = %err, "no JWT-SVID from the server");
+            Status::unavailable(format!("could not get a JWT-SVID: {err}"))
+        })?;
+        // Never hand out a token that does not validate against the bundle.
+        match validate_jwt_svid(&token, &bundles, &audiences, SystemTime::now()) {
+            Ok(svid) if svid.spiffe_id == e.spiffe_id => {}
+            Ok(svid) => {
+                minter.forget(&e.entry_id, &req.audience);
+                tracing::error!(entry_id = %e.entry_id, got = %svid.spiffe_id, "server minted a JWT-SVID for the wrong ID");
+                return Err(Status::unavailable("the server sent an unusable JWT-SVID"));
+            }
+            Err(err) => {
+                minter.forget(&e.entry_id, &req.audience);
+                tracing::error!(entry_id = %e.entry_id, error = %err, "server minted an invalid JWT-SVID");
+                return Err(Status::unavailable("the server sent an unusable JWT-SVID"));
+            }
+        }
+        svids.push(Jwtsvid { spiffe_id: e.spiffe_id.to_string(), svid: token, hint: e.hint });
+    }
+    Ok(JwtsvidResponse { svids })
+}
