@@ -229,6 +229,12 @@ pub async fn run(args: HelperArgs, shutdown: Shutdown) -> Result<(), HelperError
             changed = updates.changed() => {
                 if changed.is_err() { break; }
                 let context = updates.borrow_and_update().clone();
+                if context.svids.is_empty() {
+                    // The agent revoked this process's identity: keep waiting for one.
+                    tracing::warn!("the agent no longer issues an SVID to this process; files left as they were");
+                    set_expiry(SystemTime::UNIX_EPOCH);
+                    continue;
+                }
                 set_expiry(write_all(&args, &context).await?);
                 if let Some(c) = &child {
                     let pid = c.id().unwrap_or(0);

@@ -7,7 +7,9 @@
 //! backoff when the stream breaks. Every update is checked ([`parse_x509_response`]:
 //! SVID rules, key match, chain to the bundle, not expired) before it replaces the
 //! current one: a bad update is logged and dropped, so good credentials are never
-//! replaced by bad ones. The rustls configs of [`crate::tls`] read the source at every
+//! replaced by bad ones. A `PermissionDenied` that ends the stream (the caller lost its
+//! last entry) empties the SVID list, as the standard requires: handshakes then fail
+//! instead of presenting a revoked identity. The rustls configs of [`crate::tls`] read the source at every
 //! handshake, so a rotation takes effect without restarting anything.
 
 use std::sync::Arc;
@@ -143,8 +145,17 @@ async fn follow(
                 },
                 Ok(None) => break,
                 Err(status) => {
-                    let e = ClientError::from(status);
-                    note_ignored(&e);
+                    // PermissionDenied mid-stream: the caller is no longer entitled to
+                    // its SVIDs and must stop using them (the Workload API standard).
+                    // The bundles stay, so peers can still be verified.
+                    if status.code() == tonic::Code::PermissionDenied {
+                        let bundles = tx.borrow().bundles.clone();
+                        let revoked = X509Context { svids: Vec::new(), bundles };
+                        if tx.send(Arc::new(revoked)).is_err() {
+                            return;
+                        }
+                    }
+                    note_ignored(&ClientError::from(status));
                     break;
                 }
             }

@@ -191,3 +191,25 @@ async fn failures_name_the_problem_and_the_fix() {
     let err = execute(bad, &mut Vec::new()).await.unwrap_err().to_string();
     assert!(err.contains("unix:///"), "{err}");
 }
+
+#[tokio::test]
+async fn the_x509_source_follows_rotations_and_drops_a_revoked_identity() {
+    let agent = Agent::start(true).await;
+    let source = keycard_workload_api::X509Source::new(Some(&agent.socket)).await.unwrap();
+    let first = source.context().default_svid().unwrap().leaf().to_vec();
+    let mut updates = source.updated();
+    agent.mint();
+    tokio::time::timeout(Duration::from_secs(10), updates.changed()).await.unwrap().unwrap();
+    let second = source.context().default_svid().unwrap().leaf().to_vec();
+    assert_ne!(first, second, "the source follows a rotation");
+
+    // The entry goes: the agent ends the stream with PermissionDenied, and the source
+    // stops offering the SVID (keeping the bundles to verify peers with).
+    agent.cache.set_entries(&BTreeMap::new(), Some(&agent.ca.bundle().unwrap()), &[]).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), updates.wait_for(|c| c.svids.is_empty()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(source.context().default_svid().is_none());
+    assert_eq!(source.bundles().len(), 1);
+}
