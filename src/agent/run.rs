@@ -262,7 +262,8 @@ impl RoundObserver for Observer {
             tracing::error!(error = %e, "cannot save the workload cache");
         }
         let ids = self.cache.entry_ids();
-        self.minter.retain_entries(&|entry| ids.iter().any(|id| id == entry));
+        let live: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
+        self.minter.retain_entries(&|entry| live.contains(entry));
         self.metrics.cache_entries.set(ids.len() as i64);
         self.metrics
             .cache_svids

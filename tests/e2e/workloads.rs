@@ -85,15 +85,7 @@ fn two_uids_talk_mtls_through_a_ca_rotation_and_share_a_jwt() {
     // A full X.509 authority rotation while they talk.
     let before = (serial(&dev, None), serial(&dev, Some(NOBODY)));
     let shown = dev.admin(&["authority", "x509", "show"]);
-    let old = shown["authorities"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["state"] == "active")
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let old = crate::authority::active_authority_id(&shown);
     let prepared = dev.admin(&["authority", "x509", "prepare"]);
     let new = prepared["id"].as_str().unwrap().to_owned();
     talk_a_while(&dev, 2);

@@ -478,15 +478,7 @@ fn after_a_full_ca_rotation_the_agent_trusts_the_restarted_server_by_the_new_aut
     });
     // Rotate the X.509 authority all the way: the old one leaves the bundle.
     let authorities = setup.server.admin(&["authority", "x509", "show"]);
-    let old = authorities["authorities"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["state"] == "active")
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let old = crate::authority::active_authority_id(&authorities);
     let new =
         setup.server.admin(&["authority", "x509", "prepare"])["id"].as_str().unwrap().to_owned();
     setup.server.admin(&["authority", "x509", "activate", "--id", &new]);

@@ -1,6 +1,8 @@
 //! keycard's integration tests: one binary, a module per area, each running real parts.
 
 mod agent;
+#[path = "../common/authority.rs"]
+mod authority;
 mod cli;
 #[path = "../common/examples.rs"]
 mod examples;

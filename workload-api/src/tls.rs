@@ -13,7 +13,6 @@
 
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::SystemTime;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{ResolvesClientCert, Resumption};
@@ -388,15 +387,6 @@ pub fn client_config_from(
 pub fn peer_spiffe_id(conn: &CommonState) -> Option<SpiffeId> {
     let leaf = conn.peer_certificates()?.first()?;
     spiffe_id_of(leaf).ok()
-}
-
-/// When the peer's SVID expires; `None` before the handshake.
-pub fn peer_not_after(conn: &CommonState) -> Option<SystemTime> {
-    use x509_parser::prelude::FromDer as _;
-    let leaf = conn.peer_certificates()?.first()?;
-    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(leaf).ok()?;
-    let secs = u64::try_from(cert.validity().not_after.timestamp()).ok()?;
-    Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs))
 }
 
 #[cfg(test)]
