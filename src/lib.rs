@@ -18,6 +18,10 @@
 //! - [`selector`]: `Selector` (`type:value`) and `SelectorSet` with subset matching.
 //! - [`server`]: the CA daemon: datastore, registration entries, admin and agent APIs.
 //! - [`telemetry`]: Prometheus metrics, health endpoints, audit events.
+//! - [`unixsock`]: the Unix-socket listeners of all three sockets (directory checks, stale
+//!   sockets, peer-uid allow-list).
+//! - [`wire`]: the agent-server contract (agent API protos, shared constants and messages);
+//!   the agent and the server import it and never each other.
 #![deny(unsafe_code)]
 
 pub mod agent;
@@ -33,3 +37,5 @@ pub mod selector;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
+pub mod unixsock;
+pub mod wire;

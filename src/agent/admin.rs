@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 
 use super::attest::{AttestError, UnixAttestorOptions, attest_pid};
 use super::cache::SvidCache;
-use crate::server::admin::{AdminListener, ListenerError};
+use crate::unixsock::{AdminListener, ListenerError};
 
 /// Generated code of `proto/agent_admin.proto`.
 #[allow(missing_docs, clippy::all)]

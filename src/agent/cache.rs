@@ -19,7 +19,7 @@ use x509_parser::prelude::{FromDer as _, ParsedExtension, X509Certificate};
 
 use crate::clock::Clock;
 use crate::selector::{Selector, SelectorSet};
-use crate::server::agent_api::proto as pb;
+use crate::wire::proto as pb;
 
 mod types;
 

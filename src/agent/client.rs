@@ -16,52 +16,12 @@ use rustls::pki_types::{CertificateDer, UnixTime};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
+pub use super::identity::{AgentIdentity, ClientError};
 use super::server_tls::TrustCell;
 use crate::ca::{CaError, KeyType, SigningKey};
-use crate::server::agent_api::SYNC_PAGE_SIZE;
-use crate::server::agent_api::attest::challenge_message;
-use crate::server::agent_api::proto::agent_client::AgentClient;
-use crate::server::agent_api::proto::{self as pb, attest_agent_request, attest_agent_response};
-
-/// Why a call to the server failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    /// The server could not be reached or the TLS handshake failed.
-    #[error("cannot connect to the server at {addr}: {reason}")]
-    Connect {
-        /// The address dialled.
-        addr: String,
-        /// Why.
-        reason: String,
-    },
-    /// The server refused the call.
-    #[error("server refused: {}: {}", .0.code(), .0.message())]
-    Rpc(#[from] tonic::Status),
-    /// The server answered with something unusable (bad SVID, bad bundle, protocol error).
-    #[error("bad answer from the server: {0}")]
-    BadResponse(String),
-    /// The call needs an agent SVID and this client has none.
-    #[error("not attested: attest first")]
-    NotAttested,
-    /// Making or using a key failed.
-    #[error("key: {0}")]
-    Key(#[from] CaError),
-}
-
-/// The agent's SVID and key.
-#[derive(Debug, Clone)]
-pub struct AgentIdentity {
-    /// The agent ID.
-    pub spiffe_id: SpiffeId,
-    /// The SVID chain, leaf first.
-    pub chain: Vec<CertificateDer<'static>>,
-    /// The SVID's private key.
-    pub key: Arc<SigningKey>,
-    /// The SVID's serial number, hex.
-    pub serial: String,
-    /// The SVID's `notAfter`.
-    pub expires_at: SystemTime,
-}
+use crate::wire::proto::agent_client::AgentClient;
+use crate::wire::proto::{self as pb, attest_agent_request, attest_agent_response};
+use crate::wire::{SYNC_PAGE_SIZE, challenge_message};
 
 /// The outcome of attestation.
 #[derive(Debug, Clone)]

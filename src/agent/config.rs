@@ -36,8 +36,8 @@ use super::attest::UnixAttestorOptions;
 use crate::ca::KeyType;
 pub use crate::config::ConfigError;
 use crate::config::{load_toml, parse_positive_duration, parse_socket_addr, parse_value};
-use crate::server::config::MAX_SOCKET_PATH_LEN;
 use crate::telemetry::logging::{self, LogFormat};
+use crate::unixsock::MAX_SOCKET_PATH_LEN;
 use file::{FileConfig, FileX509Pop};
 
 /// Name of this configuration in error messages.

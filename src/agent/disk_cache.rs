@@ -25,7 +25,7 @@ use super::cache::{NewSvid, SvidCache};
 use super::client::SyncedEntries;
 use super::storage::StorageError;
 use crate::ca::SigningKey;
-use crate::server::agent_api::proto as pb;
+use crate::wire::proto as pb;
 
 /// The file's format version; a file of another version is ignored (and rewritten).
 const VERSION: u32 = 1;

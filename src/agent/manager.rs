@@ -27,7 +27,7 @@ use agent_svid::{agent_half_life, agent_svid_outdated};
 pub use types::{ManagerError, ManagerOptions, Reattest, RoundObserver, TickReport};
 
 /// The most CSRs sent in one call (the server's own limit).
-pub const MAX_BATCH: usize = crate::server::agent_api::MAX_BATCH;
+pub const MAX_BATCH: usize = crate::wire::MAX_BATCH;
 
 /// Exponential backoff with ±20 % jitter.
 #[derive(Debug, Clone)]

@@ -16,12 +16,12 @@ pub mod client;
 pub mod config;
 pub mod disk_cache;
 pub mod h2fix;
+pub mod identity;
 pub mod jwt;
 pub mod manager;
 pub mod renewal;
 pub mod run;
 pub mod server_tls;
-pub mod socket;
 pub mod storage;
 pub mod workload_api;
 

@@ -66,7 +66,7 @@ pub enum RunError {
     Attestation(ClientError),
     /// A socket could not be set up.
     #[error(transparent)]
-    Socket(#[from] super::socket::SocketError),
+    Socket(#[from] crate::unixsock::SocketError),
     /// The Workload API stopped with an error.
     #[error("Workload API: {0}")]
     WorkloadApi(#[from] tonic::transport::Error),
@@ -125,7 +125,7 @@ pub async fn run(config: AgentConfig, shutdown: Shutdown) -> Result<(), RunError
         tracing::info!(agent_id = %id.spiffe_id, expires_at = ?id.expires_at, "agent identity ready");
     }
 
-    let listener = super::socket::bind_workload_socket(&config.socket_path)?;
+    let listener = crate::unixsock::bind_workload_socket(&config.socket_path)?;
     tracing::info!(socket = %config.socket_path.display(), "Workload API listening");
     let mut tasks: JoinSet<Result<(), RunError>> = JoinSet::new();
     let unix = config.unix.clone();

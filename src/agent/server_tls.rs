@@ -22,9 +22,9 @@ use tokio_rustls::client::TlsStream;
 use tonic::codegen::http::Uri;
 use tonic::transport::{Channel, Endpoint};
 
-use super::client::{AgentIdentity, ClientError};
-use crate::server::agent_api::proto::agent_client::AgentClient;
-use crate::server::agent_api::{MAX_MESSAGE_SIZE, server_id};
+use super::identity::{AgentIdentity, ClientError};
+use crate::wire::proto::agent_client::AgentClient;
+use crate::wire::{MAX_MESSAGE_SIZE, server_id};
 
 /// Opens TCP to the URI's host and port, then TLS with `config`: what tonic's channel
 /// calls for each connection.
@@ -112,7 +112,7 @@ async fn open_with_verifier(
 ) -> Result<AgentClient<Channel>, ClientError> {
     let fail = |reason: String| ClientError::Connect { addr: addr.to_owned(), reason };
     let verifier = Arc::new(verifier);
-    let builder = ClientConfig::builder_with_provider(crate::server::agent_api::tls::provider())
+    let builder = ClientConfig::builder_with_provider(crate::wire::tls_provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| fail(e.to_string()))?
         .dangerous()

@@ -59,8 +59,7 @@ pub const DEFAULT_JWT_SVID_TTL: Duration = Duration::from_secs(300);
 pub const DEFAULT_BUNDLE_REFRESH_HINT: Duration = Duration::from_secs(300);
 /// Default log level.
 pub const DEFAULT_LOG_LEVEL: &str = "info";
-/// Longest Unix socket path the kernel accepts (`sun_path` is 108 bytes with the NUL).
-pub const MAX_SOCKET_PATH_LEN: usize = 107;
+pub use crate::unixsock::MAX_SOCKET_PATH_LEN;
 
 /// The admin socket used when none is configured: `<data_dir>/private/admin.sock`. Admin
 /// CLI commands default to `default_admin_socket(Path::new(DEFAULT_DATA_DIR))`.

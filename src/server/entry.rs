@@ -20,7 +20,7 @@ pub const MAX_DNS_NAMES: usize = 64;
 /// Most selectors one entry may carry.
 pub const MAX_SELECTORS: usize = 64;
 /// Path of the server's own SPIFFE ID; node-alias entries use it as their parent.
-pub const SERVER_PATH: &str = "/keycard/server";
+pub use crate::wire::SERVER_PATH;
 
 /// What an operator specifies for an entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

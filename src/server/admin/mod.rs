@@ -2,10 +2,9 @@
 //!
 //! gRPC (`keycard.admin.v1.Admin`, see `proto/admin.proto`) on a Unix socket only; who may
 //! call is decided by the socket's directory and mode and by the kernel's peer credentials
-//! of each connection ([`listener`]). The calls manage registration entries, join tokens,
+//! of each connection ([`crate::unixsock`]). The calls manage registration entries, join tokens,
 //! agents, the bundle and the CA's authorities.
 //!
-//! - [`listener`]: the socket: private directory, stale-socket cleanup, peer uid check.
 //! - [`service`]: the tonic service and its blocking helpers.
 //! - `entries.rs`, `agents.rs`, `authority.rs`: what each call does.
 //! - [`status`]: [`AdminError`] and the one mapping to `tonic::Status`.
@@ -26,7 +25,6 @@ mod agents;
 mod authority;
 pub mod convert;
 mod entries;
-pub mod listener;
 pub mod service;
 pub mod status;
 #[cfg(test)]
@@ -36,7 +34,7 @@ mod tests_ops;
 #[cfg(test)]
 mod tests_peer;
 
-pub use listener::{AdminListener, ListenerError};
+pub use crate::unixsock::{AdminListener, ListenerError};
 pub use service::AdminService;
 pub use status::AdminError;
 

@@ -12,10 +12,10 @@ use std::time::Duration;
 use hyper_util::rt::TokioIo;
 use tonic::transport::Endpoint;
 
-use super::listener::own_uid;
 use super::pb;
 use super::pb::admin_client::AdminClient;
 use super::tests::Harness;
+use crate::unixsock::own_uid;
 
 const HELPER_ENV: &str = "KEYCARD_TEST_ADMIN_PEER_SOCKET";
 const NOBODY: u32 = 65534;

@@ -17,29 +17,21 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Status, Streaming};
 use x509_parser::prelude::{FromDer as _, X509Certificate};
 
-use super::AgentApiError;
 use super::csr_check::check_csr;
+use super::error::AgentApiError;
 use super::proto as pb;
-use super::service::{Inner, blocking};
 use super::signing::{issue_agent_svid, svid_to_proto};
+use super::state::{Inner, blocking};
 use super::tls::PeerInfo;
 use crate::selector::{Selector, SelectorSet};
 use crate::server::datastore::{AgentRecord, TokenUse};
 use crate::server::join_token;
 use crate::telemetry::AUDIT_TARGET;
 
-/// What the agent signs before the nonce, so the signature means nothing elsewhere.
-pub const CHALLENGE_CONTEXT: &[u8] = b"keycard x509pop challenge v1\0";
-/// Length of the x509pop nonce.
-pub const NONCE_LEN: usize = 32;
+pub use crate::wire::{CHALLENGE_CONTEXT, NONCE_LEN, challenge_message};
 /// Most certificates in a node chain.
 const MAX_NODE_CHAIN: usize = 8;
 const METHOD: &str = "/keycard.agent.v1.Agent/AttestAgent";
-
-/// The bytes an x509pop agent signs for `nonce`.
-pub fn challenge_message(nonce: &[u8]) -> Vec<u8> {
-    [CHALLENGE_CONTEXT, nonce].concat()
-}
 
 /// Who the attested node is.
 #[derive(Debug, Clone)]

@@ -10,7 +10,7 @@ use x509_parser::cri_attributes::ParsedCriAttribute;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::FromDer;
 
-use super::AgentApiError;
+use super::error::AgentApiError;
 use crate::ca::{VerifiedCsr, verify_csr};
 
 /// Most extensions a CSR may request.

@@ -11,7 +11,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, SubjectPublicKeyInfoDer};
 
-use super::AgentApiError;
+use super::error::AgentApiError;
 use crate::ca::{CaManager, KeyType, SigningKey, SvidRequest};
 use crate::clock::Clock;
 

@@ -10,14 +10,15 @@ use rustls_pki_types::SubjectPublicKeyInfoDer;
 use tonic::Request;
 
 use super::csr_check::check_csr;
+use super::error::AgentApiError;
 use super::proto as pb;
-use super::service::{Inner, blocking};
+use super::state::{Inner, blocking};
 use super::status::code_of;
-use super::{AgentApiError, MAX_BATCH};
 use crate::ca::{IssuedX509Svid, SvidRequest};
 use crate::server::datastore::AgentRecord;
 use crate::server::entry::Entry;
 use crate::telemetry::AUDIT_TARGET;
+use crate::wire::MAX_BATCH;
 
 /// Seconds since the Unix epoch (0 before it).
 pub fn unix_secs(t: SystemTime) -> i64 {

@@ -7,7 +7,7 @@
 
 use tonic::{Code, Status};
 
-use super::AgentApiError;
+use super::error::AgentApiError;
 use crate::ca::CaError;
 
 /// The gRPC code of `err`.

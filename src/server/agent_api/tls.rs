@@ -14,7 +14,6 @@ use std::task::{Context, Poll};
 
 use keycard_workload_api::tls::{Authorizer, SpiffePeerVerifier};
 use keycard_workload_api::{TrustDomain, X509BundleSet};
-use rustls::crypto::CryptoProvider;
 use rustls::pki_types::CertificateDer;
 use rustls::server::{NoServerSessionStorage, ServerConfig};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -23,17 +22,14 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::AgentApiError;
+use super::error::AgentApiError;
 use super::server_svid::ServerSvid;
 use crate::ca::CaManager;
 
 /// How long a client may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// The ring provider every keycard TLS configuration uses.
-pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
+pub use crate::wire::tls_provider as provider;
 
 /// Verifies agents' client certificates against the CA's current bundle (read at each
 /// handshake). Any SVID of our trust domain may complete the handshake (agent IDs chosen

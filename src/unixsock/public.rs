@@ -79,8 +79,7 @@ fn io_err(path: &Path, action: &'static str) -> impl FnOnce(io::Error) -> Socket
 /// Prepares the directory, replaces a stale socket, binds, and opens the socket to every
 /// local user. Must be called inside a tokio runtime.
 pub fn bind_workload_socket(path: &Path) -> Result<UnixListener, SocketError> {
-    let own =
-        crate::server::admin::listener::own_uid().map_err(io_err(path, "read the agent's uid"))?;
+    let own = super::own_uid().map_err(io_err(path, "read the agent's uid"))?;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -128,7 +127,7 @@ fn check_dir(dir: &Path, own: u32) -> Result<(), SocketError> {
 
 /// Removes a socket left by an agent that is gone; refuses a live socket or another file.
 fn remove_stale(path: &Path) -> Result<(), SocketError> {
-    use crate::server::admin::listener::{Existing, existing_socket};
+    use super::{Existing, existing_socket};
     match existing_socket(path).map_err(io_err(path, "inspect"))? {
         Existing::Absent => Ok(()),
         Existing::Live => Err(SocketError::InUse(path.to_path_buf())),
@@ -204,7 +203,7 @@ mod tests {
 
     #[tokio::test]
     async fn refuses_a_directory_owned_by_another_uid() {
-        if crate::server::admin::listener::own_uid().unwrap() != 0 {
+        if crate::unixsock::own_uid().unwrap() != 0 {
             println!("note: not root, cannot chown a directory to another uid; skipped");
             return;
         }

@@ -1,4 +1,5 @@
-//! The admin socket: a Unix socket in a private directory, open to one uid.
+//! A private socket (the server's and the agent's admin sockets): a Unix socket in a
+//! private directory, open to one uid.
 //!
 //! Three layers keep other users out: the directory is 0700 and owned by the server's
 //! uid, the socket is 0600, and every accepted connection's peer uid (read from the kernel
@@ -6,13 +7,14 @@
 //! root's, or one the operator allowed; anything else is dropped with a log line.
 
 use std::io;
-use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _};
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 use tokio::net::{UnixListener, UnixStream};
 use tokio_stream::wrappers::UnixListenerStream;
 use tokio_stream::{Stream, StreamExt as _};
 
+use super::{Existing, existing_socket, own_uid};
 use crate::fsutil::create_private_dir;
 
 /// Mode of the admin socket.
@@ -71,13 +73,6 @@ pub enum ListenerError {
 fn io_err(path: &Path, action: &'static str) -> impl FnOnce(io::Error) -> ListenerError {
     let path = path.to_path_buf();
     move |source| ListenerError::Io { path, action, source }
-}
-
-/// The uid this process runs as, from the kernel's credentials of a socket pair.
-/// Must be called inside a tokio runtime.
-pub fn own_uid() -> io::Result<u32> {
-    let (a, _b) = UnixStream::pair()?;
-    Ok(a.peer_cred()?.uid())
 }
 
 /// A bound admin socket and the uids allowed to use it.
@@ -175,36 +170,6 @@ fn check_dir(dir: &Path, own: u32) -> Result<(), ListenerError> {
         return Err(ListenerError::OpenDir { path: dir.to_path_buf(), mode });
     }
     Ok(())
-}
-
-/// What sits at a socket path before binding.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Existing {
-    /// Nothing.
-    Absent,
-    /// A socket nobody listens on: left by a process that is gone.
-    Stale,
-    /// A socket something answers on.
-    Live,
-    /// A file that is not a socket.
-    NotASocket,
-}
-
-/// Looks at `path` without following a symlink.
-pub(crate) fn existing_socket(path: &Path) -> io::Result<Existing> {
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Existing::Absent),
-        Err(e) => return Err(e),
-    };
-    if !meta.file_type().is_socket() {
-        return Ok(Existing::NotASocket);
-    }
-    Ok(if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        Existing::Live
-    } else {
-        Existing::Stale
-    })
 }
 
 /// Removes a socket left by a server that is gone; refuses a live socket or another file.

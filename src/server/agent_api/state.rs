@@ -1,0 +1,106 @@
+//! What every handler shares ([`Inner`]): options, CA, datastore, metrics, clock, the
+//! entry cache and the rate limiters; how a caller is authenticated as an agent; and the
+//! helper that runs datastore calls off the async threads.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use keycard_workload_api::SpiffeId;
+use tonic::{Request, Status};
+
+use super::authorized::AuthorizedEntries;
+use super::error::AgentApiError;
+use super::limits::KeyedLimiter;
+use super::options::AgentApiOptions;
+use super::tls::PeerInfo;
+use crate::ca::CaManager;
+use crate::clock::Clock;
+use crate::server::datastore::{AgentRecord, DataStore, DataStoreError};
+use crate::telemetry::metrics::ServerMetrics;
+
+/// Everything the handlers share.
+#[derive(Debug)]
+pub struct Inner {
+    /// The server's options.
+    pub options: AgentApiOptions,
+    /// Signs SVIDs and provides the bundle.
+    pub ca: Arc<CaManager>,
+    /// Agents, join tokens (entries are read through `cache`).
+    pub store: Arc<dyn DataStore>,
+    /// Counters and histograms.
+    pub metrics: Arc<ServerMetrics>,
+    /// The time.
+    pub clock: Arc<dyn Clock>,
+    /// Registration entries in memory.
+    pub cache: Arc<AuthorizedEntries>,
+    /// Attestations per source address.
+    pub attest_limiter: KeyedLimiter<IpAddr>,
+    /// Signatures per agent.
+    pub sign_limiter: KeyedLimiter<SpiffeId>,
+}
+
+/// Runs a blocking datastore call off the async threads.
+pub async fn blocking<T: Send + 'static>(
+    store: &Arc<dyn DataStore>,
+    f: impl FnOnce(&dyn DataStore) -> Result<T, DataStoreError> + Send + 'static,
+) -> Result<T, AgentApiError> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || f(store.as_ref()))
+        .await
+        .map_err(|e| AgentApiError::DataStore(DataStoreError::Backend(e.to_string())))?
+        .map_err(AgentApiError::from)
+}
+
+impl Inner {
+    /// The calling agent: the verified certificate's ID, whose record must exist, not be
+    /// banned, and name this certificate's serial as the current one.
+    pub async fn authenticate<T>(&self, req: &Request<T>) -> Result<AgentRecord, AgentApiError> {
+        let chain = req
+            .extensions()
+            .get::<PeerInfo>()
+            .and_then(|p| p.chain.clone())
+            .ok_or(AgentApiError::NoAgentSvid)?;
+        let leaf = chain.first().ok_or(AgentApiError::NoAgentSvid)?;
+        let id = keycard_workload_api::spiffe_id_of(leaf)
+            .map_err(|e| AgentApiError::NotAnAgent(e.to_string()))?;
+        // Agent IDs are `/keycard/agent/...` by default, but an operator may choose any ID of
+        // the trust domain for a join token: the agent record below is what decides.
+        if !id.is_member_of(&self.options.trust_domain) || id == self.options.server_id() {
+            return Err(AgentApiError::NotAnAgent(id.to_string()));
+        }
+        let serial = serial_of(leaf)?;
+        let lookup = id.clone();
+        let record = blocking(&self.store, move |s| s.get_agent(&lookup))
+            .await?
+            .ok_or_else(|| AgentApiError::UnknownAgent(id.to_string()))?;
+        if record.banned {
+            return Err(AgentApiError::BannedAgent(id.to_string()));
+        }
+        if record.svid_serial != serial {
+            return Err(AgentApiError::StaleAgentSvid { presented: serial });
+        }
+        Ok(record)
+    }
+
+    /// The bundle as SPIFFE JSON bytes.
+    pub fn bundle_json(&self) -> Result<Vec<u8>, AgentApiError> {
+        let bundle = self.ca.bundle().map_err(AgentApiError::Ca)?;
+        let json = bundle.to_json().map_err(|e| AgentApiError::Setup(e.to_string()))?;
+        Ok(json.into_bytes())
+    }
+
+    /// Maps `err` to a status and counts the refusal.
+    pub fn refuse(&self, method: &str, err: &AgentApiError) -> Status {
+        let status = super::status::to_status(err);
+        self.metrics.refused(method, status.code());
+        status
+    }
+}
+
+/// The serial number of a certificate, lowercase hex, as stored in agent records.
+pub fn serial_of(cert: &[u8]) -> Result<String, AgentApiError> {
+    use x509_parser::prelude::FromDer as _;
+    let (_, parsed) = x509_parser::certificate::X509Certificate::from_der(cert)
+        .map_err(|e| AgentApiError::NotAnAgent(format!("unreadable certificate: {e}")))?;
+    Ok(hex::encode(parsed.raw_serial()))
+}

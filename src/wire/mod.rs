@@ -1,0 +1,46 @@
+//! The contract between agent and server: the agent API protos and every constant or
+//! message both sides must agree on. The agent and the server import this module and
+//! never each other, so a change here is a change to the wire.
+
+use std::sync::Arc;
+
+use keycard_workload_api::{SpiffeId, TrustDomain};
+use rustls::crypto::CryptoProvider;
+
+/// Code generated from `proto/agent.proto`; lints are relaxed only here.
+#[allow(missing_docs, clippy::all, clippy::pedantic, clippy::nursery)]
+pub mod proto {
+    tonic::include_proto!("keycard.agent.v1");
+}
+
+/// Largest gRPC message either side decodes (a bigger one gets `OutOfRange`).
+pub const MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
+/// Most CSRs in one `BatchNewX509Svid` call.
+pub const MAX_BATCH: usize = 500;
+/// Most entries (revisions) in one `SyncEntries` message.
+pub const SYNC_PAGE_SIZE: usize = 500;
+/// Path prefix of the agent IDs keycard assigns itself (x509pop, default join-token IDs);
+/// operators may choose other IDs for join tokens, so calls are authorized by agent record.
+pub const AGENT_PATH_PREFIX: &str = "/keycard/agent/";
+/// Path of the server's own SVID, which agents pin when they connect.
+pub const SERVER_PATH: &str = "/keycard/server";
+
+/// What an x509pop agent signs before the nonce, so the signature means nothing elsewhere.
+pub const CHALLENGE_CONTEXT: &[u8] = b"keycard x509pop challenge v1\0";
+/// Length of the x509pop nonce.
+pub const NONCE_LEN: usize = 32;
+
+/// The bytes an x509pop agent signs for `nonce`.
+pub fn challenge_message(nonce: &[u8]) -> Vec<u8> {
+    [CHALLENGE_CONTEXT, nonce].concat()
+}
+
+/// `spiffe://<td>/keycard/server`.
+pub fn server_id(trust_domain: &TrustDomain) -> SpiffeId {
+    trust_domain.spiffe_id(SERVER_PATH).unwrap_or_else(|_| trust_domain.id())
+}
+
+/// The ring provider every keycard TLS configuration uses.
+pub fn tls_provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
