@@ -6,5 +6,6 @@ mod authority;
 mod dev;
 #[path = "../common/examples.rs"]
 mod examples;
+mod readme;
 mod support;
 mod workloads;
