@@ -13,9 +13,14 @@
 //!
 //! Operators can do the same by hand (prepare, activate) and also taint and revoke. Every
 //! change is saved to the journal before it takes effect and emits one audit event.
+//!
+//! Locking: signers read the state behind an `RwLock`. A change is serialized by its own
+//! mutex, computes the next journal from a copy, does its disk work (key file, journal,
+//! fsync) holding only that mutex, and takes the write lock just to swap the new journal
+//! and authorities in; a signer therefore never waits for a disk.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, SystemTime};
 
 use keycard_workload_api::{JwtBundle, SpiffeBundle, SpiffeId, TrustDomain, X509Bundle};
@@ -88,7 +93,11 @@ pub struct CaManager {
     pub(super) clock: Arc<dyn Clock>,
     /// Where the journal is saved before any change takes effect.
     pub(super) journal_store: Arc<dyn JournalStore>,
+    /// What signers read; written only to swap in a change already saved to disk.
     pub(super) state: RwLock<State>,
+    /// Held by a change (rotation, operator command) from its first read of the journal to
+    /// its swap, so that two changes cannot interleave, while signers keep reading `state`.
+    pub(super) changes: Mutex<()>,
 }
 
 impl CaManager {
@@ -121,7 +130,14 @@ impl CaManager {
             )?;
             state.jwt.insert(record.id.clone(), Arc::new(authority));
         }
-        let manager = Self { config, keys, clock, journal_store, state: RwLock::new(state) };
+        let manager = Self {
+            config,
+            keys,
+            clock,
+            journal_store,
+            state: RwLock::new(state),
+            changes: Mutex::new(()),
+        };
         manager.rotate()?;
         Ok(manager)
     }
@@ -135,41 +151,59 @@ impl CaManager {
         self.state.read().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub(super) fn write(&self) -> RwLockWriteGuard<'_, State> {
+    fn write(&self) -> RwLockWriteGuard<'_, State> {
         self.state.write().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Saves `next` as the journal, then makes it (and a new authority) current.
+    /// Starts a change: serializes it with every other change (signers are not held up).
+    pub(super) fn begin_change(&self) -> MutexGuard<'_, ()> {
+        self.changes.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A copy of the current journal, the base of a change.
+    pub(super) fn journal(&self) -> Journal {
+        self.read().journal.clone()
+    }
+
+    /// Saves `next` as the journal (disk I/O, with no lock that signers take), then swaps it
+    /// and the `new` authority in under the write lock, drops the `removed` authorities of
+    /// `kind` from memory, and deletes their keys (disk I/O again, after the swap). The
+    /// caller holds [`Self::begin_change`].
     pub(super) fn commit(
         &self,
-        state: &mut State,
+        kind: AuthorityKind,
         next: Journal,
         new: Option<Loaded>,
+        removed: &[AuthorityRecord],
     ) -> Result<(), CaError> {
         self.journal_store.save(&next)?;
-        state.journal = next;
-        match new {
-            Some(Loaded::X509(id, a)) => {
-                state.x509.insert(id, a);
+        {
+            let mut state = self.write();
+            state.journal = next;
+            match new {
+                Some(Loaded::X509(id, a)) => {
+                    state.x509.insert(id, a);
+                }
+                Some(Loaded::Jwt(id, a)) => {
+                    state.jwt.insert(id, a);
+                }
+                None => {}
             }
-            Some(Loaded::Jwt(id, a)) => {
-                state.jwt.insert(id, a);
+            for record in removed {
+                match kind {
+                    AuthorityKind::X509 => state.x509.remove(&record.id).map(drop),
+                    AuthorityKind::Jwt => state.jwt.remove(&record.id).map(drop),
+                };
             }
-            None => {}
+        }
+        for record in removed {
+            self.delete_key(record);
         }
         Ok(())
     }
 
-    /// Drops a removed authority from memory and deletes its key.
-    pub(super) fn forget(&self, state: &mut State, kind: AuthorityKind, record: &AuthorityRecord) {
-        match kind {
-            AuthorityKind::X509 => {
-                state.x509.remove(&record.id);
-            }
-            AuthorityKind::Jwt => {
-                state.jwt.remove(&record.id);
-            }
-        }
+    /// Deletes a removed authority's key (a failure is logged: the key is merely orphaned).
+    fn delete_key(&self, record: &AuthorityRecord) {
         if let Ok(key_id) = KeyId::new(&record.key_id)
             && let Err(e) = self.keys.delete(&key_id)
         {
@@ -190,62 +224,6 @@ impl CaManager {
             published = set.records.len(),
             bundle_sequence = state.journal.bundle_sequence,
         );
-    }
-
-    /// Prepares a new authority of `kind` by hand; returns its ID.
-    pub fn prepare(&self, kind: AuthorityKind) -> Result<String, CaError> {
-        let now = self.clock.now();
-        let mut state = self.write();
-        let mut next = state.journal.clone();
-        if let Some(p) = next.set(kind).prepared() {
-            return Err(super::journal::JournalError::AlreadyPrepared(p.id.clone()).into());
-        }
-        let (record, authority) = self.create(kind, now)?;
-        let id = record.id.clone();
-        next.set_mut(kind).add(record)?;
-        next.bundle_sequence += 1;
-        self.commit(&mut state, next, Some(authority))?;
-        drop(state);
-        self.audit_slots(kind, "prepare");
-        Ok(id)
-    }
-
-    /// Activates the prepared authority `id` by hand, after its self-test.
-    pub fn activate(&self, kind: AuthorityKind, id: &str) -> Result<(), CaError> {
-        let now = self.clock.now();
-        let mut state = self.write();
-        let mut next = state.journal.clone();
-        next.set_mut(kind).activate(kind, id)?;
-        self.self_test(&state, kind, id, now)?;
-        self.commit(&mut state, next, None)?;
-        drop(state);
-        self.audit_slots(kind, "activate");
-        Ok(())
-    }
-
-    /// Taints the old authority `id`: agents renew what it signed early.
-    pub fn taint(&self, kind: AuthorityKind, id: &str) -> Result<(), CaError> {
-        let mut state = self.write();
-        let mut next = state.journal.clone();
-        next.set_mut(kind).taint(kind, id)?;
-        next.bundle_sequence += 1;
-        self.commit(&mut state, next, None)?;
-        drop(state);
-        self.audit_slots(kind, "taint");
-        Ok(())
-    }
-
-    /// Revokes the tainted, non-active authority `id`: it leaves the bundle for good.
-    pub fn revoke(&self, kind: AuthorityKind, id: &str) -> Result<(), CaError> {
-        let mut state = self.write();
-        let mut next = state.journal.clone();
-        let record = next.set_mut(kind).revoke(kind, id)?;
-        next.bundle_sequence += 1;
-        self.commit(&mut state, next, None)?;
-        self.forget(&mut state, kind, &record);
-        drop(state);
-        self.audit_slots(kind, "revoke");
-        Ok(())
     }
 
     /// Every authority of `kind`, oldest first.
@@ -377,3 +355,7 @@ pub(crate) fn test_ca(trust_domain: TrustDomain) -> Arc<CaManager> {
     let journal = Arc::new(super::journal::MemoryJournal::default());
     Arc::new(CaManager::open(config, keys, clock, journal).expect("a test CA starts"))
 }
+
+mod commands;
+#[cfg(test)]
+mod lock_tests;

@@ -22,8 +22,9 @@ impl CaManager {
 
     fn rotate_kind(&self, kind: AuthorityKind) -> Result<bool, CaError> {
         let now = self.clock.now();
-        let mut state = self.write();
-        let mut next = state.journal.clone();
+        let changing = self.begin_change();
+        let current = self.journal();
+        let mut next = current.clone();
         let mut bundle_changed = false;
         let mut removed = Vec::new();
         let active = next.set(kind).active().cloned();
@@ -65,24 +66,21 @@ impl CaManager {
             } else if let Some(prepared) = next.set(kind).prepared().cloned()
                 && now >= active.activate_at()
             {
-                self.self_test(&state, kind, &prepared.id, now)?;
+                self.self_test(&self.read(), kind, &prepared.id, now)?;
                 next.set_mut(kind).activate(kind, &prepared.id)?;
             }
         }
         let pruned = next.set_mut(kind).prune_expired(now);
         bundle_changed |= !pruned.is_empty();
         removed.extend(pruned);
-        if next == state.journal {
+        if next == current {
             return Ok(false);
         }
         if bundle_changed {
             next.bundle_sequence += 1;
         }
-        self.commit(&mut state, next, new_authority)?;
-        for record in removed {
-            self.forget(&mut state, kind, &record);
-        }
-        drop(state);
+        self.commit(kind, next, new_authority, &removed)?;
+        drop(changing);
         self.audit_slots(kind, "rotation");
         Ok(true)
     }
