@@ -21,6 +21,7 @@
 //! | `disk_cache` | `false` | Keep workload SVIDs on disk (`<data_dir>/cache`), so that an agent restarted while the server is down still serves them |
 //! | `unix_sha256` | `false` | Add `unix:sha256:<hex>` of each caller's executable to its selectors |
 //! | `unix_sha256_max_size` | `67108864` | Largest executable hashed for `unix:sha256`, in bytes |
+//! | `[workload_api]` `max_connections`, `max_connections_per_uid`, `first_request_timeout` | `8192`, `512`, `10s` | Caps on Workload API connections, in all and per uid, and the time a connection has to make its first request ([`limits`]) |
 //! | `health_address` | none | `ip:port` for `/live`, `/ready` and `/metrics` (`--health-address`) |
 //! | `log_format` | `text` | `text` or `json` (`--log-format`) |
 //! | `log_level` | `info` | Level or filter directive; `RUST_LOG` overrides it (`--log-level`) |
@@ -168,6 +169,8 @@ pub struct AgentConfig {
     pub disk_cache: bool,
     /// Unix attestor options.
     pub unix: UnixAttestorOptions,
+    /// Caps on Workload API connections (`[workload_api]`).
+    pub workload_limits: super::workload_api::limits::ConnectionLimits,
     /// Health and metrics address; `None` disables the endpoints.
     pub health_address: Option<SocketAddr>,
     /// Log format.
@@ -384,6 +387,7 @@ impl AgentConfig {
             workload_key_type,
             disk_cache: f.disk_cache.unwrap_or(false),
             unix,
+            workload_limits: limits::connection_limits(f.workload_api)?,
             health_address,
             log_format,
             log_level,
@@ -392,5 +396,6 @@ impl AgentConfig {
 }
 
 mod file;
+pub mod limits;
 #[cfg(test)]
 mod tests;

@@ -23,6 +23,7 @@ use super::disk_cache::DiskCache;
 use super::jwt::JwtMinter;
 use super::manager::{Manager, ManagerError, ManagerOptions, RoundObserver, TickReport};
 use super::storage::{AgentStorage, StorageError};
+use super::workload_api::limits;
 use crate::clock::{Clock, SystemClock};
 use crate::shutdown::Shutdown;
 use crate::telemetry::AgentMetrics;
@@ -125,6 +126,9 @@ pub async fn run(config: AgentConfig, shutdown: Shutdown) -> Result<(), RunError
         tracing::info!(agent_id = %id.spiffe_id, expires_at = ?id.expires_at, "agent identity ready");
     }
 
+    // Each held Workload API connection costs descriptors: take all the kernel allows,
+    // and cap connections to what that can hold.
+    let limits = config.workload_limits.fitted_to(limits::raise_fd_limit());
     let listener = crate::unixsock::bind_workload_socket(&config.socket_path)?;
     tracing::info!(socket = %config.socket_path.display(), "Workload API listening");
     let mut tasks: JoinSet<Result<(), RunError>> = JoinSet::new();
@@ -135,7 +139,8 @@ pub async fn run(config: AgentConfig, shutdown: Shutdown) -> Result<(), RunError
             (cache.clone(), unix.clone(), metrics.clone(), shutdown.wait());
         let jwt = Some(minter.clone());
         async move {
-            Ok(super::workload_api::serve(listener, cache, unix, metrics, jwt, stop).await?)
+            let serve = super::workload_api::serve_with_limits;
+            Ok(serve(listener, cache, unix, limits, metrics, jwt, stop).await?)
         }
     });
     tasks.spawn({

@@ -1,24 +1,26 @@
 //! The SPIFFE Workload API service of the agent: X.509-SVIDs and bundles from the
 //! [`SvidCache`], over a Unix socket.
 //!
-//! Each connection is attested once, when it is accepted (the kernel's peer credentials,
-//! see [`attest`]); the result rides along with the connection as tonic's connect info.
-//! Every call then checks, in this order: the `workload.spiffe.io: true` header
-//! (`InvalidArgument`), that attestation worked and the caller is still the same process
-//! (`Unavailable`), and that the caller is entitled to at least one SVID
-//! (`PermissionDenied`, logged with the caller's selectors).
+//! Connections are accepted under per-uid and total caps ([`limits`]); each connection's
+//! caller is attested at its first request (the kernel's peer credentials, see
+//! [`attest`](super::attest)) and the result rides along with the connection as tonic's
+//! connect info ([`connection`]). Every call then checks, in this order: the
+//! `workload.spiffe.io: true` header (`InvalidArgument`); that the caller is still the
+//! attested process, with the same uid, gid, groups and executable (`PermissionDenied`
+//! when it exited or changed, `Unavailable` when attestation itself failed); and that it is
+//! entitled to at least one SVID (`PermissionDenied`, logged with the caller's selectors).
 //!
 //! Streams send the full state at once and again after every change the cache reports
-//! for that caller; when the caller loses its last SVID the stream ends with
-//! `PermissionDenied`, and on agent shutdown with `Unavailable`.
+//! for that caller, each time after the same re-check. A stream ends with
+//! `PermissionDenied` when the caller loses its last SVID, exits (its pidfd polls
+//! readable) or changes (re-checked before every update and every [`RECHECK_INTERVAL`]),
+//! and with `Unavailable` on agent shutdown.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use keycard_workload_api::proto::{
     JwtBundlesRequest, JwtBundlesResponse, JwtsvidRequest, JwtsvidResponse, SECURITY_HEADER,
@@ -27,98 +29,29 @@ use keycard_workload_api::proto::{
     X509svidResponse,
 };
 use keycard_workload_api::{JwtBundleSet, SpiffeBundle, validate_jwt_svid};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixListener;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::server::Connected;
 use tonic::{Request, Response, Status};
 
-use super::attest::{Attested, UnixAttestorOptions, attest};
+use super::attest::{AttestError, Attested, UnixAttestorOptions};
 use super::cache::{Snapshot, SvidCache};
-use super::h2fix::{AuthorityFix, fix_authority};
 use super::jwt::JwtMinter;
 use crate::telemetry::AgentMetrics;
+pub use connection::{CallerState, WorkloadConnection, WorkloadPeer};
+use limits::{ConnectionLimiter, ConnectionLimits};
 
+pub mod connection;
 mod convert;
 mod jwt;
+pub mod limits;
 
-/// How a connection's caller was attested: kept for the life of the connection.
-#[derive(Debug, Clone)]
-pub struct WorkloadPeer {
-    /// The attested caller, or why attestation failed.
-    pub attested: Arc<Result<Attested, String>>,
-}
+/// How often an open stream re-checks its caller even when nothing is sent: a caller that
+/// changed uid or executable is told `PermissionDenied` within this time.
+pub const RECHECK_INTERVAL: Duration = Duration::from_secs(5);
 
-/// An accepted Workload API connection: the `:authority` fix layer over the socket, plus
-/// the caller's attestation as connect info.
-pub struct WorkloadConnection {
-    inner: AuthorityFix<UnixStream>,
-    peer: WorkloadPeer,
-    _open: OpenConnection,
-}
-
-/// Counts a connection in `workload_api_connections_open` for as long as it lives.
-struct OpenConnection(Arc<AgentMetrics>);
-
-impl OpenConnection {
-    fn new(metrics: Arc<AgentMetrics>) -> Self {
-        metrics.workload_connections.inc();
-        metrics.workload_connections_open.inc();
-        Self(metrics)
-    }
-}
-
-impl Drop for OpenConnection {
-    fn drop(&mut self) {
-        self.0.workload_connections_open.dec();
-    }
-}
-
-impl std::fmt::Debug for WorkloadConnection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WorkloadConnection").field("peer", &self.peer).finish_non_exhaustive()
-    }
-}
-
-impl AsyncRead for WorkloadConnection {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for WorkloadConnection {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-impl Connected for WorkloadConnection {
-    type ConnectInfo = WorkloadPeer;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.peer.clone()
-    }
-}
-
-/// Serves the Workload API on `listener` from `cache` until `shutdown` completes; open
-/// streams are then ended with `Unavailable` so the graceful stop does not wait on them.
+/// Serves the Workload API on `listener` from `cache` until `shutdown` completes, with the
+/// default [`ConnectionLimits`]; see [`serve_with_limits`].
 pub async fn serve(
     listener: UnixListener,
     cache: Arc<SvidCache>,
@@ -127,10 +60,27 @@ pub async fn serve(
     jwt: Option<JwtMinter>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    let limits = ConnectionLimits::default();
+    serve_with_limits(listener, cache, options, limits, metrics, jwt, shutdown).await
+}
+
+/// Serves the Workload API on `listener` from `cache` until `shutdown` completes, holding
+/// at most `limits` connections; open streams are then ended with `Unavailable` so the
+/// graceful stop does not wait on them.
+pub async fn serve_with_limits(
+    listener: UnixListener,
+    cache: Arc<SvidCache>,
+    options: UnixAttestorOptions,
+    limits: ConnectionLimits,
+    metrics: Arc<AgentMetrics>,
+    jwt: Option<JwtMinter>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let service = WorkloadApiService { cache, jwt, stop: stop_rx };
     let (conn_tx, conn_rx) = mpsc::channel::<Result<WorkloadConnection, io::Error>>(16);
-    tokio::spawn(accept_loop(listener, Arc::new(options), metrics, conn_tx));
+    let limiter = ConnectionLimiter::new(limits);
+    tokio::spawn(connection::accept_loop(listener, Arc::new(options), limiter, metrics, conn_tx));
     let signal = async move {
         shutdown.await;
         stop_tx.send_replace(true);
@@ -141,40 +91,15 @@ pub async fn serve(
         .await
 }
 
-/// Accepts connections and attests each on its own task; stops once the server is gone.
-async fn accept_loop(
-    listener: UnixListener,
-    options: Arc<UnixAttestorOptions>,
-    metrics: Arc<AgentMetrics>,
-    conns: mpsc::Sender<Result<WorkloadConnection, io::Error>>,
-) {
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accepting a Workload API connection failed");
-                    // Out of descriptors and the like: give the system a moment.
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = conns.closed() => return,
-        };
-        let (options, conns, metrics) = (options.clone(), conns.clone(), metrics.clone());
-        tokio::spawn(async move {
-            let open = OpenConnection::new(metrics.clone());
-            let started = Instant::now();
-            let attested = attest(&stream, &options).await.map_err(|e| {
-                tracing::warn!(error = %e, "workload attestation failed");
-                e.to_string()
-            });
-            let result = if attested.is_ok() { "ok" } else { "error" };
-            metrics.workload_attested(result, started.elapsed());
-            let peer = WorkloadPeer { attested: Arc::new(attested) };
-            let conn = WorkloadConnection { inner: fix_authority(stream), peer, _open: open };
-            let _ = conns.send(Ok(conn)).await;
-        });
+/// The one place attestation errors become gRPC statuses: a caller that exited or is no
+/// longer the attested process is entitled to nothing (`PermissionDenied`); any other
+/// failure is the agent's (`Unavailable`, retried by clients).
+pub(crate) fn attestation_status(e: &AttestError) -> Status {
+    match e {
+        AttestError::ProcessGone { .. } | AttestError::ProcessChanged { .. } => {
+            Status::permission_denied(format!("no identity issued: {e}"))
+        }
+        _ => Status::unavailable("workload attestation failed"),
     }
 }
 
@@ -196,26 +121,22 @@ fn check_header<T>(request: &Request<T>) -> Result<(), Status> {
     }
 }
 
-/// The header check, then the caller's attestation, re-checked as still the same process.
-async fn caller_of<T>(request: &Request<T>) -> Result<Arc<Result<Attested, String>>, Status> {
+/// The header check, then the caller's attestation (made at the connection's first
+/// request), re-checked as unchanged.
+async fn caller_of<T>(request: &Request<T>) -> Result<Arc<CallerState>, Status> {
     check_header(request)?;
-    let unavailable = || Status::unavailable("workload attestation failed");
-    let peer = request.extensions().get::<WorkloadPeer>().ok_or_else(unavailable)?;
-    let attested = peer.attested.clone();
-    let check = attested.clone();
-    let same = tokio::task::spawn_blocking(move || match &*check {
-        Ok(a) => a.caller.ensure_same_process().map_err(|e| e.to_string()),
-        Err(e) => Err(e.clone()),
-    })
-    .await;
-    match same {
-        Ok(Ok(())) => Ok(attested),
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "refusing a Workload API call: caller not attested");
-            Err(unavailable())
-        }
-        Err(_) => Err(unavailable()),
-    }
+    let peer = request
+        .extensions()
+        .get::<WorkloadPeer>()
+        .ok_or_else(|| Status::unavailable("workload attestation failed"))?;
+    let state = peer.0.clone();
+    state.attested().await?;
+    Ok(state)
+}
+
+/// The attested caller of a state [`caller_of`] returned.
+fn attested_of(state: &CallerState) -> Result<&Attested, Status> {
+    state.get().ok_or_else(|| Status::unavailable("workload attestation failed"))
 }
 
 fn no_identity(attested: &Attested) -> Status {
@@ -231,19 +152,18 @@ fn no_identity(attested: &Attested) -> Status {
 impl WorkloadApiService {
     /// Subscribes an attested caller that holds at least one SVID.
     async fn subscribe<T>(&self, request: &Request<T>) -> Result<SubscribedCaller, Status> {
-        let attested = caller_of(request).await?;
-        let Ok(a) = &*attested else {
-            return Err(Status::unavailable("workload attestation failed"));
-        };
+        let state = caller_of(request).await?;
+        let a = attested_of(&state)?;
         let rx = self.cache.subscribe(a.selectors.clone());
         if rx.borrow().svids.is_empty() {
             return Err(no_identity(a));
         }
-        Ok(SubscribedCaller { attested, rx })
+        Ok(SubscribedCaller { state, rx })
     }
 
-    /// Streams `render(snapshot)` now and after every change that alters it; ends after an
-    /// error, when the caller loses its last SVID, or on shutdown.
+    /// Streams `render(snapshot)` now and after every change that alters it, each time
+    /// after re-checking the caller; ends after an error, when the caller loses its last
+    /// SVID, exits or changes, or on shutdown.
     fn stream<T, F>(&self, caller: SubscribedCaller, render: F) -> ResponseStream<T>
     where
         T: PartialEq + Clone + Send + 'static,
@@ -251,41 +171,63 @@ impl WorkloadApiService {
     {
         let (tx, rx) = mpsc::channel(4);
         let mut stop = self.stop.clone();
-        let SubscribedCaller { attested, rx: mut updates } = caller;
+        let SubscribedCaller { state, rx: mut updates } = caller;
         tokio::spawn(async move {
+            let Ok(attested) = attested_of(&state) else { return };
             let mut last: Option<T> = None;
+            let start = tokio::time::Instant::now() + RECHECK_INTERVAL;
+            let mut recheck = tokio::time::interval_at(start, RECHECK_INTERVAL);
             loop {
                 let next = {
                     let snapshot = updates.borrow_and_update();
                     if snapshot.svids.is_empty() {
-                        Err(match &*attested {
-                            Ok(a) => no_identity(a),
-                            Err(_) => Status::unavailable("workload attestation failed"),
-                        })
+                        Err(no_identity(attested))
                     } else {
                         render(&snapshot)
                     }
                 };
+                let next = match next {
+                    Ok(msg) if last.as_ref() == Some(&msg) => None,
+                    // Never send keys to a process that is no longer the attested one.
+                    Ok(msg) => Some(state.recheck().await.map(|()| msg)),
+                    Err(status) => Some(Err(status)),
+                };
                 match next {
-                    Ok(msg) if last.as_ref() == Some(&msg) => {}
-                    Ok(msg) => {
+                    None => {}
+                    Some(Ok(msg)) => {
                         if tx.send(Ok(msg.clone())).await.is_err() {
                             return;
                         }
                         last = Some(msg);
                     }
-                    Err(status) => {
+                    Some(Err(status)) => {
                         let _ = tx.send(Err(status)).await;
                         return;
                     }
                 }
-                tokio::select! {
-                    changed = updates.changed() => if changed.is_err() { return },
-                    () = tx.closed() => return,
-                    _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => {
-                        let _ = tx.send(Err(Status::unavailable("the agent is shutting down"))).await;
-                        return;
+                let ended = loop {
+                    tokio::select! {
+                        changed = updates.changed() => match changed {
+                            Ok(()) => break None,
+                            Err(_) => return,
+                        },
+                        () = tx.closed() => return,
+                        () = attested.caller.exited() => {
+                            break Some(attestation_status(&AttestError::ProcessGone {
+                                pid: attested.caller.pid(),
+                            }));
+                        }
+                        _ = recheck.tick() => if let Err(status) = state.recheck().await {
+                            break Some(status);
+                        },
+                        _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => {
+                            break Some(Status::unavailable("the agent is shutting down"));
+                        }
                     }
+                };
+                if let Some(status) = ended {
+                    let _ = tx.send(Err(status)).await;
+                    return;
                 }
             }
         });
@@ -295,7 +237,7 @@ impl WorkloadApiService {
 
 /// A caller entitled to at least one SVID, and its subscription to the cache.
 struct SubscribedCaller {
-    attested: Arc<Result<Attested, String>>,
+    state: Arc<CallerState>,
     rx: watch::Receiver<Snapshot>,
 }
 
@@ -330,11 +272,11 @@ impl SpiffeWorkloadApi for WorkloadApiService {
         &self,
         request: Request<JwtsvidRequest>,
     ) -> Result<Response<JwtsvidResponse>, Status> {
-        let attested = caller_of(&request).await?;
-        let Ok(a) = &*attested else {
-            return Err(Status::unavailable("workload attestation failed"));
-        };
+        let state = caller_of(&request).await?;
+        let a = attested_of(&state)?;
         let reply = jwt::fetch(&self.cache, self.jwt.as_ref(), a, request.into_inner()).await?;
+        // Minting waited on the server: the caller must still be the one attested.
+        state.recheck().await?;
         Ok(Response::new(reply))
     }
 
@@ -380,5 +322,9 @@ impl SpiffeWorkloadApi for WorkloadApiService {
     }
 }
 
+#[cfg(test)]
+mod caller_tests;
+#[cfg(test)]
+mod limit_tests;
 #[cfg(test)]
 mod tests;

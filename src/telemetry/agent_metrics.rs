@@ -29,6 +29,13 @@ pub struct SvidLabels {
     pub outcome: String,
 }
 
+/// Labels of refused Workload API connections.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    /// `uid_limit`, `total_limit`, `first_request_timeout` or `no_peer_credentials`.
+    pub reason: String,
+}
+
 /// Every metric the agent exports.
 pub struct AgentMetrics {
     registry: Mutex<Registry>,
@@ -54,6 +61,9 @@ pub struct AgentMetrics {
     pub workload_connections: Counter,
     /// Workload API connections open now.
     pub workload_connections_open: Gauge,
+    /// Workload API connections closed by the agent before serving them: over a cap, or no
+    /// request in time.
+    pub workload_connections_refused: Family<RefusedLabels, Counter>,
 }
 
 impl fmt::Debug for AgentMetrics {
@@ -115,6 +125,12 @@ impl AgentMetrics {
             "Workload API connections open now",
             workload_connections_open.clone(),
         );
+        let workload_connections_refused = Family::<RefusedLabels, Counter>::default();
+        registry.register(
+            "workload_api_connections_refused",
+            "Workload API connections closed unserved: over a cap or idle",
+            workload_connections_refused.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             cache_entries,
@@ -128,7 +144,14 @@ impl AgentMetrics {
             workload_attestation_latency,
             workload_connections,
             workload_connections_open,
+            workload_connections_refused,
         }
+    }
+
+    /// Counts one Workload API connection closed unserved, by reason.
+    pub fn workload_refused(&self, reason: &str) {
+        let labels = RefusedLabels { reason: reason.into() };
+        self.workload_connections_refused.get_or_create(&labels).inc();
     }
 
     /// Counts workload SVIDs with `outcome` (`issued`, `renewed`, `failed`).
@@ -180,6 +203,7 @@ mod tests {
         m.workload_attested("ok", Duration::from_micros(300));
         m.workload_connections.inc();
         m.workload_connections_open.set(1);
+        m.workload_refused("uid_limit");
         let text = m.render();
         for needle in [
             "keycard_agent_cache_entries 2",
@@ -193,6 +217,7 @@ mod tests {
             "keycard_agent_workload_attestation_latency_seconds_count 1",
             "keycard_agent_workload_api_connections_total 1",
             "keycard_agent_workload_api_connections_open 1",
+            "keycard_agent_workload_api_connections_refused_total{reason=\"uid_limit\"} 1",
             "# EOF",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in:\n{text}");

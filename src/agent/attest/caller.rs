@@ -1,20 +1,58 @@
 //! The process on the other end of a Workload API connection, pinned so that a PID reused
-//! by another process during or after attestation is noticed.
+//! by another process during or after attestation is noticed, and re-checked so that a
+//! process that changes who it is (`setuid`, `setgroups`, `exec`) is noticed too.
 //!
-//! With a pidfd (`SO_PEERPIDFD`, or `pidfd_open` for a caller found by PID), the caller is
+//! With a pidfd (`SO_PEERPIDFD`, or `pidfd_open` when the kernel lacks it), the caller is
 //! the process the pidfd refers to: it is the same process exactly while that process
 //! runs. Without one, the caller is the PID plus its start time; it is the same process
-//! while `/proc/<pid>` exists, runs, has the same start time and the same effective uid and
-//! gid. (Start times tick at 100 Hz, so this fallback cannot tell apart two processes
-//! started within the same 10 ms; pidfds have no such gap.)
+//! while `/proc/<pid>` exists, runs and has the same start time. (Start times tick at
+//! 100 Hz, so this fallback cannot tell apart two processes started within the same 10 ms;
+//! pidfds have no such gap.) Either way its effective uid and gid must still be the ones
+//! the kernel recorded at `connect()` (`SO_PEERCRED`): a `pidfd_open(pid)` taken after the
+//! connector exited would pin whoever got its PID, and a process that dropped to another
+//! uid is no longer the caller that was attested.
+//!
+//! A [`Fingerprint`] records the rest of what the selectors come from (supplementary
+//! groups, the executable file); [`Caller::ensure_unchanged`] compares it again.
 
 use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::MetadataExt as _;
 use std::path::PathBuf;
+
+use tokio::io::unix::AsyncFd;
 
 use super::AttestError;
 use super::peer::{self, PeerIds};
 use super::procfs;
+
+/// What the caller's selectors were derived from, besides its uid and gid: read before
+/// the selectors are collected and compared again after, and on every later check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fingerprint {
+    /// Supplementary groups (`Groups:` of `/proc/<pid>/status`).
+    groups: Vec<u32>,
+    /// Device and inode of the file the process runs; `None` when the agent may not look
+    /// (then no selector came from it either).
+    exe: Option<(u64, u64)>,
+}
+
+/// The caller's pidfd: plain while attestation runs on the blocking pool, then registered
+/// with the runtime so that a stream can wait for the process to exit.
+#[derive(Debug)]
+enum Pidfd {
+    Plain(OwnedFd),
+    Watched(AsyncFd<OwnedFd>),
+}
+
+impl Pidfd {
+    fn fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Self::Plain(fd) => fd.as_fd(),
+            Self::Watched(fd) => fd.get_ref().as_fd(),
+        }
+    }
+}
 
 /// An attested caller: PID, the uid/gid it connected with, its start time, and a pidfd
 /// when the kernel offers one.
@@ -24,7 +62,7 @@ pub struct Caller {
     uid: u32,
     gid: u32,
     start_time: u64,
-    pidfd: Option<OwnedFd>,
+    pidfd: Option<Pidfd>,
     /// `/proc/<pid>` opened at attestation: files read through it fail with `ESRCH` once
     /// the process is gone, even when its PID has been given to another process.
     proc_dir: File,
@@ -43,18 +81,19 @@ impl Caller {
             Some(libc::ESRCH) => AttestError::ProcessGone { pid },
             _ => AttestError::Pidfd(e),
         })?;
+        if ids.pidfd.is_none() {
+            // No SO_PEERPIDFD: pin the PID now, as early as we can. Whoever it names is
+            // checked against the uid and gid of SO_PEERCRED on every use.
+            ids.pidfd = open_pidfd(pid)?;
+        }
         Ok(ids)
     }
 
     /// Completes a caller from its peer credentials: reads its start time from `/proc`
-    /// (blocking). Without `SO_PEERPIDFD` a pidfd is opened by PID (no better than `/proc`
-    /// against a PID reused before this point, but it pins the process from here on).
+    /// (blocking), then checks it is still the process that connected.
     pub(crate) fn from_peer(ids: PeerIds) -> Result<Self, AttestError> {
         let PeerIds { pid, uid, gid, pidfd } = ids;
-        let pidfd = match pidfd {
-            Some(fd) => Some(fd),
-            None => open_pidfd(pid)?,
-        };
+        let pidfd = pidfd.map(Pidfd::Plain);
         let dir = procfs::proc_path(pid, "");
         let proc_dir = File::open(&dir).map_err(|e| procfs::proc_error(pid, &dir, e))?;
         let stat = procfs::read_stat(pid, pinned(&proc_dir, "stat"))?;
@@ -74,6 +113,7 @@ impl Caller {
             return Err(AttestError::ProcessGone { pid });
         }
         let pidfd = open_pidfd(pid)?;
+        // Read after the pidfd pins the process, so the ids are of that process.
         let status = procfs::read_status(pid, procfs::proc_path(pid, "status"))?;
         let ids = PeerIds { pid, uid: status.uid, gid: status.gid, pidfd };
         Self::from_peer(ids)
@@ -118,9 +158,47 @@ impl Caller {
         self
     }
 
+    /// Registers the pidfd with the tokio runtime so that [`Caller::exited`] can wait on
+    /// it. Must run inside a runtime; without a pidfd (or when the registration fails) it
+    /// changes nothing and [`Caller::exited`] never completes.
+    pub(crate) fn watch_exit(&mut self) {
+        if let Some(Pidfd::Plain(fd)) = self.pidfd.take() {
+            self.pidfd = Some(match peer::watch_pidfd(fd) {
+                Ok(watched) => Pidfd::Watched(watched),
+                Err((fd, error)) => {
+                    tracing::debug!(%error, "cannot watch the caller's pidfd; re-checked on a timer");
+                    Pidfd::Plain(fd)
+                }
+            });
+        }
+    }
+
+    /// Completes once the caller's process has exited (its pidfd polls readable); never
+    /// when the pidfd is not watched (see [`Caller::watch_exit`]): callers without one are
+    /// re-checked on a timer instead.
+    pub async fn exited(&self) {
+        let Some(Pidfd::Watched(fd)) = &self.pidfd else {
+            return std::future::pending().await;
+        };
+        loop {
+            match fd.readable().await {
+                Ok(mut guard) => {
+                    if !peer::pidfd_alive(fd.get_ref().as_fd()).unwrap_or(false) {
+                        return;
+                    }
+                    guard.clear_ready();
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot wait on the caller's pidfd");
+                    return std::future::pending().await;
+                }
+            }
+        }
+    }
+
     /// Whether the caller is still the process that was attested. `Ok(false)` when it
-    /// exited or its PID now belongs to another process; `Err` only when the check itself
-    /// could not be made.
+    /// exited, its PID now belongs to another process, or its uid or gid changed; `Err`
+    /// only when the check itself could not be made.
     pub fn is_same_process(&self) -> Result<bool, AttestError> {
         match self.ensure_same_process() {
             Ok(()) => Ok(true),
@@ -133,7 +211,7 @@ impl Caller {
     pub fn ensure_same_process(&self) -> Result<(), AttestError> {
         let pid = self.pid;
         if let Some(fd) = &self.pidfd {
-            let alive = peer::pidfd_alive(fd.as_fd()).map_err(AttestError::Pidfd)?;
+            let alive = peer::pidfd_alive(fd.fd()).map_err(AttestError::Pidfd)?;
             if !alive {
                 return Err(AttestError::ProcessGone { pid });
             }
@@ -145,16 +223,47 @@ impl Caller {
         if stat.start_time != self.start_time {
             return Err(AttestError::ProcessChanged { pid, what: "start time" });
         }
-        if self.pidfd.is_none() {
-            let status = procfs::read_status(pid, self.proc_file("status"))?;
-            if status.uid != self.uid {
-                return Err(AttestError::ProcessChanged { pid, what: "effective uid" });
-            }
-            if status.gid != self.gid {
-                return Err(AttestError::ProcessChanged { pid, what: "effective gid" });
-            }
+        // With a pidfd too: the process may have dropped to another uid since it connected.
+        let status = procfs::read_status(pid, self.proc_file("status"))?;
+        if status.uid != self.uid {
+            return Err(AttestError::ProcessChanged { pid, what: "effective uid" });
+        }
+        if status.gid != self.gid {
+            return Err(AttestError::ProcessChanged { pid, what: "effective gid" });
         }
         Ok(())
+    }
+
+    /// What the selectors besides uid and gid are derived from, now (blocking: reads
+    /// `/proc`). Take it before collecting selectors, and compare after.
+    pub(crate) fn fingerprint(&self) -> Result<Fingerprint, AttestError> {
+        let status = procfs::read_status(self.pid, self.proc_file("status"))?;
+        let exe_link = self.proc_file("exe");
+        // The link resolves to the inode the process runs, even when it was deleted.
+        let exe = match std::fs::metadata(&exe_link) {
+            Ok(meta) => Some((meta.dev(), meta.ino())),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => None,
+            Err(e) => return Err(procfs::proc_error(self.pid, &exe_link, e)),
+        };
+        Ok(Fingerprint { groups: status.groups, exe })
+    }
+
+    /// [`Caller::ensure_same_process`], then the fingerprint compared with `attested`:
+    /// refuses a caller that exited, or changed its uid, gid, supplementary groups or
+    /// executable (`exec`) since it was attested. Blocking (reads `/proc`).
+    pub fn ensure_unchanged(&self, attested: &Fingerprint) -> Result<(), AttestError> {
+        self.ensure_same_process()?;
+        let now = self.fingerprint()?;
+        let pid = self.pid;
+        if now.groups != attested.groups {
+            return Err(AttestError::ProcessChanged { pid, what: "supplementary groups" });
+        }
+        if now.exe != attested.exe {
+            return Err(AttestError::ProcessChanged { pid, what: "executable" });
+        }
+        // Changed and back between two reads would pass; the pidfd and start time still
+        // say it is the same process, and what it runs now is what was attested.
+        self.ensure_same_process()
     }
 }
 

@@ -9,8 +9,15 @@
 //! `/proc`, so the selectors would describe the wrong process. The caller is pinned by a
 //! pidfd where the kernel has them, and always by its `/proc/<pid>` directory opened at
 //! attestation (reads through it fail once the process is gone, whoever has the PID now)
-//! and its start time; without a pidfd its uid and gid must not change either. It is checked
-//! again AFTER the selectors are collected; a changed caller is refused.
+//! and its start time; its effective uid and gid must still be those of `SO_PEERCRED`.
+//! It is checked again AFTER the selectors are collected; a changed caller is refused.
+//!
+//! Identity changes: a process may `setuid`, `setgroups` or `exec` another program after
+//! it connected, or hand its connection to another process and exit. [`Attested`] keeps
+//! a [`Fingerprint`] of what its selectors came from; [`Attested::ensure_unchanged`]
+//! refuses the caller once it exited or any of that changed. The Workload API calls it on
+//! every call and before every stream update, and ends streams when the process exits
+//! ([`Caller::exited`]).
 //!
 //! - [`caller`]: [`Caller`], the pinned process, and its same-process check.
 //! - [`unix`]: the selectors and [`UnixAttestorOptions`].
@@ -26,7 +33,8 @@ use std::path::PathBuf;
 
 use tokio::net::UnixStream;
 
-pub use caller::Caller;
+pub use caller::{Caller, Fingerprint};
+use peer::PeerIds;
 pub use unix::{DEFAULT_MAX_BINARY_SIZE, UnixAttestorOptions};
 
 use crate::selector::SelectorSet;
@@ -43,8 +51,8 @@ pub enum AttestError {
          host PID namespace (for containers: hostPID / --pid=host)"
     )]
     PeerOutsidePidNamespace,
-    /// The caller exited before attestation finished.
-    #[error("the caller (PID {pid}) exited before attestation finished")]
+    /// The caller exited (before attestation finished, or since).
+    #[error("the caller (PID {pid}) exited")]
     ProcessGone {
         /// The caller's PID.
         pid: i32,
@@ -54,7 +62,8 @@ pub enum AttestError {
     ProcessChanged {
         /// The caller's PID.
         pid: i32,
-        /// What changed: `start time`, `effective uid`, `effective gid`.
+        /// What changed: `start time`, `effective uid`, `effective gid`, `supplementary
+        /// groups`, `executable`.
         what: &'static str,
     },
     /// A `/proc` file could not be read.
@@ -85,36 +94,78 @@ pub enum AttestError {
 /// An attested caller and its selectors.
 #[derive(Debug)]
 pub struct Attested {
-    /// The process, still pinned: check [`Caller::ensure_same_process`] again before using
-    /// the caller for anything that follows much later.
+    /// The process, still pinned: check [`Attested::ensure_unchanged`] again before using
+    /// the selectors for anything that follows later.
     pub caller: Caller,
     /// The selectors discovered for it (all of type `unix`).
     pub selectors: SelectorSet,
+    /// What the selectors were derived from, besides uid and gid.
+    pub fingerprint: Fingerprint,
 }
 
-/// Attests the process that connected on `stream`: peer credentials and pidfd, unix
-/// selectors (the `/proc` reads run on the blocking pool), then a same-process check.
+impl Attested {
+    /// Refuses the caller once it exited or changed uid, gid, supplementary groups or
+    /// executable since it was attested: the selectors no longer describe it. Blocking.
+    pub fn ensure_unchanged(&self) -> Result<(), AttestError> {
+        self.caller.ensure_unchanged(&self.fingerprint)
+    }
+}
+
+/// Who connected on a Workload API socket, as the kernel recorded it at `connect()`: pid,
+/// uid, gid and a pidfd, read at accept (system calls only, no `/proc`), attested later by
+/// [`attest_peer`].
+#[derive(Debug)]
+pub struct Peer(PeerIds);
+
+impl Peer {
+    /// Reads the peer credentials and pidfd of an accepted connection. Cheap and
+    /// non-blocking.
+    pub fn of(stream: &UnixStream) -> Result<Self, AttestError> {
+        Caller::peer_of(stream).map(Self)
+    }
+
+    /// The effective uid the peer connected with.
+    pub fn uid(&self) -> u32 {
+        self.0.uid
+    }
+}
+
+/// Attests a peer: its start time and unix selectors from `/proc` (on the blocking pool),
+/// with a fingerprint taken before and compared after; then its pidfd is registered so
+/// that [`Caller::exited`] can wait for it.
+pub async fn attest_peer(
+    peer: Peer,
+    options: &UnixAttestorOptions,
+) -> Result<Attested, AttestError> {
+    let options = options.clone();
+    let mut attested = tokio::task::spawn_blocking(move || {
+        let caller = Caller::from_peer(peer.0)?;
+        let fingerprint = caller.fingerprint()?;
+        let selectors = unix::collect(&caller, &options)?;
+        let attested = Attested { caller, selectors, fingerprint };
+        attested.ensure_unchanged()?;
+        Ok::<_, AttestError>(attested)
+    })
+    .await??;
+    attested.caller.watch_exit();
+    Ok(attested)
+}
+
+/// Attests the process that connected on `stream`: [`Peer::of`], then [`attest_peer`].
 pub async fn attest(
     stream: &UnixStream,
     options: &UnixAttestorOptions,
 ) -> Result<Attested, AttestError> {
-    let ids = Caller::peer_of(stream)?;
-    let options = options.clone();
-    tokio::task::spawn_blocking(move || {
-        let caller = Caller::from_peer(ids)?;
-        let selectors = unix::collect(&caller, &options)?;
-        caller.ensure_same_process()?;
-        Ok(Attested { caller, selectors })
-    })
-    .await?
+    attest_peer(Peer::of(stream)?, options).await
 }
 
 /// The selectors of the process with this PID now (for `keycard agent explain --pid N`).
 /// Blocking: call it off the async runtime.
 pub fn attest_pid(pid: i32, options: &UnixAttestorOptions) -> Result<SelectorSet, AttestError> {
     let caller = Caller::from_pid(pid)?;
+    let fingerprint = caller.fingerprint()?;
     let selectors = unix::collect(&caller, options)?;
-    caller.ensure_same_process()?;
+    caller.ensure_unchanged(&fingerprint)?;
     Ok(selectors)
 }
 

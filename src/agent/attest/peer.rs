@@ -9,6 +9,7 @@
 //!   exactly the process that connected, so a PID reused later is never mistaken for it.
 //! - [`pidfd_open`]: a pidfd for a PID (Linux 5.3+), for callers found by PID only.
 //! - [`pidfd_alive`]: whether the process a pidfd refers to is still running.
+//! - [`watch_pidfd`]: a pidfd registered with tokio, to wait for the process to exit.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -120,6 +121,20 @@ pub(crate) fn pidfd_open(pid: i32) -> io::Result<Option<OwnedFd>> {
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "pidfd out of range"))?;
     // SAFETY: the kernel just installed `fd` in our table for us; nothing else owns it.
     Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+/// Registers a pidfd with the tokio runtime (readable interest: it polls readable once the
+/// process exited). Must run inside a runtime; on failure the descriptor comes back.
+pub(crate) fn watch_pidfd(
+    pidfd: OwnedFd,
+) -> Result<tokio::io::unix::AsyncFd<OwnedFd>, (OwnedFd, io::Error)> {
+    // SAFETY: the `AsyncFd` owns the `OwnedFd`, which returns the same open descriptor
+    // from every `as_raw_fd` call and is closed only when the `AsyncFd` is dropped (after
+    // it deregistered); nothing else holds or closes that descriptor.
+    unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| e.into_parts())
 }
 
 /// Whether the process behind `pidfd` is still running (not exited, not a zombie).

@@ -79,7 +79,7 @@ async fn own_process_selectors_over_a_socket_pair() {
     let server = accept(&l).await;
     // Debug test binaries can be larger than the default limit.
     let options = UnixAttestorOptions { sha256: true, max_binary_size: u64::MAX };
-    let Attested { caller, selectors } = attest(&server, &options).await.unwrap();
+    let Attested { caller, selectors, .. } = attest(&server, &options).await.unwrap();
 
     let me = std::fs::metadata("/proc/self").unwrap();
     assert_eq!(caller.pid() as u32, std::process::id());

@@ -40,7 +40,7 @@ impl Default for UnixAttestorOptions {
 /// Collects the unix selectors of `caller` (blocking: reads `/proc` and account files).
 ///
 /// The caller is NOT re-checked here; whoever uses the selectors must call
-/// [`Caller::ensure_same_process`] afterwards, or they may describe a process that took
+/// [`Caller::ensure_unchanged`] afterwards, or they may describe a process that took
 /// over the PID meanwhile.
 pub(crate) fn collect(
     caller: &Caller,

@@ -27,6 +27,16 @@ pub(super) struct FileConfig {
     pub(super) health_address: Option<String>,
     pub(super) log_format: Option<String>,
     pub(super) log_level: Option<String>,
+    pub(super) workload_api: Option<FileWorkloadApi>,
+}
+
+/// `[workload_api]`: caps on Workload API connections.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileWorkloadApi {
+    pub(super) max_connections: Option<usize>,
+    pub(super) max_connections_per_uid: Option<usize>,
+    pub(super) first_request_timeout: Option<String>,
 }
 
 /// `[x509pop]`.

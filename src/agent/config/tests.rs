@@ -151,3 +151,29 @@ fn the_example_config_file_loads() {
     let c = AgentConfig::load(&AgentArgs { config: Some(path), ..Default::default() }).unwrap();
     assert_eq!(c.trust_domain.to_string(), "example.org");
 }
+
+#[test]
+fn workload_api_connection_caps() {
+    use crate::agent::workload_api::limits::ConnectionLimits;
+    assert_eq!(toml(&args(), "").unwrap().workload_limits, ConnectionLimits::default());
+    let c = toml(
+        &args(),
+        "[workload_api]\nmax_connections = 100\nmax_connections_per_uid = 10\n\
+         first_request_timeout = \"2s\"\n",
+    )
+    .unwrap();
+    let want = ConnectionLimits {
+        max_connections: 100,
+        max_connections_per_uid: 10,
+        first_request_timeout: Duration::from_secs(2),
+    };
+    assert_eq!(c.workload_limits, want);
+    let e = err(&args(), "[workload_api]\nmax_connections = 10\nmax_connections_per_uid = 11\n");
+    assert!(e.contains("max_connections_per_uid") && e.contains("far below"), "{e}");
+    let e = err(&args(), "[workload_api]\nmax_connections_per_uid = 0\n");
+    assert!(e.contains("at least 1"), "{e}");
+    let e = err(&args(), "[workload_api]\nfirst_request_timeout = \"0s\"\n");
+    assert!(e.contains("first_request_timeout"), "{e}");
+    let e = err(&args(), "[workload_api]\nmax_conections = 5\n");
+    assert!(e.contains("max_conections"), "{e}");
+}

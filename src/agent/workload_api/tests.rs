@@ -2,7 +2,7 @@
 //! minted by a real CA for entries selecting this test process's uid.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::MetadataExt as _;
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -21,17 +21,18 @@ use crate::ca::{CaManager, KeyType, SigningKey, SvidRequest};
 use crate::clock::SystemClock;
 use crate::server::agent_api::proto as pb;
 
-struct Setup {
-    _dir: tempfile::TempDir,
-    socket: PathBuf,
-    uid: u32,
-    ca: Arc<CaManager>,
+pub(super) struct Setup {
+    pub(super) dir: tempfile::TempDir,
+    pub(super) socket: PathBuf,
+    pub(super) uid: u32,
+    pub(super) ca: Arc<CaManager>,
     cache: Arc<SvidCache>,
     entries: BTreeMap<String, pb::Entry>,
+    pub(super) metrics: Arc<AgentMetrics>,
     _stop: oneshot::Sender<()>,
 }
 
-fn entry(id: &str, spiffe_id: &str, selector: &str) -> pb::Entry {
+pub(super) fn entry(id: &str, spiffe_id: &str, selector: &str) -> pb::Entry {
     pb::Entry {
         id: id.into(),
         spiffe_id: spiffe_id.into(),
@@ -62,45 +63,56 @@ fn jwt_minter(ca: Arc<CaManager>, cache: Arc<SvidCache>, wrong_id: bool) -> JwtM
 }
 
 impl Setup {
-    async fn start() -> Self {
-        Self::start_with(false).await
+    pub(super) async fn start() -> Self {
+        Self::start_full(false, ConnectionLimits::default()).await
     }
 
     async fn start_with(wrong_jwt_id: bool) -> Self {
+        Self::start_full(wrong_jwt_id, ConnectionLimits::default()).await
+    }
+
+    /// A service with these connection caps, on a socket every local user may connect to.
+    pub(super) async fn start_full(wrong_jwt_id: bool, limits: ConnectionLimits) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let uid = std::fs::metadata(dir.path()).unwrap().uid();
         let ca = crate::ca::manager::test_ca(TrustDomain::new("example.org").unwrap());
         let cache = Arc::new(SvidCache::new(Arc::new(SystemClock)));
         let socket = dir.path().join("agent.sock");
         let listener = UnixListener::bind(&socket).unwrap();
+        for (path, mode) in [(dir.path(), 0o755), (socket.as_path(), 0o777)] {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
         let (stop, stopped) = oneshot::channel::<()>();
         let options = UnixAttestorOptions::default();
-        tokio::spawn(serve(
+        let metrics = Arc::new(AgentMetrics::new());
+        tokio::spawn(serve_with_limits(
             listener,
             cache.clone(),
             options,
-            Arc::new(crate::telemetry::AgentMetrics::new()),
+            limits,
+            metrics.clone(),
             Some(jwt_minter(ca.clone(), cache.clone(), wrong_jwt_id)),
             async move {
                 let _ = stopped.await;
             },
         ));
-        Self { _dir: dir, socket, uid, ca, cache, entries: BTreeMap::new(), _stop: stop }
+        let entries = BTreeMap::new();
+        Self { dir, socket, uid, ca, cache, entries, metrics, _stop: stop }
     }
 
-    fn my_selector(&self) -> String {
+    pub(super) fn my_selector(&self) -> String {
         format!("unix:uid:{}", self.uid)
     }
 
     /// Puts the entries in the cache (with the CA's bundle).
-    fn sync(&mut self, entries: Vec<pb::Entry>) {
+    pub(super) fn sync(&mut self, entries: Vec<pb::Entry>) {
         self.entries = entries.into_iter().map(|e| (e.id.clone(), e)).collect();
         let bundle = self.ca.bundle().unwrap();
         self.cache.set_entries(&self.entries, Some(&bundle), &[]).unwrap();
     }
 
     /// Mints a fresh SVID for the entry and puts it in the cache.
-    fn mint(&self, entry_id: &str) -> Arc<SigningKey> {
+    pub(super) fn mint(&self, entry_id: &str) -> Arc<SigningKey> {
         let key = Arc::new(SigningKey::generate(KeyType::EcP256).unwrap());
         let req = SvidRequest {
             public_key: SubjectPublicKeyInfoDer::from(key.public_key_der()),
@@ -123,17 +135,17 @@ impl Setup {
     }
 }
 
-async fn client(path: &Path) -> SpiffeWorkloadApiClient<Channel> {
+pub(super) async fn client(path: &Path) -> SpiffeWorkloadApiClient<Channel> {
     SpiffeWorkloadApiClient::new(keycard_workload_api::client::unix_channel(path).await.unwrap())
 }
 
-fn with_header<T>(msg: T) -> Request<T> {
+pub(super) fn with_header<T>(msg: T) -> Request<T> {
     let mut req = Request::new(msg);
     req.metadata_mut().insert(SECURITY_HEADER, SECURITY_HEADER_VALUE.parse().unwrap());
     req
 }
 
-async fn open_x509(s: &Setup) -> Streaming<X509svidResponse> {
+pub(super) async fn open_x509(s: &Setup) -> Streaming<X509svidResponse> {
     let mut c = client(&s.socket).await;
     c.fetch_x509svid(with_header(X509svidRequest {})).await.unwrap().into_inner()
 }
@@ -248,7 +260,7 @@ async fn fetch_x509_bundles_keys_the_bundle_by_trust_domain_id() {
     assert_eq!(parsed.jwt_bundle().unwrap(), s.ca.bundle().unwrap().jwt_bundle().unwrap());
 }
 
-fn jwt_request(audience: &[&str], spiffe_id: &str) -> Request<JwtsvidRequest> {
+pub(super) fn jwt_request(audience: &[&str], spiffe_id: &str) -> Request<JwtsvidRequest> {
     with_header(JwtsvidRequest {
         audience: audience.iter().map(|a| (*a).to_owned()).collect(),
         spiffe_id: spiffe_id.into(),

@@ -1,0 +1,241 @@
+//! Accepted Workload API connections: the accept loop with its per-uid and total caps,
+//! the first-request deadline, and each connection's caller, attested at its first
+//! request and re-checked on every later one.
+//!
+//! At accept only system calls run: `SO_PEERCRED` (the uid counted against the caps) and
+//! the caller's pidfd ([`Peer::of`]). The `/proc` reads of attestation run once, when the
+//! first request arrives ([`CallerState::attested`]), so an idle connection costs no more
+//! than its descriptors, and a caller that exits before then is refused.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{OnceCell, mpsc};
+use tokio::time::Sleep;
+use tonic::Status;
+use tonic::transport::server::Connected;
+
+use super::limits::{ConnectionLimiter, ConnectionPermit};
+use crate::agent::attest::{AttestError, Attested, Peer, UnixAttestorOptions, attest_peer};
+use crate::agent::h2fix::{AuthorityFix, fix_authority};
+use crate::telemetry::AgentMetrics;
+
+/// The caller of one connection: its peer credentials until the first request, then its
+/// attestation, kept for the life of the connection.
+#[derive(Debug)]
+pub struct CallerState {
+    /// What accept read, taken by the first request.
+    peer: std::sync::Mutex<Option<Result<Peer, AttestError>>>,
+    attested: OnceCell<Result<Attested, AttestError>>,
+    /// Set by the first request: the connection is no longer idle.
+    requested: AtomicBool,
+    options: Arc<UnixAttestorOptions>,
+    metrics: Arc<AgentMetrics>,
+}
+
+impl CallerState {
+    /// The attested caller, attesting it first if this is the connection's first request;
+    /// then re-checked as unchanged ([`Attested::ensure_unchanged`]).
+    pub async fn attested(self: &Arc<Self>) -> Result<&Attested, Status> {
+        self.requested.store(true, Ordering::Relaxed);
+        let result = self
+            .attested
+            .get_or_init(|| async {
+                let peer = self.peer.lock().unwrap_or_else(|p| p.into_inner()).take();
+                let started = Instant::now();
+                let result = match peer {
+                    Some(Ok(peer)) => attest_peer(peer, &self.options).await,
+                    Some(Err(e)) => Err(e),
+                    None => Err(AttestError::ProcessGone { pid: 0 }),
+                };
+                if let Err(e) = &result {
+                    tracing::warn!(error = %e, "workload attestation failed");
+                }
+                let outcome = if result.is_ok() { "ok" } else { "error" };
+                self.metrics.workload_attested(outcome, started.elapsed());
+                result
+            })
+            .await;
+        let attested = result.as_ref().map_err(super::attestation_status)?;
+        self.recheck().await?;
+        Ok(attested)
+    }
+
+    /// Checks again, on the blocking pool, that the attested caller is unchanged.
+    pub async fn recheck(self: &Arc<Self>) -> Result<(), Status> {
+        let state = self.clone();
+        let checked = tokio::task::spawn_blocking(move || match state.attested.get() {
+            Some(Ok(a)) => a.ensure_unchanged(),
+            Some(Err(_)) | None => Err(AttestError::ProcessGone { pid: 0 }),
+        })
+        .await;
+        match checked {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "refusing the Workload API caller: no longer the attested process");
+                Err(super::attestation_status(&e))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the attestation re-check failed");
+                Err(Status::unavailable("workload attestation failed"))
+            }
+        }
+    }
+
+    /// The attested caller, once [`CallerState::attested`] succeeded.
+    pub fn get(&self) -> Option<&Attested> {
+        self.attested.get().and_then(|r| r.as_ref().ok())
+    }
+}
+
+/// tonic's connect info of a Workload API connection: its caller.
+#[derive(Debug, Clone)]
+pub struct WorkloadPeer(pub Arc<CallerState>);
+
+/// An accepted Workload API connection: the `:authority` fix layer over the socket, its
+/// caller, its place under the caps, and the deadline for its first request.
+pub struct WorkloadConnection {
+    inner: AuthorityFix<UnixStream>,
+    peer: WorkloadPeer,
+    /// Runs out when the connection has made no request in time; dropped once it has.
+    first_request: Option<Pin<Box<Sleep>>>,
+    _permit: ConnectionPermit,
+    _open: OpenConnection,
+}
+
+/// Counts a connection in `workload_api_connections_open` for as long as it lives.
+struct OpenConnection(Arc<AgentMetrics>);
+
+impl OpenConnection {
+    fn new(metrics: Arc<AgentMetrics>) -> Self {
+        metrics.workload_connections.inc();
+        metrics.workload_connections_open.inc();
+        Self(metrics)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.workload_connections_open.dec();
+    }
+}
+
+impl std::fmt::Debug for WorkloadConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkloadConnection").field("peer", &self.peer).finish_non_exhaustive()
+    }
+}
+
+impl AsyncRead for WorkloadConnection {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if let Some(deadline) = &mut self.first_request
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            if !self.peer.0.requested.load(Ordering::Relaxed) {
+                self.peer.0.metrics.workload_refused("first_request_timeout");
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no Workload API request in time",
+                )));
+            }
+            self.first_request = None;
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for WorkloadConnection {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl Connected for WorkloadConnection {
+    type ConnectInfo = WorkloadPeer;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.peer.clone()
+    }
+}
+
+/// Accepts connections until the server is gone: each is counted against its uid's and
+/// the total cap (over either: closed at once), then handed to tonic with its caller.
+pub(super) async fn accept_loop(
+    listener: UnixListener,
+    options: Arc<UnixAttestorOptions>,
+    limiter: Arc<ConnectionLimiter>,
+    metrics: Arc<AgentMetrics>,
+    conns: mpsc::Sender<Result<WorkloadConnection, io::Error>>,
+) {
+    let timeout = limiter.limits().first_request_timeout;
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a Workload API connection failed");
+                    // Out of descriptors and the like: give the system a moment.
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = conns.closed() => return,
+        };
+        let uid = match stream.peer_cred() {
+            Ok(cred) => cred.uid(),
+            Err(e) => {
+                tracing::warn!(error = %e, "no peer credentials on a Workload API connection");
+                metrics.workload_refused("no_peer_credentials");
+                continue;
+            }
+        };
+        let permit = match limiter.try_acquire(uid) {
+            Ok(permit) => permit,
+            Err(refused) => {
+                tracing::debug!(uid, reason = refused.reason(), "Workload API connection refused");
+                metrics.workload_refused(refused.reason());
+                continue;
+            }
+        };
+        let state = CallerState {
+            peer: std::sync::Mutex::new(Some(Peer::of(&stream))),
+            attested: OnceCell::new(),
+            requested: AtomicBool::new(false),
+            options: options.clone(),
+            metrics: metrics.clone(),
+        };
+        let conn = WorkloadConnection {
+            inner: fix_authority(stream),
+            peer: WorkloadPeer(Arc::new(state)),
+            first_request: Some(Box::pin(tokio::time::sleep(timeout))),
+            _permit: permit,
+            _open: OpenConnection::new(metrics.clone()),
+        };
+        if conns.send(Ok(conn)).await.is_err() {
+            return;
+        }
+    }
+}
