@@ -170,6 +170,7 @@ mod tests {
             revision: 4,
             created_at: 0,
             updated_at: 1_700_000_000,
+            parent_missing: false,
         }
     }
 
