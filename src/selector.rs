@@ -36,6 +36,21 @@ pub enum SelectorError {
     /// The value has a control character or whitespace at either end.
     #[error("selector value {0:?} has a control character or leading/trailing whitespace")]
     BadValue(String),
+    /// A registration names a selector type no attestor of keycard produces.
+    #[error(
+        "selector type {0:?} is not one keycard's attestors produce, so an entry with it could \
+         never match; keycard has no attestor plugins, so the types are: unix (workloads), \
+         join_token and x509pop (nodes)"
+    )]
+    UnknownType(String),
+    /// A selector of a known type whose value its attestor never produces.
+    #[error("selector {selector:?} can never match: {expected}")]
+    NeverMatches {
+        /// The selector as given.
+        selector: String,
+        /// What the attestor produces for this type, for example "uid:<decimal number>".
+        expected: &'static str,
+    },
 }
 
 /// One selector, `type:value`.
@@ -83,6 +98,90 @@ impl Selector {
     pub fn value(&self) -> &str {
         &self.value
     }
+
+    /// Whether the selector is a node selector (made by a node attestor, matched by
+    /// node-alias entries) rather than a workload one.
+    pub fn is_node_type(&self) -> bool {
+        NODE_TYPES.contains(&self.kind.as_str())
+    }
+
+    /// Checks that some attestor of keycard can produce this selector, so that an entry
+    /// holding it can ever match. Registration uses this; parsing does not, so selectors
+    /// stored by an older version still load.
+    pub fn check_known(&self) -> Result<(), SelectorError> {
+        let expected = match self.kind.as_str() {
+            "unix" => unix_rule(&self.value),
+            "join_token" => (is_lower_hex(&self.value, JOIN_TOKEN_ID_LEN)).then_some(()).ok_or(
+                "a join_token selector is the token ID: 16 lowercase hex digits, as \
+                     `keycard token generate` prints it",
+            ),
+            "x509pop" => x509pop_rule(&self.value),
+            _ => return Err(SelectorError::UnknownType(self.kind.clone())),
+        };
+        expected.map_err(|expected| SelectorError::NeverMatches {
+            selector: self.to_string(),
+            expected,
+        })
+    }
+}
+
+/// Selector types made by node attestors.
+pub const NODE_TYPES: &[&str] = &["join_token", "x509pop"];
+/// Selector types made by workload attestors.
+pub const WORKLOAD_TYPES: &[&str] = &["unix"];
+/// Length of a join token ID (hex digits).
+const JOIN_TOKEN_ID_LEN: usize = 16;
+
+/// What the unix attestor (`agent::attest::unix`) emits, one rule per key.
+fn unix_rule(value: &str) -> Result<(), &'static str> {
+    let (key, rest) = value.split_once(':').unwrap_or((value, ""));
+    match key {
+        "uid" | "gid" | "supplementary_gid" => is_decimal_u32(rest).then_some(()).ok_or(
+            "unix uid, gid and supplementary_gid values are decimal numbers from 0 to \
+             4294967295 without sign or leading zeros, for example unix:uid:1000",
+        ),
+        "user" | "group" | "supplementary_group" => {
+            (!rest.is_empty() && !rest.contains(':') && !rest.contains(char::is_whitespace))
+                .then_some(())
+                .ok_or("unix user and group names are non-empty, without ':' or spaces")
+        }
+        "path" => rest.starts_with('/').then_some(()).ok_or(
+            "unix:path is the executable's absolute path, for example unix:path:/usr/bin/app",
+        ),
+        "sha256" => is_lower_hex(rest, 64)
+            .then_some(())
+            .ok_or("unix:sha256 is 64 lowercase hex digits (sha256sum of the executable)"),
+        _ => Err("the unix attestor emits uid, gid, user, group, supplementary_gid, \
+                  supplementary_group, path and sha256, for example unix:uid:1000"),
+    }
+}
+
+/// What the x509pop node attestor emits.
+fn x509pop_rule(value: &str) -> Result<(), &'static str> {
+    if let Some(fp) = value.strip_prefix("ca:fingerprint:") {
+        return is_lower_hex(fp, 40).then_some(()).ok_or(
+            "x509pop:ca:fingerprint is the SHA-1 of a CA certificate: 40 lowercase hex digits",
+        );
+    }
+    for prefix in ["subject:cn:", "san:dns:"] {
+        if let Some(rest) = value.strip_prefix(prefix) {
+            return (!rest.is_empty()).then_some(()).ok_or("the x509pop value is empty");
+        }
+    }
+    Err("the x509pop attestor emits ca:fingerprint:<sha1>, subject:cn:<name> and san:dns:<name>")
+}
+
+/// A canonical decimal `u32`: digits only, no sign, no leading zero (the attestor prints
+/// numbers that way, so `007` would never match).
+fn is_decimal_u32(text: &str) -> bool {
+    !text.is_empty()
+        && text.bytes().all(|b| b.is_ascii_digit())
+        && (text == "0" || !text.starts_with('0'))
+        && text.parse::<u32>().is_ok()
+}
+
+fn is_lower_hex(text: &str, len: usize) -> bool {
+    text.len() == len && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 impl fmt::Display for Selector {
@@ -217,6 +316,54 @@ mod tests {
         }
         let long = format!("unix:{}", "a".repeat(1025));
         assert!(matches!(Selector::parse(&long), Err(E::TooLong(_))));
+    }
+
+    #[test]
+    fn registrations_may_only_hold_selectors_an_attestor_produces() {
+        let good = [
+            "unix:uid:0",
+            "unix:uid:1000",
+            "unix:gid:4294967295",
+            "unix:user:alice",
+            "unix:group:www-data",
+            "unix:supplementary_gid:27",
+            "unix:supplementary_group:docker",
+            "unix:path:/usr/bin/app",
+            "join_token:0123456789abcdef",
+            "x509pop:subject:cn:node1",
+            "x509pop:san:dns:node1.example.org",
+        ];
+        for text in good {
+            assert_eq!(Selector::parse(text).unwrap().check_known(), Ok(()), "{text}");
+        }
+        let sha = format!("unix:sha256:{}", "ab".repeat(32));
+        assert_eq!(Selector::parse(&sha).unwrap().check_known(), Ok(()));
+        let fp = format!("x509pop:ca:fingerprint:{}", "0f".repeat(20));
+        assert_eq!(Selector::parse(&fp).unwrap().check_known(), Ok(()));
+        let never = [
+            "unix:uid:abc",
+            "unix:uid:-1",
+            "unix:uid:+1",
+            "unix:uid:007",
+            "unix:uid:4294967296",
+            "unix:gid:",
+            "unix:foo:1",
+            "unix:user:a b",
+            "unix:path:relative/app",
+            "unix:sha256:ABCD",
+            "join_token:xyz",
+            "x509pop:ca:fingerprint:zz",
+            "x509pop:serial:1",
+        ];
+        for text in never {
+            let err = Selector::parse(text).unwrap().check_known().unwrap_err();
+            assert!(matches!(err, SelectorError::NeverMatches { .. }), "{text}: {err:?}");
+        }
+        let err = Selector::parse("bogus:uid:1").unwrap().check_known().unwrap_err();
+        assert_eq!(err, SelectorError::UnknownType("bogus".into()));
+        assert!(err.to_string().contains("no attestor plugins"), "{err}");
+        assert!(Selector::parse("x509pop:subject:cn:n").unwrap().is_node_type());
+        assert!(!Selector::parse("unix:uid:1").unwrap().is_node_type());
     }
 
     #[test]

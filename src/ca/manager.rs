@@ -147,6 +147,12 @@ impl CaManager {
         &self.config.trust_domain
     }
 
+    /// The longest SVID lifetime this CA hands out (a sixth of `ca_ttl`, see
+    /// [`super::max_svid_ttl`]): an entry that asks for more would get less.
+    pub fn max_svid_ttl(&self) -> Duration {
+        super::max_svid_ttl(self.config.ca_ttl)
+    }
+
     pub(super) fn read(&self) -> RwLockReadGuard<'_, State> {
         self.state.read().unwrap_or_else(|poisoned| poisoned.into_inner())
     }

@@ -97,7 +97,7 @@ fn ia5(s: &str) -> Result<Ia5String, CaError> {
 }
 
 /// Checks a DNS SAN: a valid DNS name, optionally with one leading `*.` wildcard label.
-pub(crate) fn dns_name(name: &str) -> Result<Ia5String, CaError> {
+pub fn dns_name(name: &str) -> Result<Ia5String, CaError> {
     let bad = || CaError::InvalidDnsName(name.to_string());
     let rest = name.strip_prefix("*.").unwrap_or(name);
     if rest.contains('*') || name.len() > 253 {

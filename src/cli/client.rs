@@ -19,7 +19,7 @@ pub(super) struct Client {
 }
 
 /// The first I/O error in an error's chain of sources.
-fn io_kind(error: &(dyn std::error::Error + 'static)) -> Option<io::ErrorKind> {
+pub(super) fn io_kind(error: &(dyn std::error::Error + 'static)) -> Option<io::ErrorKind> {
     let mut current = Some(error);
     while let Some(e) = current {
         if let Some(io) = e.downcast_ref::<io::Error>() {
@@ -30,9 +30,13 @@ fn io_kind(error: &(dyn std::error::Error + 'static)) -> Option<io::ErrorKind> {
     None
 }
 
+/// ` (uid N)` of the socket's owner, or nothing when it cannot be read.
+pub(super) fn owner_of(path: &Path) -> String {
+    std::fs::metadata(path).map(|m| format!(" (uid {})", m.uid())).unwrap_or_default()
+}
+
 fn closed(path: &Path, detail: String) -> CliError {
-    let owner = std::fs::metadata(path).map(|m| format!(" (uid {})", m.uid())).unwrap_or_default();
-    CliError::Closed { path: path.to_path_buf(), detail, owner }
+    CliError::Closed { path: path.to_path_buf(), detail, owner: owner_of(path) }
 }
 
 fn connect_error(path: &Path, kind: Option<io::ErrorKind>, detail: String) -> CliError {

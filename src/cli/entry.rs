@@ -184,6 +184,26 @@ pub fn apply_update(args: &UpdateArgs, current: pb::EntrySpec) -> Result<pb::Ent
     Ok(spec)
 }
 
+/// The warning for an entry whose parent does not exist yet, if the server flagged it.
+pub fn missing_parent_warning(entry: &pb::Entry) -> Option<String> {
+    if !entry.parent_missing {
+        return None;
+    }
+    let parent = entry.spec.as_ref().map_or("", |s| s.parent_id.as_str());
+    Some(format!(
+        "warning: no agent, join token or entry has the parent ID {parent} yet. The entry is \
+         stored and takes effect once that parent exists. Check the ID against `keycard agent \
+         list`, or let an agent join with it: `keycard token generate --spiffe-id {parent}`."
+    ))
+}
+
+/// Prints [`missing_parent_warning`] on standard error (standard output stays parseable).
+fn warn_missing_parent(entry: &pb::Entry) {
+    if let Some(warning) = missing_parent_warning(entry) {
+        eprintln!("{warning}");
+    }
+}
+
 /// Runs one entry command.
 pub(super) async fn run(
     conn: &Connection,
@@ -199,6 +219,7 @@ pub(super) async fn run(
         EntryCommand::Create(args) => {
             let req = pb::CreateEntryRequest { spec: Some(create_spec(&args)) };
             let entry = c.api.create_entry(req).await.map_err(|s| c.fail(s))?.into_inner();
+            warn_missing_parent(&entry);
             one(out, &entry)
         }
         EntryCommand::Show(args) => show(&mut c, format, args, out).await,
@@ -208,6 +229,7 @@ pub(super) async fn run(
             let spec = apply_update(&args, current.spec.unwrap_or_default())?;
             let req = pb::UpdateEntryRequest { id: args.id.clone(), spec: Some(spec) };
             let entry = c.api.update_entry(req).await.map_err(|s| c.fail(s))?.into_inner();
+            warn_missing_parent(&entry);
             one(out, &entry)
         }
         EntryCommand::Delete { id } => {

@@ -2,12 +2,13 @@
 //! selectors it finds for a process and, for every entry it holds, whether the entry
 //! matches and which selectors are missing: "why does my workload get no SVID?".
 
-use std::io::Write;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
 use super::CliError;
+use super::client::{io_kind, owner_of};
 use super::output::{OutputFormat, emit, time_text};
 use crate::agent::admin::pb::{self, agent_admin_client::AgentAdminClient};
 
@@ -23,23 +24,48 @@ pub(super) async fn run(
     format: OutputFormat,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
-    let unreachable =
-        |detail: String| CliError::AgentUnreachable { path: socket.to_path_buf(), detail };
     let channel = keycard_workload_api::client::unix_channel(socket).await.map_err(|e| {
         let detail =
             std::error::Error::source(&e).map_or_else(|| e.to_string(), ToString::to_string);
-        unreachable(detail)
+        connect_failed(socket, io_kind(&e), detail)
     })?;
     let reply = AgentAdminClient::new(channel)
         .explain(pb::ExplainRequest { pid })
         .await
-        .map_err(|s| match s.code() {
-            tonic::Code::Unknown | tonic::Code::Unavailable => unreachable(s.message().to_owned()),
-            code => CliError::Server { code, message: s.message().to_owned() },
-        })?
+        .map_err(|s| call_failed(socket, &s))?
         .into_inner();
     emit(out, format, || text(&reply), || explain_json(&reply))?;
     Ok(())
+}
+
+/// Connecting failed: the file system refused (EACCES) or nobody listens.
+fn connect_failed(socket: &Path, kind: Option<io::ErrorKind>, detail: String) -> CliError {
+    match kind {
+        Some(io::ErrorKind::PermissionDenied) => CliError::AgentPermissionDenied {
+            path: socket.to_path_buf(),
+            detail,
+            owner: owner_of(socket),
+        },
+        _ => CliError::AgentUnreachable { path: socket.to_path_buf(), detail },
+    }
+}
+
+/// The call failed. A status without a transport error under it is the agent's answer;
+/// a connection the agent accepted and then closed is its peer-uid check.
+fn call_failed(socket: &Path, status: &tonic::Status) -> CliError {
+    let Some(source) = std::error::Error::source(status) else {
+        return CliError::Server { code: status.code(), message: status.message().to_owned() };
+    };
+    match io_kind(source) {
+        Some(kind @ (io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied)) => {
+            connect_failed(socket, Some(kind), status.message().to_owned())
+        }
+        _ => CliError::AgentPermissionDenied {
+            path: socket.to_path_buf(),
+            detail: format!("the agent closed the connection: {}", status.message()),
+            owner: owner_of(socket),
+        },
+    }
 }
 
 fn text(reply: &pb::ExplainResponse) -> String {
@@ -111,6 +137,30 @@ mod tests {
                 svid_expires_at: if matches { 1_800_000_000 } else { 0 },
             }],
         }
+    }
+
+    /// The agent's listener accepts, reads the peer uid, and closes the connection of a uid
+    /// it does not serve: the CLI says permission was refused, not "is the agent running?".
+    #[tokio::test]
+    async fn a_connection_the_agent_drops_is_reported_as_a_permission_refusal() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("admin.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let dropper = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                drop(stream);
+            }
+        });
+        let err = run(&path, 1, OutputFormat::Text, &mut Vec::new()).await.unwrap_err();
+        dropper.abort();
+        assert!(matches!(err, CliError::AgentPermissionDenied { .. }), "{err}");
+        let text = err.to_string();
+        assert!(text.contains("permission refused") && text.contains("and root"), "{text}");
+        assert!(!text.contains("is the agent running"), "{text}");
+        // Nobody listening at all is still "is the agent running?".
+        let none = tmp.path().join("none.sock");
+        let err = run(&none, 1, OutputFormat::Text, &mut Vec::new()).await.unwrap_err();
+        assert!(matches!(err, CliError::AgentUnreachable { .. }), "{err}");
     }
 
     #[test]

@@ -108,6 +108,21 @@ pub enum CliError {
         /// What went wrong.
         detail: String,
     },
+    /// The agent's admin socket (or its directory) is closed to this user, or the agent
+    /// dropped the connection because of the caller's uid.
+    #[error(
+        "permission refused on the agent admin socket {path} ({detail}): it serves only the \
+         agent's own uid{owner} and root (directory 0700, socket 0600, peer uid checked); run \
+         this command as that user or as root"
+    )]
+    AgentPermissionDenied {
+        /// The socket.
+        path: PathBuf,
+        /// What the connection said.
+        detail: String,
+        /// ` (uid N)` when the socket's owner can be read.
+        owner: String,
+    },
     /// A daemon command reached the admin-command runner (only the binary can start one).
     #[error("`{0}` starts a daemon; run it from the keycard binary, not as an admin command")]
     Daemon(&'static str),

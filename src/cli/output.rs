@@ -54,7 +54,7 @@ fn ttl_text(secs: u64) -> String {
 /// The JSON form of an entry.
 pub fn entry_json(entry: &pb::Entry) -> Value {
     let spec = entry.spec.clone().unwrap_or_default();
-    json!({
+    let mut doc = json!({
         "id": entry.id,
         "spiffe_id": spec.spiffe_id,
         "parent_id": spec.parent_id,
@@ -67,7 +67,12 @@ pub fn entry_json(entry: &pb::Entry) -> Value {
         "revision": entry.revision,
         "created_at": entry.created_at,
         "updated_at": entry.updated_at,
-    })
+    });
+    // Only in create and update replies: the parent does not exist yet (see `entry.rs`).
+    if entry.parent_missing {
+        doc["parent_missing"] = Value::Bool(true);
+    }
+    doc
 }
 
 /// The text form of an entry: one `Label : value` line per field, a blank line after.
@@ -170,6 +175,7 @@ mod tests {
             revision: 4,
             created_at: 0,
             updated_at: 1_700_000_000,
+            parent_missing: false,
         }
     }
 

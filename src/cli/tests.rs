@@ -167,7 +167,7 @@ async fn run_line(
 #[tokio::test]
 async fn commands_against_a_live_server_print_results_and_name_fixes() {
     let h = crate::server::admin::tests::Harness::start(vec![]).await;
-    let server = crate::server::admin::tests::SERVER_ID;
+    let server = crate::server::admin::tests::AGENT_ID;
     let create = [
         "entry",
         "create",
@@ -186,18 +186,28 @@ async fn commands_against_a_live_server_print_results_and_name_fixes() {
     let err = run_line(&h, &create).await.unwrap_err();
     assert!(err.contains("already exists") && err.contains("keycard entry update --id"), "{err}");
 
+    // A parent that does not exist yet is fine (the warning goes to stderr).
     let mut orphan = create;
+    orphan[3] = "spiffe://example.org/later";
     orphan[5] = "spiffe://example.org/nobody";
-    let err = run_line(&h, &orphan).await.unwrap_err();
-    assert!(err.contains("does not exist") && err.contains("keycard agent list"), "{err}");
+    run_line(&h, &orphan).await.unwrap();
+    let mut never = create;
+    never[7] = "unix:uid:abc";
+    let err = run_line(&h, &never).await.unwrap_err();
+    assert!(err.contains("can never match") && err.contains("InvalidArgument"), "{err}");
 
     let json = run_line(&h, &["entry", "show", "--output", "json"]).await.unwrap();
     let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
-    assert_eq!(doc["entries"][0]["spiffe_id"], "spiffe://example.org/web");
-    let id = doc["entries"][0]["id"].as_str().unwrap().to_owned();
+    let web = doc["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["spiffe_id"] == "spiffe://example.org/web")
+        .unwrap();
+    let id = web["id"].as_str().unwrap().to_owned();
     let text = run_line(&h, &["entry", "update", "--id", &id, "--hint", "blue"]).await.unwrap();
     assert!(text.contains("Hint             : blue"), "{text}");
-    assert_eq!(run_line(&h, &["entry", "count"]).await.unwrap(), "1 registration entries\n");
+    assert_eq!(run_line(&h, &["entry", "count"]).await.unwrap(), "2 registration entries\n");
 
     let json = run_line(&h, &["token", "generate", "--ttl", "90s", "--output", "json"]);
     let doc: serde_json::Value = serde_json::from_str(&json.await.unwrap()).unwrap();
@@ -210,4 +220,24 @@ async fn commands_against_a_live_server_print_results_and_name_fixes() {
     assert!(health.contains("healthy"), "{health}");
     let text = run_line(&h, &["entry", "delete", "--id", &id]).await.unwrap();
     assert_eq!(text, format!("Deleted entry {id}\n"));
+}
+
+#[test]
+fn a_missing_parent_gets_a_warning_naming_the_fixes() {
+    let mut entry = crate::server::admin::pb::Entry {
+        spec: Some(crate::server::admin::pb::EntrySpec {
+            parent_id: "spiffe://example.org/node/x".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    assert_eq!(entry::missing_parent_warning(&entry), None);
+    entry.parent_missing = true;
+    let warning = entry::missing_parent_warning(&entry).unwrap();
+    assert!(warning.starts_with("warning: no agent, join token or entry"), "{warning}");
+    assert!(warning.contains("keycard agent list"), "{warning}");
+    assert!(
+        warning.contains("keycard token generate --spiffe-id spiffe://example.org/node/x"),
+        "{warning}"
+    );
 }

@@ -11,7 +11,7 @@ use keycard_workload_api::{SpiffeId, TrustDomain};
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 
-use crate::selector::SelectorSet;
+use crate::selector::{SelectorError, SelectorSet};
 
 /// Longest hint accepted (the Workload API says hints SHOULD stay under 1024 bytes).
 pub const MAX_HINT_LEN: usize = 1024;
@@ -93,11 +93,25 @@ pub enum EntryError {
     /// An entry cannot be its own parent.
     #[error("an entry cannot be its own parent ({0})")]
     OwnParent(String),
-    /// A DNS name is not valid.
+    /// A DNS name the CA would refuse to put in a certificate.
     #[error(
-        "DNS name {0:?} is not valid (letters, digits, '-' labels separated by '.'; '*.' first is allowed)"
+        "DNS name {0:?} is not valid: labels of letters, digits and '-' separated by '.', at \
+         most 253 bytes, '*.' first is allowed, and no IP address (the CA signs nothing else)"
     )]
     BadDnsName(String),
+    /// A selector no attestor of keycard produces (see the message for the types).
+    #[error(transparent)]
+    Selector(#[from] SelectorError),
+    /// A node selector under a workload parent, or a workload selector under the server.
+    #[error("selector {selector} can never match under parent {parent}: {why}")]
+    SelectorForOtherParent {
+        /// The selector.
+        selector: String,
+        /// The parent ID given.
+        parent: String,
+        /// Which kind of selector the parent needs.
+        why: &'static str,
+    },
     /// Too many DNS names.
     #[error("an entry may have at most {MAX_DNS_NAMES} DNS names")]
     TooManyDnsNames,
@@ -107,6 +121,22 @@ pub enum EntryError {
     /// A TTL of zero.
     #[error("{0} TTL must be greater than zero")]
     ZeroTtl(&'static str),
+    /// A TTL above what the CA hands out.
+    #[error(
+        "{kind} TTL {asked}s is above the cap of {cap}s ({cap_text}): the CA never issues an \
+         SVID that lives longer than a sixth of its own lifetime (ca_ttl), so choose {cap_text} \
+         or less"
+    )]
+    TtlAboveCap {
+        /// X.509-SVID or JWT-SVID.
+        kind: &'static str,
+        /// The TTL asked for, in seconds.
+        asked: u64,
+        /// The cap, in seconds.
+        cap: u64,
+        /// The cap, humanly written.
+        cap_text: String,
+    },
 }
 
 impl EntrySpec {
@@ -125,14 +155,16 @@ impl EntrySpec {
         }
     }
 
-    /// Checks the rules that need the server's trust domain.
-    pub fn check(&self, trust_domain: &TrustDomain) -> Result<(), EntryError> {
+    /// Checks the rules that need the server's trust domain and the CA's longest SVID
+    /// lifetime (`max_ttl`, see [`crate::ca::max_svid_ttl`]).
+    pub fn check(&self, trust_domain: &TrustDomain, max_ttl: Duration) -> Result<(), EntryError> {
         if self.selectors.is_empty() {
             return Err(EntryError::NoSelectors);
         }
         if self.selectors.len() > MAX_SELECTORS {
             return Err(EntryError::TooManySelectors);
         }
+        self.check_selectors(trust_domain)?;
         if !self.spiffe_id.is_member_of(trust_domain) {
             return Err(EntryError::ForeignSpiffeId {
                 id: self.spiffe_id.to_string(),
@@ -158,7 +190,8 @@ impl EntrySpec {
         if self.dns_names.len() > MAX_DNS_NAMES {
             return Err(EntryError::TooManyDnsNames);
         }
-        if let Some(bad) = self.dns_names.iter().find(|n| !is_dns_name(n)) {
+        if let Some(bad) = self.dns_names.iter().find(|n| crate::ca::template::dns_name(n).is_err())
+        {
             return Err(EntryError::BadDnsName(bad.clone()));
         }
         if self.hint.len() > MAX_HINT_LEN {
@@ -169,6 +202,41 @@ impl EntrySpec {
         }
         if self.jwt_ttl.is_some_and(|t| t.is_zero()) {
             return Err(EntryError::ZeroTtl("JWT-SVID"));
+        }
+        for (kind, ttl) in [("X.509-SVID", self.x509_ttl), ("JWT-SVID", self.jwt_ttl)] {
+            if let Some(ttl) = ttl.filter(|t| *t > max_ttl) {
+                return Err(EntryError::TtlAboveCap {
+                    kind,
+                    asked: ttl.as_secs(),
+                    cap: max_ttl.as_secs(),
+                    cap_text: humantime::format_duration(max_ttl).to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Every selector must be one an attestor produces, and of the kind the parent needs:
+    /// node selectors under the server (node-alias entries), workload selectors elsewhere.
+    fn check_selectors(&self, trust_domain: &TrustDomain) -> Result<(), EntryError> {
+        let node_alias = self.parent_id == crate::wire::server_id(trust_domain);
+        for selector in self.selectors.iter() {
+            selector.check_known()?;
+            let why = match (node_alias, selector.is_node_type()) {
+                (true, false) => {
+                    "entries whose parent is the server match agents, by node selectors \
+                     (join_token, x509pop)"
+                }
+                (false, true) => {
+                    "entries under an agent match workloads, by workload selectors (unix)"
+                }
+                _ => continue,
+            };
+            return Err(EntryError::SelectorForOtherParent {
+                selector: selector.to_string(),
+                parent: self.parent_id.to_string(),
+                why,
+            });
         }
         Ok(())
     }
@@ -181,22 +249,6 @@ pub fn new_entry_id() -> String {
     b[8] = (b[8] & 0x3f) | 0x80;
     let h = hex::encode(b);
     format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
-}
-
-/// Whether `name` is a DNS name an SVID may carry: labels of letters, digits and inner
-/// hyphens, at most 63 bytes each and 253 in all, with an optional leading `*.` wildcard.
-pub fn is_dns_name(name: &str) -> bool {
-    let rest = name.strip_prefix("*.").unwrap_or(name);
-    if rest.is_empty() || name.len() > 253 {
-        return false;
-    }
-    rest.split('.').all(|label| {
-        !label.is_empty()
-            && label.len() <= 63
-            && !label.starts_with('-')
-            && !label.ends_with('-')
-            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-    })
 }
 
 #[cfg(test)]
@@ -217,10 +269,13 @@ mod tests {
         }
     }
 
+    /// The cap of the default 24 h CA.
+    const CAP: Duration = Duration::from_secs(4 * 3600);
+
     #[test]
     fn a_good_spec_passes_and_each_rule_has_its_error() {
         let td = TrustDomain::new("example.org").unwrap();
-        assert_eq!(spec().check(&td), Ok(()));
+        assert_eq!(spec().check(&td, CAP), Ok(()));
         let id = |s: &str| SpiffeId::parse(s).unwrap();
         type Check = fn(&EntryError) -> bool;
         let cases: Vec<(EntrySpec, Check)> = vec![
@@ -242,7 +297,7 @@ mod tests {
             (EntrySpec { parent_id: id("spiffe://example.org/web"), ..spec() }, |e| {
                 matches!(e, EntryError::OwnParent(_))
             }),
-            (EntrySpec { dns_names: vec!["bad_name".into()], ..spec() }, |e| {
+            (EntrySpec { dns_names: vec!["bad name".into()], ..spec() }, |e| {
                 matches!(e, EntryError::BadDnsName(_))
             }),
             (EntrySpec { hint: "h".repeat(1025), ..spec() }, |e| {
@@ -253,19 +308,69 @@ mod tests {
             }),
         ];
         for (spec, check) in cases {
-            let err = spec.check(&td).unwrap_err();
+            let err = spec.check(&td, CAP).unwrap_err();
             assert!(check(&err), "{err:?}");
         }
     }
 
+    /// The admin API takes exactly the DNS names the CA signs: the CA's own check.
     #[test]
-    fn dns_names() {
-        for good in ["a", "web.example.org", "*.example.org", "x-1.y2"] {
-            assert!(is_dns_name(good), "{good}");
+    fn dns_names_are_what_the_ca_signs() {
+        let td = TrustDomain::new("example.org").unwrap();
+        let with = |name: &str| EntrySpec { dns_names: vec![name.to_owned()], ..spec() };
+        for good in ["a", "web.example.org", "*.example.org", "x-1.y2", "localhost"] {
+            assert_eq!(with(good).check(&td, CAP), Ok(()), "{good}");
         }
-        for bad in ["", "*.", "a..b", "-a.b", "a-.b", "a_b", "a b", "*", "a.*.b", &"a".repeat(64)] {
-            assert!(!is_dns_name(bad), "{bad}");
+        let long = format!("{}.org", "a.".repeat(130));
+        let bad =
+            ["", "*.", "a..b", "-a.b", "a b", "*", "a.*.b", "127.0.0.1", "999.999.999.999", "::1"];
+        for bad in bad.iter().copied().chain([long.as_str(), &"a".repeat(64)]) {
+            let err = with(bad).check(&td, CAP).unwrap_err();
+            assert!(matches!(err, EntryError::BadDnsName(_)), "{bad:?}: {err:?}");
+            assert!(crate::ca::template::dns_name(bad).is_err(), "the CA agrees on {bad:?}");
         }
+    }
+
+    #[test]
+    fn selectors_that_can_never_match_are_refused() {
+        let td = TrustDomain::new("example.org").unwrap();
+        let with = |parent: &str, sel: &str| EntrySpec {
+            parent_id: SpiffeId::parse(parent).unwrap(),
+            selectors: [Selector::parse(sel).unwrap()].into_iter().collect(),
+            ..spec()
+        };
+        let agent = "spiffe://example.org/node/dev";
+        let server = "spiffe://example.org/keycard/server";
+        for sel in ["unix:uid:abc", "unix:uid:-1", "unix:foo:1"] {
+            let err = with(agent, sel).check(&td, CAP).unwrap_err();
+            assert!(
+                matches!(err, EntryError::Selector(SelectorError::NeverMatches { .. })),
+                "{sel}: {err:?}"
+            );
+        }
+        let err = with(agent, "bogus:uid:1").check(&td, CAP).unwrap_err();
+        assert!(matches!(err, EntryError::Selector(SelectorError::UnknownType(_))), "{err:?}");
+        let err = with(server, "unix:uid:1").check(&td, CAP).unwrap_err();
+        assert!(matches!(err, EntryError::SelectorForOtherParent { .. }), "{err:?}");
+        let err = with(agent, "x509pop:subject:cn:n1").check(&td, CAP).unwrap_err();
+        assert!(matches!(err, EntryError::SelectorForOtherParent { .. }), "{err:?}");
+        assert_eq!(with(server, "x509pop:subject:cn:n1").check(&td, CAP), Ok(()));
+        assert_eq!(with(agent, "unix:uid:0").check(&td, CAP), Ok(()));
+    }
+
+    #[test]
+    fn ttls_above_the_cas_cap_are_refused_naming_the_cap() {
+        let td = TrustDomain::new("example.org").unwrap();
+        let huge = Duration::from_secs(99_999_999 * 3600);
+        for spec in [
+            EntrySpec { x509_ttl: Some(huge), ..spec() },
+            EntrySpec { jwt_ttl: Some(CAP + Duration::from_secs(1)), ..spec() },
+        ] {
+            let err = spec.check(&td, CAP).unwrap_err();
+            assert!(matches!(err, EntryError::TtlAboveCap { cap: 14400, .. }), "{err:?}");
+            assert!(err.to_string().contains("cap of 14400s (4h)"), "{err}");
+        }
+        assert_eq!(EntrySpec { x509_ttl: Some(CAP), ..spec() }.check(&td, CAP), Ok(()));
     }
 
     #[test]

@@ -103,10 +103,17 @@ impl AdminService {
         Ok(pb::RevokeAuthorityResponse { authority: Some(authority_to_pb(&before)) })
     }
 
-    /// Healthy when the datastore answers and both kinds of authority have an active one.
+    /// Healthy when the datastore answers reads and takes writes ([`super::probe`]) and
+    /// both kinds of authority have an active one.
     pub(super) fn health(&self) -> pb::HealthResponse {
         let datastore_error = match self.store.ping() {
-            Ok(()) => String::new(),
+            Ok(()) => match super::probe::probe_write(self.store.as_ref()) {
+                Ok(()) => String::new(),
+                Err(e) => {
+                    tracing::error!(error = %e, "datastore write probe failed: writes fail");
+                    format!("reads work but writes fail: {e}")
+                }
+            },
             Err(e) => e.to_string(),
         };
         let active = |kind| {

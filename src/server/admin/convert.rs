@@ -85,6 +85,7 @@ pub fn entry_to_pb(entry: &Entry) -> pb::Entry {
         revision: entry.revision,
         created_at: unix_secs(entry.created_at),
         updated_at: unix_secs(entry.updated_at),
+        parent_missing: false,
     }
 }
 

@@ -34,25 +34,21 @@ fn audit(action: &str, entry: &Entry, caller: Caller) {
 }
 
 impl AdminService {
-    /// Checks the parent rule: the server, an agent, an agent ID reserved by an unexpired
-    /// unused join token, or the SPIFFE ID of an existing entry.
-    pub(super) fn check_parent(&self, parent: &SpiffeId) -> Result<(), AdminError> {
-        if *parent == self.server_id
+    /// Whether the parent exists yet: the server, an agent, an agent ID reserved by an
+    /// unexpired unused join token, or the SPIFFE ID of an existing entry. A parent that
+    /// does not exist yet is allowed (as in SPIRE: declarative registration writes entries
+    /// before their nodes join); the reply says so and the CLI warns.
+    pub(super) fn parent_exists(&self, parent: &SpiffeId) -> Result<bool, AdminError> {
+        Ok(*parent == self.server_id
             || self.store.get_agent(parent)?.is_some()
             || self.store.join_token_reserves(parent, self.clock.now())?
-            || self.store.entry_with_spiffe_id_exists(parent)?
-        {
-            return Ok(());
-        }
-        Err(AdminError::ParentNotFound {
-            parent: parent.to_string(),
-            server: self.server_id.to_string(),
-        })
+            || self.store.entry_with_spiffe_id_exists(parent)?)
     }
 
-    fn check_spec(&self, spec: &EntrySpec) -> Result<(), AdminError> {
-        spec.check(&self.trust_domain)?;
-        self.check_parent(&spec.parent_id)
+    /// Checks the entry's own rules; returns whether its parent exists yet.
+    fn check_spec(&self, spec: &EntrySpec) -> Result<bool, AdminError> {
+        spec.check(&self.trust_domain, self.ca.max_svid_ttl())?;
+        self.parent_exists(&spec.parent_id)
     }
 
     /// Refreshes the `entries` gauge; a failure only leaves the gauge stale.
@@ -70,11 +66,11 @@ impl AdminService {
         spec: &EntrySpec,
         caller: Caller,
     ) -> Result<pb::Entry, AdminError> {
-        self.check_spec(spec)?;
+        let parent_exists = self.check_spec(spec)?;
         let entry = self.store.create_entry(spec, self.clock.now())?;
         audit("create", &entry, caller);
         self.count_entries_gauge();
-        Ok(entry_to_pb(&entry))
+        Ok(pb::Entry { parent_missing: !parent_exists, ..entry_to_pb(&entry) })
     }
 
     pub(super) fn get_entry(&self, id: &str) -> Result<pb::Entry, AdminError> {
@@ -95,11 +91,11 @@ impl AdminService {
         if id.is_empty() {
             return Err(AdminError::MissingField("id"));
         }
-        self.check_spec(spec)?;
+        let parent_exists = self.check_spec(spec)?;
         let entry =
             self.store.update_entry(id, spec, self.clock.now()).map_err(entry_not_found(id))?;
         audit("update", &entry, caller);
-        Ok(entry_to_pb(&entry))
+        Ok(pb::Entry { parent_missing: !parent_exists, ..entry_to_pb(&entry) })
     }
 
     pub(super) fn delete_entry(&self, id: &str, caller: Caller) -> Result<pb::Entry, AdminError> {

@@ -9,6 +9,7 @@
 //! - `entries.rs`, `agents.rs`, `authority.rs`: what each call does.
 //! - [`status`]: [`AdminError`] and the one mapping to `tonic::Status`.
 //! - [`convert`]: wire types to and from the server's types.
+//! - [`probe`]: the datastore write probe behind the health call.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -25,6 +26,7 @@ mod agents;
 mod authority;
 pub mod convert;
 mod entries;
+pub mod probe;
 pub mod service;
 pub mod status;
 #[cfg(test)]

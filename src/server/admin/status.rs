@@ -37,18 +37,6 @@ pub enum AdminError {
     /// The entry breaks a rule of its own.
     #[error(transparent)]
     Entry(#[from] EntryError),
-    /// The parent ID names nothing that may be a parent.
-    #[error(
-        "parent ID {parent} does not exist: a parent must be the server ({server}), an attested \
-         agent (`keycard agent list`), the agent ID of an unused join token \
-         (`keycard token generate`) or the SPIFFE ID of another entry (`keycard entry show`)"
-    )]
-    ParentNotFound {
-        /// The parent ID given.
-        parent: String,
-        /// The server's own ID, which is always a valid parent.
-        server: String,
-    },
     /// An entry with the same SPIFFE ID, parent ID and selectors exists.
     #[error(
         "an entry with the same SPIFFE ID, parent ID and selectors already exists (entry ID \
@@ -96,7 +84,6 @@ impl AdminError {
             | E::JoinToken(_)
             | E::MissingAuthorityKind
             | E::MissingBundleFormat => Code::InvalidArgument,
-            E::ParentNotFound { .. } => Code::FailedPrecondition,
             E::DuplicateEntry(_) => Code::AlreadyExists,
             E::EntryNotFound(_) | E::AgentNotFound(_) => Code::NotFound,
             E::DataStore(e) => datastore_code(e),
@@ -148,8 +135,44 @@ impl From<AdminError> for Status {
         if code == Code::Internal {
             tracing::error!(error = %e, "admin call failed");
         }
-        Status::new(code, e.to_string())
+        Status::new(code, bounded_message(&e.to_string()))
     }
+}
+
+/// Longest run of non-blank text a status message echoes (a DNS name, a selector, an ID):
+/// user input beyond this is cut, with an ellipsis and its full length.
+pub const MAX_ECHO_LEN: usize = 256;
+/// Longest status message sent: it travels in the `grpc-message` header, and a header
+/// larger than the peer's limit (16 KiB in h2) fails the whole call with a protocol error.
+pub const MAX_STATUS_MESSAGE_LEN: usize = 2048;
+
+/// `text` with every word (run without whitespace) longer than [`MAX_ECHO_LEN`] bytes cut
+/// to that length, and the whole at most [`MAX_STATUS_MESSAGE_LEN`] bytes. Every admin and
+/// agent API error becomes a status through this, so no input is echoed in full.
+pub fn bounded_message(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(MAX_STATUS_MESSAGE_LEN));
+    for piece in text.split_inclusive(char::is_whitespace) {
+        let word = piece.trim_end_matches(char::is_whitespace);
+        if word.len() > MAX_ECHO_LEN {
+            let cut = floor_char_boundary(word, MAX_ECHO_LEN);
+            out.push_str(&word[..cut]);
+            out.push_str(&format!("…({} bytes)", word.len()));
+            out.push_str(&piece[word.len()..]);
+        } else {
+            out.push_str(piece);
+        }
+    }
+    if out.len() > MAX_STATUS_MESSAGE_LEN {
+        let cut = floor_char_boundary(&out, MAX_STATUS_MESSAGE_LEN - '…'.len_utf8());
+        out.truncate(cut);
+        out.push('…');
+    }
+    out
+}
+
+/// The largest index `<= max` that is a char boundary of `text`.
+fn floor_char_boundary(text: &str, max: usize) -> usize {
+    (0..=max.min(text.len())).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -165,14 +188,6 @@ mod tests {
                 AdminError::BadSelector(SelectorError::MissingType("unix".into())),
                 Code::InvalidArgument,
                 "type:value",
-            ),
-            (
-                AdminError::ParentNotFound {
-                    parent: "spiffe://example.org/x".into(),
-                    server: "spiffe://example.org/keycard/server".into(),
-                },
-                Code::FailedPrecondition,
-                "keycard agent list",
             ),
             (
                 AdminError::DataStore(DataStoreError::DuplicateEntry("e-1".into())),
@@ -210,5 +225,19 @@ mod tests {
             assert_eq!(status.code(), code, "{}", status.message());
             assert!(status.message().contains(needle), "{}", status.message());
         }
+    }
+
+    #[test]
+    fn echoed_input_is_bounded() {
+        let name = "a".repeat(16 * 1024);
+        let status = Status::from(AdminError::Entry(EntryError::BadDnsName(name)));
+        let message = status.message();
+        assert!(message.len() < MAX_ECHO_LEN + 400, "{} bytes", message.len());
+        assert!(message.contains("…(16386 bytes)"), "{message}");
+        assert!(message.contains("the CA signs nothing else"), "the fix survives: {message}");
+        let many = format!("{} ", "é".repeat(200)).repeat(40);
+        let cut = bounded_message(&many);
+        assert!(cut.len() <= MAX_STATUS_MESSAGE_LEN && cut.ends_with('…'), "{}", cut.len());
+        assert_eq!(bounded_message("short words stay"), "short words stay");
     }
 }

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::clock::Clock as _;
+
 use hyper_util::rt::TokioIo;
 use keycard_workload_api::TrustDomain;
 use tokio::sync::oneshot;
@@ -22,6 +24,8 @@ use crate::server::datastore::{DataStore, SqliteDataStore};
 use crate::telemetry::ServerMetrics;
 
 pub(crate) const SERVER_ID: &str = "spiffe://example.org/keycard/server";
+/// An agent ID, parent of workload entries (it need not exist).
+pub(crate) const AGENT_ID: &str = "spiffe://example.org/keycard/agent/x509pop/a1";
 
 /// A running admin API with handles on everything behind it.
 pub(crate) struct Harness {
@@ -52,9 +56,15 @@ pub(crate) async fn connect(path: &Path) -> AdminClient<Channel> {
 impl Harness {
     /// Starts the admin API on a socket in a fresh temporary directory.
     pub async fn start(allowed_uids: Vec<u32>) -> Self {
+        Self::start_with_db(allowed_uids, None).await
+    }
+
+    /// As [`Harness::start`], with the database at `db` when given.
+    pub async fn start_with_db(allowed_uids: Vec<u32>, db: Option<&Path>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("private").join("admin.sock");
-        let store = Arc::new(SqliteDataStore::open(&dir.path().join("keycard.db")).unwrap());
+        let db = db.map_or_else(|| dir.path().join("keycard.db"), Path::to_path_buf);
+        let store = Arc::new(SqliteDataStore::open(&db).unwrap());
         let clock = ManualClock::starting_now();
         let config = CaConfig {
             trust_domain: TrustDomain::new("example.org").unwrap(),
@@ -142,7 +152,7 @@ async fn the_socket_and_its_directory_are_private_and_removed_on_shutdown() {
 #[tokio::test]
 async fn entries_are_created_read_updated_deleted_and_counted() {
     let mut h = Harness::start(vec![]).await;
-    let mut wanted = spec("/web", SERVER_ID, &["unix:uid:1000", "unix:gid:1000"]);
+    let mut wanted = spec("/web", AGENT_ID, &["unix:uid:1000", "unix:gid:1000"]);
     wanted.x509_ttl_seconds = 3600;
     wanted.dns_names = vec!["web.example.org".into()];
     let created = create(&mut h, wanted.clone()).await.unwrap();
@@ -153,7 +163,7 @@ async fn entries_are_created_read_updated_deleted_and_counted() {
     assert_eq!(h.metrics.entries.get(), 1);
 
     let got = h.client.get_entry(pb::GetEntryRequest { id: created.id.clone() }).await.unwrap();
-    assert_eq!(got.into_inner(), created);
+    assert_eq!(got.into_inner(), pb::Entry { parent_missing: false, ..created.clone() });
 
     let mut changed = got_spec.clone();
     changed.hint = "primary".into();
@@ -180,7 +190,7 @@ async fn unknown_entry_ids_are_not_found() {
     assert_status(get, Code::NotFound, "keycard entry show");
     let req = pb::UpdateEntryRequest {
         id: id.clone(),
-        spec: Some(spec("/web", SERVER_ID, &["unix:uid:1"])),
+        spec: Some(spec("/web", AGENT_ID, &["unix:uid:1"])),
     };
     assert_status(h.client.update_entry(req).await, Code::NotFound, &id);
     let del = h.client.delete_entry(pb::DeleteEntryRequest { id: id.clone() }).await;
@@ -197,9 +207,38 @@ async fn malformed_and_foreign_input_is_invalid_argument() {
         (spec("/web", SERVER_ID, &[]), "at least one selector"),
         (spec("/web", "spiffe://other.org/agent", &["unix:uid:1"]), "trust domain"),
         (spec("/web", "example.org/agent", &["unix:uid:1"]), "spiffe://<trust domain>/<path>"),
-        (spec("/keycard/agent/x", SERVER_ID, &["unix:uid:1"]), "reserved"),
+        (spec("/keycard/agent/x", AGENT_ID, &["unix:uid:1"]), "reserved"),
+        (spec("/web", AGENT_ID, &["unix:uid:abc"]), "can never match"),
+        (spec("/web", AGENT_ID, &["unix:uid:-1"]), "decimal"),
+        (spec("/web", AGENT_ID, &["unix:foo:1"]), "the unix attestor emits"),
+        (spec("/web", AGENT_ID, &["bogus:uid:1"]), "no attestor plugins"),
+        (spec("/web", SERVER_ID, &["unix:uid:1"]), "node selectors"),
         (
-            pb::EntrySpec { dns_names: vec!["bad_name".into()], ..spec("/w", SERVER_ID, &["a:b"]) },
+            pb::EntrySpec {
+                x509_ttl_seconds: 99_999_999 * 3600,
+                ..spec("/w", AGENT_ID, &["unix:uid:1"])
+            },
+            "above the cap of 14400s (4h)",
+        ),
+        (
+            pb::EntrySpec {
+                dns_names: vec!["127.0.0.1".into()],
+                ..spec("/w", AGENT_ID, &["unix:uid:1"])
+            },
+            "DNS name",
+        ),
+        (
+            pb::EntrySpec {
+                dns_names: vec!["999.999.999.999".into()],
+                ..spec("/w", AGENT_ID, &["unix:uid:1"])
+            },
+            "DNS name",
+        ),
+        (
+            pb::EntrySpec {
+                dns_names: vec!["bad name".into()],
+                ..spec("/w", AGENT_ID, &["unix:uid:1"])
+            },
             "DNS name",
         ),
     ];
@@ -214,50 +253,77 @@ async fn malformed_and_foreign_input_is_invalid_argument() {
 #[tokio::test]
 async fn a_duplicate_entry_names_the_existing_one() {
     let mut h = Harness::start(vec![]).await;
-    let first = create(&mut h, spec("/web", SERVER_ID, &["unix:uid:1"])).await.unwrap();
-    let again = create(&mut h, spec("/web", SERVER_ID, &["unix:uid:1"])).await;
+    let first = create(&mut h, spec("/web", AGENT_ID, &["unix:uid:1"])).await.unwrap();
+    let again = create(&mut h, spec("/web", AGENT_ID, &["unix:uid:1"])).await;
     let status = again.unwrap_err();
     assert_eq!(status.code(), Code::AlreadyExists);
     assert!(status.message().contains(&first.id), "{}", status.message());
     assert!(status.message().contains("keycard entry update"), "{}", status.message());
 }
 
+/// A parent that does not exist yet is allowed (declarative registration writes entries
+/// before their nodes join); the reply says so, so that the CLI can warn.
 #[tokio::test]
-async fn parents_must_exist() {
+async fn parents_that_do_not_exist_yet_are_allowed_and_flagged() {
     let mut h = Harness::start(vec![]).await;
-    // Unknown parent: refused with what may be a parent.
-    let orphan = create(&mut h, spec("/web", "spiffe://example.org/nobody", &["unix:uid:1"])).await;
-    assert_status(orphan, Code::FailedPrecondition, "keycard token generate");
-    // The SPIFFE ID of an existing entry (a node alias) may be a parent.
-    create(&mut h, spec("/nodes/db", SERVER_ID, &["x509pop:subject:cn:db"])).await.unwrap();
+    let missing = |e: &pb::Entry| e.parent_missing;
+    let orphan = create(&mut h, spec("/web", "spiffe://example.org/nobody", &["unix:uid:1"]));
+    assert!(missing(&orphan.await.unwrap()), "unknown parent: stored, and flagged");
+    // The SPIFFE ID of an existing entry (a node alias) is a parent that exists.
+    let alias = create(&mut h, spec("/nodes/db", SERVER_ID, &["x509pop:subject:cn:db"]));
+    assert!(!missing(&alias.await.unwrap()), "the server is always there");
     let under_alias = spec("/db", "spiffe://example.org/nodes/db", &["unix:uid:5"]);
-    create(&mut h, under_alias).await.unwrap();
-    // An agent ID reserved by an unused, unexpired join token may be a parent.
+    assert!(!missing(&create(&mut h, under_alias).await.unwrap()));
+    // An agent ID reserved by an unused, unexpired join token exists...
     let req = pb::GenerateJoinTokenRequest { ttl_seconds: 60, agent_id: String::new() };
     let token = h.client.generate_join_token(req).await.unwrap().into_inner();
-    create(&mut h, spec("/job", &token.agent_id, &["unix:uid:7"])).await.unwrap();
-    // ... but not once the token expired.
+    assert!(!missing(
+        &create(&mut h, spec("/job", &token.agent_id, &["unix:uid:7"])).await.unwrap()
+    ));
+    // ... and no longer once the token expired (the entry is still stored).
     h.clock.advance(Duration::from_secs(61));
-    let late = create(&mut h, spec("/job2", &token.agent_id, &["unix:uid:8"])).await;
-    assert_status(late, Code::FailedPrecondition, &token.agent_id);
-    // An attested agent may be a parent.
+    let late = create(&mut h, spec("/job2", &token.agent_id, &["unix:uid:8"])).await.unwrap();
+    assert!(missing(&late));
+    // An attested agent exists.
     let agent = super::tests_ops::agent("spiffe://example.org/keycard/agent/x509pop/ab", &h);
     h.store.upsert_agent(&agent).unwrap();
-    create(&mut h, spec("/svc", agent.id.as_str(), &["unix:uid:9"])).await.unwrap();
-    // Updating to a parent that does not exist is refused the same way.
-    let list = h.client.list_entries(pb::ListEntriesRequest::default()).await.unwrap();
-    let entry = list.into_inner().entries.remove(0);
-    let mut bad = entry.spec.clone().unwrap();
+    assert!(!missing(
+        &create(&mut h, spec("/svc", agent.id.as_str(), &["unix:uid:9"])).await.unwrap()
+    ));
+    // Updating to a parent that does not exist is allowed and flagged the same way.
+    let mut bad = late.spec.clone().unwrap();
     bad.parent_id = "spiffe://example.org/gone".into();
-    let req = pb::UpdateEntryRequest { id: entry.id, spec: Some(bad) };
-    assert_status(h.client.update_entry(req).await, Code::FailedPrecondition, "does not exist");
+    let req = pb::UpdateEntryRequest { id: late.id.clone(), spec: Some(bad) };
+    assert!(h.client.update_entry(req).await.unwrap().into_inner().parent_missing);
+    // Only create and update replies carry the flag.
+    let got = h.client.get_entry(pb::GetEntryRequest { id: late.id }).await.unwrap();
+    assert!(!got.into_inner().parent_missing);
+    assert_eq!(h.store.count_entries().unwrap(), 6);
+}
+
+/// The dev agent's join token is used up when attestation starts and the agent record is
+/// written only after its SVID is signed: in between, neither exists. `keycard dev`'s e2e
+/// test creates an entry under the dev agent exactly then, which used to be refused with
+/// "parent ID ... does not exist".
+#[tokio::test]
+async fn an_entry_under_an_agent_that_is_attesting_right_now_is_stored() {
+    let mut h = Harness::start(vec![]).await;
+    let agent_id = "spiffe://example.org/node/dev";
+    let req = pb::GenerateJoinTokenRequest { ttl_seconds: 600, agent_id: agent_id.into() };
+    let token = h.client.generate_join_token(req).await.unwrap().into_inner();
+    // What node attestation does first: use the token (the agent record comes later).
+    let hash = crate::server::join_token::hash_token(&token.token);
+    let used = h.store.use_join_token(&hash, h.clock.now()).unwrap();
+    assert!(matches!(used, crate::server::datastore::TokenUse::Accepted(_)));
+    let entry = create(&mut h, spec("/back", agent_id, &["unix:uid:65534"])).await.unwrap();
+    assert_eq!(entry.spec.unwrap().parent_id, agent_id);
 }
 
 #[tokio::test]
 async fn listing_filters_and_pages() {
     let mut h = Harness::start(vec![]).await;
     for i in 0..5 {
-        create(&mut h, spec(&format!("/w{i}"), SERVER_ID, &[&format!("unix:uid:{i}")]))
+        create(&mut h, spec(&format!("/w{i}"), SERVER_ID, &[&format!("x509pop:subject:cn:{i}")]))
             .await
             .unwrap();
     }
@@ -286,7 +352,7 @@ async fn listing_filters_and_pages() {
     assert_eq!(page.entries.len(), 1);
     let by_selectors =
         pb::ListEntriesRequest { by_selectors: vec!["unix:uid:1".into()], ..Default::default() };
-    assert_eq!(h.client.list_entries(by_selectors).await.unwrap().into_inner().entries.len(), 2);
+    assert_eq!(h.client.list_entries(by_selectors).await.unwrap().into_inner().entries.len(), 1);
     let by_id = pb::ListEntriesRequest {
         by_spiffe_id: "spiffe://example.org/w3".into(),
         ..Default::default()

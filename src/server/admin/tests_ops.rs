@@ -174,3 +174,63 @@ async fn authorities_are_prepared_activated_tainted_and_revoked() {
     let empty = pb::AuthorityRequest { kind: pb::AuthorityKind::X509.into(), id: String::new() };
     assert_eq!(code(h.client.taint_authority(empty).await), Code::InvalidArgument);
 }
+
+/// A small tmpfs mounted over a directory, unmounted on drop (even when a test fails).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    /// Mounts one; `None` where this process may not mount (not root, no CAP_SYS_ADMIN).
+    fn mount(dir: &std::path::Path) -> Option<Self> {
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+            .arg(dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Self(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Writes zeros to `path` until the file system is full.
+fn fill(path: &std::path::Path) {
+    use std::io::Write as _;
+    let mut file = std::fs::File::create(path).unwrap();
+    let block = vec![0u8; 4096];
+    while file.write_all(&block).and_then(|()| file.sync_all()).is_ok() {}
+}
+
+#[tokio::test]
+async fn health_reports_a_datastore_that_reads_but_cannot_write() {
+    let outer = tempfile::tempdir().unwrap();
+    let Some(_tmpfs) = Tmpfs::mount(outer.path()) else {
+        println!("note: cannot mount a tmpfs here (needs root); test skipped");
+        return;
+    };
+    let db = outer.path().join("keycard.db");
+    let mut h = Harness::start_with_db(vec![], Some(&db)).await;
+    let health = h.client.health(pb::HealthRequest {}).await.unwrap().into_inner();
+    assert!(health.healthy, "{health:?}");
+
+    // The disk fills up: reads still work, every write fails.
+    let filler = outer.path().join("filler");
+    fill(&filler);
+    assert!(h.store.ping().is_ok(), "reads still work");
+    let health = h.client.health(pb::HealthRequest {}).await.unwrap().into_inner();
+    assert!(!health.healthy, "{health:?}");
+    assert!(health.datastore_error.contains("writes fail"), "{health:?}");
+    assert!(health.datastore_error.contains("full"), "{health:?}");
+
+    // Space again: healthy again, and the probes left no record behind.
+    std::fs::remove_file(&filler).unwrap();
+    let health = h.client.health(pb::HealthRequest {}).await.unwrap().into_inner();
+    assert!(health.healthy, "{health:?}");
+    let before = h.clock.now() + Duration::from_secs(3600);
+    assert_eq!(h.store.prune_join_tokens(before).unwrap(), 0, "no probe token left");
+    h.stop().await;
+}

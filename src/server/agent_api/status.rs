@@ -63,7 +63,7 @@ pub fn to_status(err: &AgentApiError) -> Status {
     if code == Code::Internal || code == Code::Unavailable {
         tracing::warn!(error = %err, "agent API request failed on the server side");
     }
-    Status::new(code, err.to_string())
+    Status::new(code, crate::server::admin::status::bounded_message(&err.to_string()))
 }
 
 impl From<AgentApiError> for Status {
