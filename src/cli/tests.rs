@@ -197,7 +197,9 @@ async fn commands_against_a_live_server_print_results_and_name_fixes() {
     let id = doc["entries"][0]["id"].as_str().unwrap().to_owned();
     let text = run_line(&h, &["entry", "update", "--id", &id, "--hint", "blue"]).await.unwrap();
     assert!(text.contains("Hint             : blue"), "{text}");
-    assert_eq!(run_line(&h, &["entry", "count"]).await.unwrap(), "1 registration entries\n");
+    assert_eq!(run_line(&h, &["entry", "count"]).await.unwrap(), "1 registration entry\n");
+    let shown = run_line(&h, &["entry", "show"]).await.unwrap();
+    assert!(shown.starts_with("Found 1 entry\n"), "{shown}");
 
     let json = run_line(&h, &["token", "generate", "--ttl", "90s", "--output", "json"]);
     let doc: serde_json::Value = serde_json::from_str(&json.await.unwrap()).unwrap();
