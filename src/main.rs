@@ -50,10 +50,29 @@ fn main() -> std::process::ExitCode {
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("Error: {e:#}");
+            eprintln!("Error: {}", error_text(&e));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes on one line, `outer: cause: cause`, each cause once: many of
+/// our errors already print their source in their own message (`"...: {source}"`, which
+/// thiserror also reports as the source), so a cause whose text is already there is left
+/// out instead of printed a second time.
+fn error_text(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let message = cause.to_string();
+        if text.contains(&message) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&message);
+    }
+    text
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -177,4 +196,26 @@ fn check_ids(ids: &[String]) -> anyhow::Result<()> {
         anyhow::bail!("{bad} of {} SPIFFE IDs are invalid", ids.len());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_cause_prints_once() {
+        // A thiserror variant that prints its source and also reports it as the source.
+        let in_use = std::io::Error::from(std::io::ErrorKind::AddrInUse);
+        let os = in_use.to_string();
+        let bind =
+            keycard::server::RunError::Bind { address: "127.0.0.1:8081".into(), source: in_use };
+        let text = error_text(&anyhow::Error::new(bind));
+        assert!(text.starts_with(&format!("cannot listen on 127.0.0.1:8081: {os} (")), "{text}");
+        assert_eq!(text.matches(&os).count(), 1, "{text}");
+
+        // Context added on top, and a cause not in the message, are both kept.
+        let read = std::io::Error::other("disk on fire");
+        let error = anyhow::Error::new(read).context("cannot read the config").context("start-up");
+        assert_eq!(error_text(&error), "start-up: cannot read the config: disk on fire");
+    }
 }

@@ -357,7 +357,7 @@ impl Manager {
                     entry_id = %entry_id,
                     spiffe_id = %svid.spiffe_id,
                     serial = %svid.serial,
-                    renew_at = ?svid.renew_at,
+                    renew_at = %crate::telemetry::logging::rfc3339(svid.renew_at),
                 );
             }
             match result {

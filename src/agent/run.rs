@@ -123,7 +123,7 @@ pub async fn run(config: AgentConfig, shutdown: Shutdown) -> Result<(), RunError
     };
     if let Some(id) = client.identity() {
         status.set_expiry(id.expires_at);
-        tracing::info!(agent_id = %id.spiffe_id, expires_at = ?id.expires_at, "agent identity ready");
+        tracing::info!(agent_id = %id.spiffe_id, expires_at = %crate::telemetry::logging::rfc3339(id.expires_at), "agent identity ready");
     }
 
     // Each held Workload API connection costs descriptors: take all the kernel allows,

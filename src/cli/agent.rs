@@ -8,7 +8,7 @@ use clap::Subcommand;
 use keycard_workload_api::SpiffeId;
 use serde_json::json;
 
-use super::output::{agent_json, agent_text, emit};
+use super::output::{agent_json, agent_text, count_text, emit};
 use super::{CliError, Connection, client};
 use crate::server::admin::pb;
 
@@ -96,7 +96,8 @@ pub(super) async fn run(
                 req.page_token = page.next_page_token;
             };
             let text = || {
-                let mut text = format!("Found {} agents\n\n", agents.len());
+                let mut text =
+                    format!("Found {}\n\n", count_text(agents.len() as u64, "agent", "agents"));
                 text.extend(agents.iter().map(agent_text));
                 if !next.is_empty() {
                     text += &format!("Next page token: {next}\n");

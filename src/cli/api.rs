@@ -55,8 +55,9 @@ pub enum ApiCommand {
 pub enum FetchCommand {
     /// X.509-SVIDs (with their keys) and bundles.
     X509 {
-        /// Also write svid.N.pem, svid.N.key (0600), bundle.N.pem and
-        /// federated_bundle.N.M.pem into this directory.
+        /// Also write the files `keycard helper` writes into this directory: svid.pem,
+        /// svid_key.pem (0600) and svid_bundle.pem for the default SVID, and
+        /// svid.N.pem, svid_key.N.pem, svid_bundle.N.pem for any further one.
         #[arg(long, value_name = "DIR")]
         write: Option<PathBuf>,
     },
@@ -82,9 +83,21 @@ pub enum ValidateCommand {
         #[arg(long, value_name = "AUDIENCE")]
         audience: String,
         /// The token (compact JWS).
-        #[arg(long, value_name = "TOKEN")]
+        #[arg(long, value_name = "TOKEN", value_parser = non_empty_token)]
         svid: String,
     },
+}
+
+/// `--svid` must hold something: an empty value (often an unset shell variable) is a usage
+/// error naming the flag, not a token the agent would call invalid.
+fn non_empty_token(value: &str) -> Result<String, String> {
+    if value.trim().is_empty() {
+        Err("the token is empty (is the shell variable you passed set?): give a JWT-SVID, \
+             such as one printed by `keycard api fetch jwt --audience AUDIENCE`"
+            .into())
+    } else {
+        Ok(value.to_owned())
+    }
 }
 
 /// Runs one Workload API command on a fresh runtime, writing to stdout.
@@ -271,33 +284,14 @@ fn x509_json(context: &X509Context) -> Value {
     json!({"svids": svids, "bundles": bundles})
 }
 
-/// Writes each SVID, its key (0600) and the bundles, each file atomically.
+/// Writes each SVID, its key (0600) and its bundles under the helper's file names (the
+/// default SVID unnumbered, any further one numbered from 1), each file atomically.
 fn write_files(dir: &Path, context: &X509Context) -> Result<(), CliError> {
     std::fs::create_dir_all(dir)?;
     for (i, svid) in context.svids.iter().enumerate() {
-        let own = context.bundles.get(&svid.spiffe_id().trust_domain());
-        crate::fsutil::write_atomic(
-            &dir.join(format!("svid.{i}.pem")),
-            svid.chain_pem().as_bytes(),
-            0o644,
-        )?;
-        crate::fsutil::write_private_atomic(
-            &dir.join(format!("svid.{i}.key")),
-            svid.key_pem().as_bytes(),
-        )?;
-        if let Some(bundle) = own {
-            crate::fsutil::write_atomic(
-                &dir.join(format!("bundle.{i}.pem")),
-                bundle.to_pem().as_bytes(),
-                0o644,
-            )?;
-        }
-        let federated =
-            context.bundles.iter().filter(|b| *b.trust_domain() != svid.spiffe_id().trust_domain());
-        for (j, bundle) in federated.enumerate() {
-            let name = format!("federated_bundle.{i}.{j}.pem");
-            crate::fsutil::write_atomic(&dir.join(name), bundle.to_pem().as_bytes(), 0o644)?;
-        }
+        let index = (i > 0).then_some(i);
+        crate::helper::write_svid_files(dir, svid, &context.bundles, index)
+            .map_err(|e| CliError::Output(std::io::Error::other(e.to_string())))?;
     }
     Ok(())
 }

@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 use keycard_workload_api::SpiffeId;
 use serde_json::json;
 
-use super::output::{emit, entry_json, entry_text};
+use super::output::{count_text, emit, entry_json, entry_text};
 use super::{CliError, Connection, client, parse_ttl};
 use crate::selector::Selector;
 use crate::server::admin::pb;
@@ -241,7 +241,8 @@ pub(super) async fn run(
         EntryCommand::Count => {
             let req = pb::CountEntriesRequest {};
             let count = c.api.count_entries(req).await.map_err(|s| c.fail(s))?.into_inner().count;
-            let text = || format!("{count} registration entries\n");
+            let text =
+                || format!("{}\n", count_text(count, "registration entry", "registration entries"));
             emit(out, format, text, || json!({ "count": count })).map_err(CliError::from)
         }
     }
@@ -276,7 +277,8 @@ async fn show(
         req.page_token = page.next_page_token;
     };
     let text = || {
-        let mut text = format!("Found {} entries\n\n", entries.len());
+        let mut text =
+            format!("Found {}\n\n", count_text(entries.len() as u64, "entry", "entries"));
         text.extend(entries.iter().map(entry_text));
         if !next.is_empty() {
             text += &format!("Next page token: {next}\n");

@@ -35,6 +35,13 @@ pub fn emit(
     }
 }
 
+/// `n` and the noun in the right number: `count_text(1, "entry", "entries")` is
+/// `1 entry`, `count_text(0, "entry", "entries")` is `0 entries`.
+pub fn count_text(n: impl Into<u64>, one: &str, many: &str) -> String {
+    let n = n.into();
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// A Unix time in RFC 3339 (UTC), or the number itself if it is out of range.
 pub fn time_text(secs: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(secs)
@@ -194,6 +201,14 @@ mod tests {
         assert_eq!(doc["selectors"][0], "unix:uid:1000");
         assert_eq!(doc["x509_ttl_seconds"], 3600);
         assert_eq!(doc["revision"], 4);
+    }
+
+    #[test]
+    fn counts_take_the_singular_only_for_one() {
+        assert_eq!(count_text(1u32, "entry", "entries"), "1 entry");
+        assert_eq!(count_text(0u32, "entry", "entries"), "0 entries");
+        assert_eq!(count_text(2u64, "agent", "agents"), "2 agents");
+        assert_eq!(format!("Found {}", count_text(1u32, "entry", "entries")), "Found 1 entry");
     }
 
     #[test]

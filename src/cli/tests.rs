@@ -208,6 +208,8 @@ async fn commands_against_a_live_server_print_results_and_name_fixes() {
     let text = run_line(&h, &["entry", "update", "--id", &id, "--hint", "blue"]).await.unwrap();
     assert!(text.contains("Hint             : blue"), "{text}");
     assert_eq!(run_line(&h, &["entry", "count"]).await.unwrap(), "2 registration entries\n");
+    let shown = run_line(&h, &["entry", "show"]).await.unwrap();
+    assert!(shown.starts_with("Found 2 entries\n"), "{shown}");
 
     let json = run_line(&h, &["token", "generate", "--ttl", "90s", "--output", "json"]);
     let doc: serde_json::Value = serde_json::from_str(&json.await.unwrap()).unwrap();

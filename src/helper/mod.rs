@@ -2,8 +2,9 @@
 //!
 //! It follows the Workload API (an [`X509Source`]) and, on every rotation, writes into
 //! `--cert-dir`, each file atomically: `svid.pem` (the chain, leaf first), `svid_key.pem`
-//! (PKCS#8, 0600), `bundle.pem` (the SVID's trust domain bundle, then any federated
-//! ones) and, for each `--jwt-audience A`, `jwt_svid.A.token` (0600). After each write it
+//! (PKCS#8, 0600), `svid_bundle.pem` (the SVID's trust domain bundle, then any federated
+//! ones; the names spiffe-helper's examples use, and `keycard api fetch x509 --write`
+//! writes the same) and, for each `--jwt-audience A`, `jwt_svid.A.token` (0600). After each write it
 //! either starts `--cmd` (the first time) and then sends it `--renew-signal`, or runs
 //! `--reload-cmd` through `sh -c`. `--once` writes once and exits (for init containers).
 //! With `--health-address`, `/ready` is true while the written SVID is valid.
@@ -34,7 +35,7 @@ pub struct HelperArgs {
     /// The Workload API socket: a path or unix:///path (default: $SPIFFE_ENDPOINT_SOCKET).
     #[arg(long, value_name = "SOCKET")]
     pub socket: Option<String>,
-    /// Where to write svid.pem, svid_key.pem and bundle.pem.
+    /// Where to write svid.pem, svid_key.pem and svid_bundle.pem.
     #[arg(long, value_name = "DIR")]
     pub cert_dir: PathBuf,
     /// Write the files once and exit.
@@ -101,18 +102,44 @@ fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), HelperError> {
         .map_err(|source| HelperError::Write { path: path.display().to_string(), source })
 }
 
+/// The chain file's name (leaf first, PEM).
+pub const SVID_FILE: &str = "svid.pem";
+/// The private key file's name (PKCS#8 PEM, 0600).
+pub const KEY_FILE: &str = "svid_key.pem";
+/// The bundle file's name (the SVID's own trust domain first, then federated ones).
+pub const BUNDLE_FILE: &str = "svid_bundle.pem";
+
+/// `name` with `.N` before its extension (`svid.pem`, 1: `svid.1.pem`); `name` for `None`.
+pub fn numbered(name: &str, index: Option<usize>) -> String {
+    match (index, name.rsplit_once('.')) {
+        (Some(i), Some((stem, ext))) => format!("{stem}.{i}.{ext}"),
+        _ => name.to_owned(),
+    }
+}
+
+/// Writes `svid`, its key (0600) and the bundles (its own trust domain's first) into
+/// `dir` under the helper's file names, numbered by `index` when given; the key first, so
+/// that a reader that sees the new certificate finds its key already there.
+pub fn write_svid_files(
+    dir: &Path,
+    svid: &keycard_workload_api::X509Svid,
+    bundles: &keycard_workload_api::X509BundleSet,
+    index: Option<usize>,
+) -> Result<(), HelperError> {
+    let own = svid.spiffe_id().trust_domain();
+    let mut bundle_pem = bundles.get(&own).map(|b| b.to_pem()).unwrap_or_default();
+    for other in bundles.iter().filter(|b| *b.trust_domain() != own) {
+        bundle_pem.push_str(&other.to_pem());
+    }
+    write(&dir.join(numbered(KEY_FILE, index)), svid.key_pem().as_bytes(), 0o600)?;
+    write(&dir.join(numbered(SVID_FILE, index)), svid.chain_pem().as_bytes(), 0o644)?;
+    write(&dir.join(numbered(BUNDLE_FILE, index)), bundle_pem.as_bytes(), 0o644)
+}
+
 /// Writes the default SVID, its key and the bundles into `dir`; returns the leaf's expiry.
 pub fn write_x509_files(dir: &Path, context: &X509Context) -> Result<SystemTime, HelperError> {
     let svid = context.default_svid().ok_or(HelperError::Empty)?;
-    let own = svid.spiffe_id().trust_domain();
-    let mut bundle_pem = context.bundles.get(&own).map(|b| b.to_pem()).unwrap_or_default();
-    for other in context.bundles.iter().filter(|b| *b.trust_domain() != own) {
-        bundle_pem.push_str(&other.to_pem());
-    }
-    // The key first: a reader that sees the new certificate finds its key already there.
-    write(&dir.join("svid_key.pem"), svid.key_pem().as_bytes(), 0o600)?;
-    write(&dir.join("svid.pem"), svid.chain_pem().as_bytes(), 0o644)?;
-    write(&dir.join("bundle.pem"), bundle_pem.as_bytes(), 0o644)?;
+    write_svid_files(dir, svid, &context.bundles, None)?;
     Ok(leaf_expiry(svid.leaf()).unwrap_or(SystemTime::UNIX_EPOCH))
 }
 
@@ -156,21 +183,23 @@ async fn write_all(args: &HelperArgs, context: &X509Context) -> Result<SystemTim
     Ok(expiry)
 }
 
+/// Starts `--cmd` with default signal dispositions and an empty signal mask, so that it
+/// can trap `--renew-signal` even when the helper runs under `nohup`.
 fn start_child(args: &HelperArgs, program: &str) -> Result<Child, HelperError> {
-    Command::new(program)
-        .args(&args.cmd_args)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
+    let mut command = Command::new(program);
+    command.args(&args.cmd_args).stdin(Stdio::null()).kill_on_drop(true);
+    signal::reset_in_child(&mut command);
+    command
         .spawn()
         .map_err(|e| HelperError::Child { program: program.into(), reason: e.to_string() })
 }
 
+/// Runs `--reload-cmd` through `sh -c`, with the same signal state as `--cmd` gets.
 async fn reload(command: &str) -> Result<(), HelperError> {
-    let status = Command::new("sh")
-        .args(["-c", command])
-        .status()
-        .await
-        .map_err(|e| HelperError::Reload(e.to_string()))?;
+    let mut shell = Command::new("sh");
+    shell.args(["-c", command]);
+    signal::reset_in_child(&mut shell);
+    let status = shell.status().await.map_err(|e| HelperError::Reload(e.to_string()))?;
     if status.success() {
         Ok(())
     } else {

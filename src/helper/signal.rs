@@ -1,5 +1,12 @@
-//! Sending a signal to the helper's child. The standard library can only kill; this is
-//! the one other system call the helper needs, and the module's only `unsafe`.
+//! Signals between the helper and the programs it starts: sending `--renew-signal` to its
+//! child (the standard library can only kill), and handing each program it starts the
+//! signal state a freshly started program expects. These are the helper's only `unsafe`.
+//!
+//! Why the reset: a signal a process ignores stays ignored across `fork` and `exec`. A
+//! helper started under `nohup` (or by any parent that ignores SIGHUP) would otherwise pass
+//! the ignored SIGHUP on to `--cmd`, which could then never trap it: every renewal signal
+//! would be lost. Handlers need no reset (`exec` resets them); blocked signals would stay
+//! pending forever, so the mask is emptied too.
 #![allow(unsafe_code)]
 
 use std::str::FromStr;
@@ -81,6 +88,37 @@ pub fn send(pid: u32, signal: RenewSignal) -> Result<(), SignalError> {
     }
 }
 
+/// Makes `command` start its program with every catchable signal at its default action
+/// and no signal blocked, whatever the helper itself inherited.
+pub fn reset_in_child(command: &mut tokio::process::Command) {
+    // Computed here: in the child, between fork and exec, only async-signal-safe calls.
+    // The C library keeps the signals between 31 and SIGRTMIN for itself (glibc: 32, 33)
+    // and refuses to change them; no program can trap them anyway.
+    let (first_rt, last_rt) = (libc::SIGRTMIN(), libc::SIGRTMAX());
+    // SAFETY: the closure runs in the forked child before exec; it calls only sigaction,
+    // sigemptyset and sigprocmask, which POSIX lists as async-signal-safe, allocates
+    // nothing and touches no lock.
+    unsafe {
+        command.pre_exec(move || {
+            let mut default: libc::sigaction = std::mem::zeroed();
+            default.sa_sigaction = libc::SIG_DFL;
+            libc::sigemptyset(&mut default.sa_mask);
+            for signal in (1..=libc::SIGSYS).chain(first_rt..=last_rt) {
+                if signal == libc::SIGKILL || signal == libc::SIGSTOP {
+                    continue;
+                }
+                libc::sigaction(signal, &default, std::ptr::null_mut());
+            }
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            if libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,5 +132,63 @@ mod tests {
         let e = "SIGKILL".parse::<RenewSignal>().unwrap_err().to_string();
         assert!(e.contains("SIGKILL") && e.contains("SIGHUP"), "{e}");
         assert!(send(0, RenewSignal::Hup).is_err(), "PID 0 would signal the whole group");
+    }
+
+    /// The `SigIgn` and `SigBlk` masks of `/proc/self/status` as seen by a program started
+    /// through `command`, which prints its own status.
+    async fn child_masks(mut command: tokio::process::Command) -> (u64, u64) {
+        let out = command.output().await.unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let status = String::from_utf8(out.stdout).unwrap();
+        let mask = |name: &str| {
+            let line = status.lines().find(|l| l.starts_with(name)).unwrap();
+            u64::from_str_radix(line[name.len()..].trim(), 16).unwrap()
+        };
+        (mask("SigIgn:"), mask("SigBlk:"))
+    }
+
+    /// Adds to `command` what a parent such as `nohup sh` leaves behind: HUP and USR1
+    /// ignored, USR2 blocked.
+    fn inherit_ignored_and_blocked(command: &mut tokio::process::Command) {
+        // SAFETY: signal, sigemptyset, sigaddset and sigprocmask are async-signal-safe.
+        unsafe {
+            command.pre_exec(|| {
+                libc::signal(libc::SIGHUP, libc::SIG_IGN);
+                libc::signal(libc::SIGUSR1, libc::SIG_IGN);
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::sigaddset(&mut set, libc::SIGUSR2);
+                libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+                Ok(())
+            });
+        }
+    }
+
+    #[tokio::test]
+    async fn a_started_program_ignores_and_blocks_nothing_its_parent_did() {
+        let bit = |signal: libc::c_int| 1u64 << (signal - 1);
+        let status = || {
+            let mut command = tokio::process::Command::new("cat");
+            command.arg("/proc/self/status");
+            command
+        };
+        // Without the reset the program inherits the ignored and blocked signals...
+        let mut inherited = status();
+        inherit_ignored_and_blocked(&mut inherited);
+        let (ignored, blocked) = child_masks(inherited).await;
+        let hup_usr1 = bit(libc::SIGHUP) | bit(libc::SIGUSR1);
+        assert_eq!(ignored & hup_usr1, hup_usr1, "{ignored:x}");
+        assert_eq!(blocked & bit(libc::SIGUSR2), bit(libc::SIGUSR2), "{blocked:x}");
+
+        // ...with it (run after the parent's state is in place) nothing is ignored or blocked.
+        let mut reset = status();
+        inherit_ignored_and_blocked(&mut reset);
+        reset_in_child(&mut reset);
+        let (ignored, blocked) = child_masks(reset).await;
+        // The C library's own signals (glibc: 32, 33) are out of reach and of no use.
+        let library: u64 = (libc::SIGSYS + 1..libc::SIGRTMIN()).map(bit).sum();
+        let ignored = ignored & !library;
+        assert_eq!(ignored, 0, "signals still ignored: {ignored:x}");
+        assert_eq!(blocked, 0, "signals still blocked: {blocked:x}");
     }
 }

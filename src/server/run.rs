@@ -1,10 +1,13 @@
 //! `keycard server run`: opens the state, starts every listener, and runs until shut down.
 //!
-//! Start-up order: data directory, datastore, key directory, upstream authority, CA (whose
-//! journal lives in the datastore), then the agent API (mTLS), the admin API (Unix socket),
-//! the health endpoints and the rotation ticker. If any of them stops with an error, the
-//! others are shut down too and the error is returned, so a supervisor restarts the server
-//! rather than leaving it half-alive.
+//! Start-up order: first what another process may hold, with nothing written to disk yet:
+//! the agent API port and the health port are bound and the admin socket is checked, so a
+//! second server (or one started while `keycard dev` holds the ports) stops with a clear
+//! message and leaves no state behind. Then the data directory, datastore, key directory,
+//! upstream authority, CA (whose journal lives in the datastore), and the services: agent
+//! API (mTLS), admin API (Unix socket), health endpoints and the rotation ticker. If any of
+//! them stops with an error, the others are shut down too and the error is returned, so a
+//! supervisor restarts the server rather than leaving it half-alive.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -51,13 +54,22 @@ pub enum RunError {
         reason: String,
     },
     /// A listener could not be bound.
-    #[error("cannot listen on {address}: {source}")]
+    #[error(
+        "cannot listen on {address}: {source} (is another keycard server, or `keycard dev`, \
+         running? stop it or choose another --bind-address)"
+    )]
     Bind {
         /// The address.
         address: String,
         /// What the OS said.
         source: std::io::Error,
     },
+    /// Another process serves the admin socket this server would use.
+    #[error(
+        "another process is listening on the admin socket {0} (another keycard server?): stop \
+         it, or give this server its own --data-dir or --admin-socket"
+    )]
+    AdminSocketInUse(String),
     /// The agent API stopped with an error.
     #[error("agent API: {0}")]
     AgentApi(#[from] agent_api::AgentApiError),
@@ -74,6 +86,23 @@ pub enum RunError {
 
 /// Runs the server until `shutdown` triggers or a part fails.
 pub async fn run(config: ServerConfig, shutdown: Shutdown) -> Result<(), RunError> {
+    // What another process may hold, before anything is created on disk.
+    let listener = tokio::net::TcpListener::bind(config.bind_address)
+        .await
+        .map_err(|source| RunError::Bind { address: config.bind_address.to_string(), source })?;
+    let address = listener
+        .local_addr()
+        .map_err(|source| RunError::Bind { address: config.bind_address.to_string(), source })?;
+    let health_listener = match config.health_address {
+        Some(addr) => Some(health::bind(addr).await?),
+        None => None,
+    };
+    if let Ok(crate::unixsock::Existing::Live) =
+        crate::unixsock::existing_socket(&config.admin_socket)
+    {
+        return Err(RunError::AdminSocketInUse(config.admin_socket.display().to_string()));
+    }
+
     crate::fsutil::create_private_dir(&config.data_dir).map_err(|source| RunError::DataDir {
         path: config.data_dir.display().to_string(),
         source,
@@ -99,12 +128,6 @@ pub async fn run(config: ServerConfig, shutdown: Shutdown) -> Result<(), RunErro
     metrics.entries.set(store.count_entries()? as i64);
     metrics.agents.set(store.count_agents()? as i64);
 
-    let listener = tokio::net::TcpListener::bind(config.bind_address)
-        .await
-        .map_err(|source| RunError::Bind { address: config.bind_address.to_string(), source })?;
-    let address = listener
-        .local_addr()
-        .map_err(|source| RunError::Bind { address: config.bind_address.to_string(), source })?;
     tracing::info!(%address, trust_domain = %config.trust_domain, "agent API listening");
 
     let mut tasks: JoinSet<Result<(), RunError>> = JoinSet::new();
@@ -125,8 +148,7 @@ pub async fn run(config: ServerConfig, shutdown: Shutdown) -> Result<(), RunErro
             (ca.clone(), store.clone(), metrics.clone(), clock.clone());
         async move { Ok(admin::serve(admin_options, store, ca, metrics, clock, stop).await?) }
     });
-    if let Some(addr) = config.health_address {
-        let listener = health::bind(addr).await?;
+    if let Some(listener) = health_listener {
         let bound = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
         tracing::info!(address = %bound, "health and metrics endpoints listening");
         let endpoints = health_endpoints(ca.clone(), store.clone(), metrics.clone());

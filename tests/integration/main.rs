@@ -13,3 +13,4 @@ mod mtls;
 mod procs;
 mod python;
 mod server;
+mod startup;

@@ -1,9 +1,11 @@
 //! Real `keycard server run` and `keycard agent run` processes for the tests: started with
-//! JSON logs, waited for by the log lines that say they listen, stopped with SIGTERM.
+//! JSON logs, waited for by the log lines that say they listen, stopped with SIGTERM; and
+//! [`Group`], for a process that starts processes of its own (the helper and its `--cmd`).
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -71,6 +73,49 @@ fn terminate(child: &mut Child, name: &str) {
         std::thread::sleep(Duration::from_millis(100));
     }
     panic!("{name} did not stop within 20 s of SIGTERM");
+}
+
+/// A process started as the leader of a new process group, so that whatever it starts is
+/// in the group too; dropping the guard kills the whole group (SIGKILL) and reaps the
+/// leader, so a test that fails half-way leaves nothing running.
+pub struct Group {
+    child: Child,
+}
+
+impl Group {
+    /// Spawns `command` in a process group of its own.
+    pub fn spawn(command: &mut Command) -> Group {
+        Group { child: command.process_group(0).spawn().unwrap() }
+    }
+
+    /// The leader.
+    pub fn child(&mut self) -> &mut Child {
+        &mut self.child
+    }
+
+    /// Sends SIGTERM to the leader and waits (20 s at most) for its exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        for _ in 0..200 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("PID {pid} did not stop within 20 s of SIGTERM");
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        if let Ok(pgid) = libc::pid_t::try_from(self.child.id()) {
+            // SAFETY: kill(2) takes two integers; a negative PID names the process group
+            // this guard created (it exists while any of its members does).
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        }
+        let _ = self.child.wait();
+    }
 }
 
 /// A running server process; killed when dropped.

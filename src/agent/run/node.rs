@@ -129,7 +129,7 @@ pub(super) async fn establish(
                     .map_err(RunError::Attestation);
             }
             Some(StoredIdentity::Expired { spiffe_id, expired_at }) => {
-                tracing::warn!(agent_id = %spiffe_id, ?expired_at, attestor = attestor.name(),
+                tracing::warn!(agent_id = %spiffe_id, expired_at = %crate::telemetry::logging::rfc3339(expired_at), attestor = attestor.name(),
                     "the stored agent SVID expired; attesting again");
             }
             None => {}

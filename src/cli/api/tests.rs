@@ -93,19 +93,19 @@ async fn fetch_x509_prints_and_writes_the_svid_files() {
     assert!(text.contains("Hint:              internal"), "{text}");
     assert!(text.contains("Bundles:           example.org (1 CAs)"), "{text}");
     let mode = |name: &str| std::fs::metadata(dir.join(name)).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode("svid.0.key"), 0o600);
-    assert_eq!(mode("svid.0.pem"), 0o644);
-    let chain = std::fs::read_to_string(dir.join("svid.0.pem")).unwrap();
-    let key = std::fs::read_to_string(dir.join("svid.0.key")).unwrap();
+    assert_eq!(mode("svid_key.pem"), 0o600);
+    assert_eq!(mode("svid.pem"), 0o644);
+    let chain = std::fs::read_to_string(dir.join("svid.pem")).unwrap();
+    let key = std::fs::read_to_string(dir.join("svid_key.pem")).unwrap();
     let svid = keycard_workload_api::X509Svid::from_pem(&chain, &key).unwrap();
     assert_eq!(svid.spiffe_id().as_str(), "spiffe://example.org/web");
-    let bundle = std::fs::read_to_string(dir.join("bundle.0.pem")).unwrap();
+    let bundle = std::fs::read_to_string(dir.join("svid_bundle.pem")).unwrap();
     assert_eq!(bundle, agent.ca.bundle().unwrap().x509_bundle().unwrap().to_pem());
     // openssl, an independent verifier, accepts the written chain against the written bundle.
     let verify = std::process::Command::new("openssl")
         .args(["verify", "-purpose", "sslclient", "-CAfile"])
-        .arg(dir.join("bundle.0.pem"))
-        .arg(dir.join("svid.0.pem"))
+        .arg(dir.join("svid_bundle.pem"))
+        .arg(dir.join("svid.pem"))
         .output()
         .unwrap();
     assert!(verify.status.success(), "{verify:?}");
@@ -163,6 +163,32 @@ async fn validate_jwt_accepts_a_good_token_and_explains_a_bad_one() {
         ApiCommand::Validate(ValidateCommand::Jwt { audience: "other".into(), svid: minted.token });
     let err = agent.run(OutputFormat::Text, wrong).await.unwrap_err().to_string();
     assert!(err.contains("the JWT-SVID is not valid"), "{err}");
+}
+
+/// `keycard api ...` as the command line parses it.
+#[derive(Debug, clap::Parser)]
+struct Cli {
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+#[test]
+fn an_empty_svid_is_a_usage_error_naming_the_flag() {
+    use clap::Parser as _;
+    for empty in ["", "  "] {
+        let args = ["api", "validate", "jwt", "--audience", "db", "--svid", empty];
+        let err = Cli::try_parse_from(args).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "{err}");
+        assert_eq!(err.exit_code(), 2, "a usage error");
+        let text = err.to_string();
+        assert!(text.contains("--svid") && text.contains("the token is empty"), "{text}");
+    }
+    let args = ["api", "validate", "jwt", "--audience", "db", "--svid", "a.b.c"];
+    let parsed = Cli::try_parse_from(args).unwrap();
+    assert!(matches!(
+        parsed.api.command,
+        ApiCommand::Validate(ValidateCommand::Jwt { svid, .. }) if svid == "a.b.c"
+    ));
 }
 
 #[tokio::test]
