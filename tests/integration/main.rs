@@ -11,5 +11,6 @@ mod helper;
 mod interop;
 mod mtls;
 mod procs;
+mod py_spiffe;
 mod python;
 mod server;
