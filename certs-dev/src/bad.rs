@@ -17,12 +17,16 @@ pub struct BadSpec {
     pub name: &'static str,
     /// The rule the vector breaks, in words.
     pub rule: &'static str,
-    /// The `X509SvidError` variant a validator must return.
+    /// The `X509SvidError` variant a validator must return; for a `strict_der_only` vector,
+    /// the `StrictDerError` variant of [`crate::strict_der::check`].
     pub expected_error: &'static str,
+    /// Broken only in its encoding: lenient parsers (keycard's validator, x509-parser,
+    /// openssl) accept it, strict DER decoders (Python's `cryptography`, `x509-cert`) do not.
+    pub strict_der_only: bool,
 }
 
 const fn spec(name: &'static str, rule: &'static str, expected_error: &'static str) -> BadSpec {
-    BadSpec { name, rule, expected_error }
+    BadSpec { name, rule, expected_error, strict_der_only: false }
 }
 
 /// Every bad vector, in the order `bad/README.md` lists them.
@@ -46,6 +50,13 @@ pub const BAD_VECTORS: &[BadSpec] = &[
         "leaf has no BasicConstraints extension",
         "MissingBasicConstraints",
     ),
+    BadSpec {
+        name: "leaf-ca-false-explicit",
+        rule: "leaf BasicConstraints spells out cA FALSE (`30 03 01 01 00`), a DEFAULT value DER \
+               forbids; only strict DER decoders reject it",
+        expected_error: "ExtensionNotCanonical",
+        strict_der_only: true,
+    },
     spec("eku-no-client-auth", "leaf EKU has serverAuth only", "EkuMissingClientAuth"),
     spec("eku-no-server-auth", "leaf EKU has clientAuth only", "EkuMissingServerAuth"),
     spec("no-uri-san", "leaf has a DNS SAN and no URI SAN", "NoUriSan"),
@@ -97,15 +108,17 @@ pub fn vectors(org: &Domain, out: &mut Output) -> Result<()> {
     Ok(())
 }
 
-/// A leaf with the good template for `uri` after `change`, issued by `issuer`.
+/// A leaf with the good template for `uri` after `change`, issued by `issuer`, its key
+/// derived from `label`.
 fn leaf_with(
     uri: &str,
     issuer: &Authority,
+    label: &str,
     change: impl FnOnce(&mut CertificateParams),
 ) -> Result<Leaf> {
     let mut params = pki::leaf_params("bad vector leaf", uri)?;
     change(&mut params);
-    pki::leaf(&params, issuer)
+    pki::leaf(&params, issuer, label)
 }
 
 /// A chain file (leaf, then `issuer`) and a key file.
@@ -113,25 +126,30 @@ fn files(leaf: &Leaf, issuer: &Authority) -> (String, String) {
     (pki::chain_pem(&[leaf.cert.der(), issuer.cert.der()]), leaf.key_pem.clone())
 }
 
-/// An intermediate under example.org's root, changed by `change`, with a good leaf under it.
+/// An intermediate under example.org's root, changed by `change`, with a good leaf under it;
+/// keys derived from `label`.
 fn with_intermediate(
     org: &Domain,
     cn: &str,
+    label: &str,
     change: impl FnOnce(&mut CertificateParams),
 ) -> Result<(String, String)> {
     let mut params = pki::ca_params(cn, "spiffe://example.org", Some(0), true)?;
     change(&mut params);
-    let intermediate = pki::sub_ca(params, &org.root)?;
-    let leaf = leaf_with(&org_id(), &intermediate, |_| {})?;
+    let intermediate = pki::sub_ca(params, &org.root, &format!("{label} (intermediate)"))?;
+    let leaf = leaf_with(&org_id(), &intermediate, label, |_| {})?;
     Ok(files(&leaf, &intermediate))
 }
 
-/// Builds one vector: (chain PEM, key PEM).
+/// Builds one vector: (chain PEM, key PEM). Every key is derived from the vector's key file
+/// name (and a suffix for a second key), so a vector's files only change with its recipe.
 fn build(name: &str, org: &Domain) -> Result<(String, String)> {
     let ca = &org.intermediate;
     let id = org_id();
+    let label = format!("bad/{name}.key.pem");
+    let label = label.as_str();
     let simple = |change: &dyn Fn(&mut CertificateParams)| -> Result<(String, String)> {
-        Ok(files(&leaf_with(&id, ca, change)?, ca))
+        Ok(files(&leaf_with(&id, ca, label, change)?, ca))
     };
     let ku = |usages: Vec<KeyUsagePurpose>| {
         move |p: &mut CertificateParams| p.key_usages = usages.clone()
@@ -141,7 +159,14 @@ fn build(name: &str, org: &Domain) -> Result<(String, String)> {
         Ok(move |p: &mut CertificateParams| p.subject_alt_names = vec![san.clone()])
     };
     Ok(match name {
-        "leaf-ca-true" => simple(&|p| p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained))?,
+        "leaf-ca-true" => simple(&|p| {
+            pki::remove_basic_constraints(p);
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        })?,
+        "leaf-ca-false-explicit" => simple(&|p| {
+            pki::remove_basic_constraints(p);
+            p.custom_extensions.push(pki::basic_constraints_extension(&pki::NOT_CA_EXPLICIT_FALSE));
+        })?,
         "leaf-keycertsign" => {
             simple(&ku(vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyCertSign]))?
         }
@@ -154,15 +179,9 @@ fn build(name: &str, org: &Domain) -> Result<(String, String)> {
             p.key_usages.clear();
             p.custom_extensions.push(pki::key_usage_extension(0x80, false));
         })?,
-        "leaf-no-basic-constraints" => {
-            // rcgen writes the SKI only along with BasicConstraints: add it by hand so that
-            // the missing BasicConstraints is the only difference from a good leaf.
-            let key = pki::new_key()?;
-            let mut params = pki::leaf_params("bad vector leaf", &id)?;
-            params.is_ca = IsCa::NoCa;
-            params.custom_extensions.push(pki::subject_key_id_extension(&params, &key)?);
-            files(&pki::leaf_with_key(&params, key, ca)?, ca)
-        }
+        // The SKI stays (pki::leaf writes it): the missing BasicConstraints is the only
+        // difference from a good leaf.
+        "leaf-no-basic-constraints" => simple(&|p| pki::remove_basic_constraints(p))?,
         "eku-no-client-auth" => {
             simple(&|p| p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth])?
         }
@@ -193,46 +212,47 @@ fn build(name: &str, org: &Domain) -> Result<(String, String)> {
             // A complete, well-formed example.org hierarchy whose root is in no bundle. Its
             // names differ from the real CAs' so that no verifier mistakes one for the other.
             let uri = "spiffe://example.org";
-            let rogue_root =
-                pki::root(pki::ca_params("untrusted root CA (in no bundle)", uri, None, false)?)?;
+            let rogue_root = pki::root(
+                pki::ca_params("untrusted root CA (in no bundle)", uri, None, false)?,
+                &format!("{label} (root)"),
+            )?;
             let rogue = pki::sub_ca(
                 pki::ca_params("untrusted intermediate CA", uri, Some(0), true)?,
                 &rogue_root,
+                &format!("{label} (intermediate)"),
             )?;
-            files(&leaf_with(&id, &rogue, |_| {})?, &rogue)
+            files(&leaf_with(&id, &rogue, label, |_| {})?, &rogue)
         }
         "bad-signature" => {
-            let leaf = leaf_with(&id, ca, |_| {})?;
+            let leaf = leaf_with(&id, ca, label, |_| {})?;
             let flipped = pki::flip_signature(leaf.cert.der())?;
             (pki::chain_pem(&[&flipped, ca.cert.der()]), leaf.key_pem)
         }
         "intermediate-not-ca" => {
-            with_intermediate(org, "example.org intermediate (cA=false)", |p| {
-                p.is_ca = IsCa::ExplicitNoCa
-            })?
+            with_intermediate(org, "example.org intermediate (cA=false)", label, pki::set_not_ca)?
         }
         "intermediate-no-keycertsign" => {
-            with_intermediate(org, "example.org intermediate (no keyCertSign)", |p| {
+            with_intermediate(org, "example.org intermediate (no keyCertSign)", label, |p| {
                 p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::CrlSign];
             })?
         }
         "intermediate-id-has-path" => {
             let with_path = uri("spiffe://example.org/intermediate")?;
-            with_intermediate(org, "example.org intermediate (ID with path)", with_path)?
+            with_intermediate(org, "example.org intermediate (ID with path)", label, with_path)?
         }
         "key-mismatch" => {
-            let leaf = leaf_with(&id, ca, |_| {})?;
-            let other = leaf_with(&id, ca, |_| {})?;
+            let leaf = leaf_with(&id, ca, label, |_| {})?;
+            let other = leaf_with(&id, ca, &format!("{label} (other)"), |_| {})?;
             (files(&leaf, ca).0, other.key_pem)
         }
         "corrupted-der" => {
-            let leaf = leaf_with(&id, ca, |_| {})?;
+            let leaf = leaf_with(&id, ca, label, |_| {})?;
             let der = leaf.cert.der();
             let truncated = &der[..der.len() / 2];
             (pki::chain_pem(&[truncated, ca.cert.der()]), leaf.key_pem)
         }
         "empty-chain" => {
-            let leaf = leaf_with(&id, ca, |_| {})?;
+            let leaf = leaf_with(&id, ca, label, |_| {})?;
             let text = "This file deliberately holds no certificate: a chain with nothing in it.\n";
             (text.to_owned(), leaf.key_pem)
         }
@@ -248,13 +268,17 @@ pub fn readme() -> String {
          Each vector breaks exactly one rule. `<name>.pem` holds the chain (leaf first, then the\n\
          intermediate; issued under `example.org` unless the rule says otherwise) and\n\
          `<name>.key.pem` the leaf's PKCS#8 key. Validate against `example.org/bundle.pem` and\n\
-         `example.com/bundle.pem`.\n\n\
+         `example.com/bundle.pem`. A vector marked *strict DER* is broken only in its encoding:\n\
+         keycard's validator, x509-parser and openssl accept it; strict DER decoders (Python's\n\
+         `cryptography`, so py-spiffe, and `x509-cert`) reject it, and its last column names the\n\
+         `StrictDerError` of `keycard_certs_dev::strict_der::check`.\n\n\
          | file | rule broken | expected `X509SvidError` |\n\
          | --- | --- | --- |\n",
     );
     for spec in BAD_VECTORS {
+        let marker = if spec.strict_der_only { " (strict DER)" } else { "" };
         text.push_str(&format!(
-            "| `{}.pem` | {} | `{}` |\n",
+            "| `{}.pem` | {} | `{}`{marker} |\n",
             spec.name, spec.rule, spec.expected_error
         ));
     }

@@ -33,10 +33,14 @@ pub struct Domain {
 /// Root and intermediate for `td`, following the SPIFFE signing-certificate rules.
 pub fn domain(td: &'static str) -> Result<Domain> {
     let trust_domain_id = format!("spiffe://{td}");
-    let root = pki::root(pki::ca_params(&format!("{td} root CA"), &trust_domain_id, None, false)?)?;
+    let root = pki::root(
+        pki::ca_params(&format!("{td} root CA"), &trust_domain_id, None, false)?,
+        &format!("{td}/root.key.pem"),
+    )?;
     let intermediate = pki::sub_ca(
         pki::ca_params(&format!("{td} intermediate CA"), &trust_domain_id, Some(0), true)?,
         &root,
+        &format!("{td}/intermediate.key.pem"),
     )?;
     Ok(Domain { root, intermediate })
 }
@@ -50,6 +54,7 @@ pub fn trust_domains(out: &mut Output) -> Result<Domain> {
         let svid = pki::leaf(
             &pki::leaf_params(&format!("{td} workload web"), &id)?,
             &domain.intermediate,
+            &format!("{td}/svid.key.pem"),
         )?;
         let root_pem = pki::cert_pem(domain.root.cert.der());
         let intermediate_pem = pki::cert_pem(domain.intermediate.cert.der());
@@ -78,7 +83,7 @@ pub fn nodes(out: &mut Output) -> Result<()> {
     ca_params.not_after = pki::valid_until();
     ca_params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca = pki::root(ca_params)?;
+    let ca = pki::root(ca_params, "nodes/ca.key.pem")?;
     out.add("nodes/ca.pem", pki::cert_pem(ca.cert.der()));
     out.add("nodes/ca.key.pem", ca.key_pem.clone());
     for name in NODE_NAMES {
@@ -87,11 +92,11 @@ pub fn nodes(out: &mut Output) -> Result<()> {
         params.subject_alt_names = vec![pki::dns_san(&format!("{name}.example.org"))?];
         params.not_before = pki::valid_from();
         params.not_after = pki::valid_until();
-        params.is_ca = IsCa::ExplicitNoCa;
+        pki::set_not_ca(&mut params);
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.use_authority_key_identifier_extension = true;
-        let node = pki::leaf(&params, &ca)?;
+        let node = pki::leaf(&params, &ca, &format!("nodes/{name}.key.pem"))?;
         out.add(format!("nodes/{name}.pem"), pki::cert_pem(node.cert.der()));
         out.add(format!("nodes/{name}.key.pem"), node.key_pem);
     }
@@ -109,11 +114,18 @@ mod tests {
         let leaf = pki::leaf(
             &pki::leaf_params("w", &workload_id("example.org")).unwrap(),
             &domain.intermediate,
+            "test leaf",
         )
         .unwrap();
         let (_, cert) = parse_x509_certificate(leaf.cert.der()).unwrap();
         let bc = cert.basic_constraints().unwrap().unwrap();
-        assert!(!bc.value.ca, "leaf must say cA=false explicitly");
+        assert!(bc.critical && !bc.value.ca, "leaf must carry critical cA=false");
+        let raw_bc = cert
+            .extensions()
+            .iter()
+            .find(|e| e.oid == oid_registry::OID_X509_EXT_BASIC_CONSTRAINTS);
+        assert_eq!(raw_bc.unwrap().value, &pki::NOT_CA, "cA false is DER: an empty SEQUENCE");
+        crate::strict_der::check(leaf.cert.der()).unwrap();
         let ku = cert.key_usage().unwrap().unwrap();
         assert!(ku.critical && ku.value.digital_signature() && !ku.value.key_cert_sign());
         let eku = cert.extended_key_usage().unwrap().unwrap();

@@ -5,7 +5,10 @@
 //! - [`generate`] writes the whole set into a directory and returns its [`Manifest`];
 //!   [`Manifest::describe`] returns the same description without writing anything, so tests
 //!   can walk the checked-in files.
-//! - `pki`: key generation, SPIFFE-conformant certificate templates, hand-written DER.
+//! - `keys`: P-256 keys derived from a fixed seed and deterministic (RFC 6979) signatures,
+//!   so that generating again writes the same bytes.
+//! - `pki`: SPIFFE-conformant certificate templates, hand-written DER.
+//! - [`strict_der`]: a strict DER check of certificates, for tests across the workspace.
 //! - `good`: the two trust domains (`example.org`, `example.com`) and the x509pop node CA.
 //! - `bad`: one broken X509-SVID per SPIFFE rule, each with the validator error it must cause.
 //! - `output`: collects files in memory and writes them only once all were built.
@@ -14,11 +17,15 @@
 
 mod bad;
 mod good;
+mod keys;
 mod output;
 mod pki;
+pub mod strict_der;
 
 #[cfg(test)]
 mod openssl_tests;
+#[cfg(test)]
+mod reproducible_tests;
 #[cfg(test)]
 mod validator_tests;
 
@@ -92,8 +99,12 @@ pub struct BadVector {
     pub name: String,
     /// The one rule this vector breaks.
     pub rule: String,
-    /// Name of the `X509SvidError` variant a validator must return for it.
+    /// Name of the `X509SvidError` variant a validator must return for it (for a
+    /// `strict_der_only` vector, the [`strict_der::StrictDerError`] variant).
     pub expected_error: String,
+    /// Broken only in its DER encoding: keycard's validator accepts it, strict DER decoders
+    /// reject it.
+    pub strict_der_only: bool,
     /// Chain file: leaf first, then the intermediate (example.org's unless the rule says).
     pub chain: PathBuf,
     /// Private key file for the leaf.
@@ -135,6 +146,7 @@ impl Manifest {
                 name: v.name.to_owned(),
                 rule: v.rule.to_owned(),
                 expected_error: v.expected_error.to_owned(),
+                strict_der_only: v.strict_der_only,
                 chain: PathBuf::from(format!("bad/{}.pem", v.name)),
                 key: PathBuf::from(format!("bad/{}.key.pem", v.name)),
             })
@@ -168,10 +180,26 @@ impl Manifest {
     }
 }
 
+/// What [`generate`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Generated {
+    /// The files of the set.
+    pub manifest: Manifest,
+    /// How many files were written; the others already held exactly the same bytes.
+    pub written: usize,
+}
+
 /// Generates the whole development PKI into `out_dir` (created if missing) and returns its
-/// manifest. All material is built in memory first, so a failure leaves no partial set; each
-/// file is then written through a temporary file and a rename. Existing files are replaced.
+/// manifest. Keys derive from a fixed seed and signatures are deterministic, so the output is
+/// the same bytes on every run. All material is built in memory first, so a failure leaves no
+/// partial set; a file whose bytes differ is then replaced through a temporary file and a
+/// rename, and a file that already holds the same bytes is not touched.
 pub fn generate(out_dir: &Path) -> anyhow::Result<Manifest> {
+    Ok(generate_counted(out_dir)?.manifest)
+}
+
+/// [`generate`], also saying how many files it wrote.
+pub fn generate_counted(out_dir: &Path) -> anyhow::Result<Generated> {
     let manifest = Manifest::describe();
     let mut out = output::Output::default();
     let org = good::trust_domains(&mut out)?;
@@ -179,8 +207,8 @@ pub fn generate(out_dir: &Path) -> anyhow::Result<Manifest> {
     bad::vectors(&org, &mut out)?;
     out.add("bad/README.md", bad::readme());
     out.check_matches(&manifest)?;
-    out.write_all(out_dir)?;
-    Ok(manifest)
+    let written = out.write_all(out_dir)?;
+    Ok(Generated { manifest, written })
 }
 
 #[cfg(test)]

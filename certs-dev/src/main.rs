@@ -20,12 +20,14 @@ fn main() -> Result<()> {
         (Some(dir), None) => PathBuf::from(dir),
         (Some(_), Some(_)) => bail!("usage: keycard-certs-dev [OUT_DIR]"),
     };
-    let manifest = keycard_certs_dev::generate(&out_dir)
+    let done = keycard_certs_dev::generate_counted(&out_dir)
         .with_context(|| format!("generating the development PKI into {}", out_dir.display()))?;
+    let total = done.manifest.files().len();
     println!(
-        "wrote {} files into {} (development only: the keys are public)",
-        manifest.files().len(),
-        out_dir.display()
+        "wrote {} of {total} files into {} ({} already up to date; development only: the keys are public)",
+        done.written,
+        out_dir.display(),
+        total - done.written,
     );
     Ok(())
 }

@@ -43,6 +43,8 @@ const EXPECTED: &[Expect] = &[
     ok("leaf-key-usage-not-critical"),
     // A leaf without BasicConstraints is an ordinary end-entity to openssl.
     ok("leaf-no-basic-constraints"),
+    // openssl reads BER here: `cA FALSE` spelled out passes even -x509_strict.
+    ok("leaf-ca-false-explicit"),
     // Missing clientAuth fails only the sslclient purpose.
     Expect {
         name: "eku-no-client-auth",

@@ -1,6 +1,7 @@
 //! Collects generated files in memory, then writes them in one go: nothing reaches the disk
 //! until every certificate was built, and each file is replaced through a temporary file and
-//! a rename so that a reader never sees half a file.
+//! a rename so that a reader never sees half a file. A file that already holds exactly the
+//! new content is left alone (same inode, same modification time).
 
 use std::fs;
 use std::io::Write;
@@ -35,17 +36,23 @@ impl Output {
         Ok(())
     }
 
-    /// Writes every queued file under `dir`. Key files get mode 0600 on Unix.
-    pub fn write_all(&self, dir: &Path) -> Result<()> {
+    /// Writes every queued file under `dir` whose content differs from what is there, and
+    /// returns how many it wrote. Key files get mode 0600 on Unix.
+    pub fn write_all(&self, dir: &Path) -> Result<usize> {
+        let mut written = 0;
         for (rel, contents) in &self.files {
             let path = dir.join(rel);
+            if fs::read(&path).is_ok_and(|old| old == contents.as_bytes()) {
+                continue;
+            }
             let parent = path.parent().unwrap_or(dir);
             fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
             let private = rel.to_string_lossy().ends_with(".key.pem");
             write_atomically(&path, contents.as_bytes(), private)
                 .with_context(|| format!("writing {}", path.display()))?;
+            written += 1;
         }
-        Ok(())
+        Ok(written)
     }
 }
 
@@ -106,7 +113,8 @@ mod tests {
         let mut out = Output::default();
         out.add("a/b.pem", "cert");
         out.add("a/b.key.pem", "key");
-        out.write_all(dir.path()).unwrap();
+        assert_eq!(out.write_all(dir.path()).unwrap(), 2);
+        assert_eq!(out.write_all(dir.path()).unwrap(), 0, "unchanged files are not rewritten");
         assert_eq!(fs::read_to_string(dir.path().join("a/b.pem")).unwrap(), "cert");
         let mut found = Vec::new();
         walk(dir.path(), dir.path(), &mut found).unwrap();

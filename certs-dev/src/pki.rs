@@ -1,19 +1,31 @@
-//! Building blocks for the development PKI: key generation, certificate templates that follow
-//! the SPIFFE X509-SVID rules, and the few hand-written DER pieces rcgen cannot emit itself
-//! (a non-critical key usage, a subject key identifier on a leaf without BasicConstraints, a
-//! leaf whose signature bytes are damaged).
+//! Building blocks for the development PKI: certificate templates that follow the SPIFFE
+//! X509-SVID rules, and the few hand-written DER pieces rcgen cannot emit itself (leaf
+//! BasicConstraints as DER wants it, a non-critical key usage, a subject key identifier on a
+//! certificate rcgen treats as "no CA", a leaf whose signature bytes are damaged). Keys come
+//! from [`crate::keys`], so that the same generator always writes the same files.
 
 use anyhow::{Context, Result, bail};
 use rcgen::{
     BasicConstraints, Certificate, CertificateParams, CustomExtension, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, date_time_ymd,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyUsagePurpose, PublicKeyData, SanType, date_time_ymd,
 };
 use time::OffsetDateTime;
+
+use crate::keys::DevKey;
 
 /// OID of the X.509 KeyUsage extension (RFC 5280 section 4.2.1.3).
 const OID_KEY_USAGE: &[u64] = &[2, 5, 29, 15];
 /// OID of the X.509 SubjectKeyIdentifier extension (RFC 5280 section 4.2.1.2).
 const OID_SUBJECT_KEY_ID: &[u64] = &[2, 5, 29, 14];
+/// OID of the X.509 BasicConstraints extension (RFC 5280 section 4.2.1.9).
+const OID_BASIC_CONSTRAINTS: &[u64] = &[2, 5, 29, 19];
+
+/// BasicConstraints of a non-CA in DER: an empty SEQUENCE, since `cA` is BOOLEAN DEFAULT
+/// FALSE and DER omits a default value.
+pub const NOT_CA: [u8; 2] = [0x30, 0x00];
+/// BasicConstraints with `cA FALSE` spelled out (what rcgen's `IsCa::ExplicitNoCa` writes):
+/// BER, not DER. Only the bad vector `leaf-ca-false-explicit` carries it.
+pub const NOT_CA_EXPLICIT_FALSE: [u8; 5] = [0x30, 0x03, 0x01, 0x01, 0x00];
 
 /// Organisation written in every subject, so that nobody mistakes this material for real.
 pub const ORGANISATION: &str = "keycard development PKI (public keys, never for production)";
@@ -36,7 +48,7 @@ pub struct Authority {
     /// The CA's private key, kept to write it out as PKCS#8.
     pub key_pem: String,
     /// Signs children of this CA (its subject, key identifier and key).
-    pub issuer: Issuer<'static, KeyPair>,
+    pub issuer: Issuer<'static, DevKey>,
 }
 
 /// A leaf certificate and its private key.
@@ -45,11 +57,6 @@ pub struct Leaf {
     pub cert: Certificate,
     /// The leaf's private key in PKCS#8 PEM.
     pub key_pem: String,
-}
-
-/// A fresh ECDSA P-256 key pair (the only key type this PKI uses).
-pub fn new_key() -> Result<KeyPair> {
-    KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).context("generating a P-256 key")
 }
 
 /// A subject name with the development organisation and the given common name.
@@ -93,15 +100,39 @@ pub fn ca_params(
     Ok(params)
 }
 
-/// Parameters of a good X509-SVID leaf: `cA=false` written explicitly, critical key usage
-/// digitalSignature, EKU serverAuth + clientAuth, one URI SAN, subject and authority key
-/// identifiers.
+/// A critical BasicConstraints extension with the given DER content.
+pub fn basic_constraints_extension(content: &[u8]) -> CustomExtension {
+    let mut ext = CustomExtension::from_oid_content(OID_BASIC_CONSTRAINTS, content.to_vec());
+    ext.set_criticality(true);
+    ext
+}
+
+/// Marks `params` as a non-CA the DER way: `IsCa::NoCa` (so rcgen writes no BasicConstraints)
+/// and a critical BasicConstraints extension holding an empty SEQUENCE. [`sign`] adds the
+/// subject key identifier rcgen then leaves out.
+pub fn set_not_ca(params: &mut CertificateParams) {
+    remove_basic_constraints(params);
+    params.is_ca = IsCa::NoCa;
+    params.custom_extensions.push(basic_constraints_extension(&NOT_CA));
+}
+
+/// Removes a hand-written BasicConstraints extension from `params` (rcgen's own, from
+/// `is_ca`, is not affected).
+pub fn remove_basic_constraints(params: &mut CertificateParams) {
+    params
+        .custom_extensions
+        .retain(|ext| ext.oid_components().ne(OID_BASIC_CONSTRAINTS.iter().copied()));
+}
+
+/// Parameters of a good X509-SVID leaf: critical BasicConstraints with `cA` false (an empty
+/// SEQUENCE), critical key usage digitalSignature, EKU serverAuth + clientAuth, one URI SAN,
+/// subject and authority key identifiers.
 pub fn leaf_params(common_name: &str, uri: &str) -> Result<CertificateParams> {
     let mut params = CertificateParams::default();
     params.distinguished_name = subject(common_name);
     params.not_before = valid_from();
     params.not_after = valid_until();
-    params.is_ca = IsCa::ExplicitNoCa;
+    set_not_ca(&mut params);
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages =
         vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
@@ -110,31 +141,48 @@ pub fn leaf_params(common_name: &str, uri: &str) -> Result<CertificateParams> {
     Ok(params)
 }
 
-/// A self-signed root CA.
-pub fn root(params: CertificateParams) -> Result<Authority> {
-    let key = new_key()?;
+/// A self-signed root CA whose key is derived from `label`.
+pub fn root(params: CertificateParams, label: &str) -> Result<Authority> {
+    let key = DevKey::derive(label)?;
+    let params = with_subject_key_id(params, &key)?;
     let cert = params.self_signed(&key).context("self-signing a root")?;
-    let key_pem = key.serialize_pem();
+    let key_pem = key.pkcs8_pem()?;
     Ok(Authority { cert, key_pem, issuer: Issuer::new(params, key) })
 }
 
-/// A CA signed by `parent` (an intermediate, or a "CA" that breaks a signing-cert rule).
-pub fn sub_ca(params: CertificateParams, parent: &Authority) -> Result<Authority> {
-    let key = new_key()?;
+/// A CA signed by `parent` (an intermediate, or a "CA" that breaks a signing-cert rule), its
+/// key derived from `label`.
+pub fn sub_ca(params: CertificateParams, parent: &Authority, label: &str) -> Result<Authority> {
+    let key = DevKey::derive(label)?;
+    let params = with_subject_key_id(params, &key)?;
     let cert = params.signed_by(&key, &parent.issuer).context("signing an intermediate")?;
-    let key_pem = key.serialize_pem();
+    let key_pem = key.pkcs8_pem()?;
     Ok(Authority { cert, key_pem, issuer: Issuer::new(params, key) })
 }
 
-/// A leaf signed by `parent`, with a fresh key.
-pub fn leaf(params: &CertificateParams, parent: &Authority) -> Result<Leaf> {
-    leaf_with_key(params, new_key()?, parent)
+/// A leaf signed by `parent`, its key derived from `label`.
+pub fn leaf(params: &CertificateParams, parent: &Authority, label: &str) -> Result<Leaf> {
+    leaf_with_key(params, &DevKey::derive(label)?, parent)
 }
 
-/// A leaf for `key` signed by `parent` (when the parameters depend on the key).
-pub fn leaf_with_key(params: &CertificateParams, key: KeyPair, parent: &Authority) -> Result<Leaf> {
-    let cert = params.signed_by(&key, &parent.issuer).context("signing a leaf")?;
-    Ok(Leaf { cert, key_pem: key.serialize_pem() })
+/// A leaf for `key` signed by `parent`.
+pub fn leaf_with_key(params: &CertificateParams, key: &DevKey, parent: &Authority) -> Result<Leaf> {
+    let params = with_subject_key_id(params.clone(), key)?;
+    let cert = params.signed_by(key, &parent.issuer).context("signing a leaf")?;
+    Ok(Leaf { cert, key_pem: key.pkcs8_pem()? })
+}
+
+/// `params` with a subject key identifier for `key` when rcgen would write none (it writes
+/// one only for `IsCa::Ca` and `IsCa::ExplicitNoCa`).
+fn with_subject_key_id(
+    mut params: CertificateParams,
+    key: &impl PublicKeyData,
+) -> Result<CertificateParams> {
+    if params.is_ca == IsCa::NoCa {
+        let ext = subject_key_id_extension(&params, key)?;
+        params.custom_extensions.push(ext);
+    }
+    Ok(params)
 }
 
 /// A KeyUsage extension written by hand, so that its criticality can be chosen.
@@ -148,11 +196,11 @@ pub fn key_usage_extension(first_octet: u8, critical: bool) -> CustomExtension {
     ext
 }
 
-/// A SubjectKeyIdentifier extension for `key`, for leaves that rcgen would write without one
-/// (rcgen adds it only together with BasicConstraints).
+/// A SubjectKeyIdentifier extension for `key`, for certificates that rcgen would write
+/// without one (it adds it only together with its own BasicConstraints).
 pub fn subject_key_id_extension(
     params: &CertificateParams,
-    key: &KeyPair,
+    key: &impl PublicKeyData,
 ) -> Result<CustomExtension> {
     let id = params.key_identifier(key);
     let len = u8::try_from(id.len()).context("key identifier too long")?;

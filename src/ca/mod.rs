@@ -31,6 +31,8 @@ pub mod upstream;
 pub mod x509_authority;
 
 #[cfg(test)]
+mod der_tests;
+#[cfg(test)]
 mod rotation_tests;
 #[cfg(test)]
 mod svid_tests;

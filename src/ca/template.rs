@@ -3,8 +3,9 @@
 //!
 //! Leaf profile (SPIFFE X509-SVID standard, as SPIRE fills it in): one URI SAN (the SPIFFE
 //! ID), any DNS SANs, critical key usage digitalSignature + keyEncipherment + keyAgreement,
-//! extended key usage serverAuth + clientAuth, basic constraints `cA=false` written out,
-//! subject and authority key identifiers. CA profile: `cA=true` with no path length limit,
+//! extended key usage serverAuth + clientAuth, critical basic constraints with `cA` false
+//! (an empty SEQUENCE, `30 00`: DER omits a DEFAULT value, and strict parsers such as Python's
+//! `cryptography` reject `cA FALSE` spelled out), subject and authority key identifiers. CA profile: `cA=true` with no path length limit,
 //! critical key usage keyCertSign + cRLSign, a subject key identifier, and the URI SAN
 //! `spiffe://<trust domain>`. No name constraints: rustls-webpki rejects URI ones.
 
@@ -13,8 +14,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use keycard_workload_api::{SpiffeId, TrustDomain};
 use rcgen::string::{Ia5String, PrintableString};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, DnValue,
-    ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, DnType, DnValue,
+    ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
 };
 use time::OffsetDateTime;
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -24,6 +25,16 @@ use super::CaError;
 /// The X.520 serialNumber attribute type (2.5.4.5), put in CA subjects so that two CAs
 /// with the same common name never have the same subject.
 const DN_SERIAL_NUMBER: &[u64] = &[2, 5, 4, 5];
+
+/// The BasicConstraints extension (RFC 5280 section 4.2.1.9).
+const OID_BASIC_CONSTRAINTS: &[u64] = &[2, 5, 29, 19];
+
+/// The SubjectKeyIdentifier extension (RFC 5280 section 4.2.1.2).
+const OID_SUBJECT_KEY_ID: &[u64] = &[2, 5, 29, 14];
+
+/// The DER of BasicConstraints for a leaf: an empty SEQUENCE. `cA` is BOOLEAN DEFAULT FALSE,
+/// so DER leaves it out; `30 03 01 01 00` (what rcgen's `IsCa::ExplicitNoCa` writes) is not DER.
+pub(crate) const LEAF_BASIC_CONSTRAINTS: [u8; 2] = [0x30, 0x00];
 
 /// Organization name in SVID subjects.
 pub const SVID_ORGANIZATION: &str = "keycard";
@@ -61,12 +72,14 @@ pub(crate) fn ca_params(
     Ok(params)
 }
 
-/// Parameters of an X.509-SVID for `id` with `dns_names`, valid over `validity`.
+/// Parameters of an X.509-SVID for `id` with `dns_names`, valid over `validity`, for the
+/// public key `subject_key` (its key identifier goes into the certificate).
 pub(crate) fn svid_params(
     id: &SpiffeId,
     dns_names: &[String],
     validity: (OffsetDateTime, OffsetDateTime),
     serial: &[u8],
+    subject_key: &impl PublicKeyData,
 ) -> Result<CertificateParams, CaError> {
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
@@ -77,8 +90,10 @@ pub(crate) fn svid_params(
         sans.push(SanType::DnsName(dns_name(name)?));
     }
     params.subject_alt_names = sans;
-    // ExplicitNoCa writes `cA=false`; NoCa would omit basic constraints altogether.
-    params.is_ca = IsCa::ExplicitNoCa;
+    // `IsCa::NoCa` writes neither basic constraints nor the SKI: both are added by hand, so
+    // that `cA` false is encoded as DER wants it (see LEAF_BASIC_CONSTRAINTS).
+    params.is_ca = IsCa::NoCa;
+    params.custom_extensions = leaf_extensions(&params, subject_key)?;
     params.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,
         KeyUsagePurpose::KeyEncipherment,
@@ -90,6 +105,25 @@ pub(crate) fn svid_params(
     params.serial_number = Some(SerialNumber::from_slice(serial));
     (params.not_before, params.not_after) = validity;
     Ok(params)
+}
+
+/// The two extensions rcgen leaves out of a `NoCa` certificate: the subject key identifier
+/// (derived as rcgen derives it for CAs) and critical basic constraints with `cA` false.
+fn leaf_extensions(
+    params: &CertificateParams,
+    subject_key: &impl PublicKeyData,
+) -> Result<Vec<CustomExtension>, CaError> {
+    let key_id = params.key_identifier(subject_key);
+    let len = u8::try_from(key_id.len())
+        .ok()
+        .filter(|len| *len < 0x80)
+        .ok_or_else(|| CaError::Signing("subject key identifier too long".into()))?;
+    let mut ski = vec![0x04, len];
+    ski.extend_from_slice(&key_id);
+    let mut basic_constraints =
+        CustomExtension::from_oid_content(OID_BASIC_CONSTRAINTS, LEAF_BASIC_CONSTRAINTS.to_vec());
+    basic_constraints.set_criticality(true);
+    Ok(vec![CustomExtension::from_oid_content(OID_SUBJECT_KEY_ID, ski), basic_constraints])
 }
 
 fn ia5(s: &str) -> Result<Ia5String, CaError> {

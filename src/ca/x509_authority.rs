@@ -302,9 +302,10 @@ impl X509Authority {
             cert_time(not_after).ok_or(CaError::TtlOutOfRange(ttl))?,
         );
         let serial = template::random_serial();
-        let params = template::svid_params(&req.spiffe_id, &req.dns_names, validity, &serial)?;
         let public_key = rcgen::SubjectPublicKeyInfo::from_der(&req.public_key)
             .map_err(|e| CaError::UnsupportedKey(e.to_string()))?;
+        let params =
+            template::svid_params(&req.spiffe_id, &req.dns_names, validity, &serial, &public_key)?;
         let leaf = params
             .signed_by(&public_key, &self.issuer)
             .map_err(|e| CaError::Signing(e.to_string()))?

@@ -11,6 +11,7 @@ mod helper;
 mod interop;
 mod mtls;
 mod procs;
+mod py_spiffe;
 mod python;
 mod server;
 mod startup;

@@ -1,4 +1,5 @@
-//! A Python interpreter with a pinned grpcio, for tests that run real Python gRPC clients.
+//! A Python interpreter with a pinned grpcio and py-spiffe, for tests that run real Python
+//! gRPC and SPIFFE clients.
 //!
 //! `KEYCARD_PYTHON` names one to use as is. Otherwise the first test that asks makes a
 //! virtualenv (in `KEYCARD_PY_VENV`, default `/tmp/keycard-py-venv`) with `python3 -m venv`
@@ -15,6 +16,11 @@ use std::sync::OnceLock;
 const GRPCIO_VERSION: &str = "1.85.1";
 /// The protobuf release installed with it.
 const PROTOBUF_VERSION: &str = "7.36.2";
+/// The py-spiffe release the tests pin (PyPI package `spiffe`).
+const PY_SPIFFE_VERSION: &str = "0.3.2";
+/// The `cryptography` release installed with it: its strict DER parser is what refused
+/// SVIDs with BasicConstraints `cA FALSE` spelled out.
+const CRYPTOGRAPHY_VERSION: &str = "50.0.2";
 
 /// The interpreter to run Python clients with; see the module documentation.
 pub fn grpcio_python() -> &'static Path {
@@ -25,11 +31,12 @@ pub fn grpcio_python() -> &'static Path {
     })
 }
 
-/// Whether `python` has exactly the pinned grpcio and protobuf.
+/// Whether `python` has exactly the pinned grpcio, protobuf, py-spiffe and cryptography.
 fn has_pinned_versions(python: &Path) -> bool {
     let check = format!(
-        "import sys, grpc, google.protobuf as p; \
-         sys.exit(grpc.__version__ != '{GRPCIO_VERSION}' or p.__version__ != '{PROTOBUF_VERSION}')"
+        "import sys; from importlib.metadata import version as v; \
+         sys.exit(v('grpcio') != '{GRPCIO_VERSION}' or v('protobuf') != '{PROTOBUF_VERSION}' \
+         or v('spiffe') != '{PY_SPIFFE_VERSION}' or v('cryptography') != '{CRYPTOGRAPHY_VERSION}')"
     );
     Command::new(python).args(["-c", &check]).output().is_ok_and(|o| o.status.success())
 }
@@ -53,7 +60,7 @@ fn ensure_venv() -> PathBuf {
         let out = cmd.output().unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
         assert!(
             out.status.success(),
-            "{what} failed (the grpcio tests need python3 with venv and access to PyPI):\n{}",
+            "{what} failed (the grpcio and py-spiffe tests need python3 with venv and access to PyPI):\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
     };
@@ -62,9 +69,11 @@ fn ensure_venv() -> PathBuf {
         Command::new(venv.join("bin").join("pip"))
             .args(["install", "--quiet", "--disable-pip-version-check"])
             .arg(format!("grpcio=={GRPCIO_VERSION}"))
-            .arg(format!("protobuf=={PROTOBUF_VERSION}")),
-        "pip install grpcio",
+            .arg(format!("protobuf=={PROTOBUF_VERSION}"))
+            .arg(format!("spiffe=={PY_SPIFFE_VERSION}"))
+            .arg(format!("cryptography=={CRYPTOGRAPHY_VERSION}")),
+        "pip install grpcio spiffe",
     );
-    assert!(has_pinned_versions(&python), "the new virtualenv lacks the pinned grpcio");
+    assert!(has_pinned_versions(&python), "the new virtualenv lacks the pinned packages");
     python
 }

@@ -13,6 +13,13 @@ fn cert(key: &KeyPair, is_ca: IsCa) -> CertificateDer<'static> {
     params.self_signed(key).unwrap().der().clone()
 }
 
+/// A self-signed certificate that is no CA: critical BasicConstraints, an empty SEQUENCE.
+fn not_ca(key: &KeyPair) -> CertificateDer<'static> {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    crate::x509::test_support::not_ca(&mut params);
+    params.self_signed(key).unwrap().der().clone()
+}
+
 fn ca(alg: &'static SignatureAlgorithm) -> CertificateDer<'static> {
     cert(&KeyPair::generate_for(alg).unwrap(), IsCa::Ca(BasicConstraints::Unconstrained))
 }
@@ -137,7 +144,7 @@ fn x5c_that_is_not_a_ca_certificate_is_rejected() {
     assert!(matches!(parse(&x5c("@@")), Err(BundleJsonError::X509EntryBadBase64 { index: 0 })));
     assert!(matches!(parse(&x5c("AAAA")), Err(BundleJsonError::X509EntryBadCert { index: 0, .. })));
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let leaf = cert(&key, IsCa::ExplicitNoCa);
+    let leaf = not_ca(&key);
     assert!(matches!(parse(&x5c(&b64(&leaf))), Err(BundleJsonError::X509EntryNotCa { index: 0 })));
 }
 
@@ -218,7 +225,7 @@ fn writing_refuses_what_parsing_would_refuse() {
     assert!(matches!(b.to_json(), Err(BundleJsonError::JwtEntryWithoutKid { index: 0 })));
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let mut b = SpiffeBundle::new(td());
-    b.x509_authorities.push(cert(&key, IsCa::ExplicitNoCa));
+    b.x509_authorities.push(not_ca(&key));
     assert!(matches!(b.to_json(), Err(BundleJsonError::X509EntryNotCa { index: 0 })));
 }
 
@@ -265,7 +272,7 @@ fn from_parts_refuses_parts_of_two_trust_domains() {
 #[test]
 fn from_parts_refuses_an_authority_that_is_not_a_ca() {
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let x509 = X509Bundle::from_authorities(td(), [cert(&key, IsCa::ExplicitNoCa)]).unwrap();
+    let x509 = X509Bundle::from_authorities(td(), [not_ca(&key)]).unwrap();
     let err = SpiffeBundle::from_parts(&x509, &JwtBundle::new(td()), None, None).unwrap_err();
     assert!(matches!(err, BundleJsonError::X509EntryNotCa { index: 0 }));
 }

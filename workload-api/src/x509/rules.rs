@@ -246,14 +246,49 @@ mod tests {
     #[test]
     fn leaf_is_ca() {
         let mut p = leaf_params(ID);
+        drop_basic_constraints(&mut p);
         p.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         assert_eq!(leaf_err(p), X509SvidError::LeafIsCa);
+        // cA TRUE written by hand next to the SKI the helpers add: still a CA.
+        let mut p = leaf_params(ID);
+        drop_basic_constraints(&mut p);
+        p.custom_extensions.push(basic_constraints(&[0x30, 0x03, 0x01, 0x01, 0xff]));
+        assert_eq!(leaf_err(p), X509SvidError::LeafIsCa);
+    }
+
+    #[test]
+    fn leaf_basic_constraints_as_an_empty_sequence_pass() {
+        let w = world();
+        let (_, cert) = x509_parser::parse_x509_certificate(&w.leaf.cert).unwrap();
+        let bc = cert
+            .extensions()
+            .iter()
+            .find(|e| e.oid == x509_parser::oid_registry::OID_X509_EXT_BASIC_CONSTRAINTS)
+            .unwrap();
+        assert!(bc.critical);
+        assert_eq!(bc.value, [0x30, 0x00]);
+        assert_eq!(verify_chain(&w.chain(), &w.bundles, now()).unwrap().as_str(), ID);
+    }
+
+    #[test]
+    fn leaf_basic_constraints_with_ca_false_spelled_out_still_pass() {
+        // Not DER (older keycard servers minted it), but the validator reads it leniently,
+        // so that an upgraded agent keeps accepting SVIDs from a server not yet upgraded.
+        let w = world();
+        let mut p = leaf_params(ID);
+        drop_basic_constraints(&mut p);
+        p.custom_extensions.push(basic_constraints(&[0x30, 0x03, 0x01, 0x01, 0x00]));
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &w.intermediate.issuer).unwrap().der().clone();
+        assert!(keycard_certs_dev::strict_der::check(&cert).is_err());
+        let chain = [cert, w.intermediate.cert.clone()];
+        assert_eq!(verify_chain(&chain, &w.bundles, now()).unwrap().as_str(), ID);
     }
 
     #[test]
     fn missing_basic_constraints() {
         let mut p = leaf_params(ID);
-        p.is_ca = IsCa::NoCa;
+        drop_basic_constraints(&mut p);
         assert_eq!(leaf_err(p), X509SvidError::MissingBasicConstraints);
     }
 
@@ -315,7 +350,7 @@ mod tests {
     #[test]
     fn signing_cert_not_ca() {
         let mut p = ca_params("example.org", "int");
-        p.is_ca = IsCa::ExplicitNoCa;
+        not_ca(&mut p);
         assert_eq!(signing_err(p), X509SvidError::SigningCertNotCa { index: 1 });
         let mut p = ca_params("example.org", "int");
         p.is_ca = IsCa::NoCa;
@@ -359,6 +394,7 @@ mod tests {
         // An expired, untrusted leaf that is also a CA reports the leaf rule first.
         let stranger = root(ca_params("example.org", "stranger"));
         let mut p = leaf_params(ID);
+        drop_basic_constraints(&mut p);
         p.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         p.not_after = rcgen::date_time_ymd(2029, 12, 31);
         let l = leaf(p, &stranger);
