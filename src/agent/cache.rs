@@ -7,9 +7,15 @@
 //! change, an entry removed). An SVID replaces the previous one only after it has been
 //! checked ([`SvidCache::update_svids`]): a bad answer from the server never reaches a
 //! workload.
+//!
+//! Readers never wait for a writer's work. The state is an immutable snapshot behind an
+//! `Arc`: a reader clones the `Arc` (a lock held for a pointer copy) and works on its own
+//! copy. A writer takes the writers' lock (readers never take it), copies the snapshot,
+//! checks chains (up to [`MAX_BATCH`](crate::wire::MAX_BATCH) of them a round) on the copy
+//! with no lock readers wait on, then swaps the new snapshot in.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
 use keycard_workload_api::{SpiffeBundle, SpiffeId, X509BundleSet};
@@ -21,8 +27,10 @@ use crate::clock::Clock;
 use crate::selector::{Selector, SelectorSet};
 use crate::wire::proto as pb;
 
+mod bundle_rule;
 mod types;
 
+pub use bundle_rule::check_bundle_update;
 pub use types::{
     CacheError, CachedSvid, DueEntry, EntryChanges, EntryView, NewSvid, Snapshot, TrustBundle,
     WorkloadSvid,
@@ -41,19 +49,31 @@ struct CachedEntry {
     svid: Option<Arc<CachedSvid>>,
 }
 
-#[derive(Debug, Default)]
+/// What readers see: never changed once published, replaced whole by writers.
+#[derive(Debug, Default, Clone)]
 struct State {
     entries: BTreeMap<String, CachedEntry>,
     bundle: Option<Arc<TrustBundle>>,
     tainted: Vec<String>,
-    subscribers: Vec<(SelectorSet, watch::Sender<Snapshot>)>,
 }
+
+/// A subscriber: the caller's selectors and where its snapshots go.
+type Subscriber = Arc<(SelectorSet, watch::Sender<Snapshot>)>;
 
 /// The cache; see the module documentation. Shared as `Arc<SvidCache>`.
 #[derive(Debug)]
 pub struct SvidCache {
     clock: Arc<dyn Clock>,
-    state: Mutex<State>,
+    /// The current snapshot; held only to copy or swap the `Arc`.
+    state: RwLock<Arc<State>>,
+    /// Serializes writers (sync, SVID updates) across their checks; readers never take it.
+    writer: Mutex<()>,
+    /// Held only to add a subscriber or copy the list.
+    subscribers: Mutex<Vec<Subscriber>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn parse_entry(e: &pb::Entry) -> Option<(SpiffeId, SelectorSet)> {
@@ -83,18 +103,48 @@ fn leaf_facts(leaf: &[u8]) -> Option<(SystemTime, Vec<u8>, Option<String>)> {
 impl SvidCache {
     /// An empty cache: no entries, no bundle.
     pub fn new(clock: Arc<dyn Clock>) -> Self {
-        Self { clock, state: Mutex::new(State::default()) }
+        Self {
+            clock,
+            state: RwLock::new(Arc::new(State::default())),
+            writer: Mutex::new(()),
+            subscribers: Mutex::new(Vec::new()),
+        }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    /// The current snapshot (a pointer copy).
+    fn current(&self) -> Arc<State> {
+        self.state.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Publishes `next` and tells every subscriber whose view changed. Called with the
+    /// writers' lock held, so that snapshots reach subscribers in the order they were made.
+    fn install(&self, next: State) {
+        let next = Arc::new(next);
+        *self.state.write().unwrap_or_else(PoisonError::into_inner) = next.clone();
+        let subscribers: Vec<Subscriber> = {
+            let mut list = lock(&self.subscribers);
+            list.retain(|s| !s.1.is_closed());
+            list.clone()
+        };
+        for sub in subscribers {
+            let (selectors, tx) = &*sub;
+            let view =
+                Snapshot { svids: Self::svids_in(&next, selectors), bundle: next.bundle.clone() };
+            tx.send_if_modified(|current| {
+                let changed = !current.same_as(&view);
+                if changed {
+                    *current = view;
+                }
+                changed
+            });
+        }
     }
 
     /// The SVIDs of every entry whose selectors are a subset of `selectors`, lowest entry
     /// ID first. Entries without an SVID yet are left out, and an entry with no selectors
     /// matches nobody (the empty set would otherwise match every caller).
     pub fn svids_for(&self, selectors: &SelectorSet) -> Vec<WorkloadSvid> {
-        Self::svids_in(&self.lock(), selectors)
+        Self::svids_in(&self.current(), selectors)
     }
 
     fn svids_in(state: &State, selectors: &SelectorSet) -> Vec<WorkloadSvid> {
@@ -119,50 +169,41 @@ impl SvidCache {
 
     /// The current bundle, once loaded.
     pub fn bundle(&self) -> Option<Arc<TrustBundle>> {
-        self.lock().bundle.clone()
+        self.current().bundle.clone()
     }
 
     /// The cached SVID of one entry.
     pub fn svid(&self, entry_id: &str) -> Option<Arc<CachedSvid>> {
-        self.lock().entries.get(entry_id).and_then(|e| e.svid.clone())
+        self.current().entries.get(entry_id).and_then(|e| e.svid.clone())
+    }
+
+    /// Every cached SVID, lowest entry ID first (one consistent snapshot).
+    pub fn svids(&self) -> Vec<Arc<CachedSvid>> {
+        self.current().entries.values().filter_map(|e| e.svid.clone()).collect()
     }
 
     /// IDs of the entries held, in order.
     pub fn entry_ids(&self) -> Vec<String> {
-        self.lock().entries.keys().cloned().collect()
+        self.current().entries.keys().cloned().collect()
     }
 
     /// Follows what a caller with `selectors` is entitled to: the receiver holds the
     /// current snapshot and is marked changed whenever it differs.
     pub fn subscribe(&self, selectors: SelectorSet) -> watch::Receiver<Snapshot> {
-        let mut state = self.lock();
+        // The list is locked before the state is read: a writer that swaps a new state in
+        // meanwhile copies the list only after this subscriber is on it, so it is told.
+        let mut list = lock(&self.subscribers);
+        let state = self.current();
         let snapshot =
             Snapshot { svids: Self::svids_in(&state, &selectors), bundle: state.bundle.clone() };
         let (tx, rx) = watch::channel(snapshot);
-        state.subscribers.push((selectors, tx));
+        list.push(Arc::new((selectors, tx)));
         rx
     }
 
-    /// Tells every subscriber whose view changed; forgets those that went away.
-    fn publish(state: &mut State) {
-        let mut subscribers = std::mem::take(&mut state.subscribers);
-        subscribers.retain(|(_, tx)| !tx.is_closed());
-        for (selectors, tx) in &subscribers {
-            let next =
-                Snapshot { svids: Self::svids_in(state, selectors), bundle: state.bundle.clone() };
-            tx.send_if_modified(|current| {
-                let changed = !current.same_as(&next);
-                if changed {
-                    *current = next;
-                }
-                changed
-            });
-        }
-        state.subscribers = subscribers;
-    }
-
     /// Replaces the entries, bundle and tainted authorities with a sync's result. SVIDs
-    /// of entries that are gone (or now name another SPIFFE ID) are dropped at once.
+    /// of entries that are gone (or now name another SPIFFE ID) are dropped at once. A
+    /// bundle without X.509 authorities is refused (nothing changes).
     pub fn set_entries(
         &self,
         entries: &BTreeMap<String, pb::Entry>,
@@ -170,6 +211,7 @@ impl SvidCache {
         tainted: &[String],
     ) -> Result<EntryChanges, CacheError> {
         let bundle = match bundle {
+            Some(b) if b.x509_authorities.is_empty() => return Err(CacheError::EmptyBundle),
             Some(b) => Some(Arc::new(TrustBundle {
                 spiffe: b.clone(),
                 x509: b.x509_bundle().map_err(|e| CacheError::BadBundle(e.to_string()))?,
@@ -177,9 +219,10 @@ impl SvidCache {
             })),
             None => None,
         };
-        let mut state = self.lock();
+        let _writer = lock(&self.writer);
+        let current = self.current();
         let mut changes = EntryChanges::default();
-        let mut next = BTreeMap::new();
+        let mut next = State { tainted: tainted.to_vec(), ..State::default() };
         for (id, e) in entries {
             let Some((spiffe_id, selectors)) = parse_entry(e) else {
                 tracing::warn!(entry_id = %id, "skipping an entry the agent cannot parse");
@@ -195,7 +238,7 @@ impl SvidCache {
                 stale: false,
                 svid: None,
             };
-            match state.entries.get(id) {
+            match current.entries.get(id) {
                 Some(old) if old.spiffe_id == cached.spiffe_id => {
                     cached.svid = old.svid.clone();
                     cached.stale = old.stale
@@ -205,18 +248,18 @@ impl SvidCache {
                 Some(_) => {}
                 None => changes.added += 1,
             }
-            next.insert(id.clone(), cached);
+            next.entries.insert(id.clone(), cached);
         }
-        changes.removed = state.entries.keys().filter(|id| !next.contains_key(*id)).count();
-        state.entries = next;
+        changes.removed =
+            current.entries.keys().filter(|id| !next.entries.contains_key(*id)).count();
+        next.bundle = current.bundle.clone();
         if let Some(bundle) = bundle
-            && state.bundle.as_deref() != Some(&*bundle)
+            && current.bundle.as_deref() != Some(&*bundle)
         {
-            Self::mark_unverifiable(&mut state, &bundle, self.clock.now());
-            state.bundle = Some(bundle);
+            Self::mark_unverifiable(&mut next, &bundle, self.clock.now());
+            next.bundle = Some(bundle);
         }
-        state.tainted = tainted.to_vec();
-        Self::publish(&mut state);
+        self.install(next);
         Ok(changes)
     }
 
@@ -238,7 +281,7 @@ impl SvidCache {
     /// Entries that need an SVID at `now`: none yet, entry changed, authority tainted,
     /// or renewal time reached. Lowest entry ID first.
     pub fn due(&self, now: SystemTime) -> Vec<DueEntry> {
-        let state = self.lock();
+        let state = self.current();
         state
             .entries
             .iter()
@@ -267,11 +310,12 @@ impl SvidCache {
     /// agent's key, not expired) and puts the good ones in place of the old ones; a bad
     /// one is refused and the old SVID kept. Subscribers are told once, at the end.
     pub fn update_svids(&self, svids: Vec<NewSvid>) -> Vec<Result<(), CacheError>> {
+        let _writer = lock(&self.writer);
         let now = self.clock.now();
-        let mut state = self.lock();
+        let mut next = State::clone(&self.current());
         let results =
-            svids.into_iter().map(|svid| Self::update_one(&mut state, svid, now)).collect();
-        Self::publish(&mut state);
+            svids.into_iter().map(|svid| Self::update_one(&mut next, svid, now)).collect();
+        self.install(next);
         results
     }
 
@@ -320,8 +364,7 @@ impl SvidCache {
 
     /// Every entry with its selectors and its SVID's expiry, lowest entry ID first.
     pub fn entry_views(&self) -> Vec<EntryView> {
-        let state = self.lock();
-        state
+        self.current()
             .entries
             .iter()
             .map(|(id, e)| EntryView {
@@ -335,35 +378,10 @@ impl SvidCache {
     }
 }
 
-/// A fresh SVID minted by `ca` for `spiffe_id`, ready for [`SvidCache::update_svids`]
-/// (renewal due at half its life). For tests only.
 #[cfg(test)]
-pub(crate) fn test_svid(
-    ca: &crate::ca::CaManager,
-    entry_id: &str,
-    spiffe_id: &str,
-    ttl: Duration,
-) -> NewSvid {
-    use crate::ca::{KeyType, SigningKey, SvidRequest};
-    let key = Arc::new(SigningKey::generate(KeyType::EcP256).expect("key"));
-    let issued = ca
-        .sign_x509_svid(&SvidRequest {
-            public_key: rustls_pki_types::SubjectPublicKeyInfoDer::from(key.public_key_der()),
-            spiffe_id: SpiffeId::parse(spiffe_id).expect("a valid test ID"),
-            dns_names: Vec::new(),
-            ttl,
-        })
-        .expect("the test CA signs");
-    let now = SystemTime::now();
-    NewSvid {
-        entry_id: entry_id.into(),
-        chain: issued.svid.chain_without_root,
-        key,
-        serial: hex::encode(issued.svid.serial),
-        issued_at: now,
-        renew_at: now + ttl / 2,
-    }
-}
+pub(crate) mod test_support;
+#[cfg(test)]
+pub(crate) use test_support::test_svid;
 
 #[cfg(test)]
 mod tests;

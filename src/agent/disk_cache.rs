@@ -3,14 +3,37 @@
 //!
 //! One JSON file, `<data_dir>/cache/workload_cache.json` (0600 in a 0700 directory),
 //! written atomically after every round that changed the cache. It holds the synced
-//! entries (protobuf, base64), the bundle, and each SVID with its key. Loading puts the
-//! entries and bundle in the cache and then offers every SVID through
-//! [`SvidCache::update_svids`], which checks it like one fresh from the server (chain to
-//! the bundle, the entry's SPIFFE ID, key match, not expired): what fails is dropped and
-//! will be issued anew once the server answers.
+//! entries (protobuf, base64), the bundle, and each SVID with its key.
+//!
+//! # What a loaded file must prove
+//! The file is served from only after it passes every check below; a file that fails a
+//! file-wide check is ignored whole (and rewritten after the next good round):
+//! - **It is this agent's own, unedited**: the body carries an HMAC-SHA256 made with the
+//!   agent's `workload_cache.key` (in the data directory, outside `cache/`). The entries'
+//!   selectors (who gets which SVID) are signed by nothing the server sends, so only this
+//!   tag vouches for them: an edited selector, an added entry, or a file copied from
+//!   another agent is refused.
+//! - **Its bundle is the agent's**: it must equal `bundle.json`, the bundle stored when the
+//!   server last sent it. An authority added to the cached bundle (and an SVID it signed)
+//!   is neither trusted nor handed to workloads.
+//! - **Each SVID is what the server signed for its entry**: it goes through
+//!   [`SvidCache::update_svids`] like one fresh from the server (chain to that bundle, the
+//!   entry's SPIFFE ID, key match, not expired), and its DNS names must be the entry's.
+//!   One that fails is dropped and issued anew once the server answers.
+//!
+//! # Threat model
+//! The data directory is the agent user's (0700); nobody else can read or write it. The
+//! checks stop a cache file that was edited or replaced on its own (a bug, a hand edit, a
+//! restore of the wrong file, a copy from another node, a write primitive confined to the
+//! cache) from widening what workloads get. Whoever can write the whole directory as the
+//! agent's user (or root) can also read the key, and holds the agent's and every workload's
+//! private key already: that attacker is out of scope for any file check.
+//!
+//! Writing and loading block on the disk; [`DiskCache::save`] runs on tokio's blocking
+//! pool, and `agent run` loads the file there too.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -18,44 +41,23 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use keycard_workload_api::{SpiffeBundle, TrustDomain};
 use prost::Message as _;
-use rustls::pki_types::CertificateDer;
-use serde::{Deserialize, Serialize};
+use ring::hmac;
 
-use super::cache::{NewSvid, SvidCache};
+use super::cache::{CachedSvid, SvidCache};
 use super::client::SyncedEntries;
-use super::storage::StorageError;
-use crate::ca::SigningKey;
+use super::storage::{AgentStorage, StorageError};
+use crate::clock::Clock;
 use crate::wire::proto as pb;
 
+mod format;
+
+use format::{Body, Envelope, StoredSvid, decode_svid, dns_names_match};
+
 /// The file's format version; a file of another version is ignored (and rewritten).
-const VERSION: u32 = 1;
-
-#[derive(Serialize, Deserialize)]
-struct File {
-    version: u32,
-    revision: u64,
-    entries: Vec<String>,
-    bundle: Option<String>,
-    tainted_authority_ids: Vec<String>,
-    svids: Vec<StoredSvid>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct StoredSvid {
-    entry_id: String,
-    chain: Vec<String>,
-    key: String,
-    serial: String,
-    issued_at: u64,
-    renew_at: u64,
-}
+const VERSION: u32 = 2;
 
 fn secs(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs()
-}
-
-fn time(secs: u64) -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
 }
 
 /// What was restored from disk.
@@ -65,79 +67,110 @@ pub struct Restored {
     pub entries: usize,
     /// SVIDs that passed the checks and are served again.
     pub svids: usize,
-    /// SVIDs dropped (expired, bad chain, damaged).
+    /// SVIDs dropped (expired, bad chain, wrong names, damaged).
     pub dropped: usize,
 }
 
+/// What one save writes: taken from the cache in one snapshot, written off the runtime.
+struct Image {
+    revision: u64,
+    entries: Vec<pb::Entry>,
+    bundle: Option<SpiffeBundle>,
+    tainted_authority_ids: Vec<String>,
+    svids: Vec<Arc<CachedSvid>>,
+}
+
+/// `(revision, [(entry id, serial)])` of a save, to skip writes that change nothing.
+type Fingerprint = (u64, Vec<(String, String)>);
+
 /// The workload cache file; see the module documentation.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct DiskCache {
     path: PathBuf,
-    /// `(revision, entry id, serial)` of the last save, to skip writes that change nothing.
-    last_saved: Option<(u64, Vec<(String, String)>)>,
+    /// Authenticates the file (from [`AgentStorage::cache_key`]).
+    key: hmac::Key,
+    clock: Arc<dyn Clock>,
+    last_saved: Option<Fingerprint>,
+}
+
+impl std::fmt::Debug for DiskCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiskCache").field("path", &self.path).finish_non_exhaustive()
+    }
 }
 
 impl DiskCache {
-    /// The cache file under `data_dir` (its directory is created 0700).
-    pub fn open(data_dir: &Path) -> Result<Self, StorageError> {
-        let dir = data_dir.join("cache");
+    /// The cache file in `storage`'s directory (its `cache/` directory is created 0700,
+    /// and the key made if missing). Blocks on the disk.
+    pub fn open(storage: &AgentStorage, clock: Arc<dyn Clock>) -> Result<Self, StorageError> {
+        let dir = storage.dir().join("cache");
         crate::fsutil::create_private_dir(&dir)
             .map_err(|source| StorageError::Io { path: dir.display().to_string(), source })?;
-        Ok(Self { path: dir.join("workload_cache.json"), last_saved: None })
+        let key = hmac::Key::new(hmac::HMAC_SHA256, &storage.cache_key()?);
+        Ok(Self { path: dir.join("workload_cache.json"), key, clock, last_saved: None })
     }
 
     fn invalid(&self, reason: impl Into<String>) -> StorageError {
         StorageError::Invalid { path: self.path.display().to_string(), reason: reason.into() }
     }
 
-    /// Writes the cache if it changed since the last save; returns whether it wrote.
-    pub fn save(
+    /// Writes the cache if it changed since the last save, on tokio's blocking pool;
+    /// returns whether it wrote. Only the snapshot is taken on the caller's thread.
+    pub async fn save(
         &mut self,
         synced: &SyncedEntries,
         cache: &SvidCache,
     ) -> Result<bool, StorageError> {
-        let svids: Vec<_> =
-            cache.entry_ids().into_iter().filter_map(|id| cache.svid(&id)).collect();
-        let fingerprint = (
+        let svids = cache.svids();
+        let fingerprint: Fingerprint = (
             synced.revision,
             svids.iter().map(|s| (s.entry_id.clone(), s.serial.clone())).collect(),
         );
         if self.last_saved.as_ref() == Some(&fingerprint) {
             return Ok(false);
         }
-        let bundle = match &synced.bundle {
-            Some(b) => Some(b.to_json().map_err(|e| self.invalid(e.to_string()))?),
-            None => None,
-        };
-        let file = File {
-            version: VERSION,
+        let image = Image {
             revision: synced.revision,
-            entries: synced.entries.values().map(|e| B64.encode(e.encode_to_vec())).collect(),
-            bundle,
+            entries: synced.entries.values().cloned().collect(),
+            bundle: synced.bundle.clone(),
             tainted_authority_ids: synced.tainted_authority_ids.clone(),
-            svids: svids
-                .iter()
-                .map(|s| StoredSvid {
-                    entry_id: s.entry_id.clone(),
-                    chain: s.chain.iter().map(|c| B64.encode(c)).collect(),
-                    key: B64.encode(s.key.key_pair().serialize_der()),
-                    serial: s.serial.clone(),
-                    issued_at: secs(s.issued_at),
-                    renew_at: secs(s.renew_at),
-                })
-                .collect(),
+            svids,
         };
-        let json = serde_json::to_vec(&file).map_err(|e| self.invalid(e.to_string()))?;
-        crate::fsutil::write_private_atomic(&self.path, &json)
-            .map_err(|source| StorageError::Io { path: self.path.display().to_string(), source })?;
+        let this = self.clone();
+        super::storage::off_runtime(move || this.write(&image)).await?;
         self.last_saved = Some(fingerprint);
         Ok(true)
     }
 
-    /// Fills `cache` from the file, checking every SVID; a missing file restores nothing.
+    /// Serializes, authenticates and writes `image` (blocking).
+    fn write(&self, image: &Image) -> Result<(), StorageError> {
+        let bundle = match &image.bundle {
+            Some(b) => Some(b.to_json().map_err(|e| self.invalid(e.to_string()))?),
+            None => None,
+        };
+        let body = Body {
+            revision: image.revision,
+            saved_at: secs(self.clock.now()),
+            entries: image.entries.iter().map(|e| B64.encode(e.encode_to_vec())).collect(),
+            bundle,
+            tainted_authority_ids: image.tainted_authority_ids.clone(),
+            svids: image.svids.iter().map(|s| StoredSvid::of(s)).collect(),
+        };
+        let body = serde_json::to_string(&body).map_err(|e| self.invalid(e.to_string()))?;
+        let mac = hex::encode(hmac::sign(&self.key, body.as_bytes()).as_ref());
+        let file = Envelope { version: VERSION, body, mac };
+        let json = serde_json::to_vec(&file).map_err(|e| self.invalid(e.to_string()))?;
+        crate::fsutil::write_private_atomic(&self.path, &json)
+            .map_err(|source| StorageError::Io { path: self.path.display().to_string(), source })
+    }
+
+    /// Fills `cache` from the file after checking it (see the module documentation)
+    /// against `stored_bundle`, the agent's `bundle.json`; a missing file restores nothing,
+    /// and a file that fails a file-wide check is an error and changes nothing. Blocking.
     pub fn load(
         &self,
         trust_domain: &TrustDomain,
+        stored_bundle: Option<&SpiffeBundle>,
         cache: &SvidCache,
     ) -> Result<Restored, StorageError> {
         let bytes = match std::fs::read(&self.path) {
@@ -147,33 +180,60 @@ impl DiskCache {
                 return Err(StorageError::Io { path: self.path.display().to_string(), source });
             }
         };
-        let file: File = serde_json::from_slice(&bytes).map_err(|e| self.invalid(e.to_string()))?;
+        let file: Envelope =
+            serde_json::from_slice(&bytes).map_err(|e| self.invalid(e.to_string()))?;
         if file.version != VERSION {
             tracing::warn!(path = %self.path.display(), version = file.version, "ignoring a workload cache file of another version");
             return Ok(Restored::default());
         }
-        let mut entries = BTreeMap::new();
-        for e in &file.entries {
-            let raw = B64.decode(e).map_err(|e| self.invalid(e.to_string()))?;
-            let entry =
-                pb::Entry::decode(raw.as_slice()).map_err(|e| self.invalid(e.to_string()))?;
-            entries.insert(entry.id.clone(), entry);
-        }
-        let bundle = match &file.bundle {
+        let tag = hex::decode(&file.mac).map_err(|_| self.invalid("its tag is not hex"))?;
+        hmac::verify(&self.key, file.body.as_bytes(), &tag).map_err(|_| {
+            self.invalid(
+                "not authenticated by this agent's workload_cache.key (edited, or written by \
+                 another agent); ignored",
+            )
+        })?;
+        let body: Body =
+            serde_json::from_str(&file.body).map_err(|e| self.invalid(e.to_string()))?;
+        let bundle = match &body.bundle {
             Some(json) => Some(
                 SpiffeBundle::parse(trust_domain.clone(), json.as_bytes())
                     .map_err(|e| self.invalid(e.to_string()))?,
             ),
             None => None,
         };
+        if bundle.as_ref() != stored_bundle {
+            return Err(self.invalid(format!(
+                "its bundle is not the agent's {}; ignored",
+                super::storage::BUNDLE_FILE
+            )));
+        }
+        let mut entries = BTreeMap::new();
+        for e in &body.entries {
+            let raw = B64.decode(e).map_err(|e| self.invalid(e.to_string()))?;
+            let entry =
+                pb::Entry::decode(raw.as_slice()).map_err(|e| self.invalid(e.to_string()))?;
+            entries.insert(entry.id.clone(), entry);
+        }
+        let age = self.clock.now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        tracing::info!(age = ?age.saturating_sub(Duration::from_secs(body.saved_at)), "loading the on-disk workload cache");
         cache
-            .set_entries(&entries, bundle.as_ref(), &file.tainted_authority_ids)
+            .set_entries(&entries, bundle.as_ref(), &body.tainted_authority_ids)
             .map_err(|e| self.invalid(e.to_string()))?;
         let mut restored = Restored { entries: entries.len(), ..Default::default() };
         let mut offered = Vec::new();
-        for s in file.svids {
-            match decode_svid(s) {
-                Some(svid) => offered.push(svid),
+        for s in body.svids {
+            let names_ok = |leaf: &[u8]| {
+                entries.get(&s.entry_id).is_some_and(|e| dns_names_match(leaf, &e.dns_names))
+            };
+            match decode_svid(&s) {
+                Some(svid) if svid.chain.first().is_some_and(|leaf| names_ok(leaf)) => {
+                    offered.push(svid)
+                }
+                Some(_) => {
+                    tracing::info!(entry_id = %s.entry_id, "dropping a stored workload SVID whose DNS names are not its entry's");
+                    restored.dropped += 1;
+                }
                 None => restored.dropped += 1,
             }
         }
@@ -188,23 +248,6 @@ impl DiskCache {
         }
         Ok(restored)
     }
-}
-
-fn decode_svid(s: StoredSvid) -> Option<NewSvid> {
-    let chain = s
-        .chain
-        .iter()
-        .map(|c| B64.decode(c).ok().map(CertificateDer::from))
-        .collect::<Option<Vec<_>>>()?;
-    let key = SigningKey::from_pkcs8_der(&B64.decode(&s.key).ok()?).ok()?;
-    Some(NewSvid {
-        entry_id: s.entry_id,
-        chain,
-        key: Arc::new(key),
-        serial: s.serial,
-        issued_at: time(s.issued_at),
-        renew_at: time(s.renew_at),
-    })
 }
 
 #[cfg(test)]

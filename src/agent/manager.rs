@@ -7,7 +7,9 @@
 //! get evenly spread first renewals ([`renewal::batch_first_renewal`]); renewals keep their
 //! phase ([`renewal::steady_renewal`]). [`Manager::run`] repeats rounds every
 //! `sync_interval`, backing off exponentially (with jitter) while the server is down; the
-//! cache keeps serving meanwhile.
+//! cache keeps serving meanwhile. The bundle a sync brings is adopted only when it may
+//! replace the one held ([`check_bundle_update`]: not empty, a higher `spiffe_sequence`);
+//! otherwise the round goes on with the held one and reports it.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -16,7 +18,9 @@ use std::time::{Duration, SystemTime};
 use rand::Rng as _;
 use tokio::sync::mpsc;
 
-use super::cache::{NewSvid, SvidCache};
+use keycard_workload_api::SpiffeBundle;
+
+use super::cache::{CacheError, NewSvid, SvidCache, check_bundle_update};
 use super::client::{ServerClient, SyncedEntries};
 use super::jwt::{JwtError, JwtRequest};
 use super::renewal::{self, Validity};
@@ -24,34 +28,11 @@ use crate::ca::SigningKey;
 use crate::clock::Clock;
 use crate::telemetry::AUDIT_TARGET;
 use agent_svid::{agent_half_life, agent_svid_outdated};
+use backoff::Backoff;
 pub use types::{ManagerError, ManagerOptions, Reattest, RoundObserver, TickReport};
 
 /// The most CSRs sent in one call (the server's own limit).
 pub const MAX_BATCH: usize = crate::wire::MAX_BATCH;
-
-/// Exponential backoff with ±20 % jitter.
-#[derive(Debug, Clone)]
-struct Backoff {
-    min: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    fn new(min: Duration, max: Duration) -> Self {
-        Self { min, max, next: min }
-    }
-
-    fn reset(&mut self) {
-        self.next = self.min;
-    }
-
-    fn next_delay(&mut self) -> Duration {
-        let base = self.next;
-        self.next = (self.next * 2).min(self.max);
-        base.mul_f64(rand::rng().random_range(0.8..=1.2))
-    }
-}
 
 /// The sync and renewal loop; see the module documentation.
 pub struct Manager {
@@ -126,6 +107,14 @@ impl Manager {
     /// stopped accepting it.
     pub fn with_reattest(mut self, reattest: Reattest) -> Self {
         self.reattest = Some(reattest);
+        self
+    }
+
+    /// Starts from `bundle` (the one stored when the server last sent it): a bundle from
+    /// the server replaces it only if it may ([`check_bundle_update`]), so a restart does
+    /// not let an older bundle back in.
+    pub fn with_held_bundle(mut self, bundle: SpiffeBundle) -> Self {
+        self.synced.bundle = Some(bundle);
         self
     }
 
@@ -229,7 +218,11 @@ impl Manager {
     async fn round_once(&mut self) -> Result<TickReport, ManagerError> {
         let mut report =
             TickReport { agent_renewed: self.renew_agent_if_due().await?, ..Default::default() };
-        let synced = self.client.sync(&self.synced).await?;
+        let mut synced = self.client.sync(&self.synced).await?;
+        if let Err(e) = self.adopt_bundle(&mut synced) {
+            tracing::warn!(error = %e, "kept the current trust bundle");
+            report.bundle_refused = true;
+        }
         let changes = self.cache.set_entries(
             &synced.entries,
             synced.bundle.as_ref(),
@@ -264,6 +257,19 @@ impl Manager {
             }
         }
         Ok(report)
+    }
+
+    /// Keeps the bundle the agent holds in `synced` unless the one the server sent may
+    /// replace it ([`check_bundle_update`]: not empty, a higher `spiffe_sequence`).
+    fn adopt_bundle(&self, synced: &mut SyncedEntries) -> Result<(), CacheError> {
+        let Some(offered) = &synced.bundle else { return Ok(()) };
+        let held =
+            self.cache.bundle().map(|b| b.spiffe.clone()).or_else(|| self.synced.bundle.clone());
+        let verdict = check_bundle_update(held.as_ref(), offered);
+        if verdict.is_err() {
+            synced.bundle = held;
+        }
+        verdict
     }
 
     async fn renew_agent_if_due(&mut self) -> Result<bool, ManagerError> {
@@ -374,6 +380,7 @@ impl Manager {
 }
 
 mod agent_svid;
+mod backoff;
 #[cfg(test)]
 mod tests;
 mod types;

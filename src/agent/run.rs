@@ -13,16 +13,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use keycard_workload_api::SpiffeBundle;
 use tokio::task::JoinSet;
 
 use super::cache::SvidCache;
 use super::client::ClientError;
 use super::config::AgentConfig;
-use super::disk_cache::DiskCache;
 use super::jwt::JwtMinter;
 use super::manager::{Manager, ManagerError, ManagerOptions, RoundObserver, TickReport};
-use super::storage::{AgentStorage, StorageError};
+use super::storage::{AgentStorage, StorageError, off_runtime};
 use super::workload_api::limits;
 use crate::clock::{Clock, SystemClock};
 use crate::shutdown::Shutdown;
@@ -101,20 +99,17 @@ impl AgentStatus {
 
 /// Runs the agent until `shutdown` triggers or a part fails.
 pub async fn run(config: AgentConfig, shutdown: Shutdown) -> Result<(), RunError> {
-    let storage = AgentStorage::open(&config.data_dir)?;
+    let dir = config.data_dir.clone();
+    let storage = off_runtime(move || AgentStorage::open(&dir)).await?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let metrics = Arc::new(AgentMetrics::new());
     let status = Arc::new(AgentStatus::default());
     let cache = Arc::new(SvidCache::new(clock.clone()));
-    let mut disk_cache = None;
-    if config.disk_cache {
-        let disk = DiskCache::open(&config.data_dir)?;
-        match disk.load(&config.trust_domain, &cache) {
-            Ok(restored) => tracing::info!(?restored, "workload cache restored from disk"),
-            Err(e) => tracing::warn!(error = %e, "ignoring the on-disk workload cache"),
-        }
-        disk_cache = Some(disk);
-    }
+    let disk_cache = if config.disk_cache {
+        Some(restore_disk_cache(&storage, &config, &clock, &cache).await?)
+    } else {
+        None
+    };
 
     let attestor = Attestor::new(&config)?;
     let client = tokio::select! {
@@ -174,15 +169,21 @@ pub async fn run(config: AgentConfig, shutdown: Shutdown) -> Result<(), RunError
     if let Some(reattest) = attestor.reattest(&config, &storage, &metrics) {
         manager = manager.with_reattest(reattest);
     }
+    let (held, td) = (storage.clone(), config.trust_domain.clone());
+    match off_runtime(move || held.load_bundle(&td)).await {
+        Ok(Some(bundle)) => manager = manager.with_held_bundle(bundle),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the stored bundle"),
+    }
+    let (to_store, wanted) = tokio::sync::watch::channel(ToStore::default());
+    let writer = Writer { storage: storage.clone(), disk_cache, cache: cache.clone() };
+    tasks.spawn(writer.run(wanted));
     let observer = Observer {
-        storage: storage.clone(),
-        disk_cache,
+        to_store,
         cache: cache.clone(),
         metrics: metrics.clone(),
         status: status.clone(),
         clock: clock.clone(),
-        saved_serial: None,
-        saved_bundle: None,
         minter,
     };
     let stop = shutdown.wait();
@@ -210,17 +211,14 @@ pub async fn run(config: AgentConfig, shutdown: Shutdown) -> Result<(), RunError
     outcome
 }
 
-/// After every round: store a renewed agent SVID and a changed bundle, save the disk
-/// cache, and update the metrics and the readiness status.
+/// After every round: tell the [`Writer`] what should be on disk, and update the metrics
+/// and the readiness status. It never waits for the disk.
 struct Observer {
-    storage: AgentStorage,
-    disk_cache: Option<DiskCache>,
+    to_store: tokio::sync::watch::Sender<ToStore>,
     cache: Arc<SvidCache>,
     metrics: Arc<AgentMetrics>,
     status: Arc<AgentStatus>,
     clock: Arc<dyn Clock>,
-    saved_serial: Option<String>,
-    saved_bundle: Option<SpiffeBundle>,
     /// Cached JWT-SVIDs of entries a sync removed are dropped.
     minter: JwtMinter,
 }
@@ -242,37 +240,25 @@ impl RoundObserver for Observer {
             }
             Err(_) => self.metrics.sync_round("error"),
         }
-        if let Some(identity) = manager.client().identity() {
+        let identity = manager.client().identity().cloned();
+        if let Some(identity) = &identity {
             self.status.set_expiry(identity.expires_at);
-            if self.saved_serial.as_deref() != Some(identity.serial.as_str()) {
-                match self.storage.save_identity(identity) {
-                    Ok(()) => self.saved_serial = Some(identity.serial.clone()),
-                    Err(e) => tracing::error!(error = %e, "cannot store the agent SVID"),
-                }
-            }
         }
         let synced = manager.synced();
-        if let Some(bundle) = &synced.bundle
-            && self.saved_bundle.as_ref() != Some(bundle)
-        {
-            match self.storage.save_bundle(bundle) {
-                Ok(()) => self.saved_bundle = Some(bundle.clone()),
-                Err(e) => tracing::error!(error = %e, "cannot store the bundle"),
+        self.to_store.send_modify(|want| {
+            want.identity = identity;
+            if synced.bundle.is_some() {
+                want.bundle = synced.bundle.clone();
             }
-        }
-        if let Some(disk) = &mut self.disk_cache
-            && outcome.is_ok()
-            && let Err(e) = disk.save(synced, &self.cache)
-        {
-            tracing::error!(error = %e, "cannot save the workload cache");
-        }
+            if outcome.is_ok() {
+                want.synced = Some(Arc::new(synced.clone()));
+            }
+        });
         let ids = self.cache.entry_ids();
         let live: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
         self.minter.retain_entries(&|entry| live.contains(entry));
         self.metrics.cache_entries.set(ids.len() as i64);
-        self.metrics
-            .cache_svids
-            .set(ids.iter().filter(|id| self.cache.svid(id).is_some()).count() as i64);
+        self.metrics.cache_svids.set(self.cache.svids().len() as i64);
         let now = self.clock.now();
         let left = match self.status.expires_at().duration_since(now) {
             Ok(d) => d.as_secs() as i64,
@@ -302,3 +288,6 @@ fn health_endpoints(
 }
 
 mod node;
+mod writer;
+
+use writer::{ToStore, Writer, restore_disk_cache};

@@ -5,10 +5,23 @@
 //!   so the certificate and its key are replaced together by one atomic rename;
 //! - `bundle.json`: the SPIFFE bundle document of the trust domain.
 //!
-//! Both are written atomically with mode 0600 in a 0700 directory ([`crate::fsutil`]).
+//! - `agent_id`: the agent ID the server assigned at attestation;
+//! - `workload_cache.key`: the key that authenticates the on-disk workload cache
+//!   ([`super::disk_cache`]), made on first use.
+//!
+//! All are written atomically with mode 0600 in a 0700 directory ([`crate::fsutil`]).
 //! Loading checks what it reads: an SVID whose chain does not lead to the stored bundle,
-//! which names another trust domain, or whose key does not match is refused (the agent
-//! then attests again) rather than used.
+//! which names another trust domain, whose key does not match, or whose ID is not an agent
+//! ID (under `/keycard/agent/`, or the recorded `agent_id`: a workload SVID copied there
+//! is not the agent) is refused rather than used.
+//!
+//! Threat model: the directory belongs to the agent's user and nobody else can read or
+//! write it. Whoever can write it as that user (or as root) already holds the agent's key
+//! and every workload key; the checks here stop mistakes and partial tampering (a file
+//! copied from elsewhere, a cache file edited alone), not that user.
+//!
+//! The functions here block on the disk (fsync); async code calls them through
+//! [`off_runtime`], on tokio's blocking pool.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -26,6 +39,12 @@ use crate::ca::SigningKey;
 pub const AGENT_SVID_FILE: &str = "agent_svid.pem";
 /// File of the trust bundle.
 pub const BUNDLE_FILE: &str = "bundle.json";
+/// File of the agent ID recorded at attestation.
+pub const AGENT_ID_FILE: &str = "agent_id";
+/// File of the key that authenticates the workload cache.
+pub const CACHE_KEY_FILE: &str = "workload_cache.key";
+/// Length of the workload cache key, bytes.
+pub const CACHE_KEY_LEN: usize = 32;
 
 /// Why the agent's state could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +65,31 @@ pub enum StorageError {
         /// What is wrong.
         reason: String,
     },
+    /// The stored SVID names an ID that is not the agent's (a workload SVID, say).
+    #[error(
+        "{path}: {found} is not an agent ID (expected {expected}); remove the file and attest \
+         the agent again"
+    )]
+    NotAnAgent {
+        /// The file.
+        path: String,
+        /// The ID the SVID names.
+        found: String,
+        /// What an agent ID looks like here.
+        expected: String,
+    },
+}
+
+/// Runs blocking file work (reads, fsync'd writes) on tokio's blocking pool, so that no
+/// runtime thread waits for the disk.
+pub async fn off_runtime<T, F>(work: F) -> Result<T, StorageError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, StorageError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| {
+        Err(StorageError::Io { path: "(blocking task)".into(), source: io::Error::other(e) })
+    })
 }
 
 /// The agent SVID found on disk.
@@ -100,8 +144,9 @@ impl AgentStorage {
         StorageError::Invalid { path: self.path(name).display().to_string(), reason: reason.into() }
     }
 
-    /// Replaces the stored agent SVID and key.
+    /// Replaces the stored agent SVID and key (recording its ID as the agent ID first).
     pub fn save_identity(&self, identity: &AgentIdentity) -> Result<(), StorageError> {
+        self.record_agent_id(&identity.spiffe_id)?;
         let mut text: String = identity
             .chain
             .iter()
@@ -113,6 +158,52 @@ impl AgentStorage {
         )));
         let path = self.path(AGENT_SVID_FILE);
         crate::fsutil::write_private_atomic(&path, text.as_bytes()).map_err(io_err(&path))
+    }
+
+    /// Records `id` as the agent ID (done when the server assigns it, at attestation), so
+    /// that an agent ID outside `/keycard/agent/` (one an operator chose for a join token)
+    /// is recognized at the next start. Writes only when it changed.
+    pub fn record_agent_id(&self, id: &SpiffeId) -> Result<(), StorageError> {
+        let path = self.path(AGENT_ID_FILE);
+        if read_optional(&path)?.is_some_and(|old| old == id.to_string().as_bytes()) {
+            return Ok(());
+        }
+        crate::fsutil::write_private_atomic(&path, id.to_string().as_bytes()).map_err(io_err(&path))
+    }
+
+    /// Whether `id` may be the agent's: under `/keycard/agent/` of the trust domain, or the
+    /// recorded agent ID.
+    fn check_agent_id(&self, id: &SpiffeId) -> Result<(), StorageError> {
+        if id.path().starts_with(crate::wire::AGENT_PATH_PREFIX) {
+            return Ok(());
+        }
+        let recorded = read_optional(&self.path(AGENT_ID_FILE))?;
+        let recorded = recorded.as_deref().map(String::from_utf8_lossy);
+        if recorded.as_deref().map(str::trim) == Some(id.to_string().as_str()) {
+            return Ok(());
+        }
+        let mut expected = format!("an ID under {}", crate::wire::AGENT_PATH_PREFIX);
+        if let Some(r) = recorded {
+            expected.push_str(&format!(" or the recorded agent ID {}", r.trim()));
+        }
+        Err(StorageError::NotAnAgent {
+            path: self.path(AGENT_SVID_FILE).display().to_string(),
+            found: id.to_string(),
+            expected,
+        })
+    }
+
+    /// The key that authenticates the workload cache file; made (random, 0600) if missing.
+    pub fn cache_key(&self) -> Result<[u8; CACHE_KEY_LEN], StorageError> {
+        let path = self.path(CACHE_KEY_FILE);
+        if let Some(bytes) = read_optional(&path)? {
+            return <[u8; CACHE_KEY_LEN]>::try_from(bytes.as_slice()).map_err(|_| {
+                self.invalid(CACHE_KEY_FILE, format!("expected {CACHE_KEY_LEN} bytes"))
+            });
+        }
+        let key: [u8; CACHE_KEY_LEN] = rand::random();
+        crate::fsutil::write_private_atomic(&path, &key).map_err(io_err(&path))?;
+        Ok(key)
     }
 
     /// Replaces the stored bundle.
@@ -170,6 +261,7 @@ impl AgentStorage {
         if spiffe_id.trust_domain() != bundle.trust_domain {
             return Err(bad(format!("{spiffe_id} is not in trust domain {}", bundle.trust_domain)));
         }
+        self.check_agent_id(&spiffe_id)?;
         if expires_at <= now {
             return Ok(Some(StoredIdentity::Expired { spiffe_id, expired_at: expires_at }));
         }

@@ -21,6 +21,22 @@ pub enum CacheError {
     /// The bundle from the server is unusable.
     #[error("bad bundle: {0}")]
     BadBundle(String),
+    /// The bundle holds no X.509 authority: nothing could be verified with it.
+    #[error("refused a trust bundle without X.509 authorities; keeping the current one")]
+    EmptyBundle,
+    /// The bundle differs from the current one without a higher `spiffe_sequence`: an old
+    /// bundle played back.
+    #[error(
+        "refused a trust bundle whose spiffe_sequence ({offered:?}) is not above the current \
+         one ({held}); keeping the current one (if the CA was really rolled back, remove the \
+         agent's bundle.json)"
+    )]
+    StaleBundle {
+        /// The sequence of the bundle held.
+        held: u64,
+        /// The sequence of the bundle offered.
+        offered: Option<u64>,
+    },
     /// The chain does not verify against the current bundle (or is expired).
     #[error("SVID for entry {entry_id} does not verify: {reason}")]
     BadChain {

@@ -1,8 +1,11 @@
-use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 
 use super::*;
 use crate::ca::CaManager;
 use crate::clock::ManualClock;
+use crate::selector::{Selector, SelectorSet};
+
+mod attacks;
 
 fn entry(id: &str) -> pb::Entry {
     pb::Entry {
@@ -20,60 +23,169 @@ fn mint(ca: &CaManager, cache: &SvidCache, entry_id: &str, ttl: Duration) {
     cache.update_svids(vec![svid]).into_iter().for_each(|r| r.unwrap());
 }
 
-#[test]
-fn a_saved_cache_is_restored_checked_and_expired_svids_are_dropped() {
-    let dir = tempfile::tempdir().unwrap();
-    let td = TrustDomain::new("example.org").unwrap();
-    let ca = crate::ca::manager::test_ca(td.clone());
-    let clock = Arc::new(ManualClock::starting_now());
-    let cache = SvidCache::new(clock.clone());
-    let synced = SyncedEntries {
-        revision: 7,
-        entries: ["a", "b"].into_iter().map(|id| (id.to_owned(), entry(id))).collect(),
-        bundle: Some(ca.bundle().unwrap()),
-        tainted_authority_ids: Vec::new(),
-    };
-    cache.set_entries(&synced.entries, synced.bundle.as_ref(), &[]).unwrap();
-    mint(&ca, &cache, "a", Duration::from_secs(3600));
-    mint(&ca, &cache, "b", Duration::from_secs(60));
+fn selectors(items: &[&str]) -> SelectorSet {
+    items.iter().map(|s| Selector::parse(s).unwrap()).collect()
+}
 
-    let mut disk = DiskCache::open(dir.path()).unwrap();
-    assert!(disk.save(&synced, &cache).unwrap());
-    assert!(!disk.save(&synced, &cache).unwrap(), "an unchanged cache is not written again");
-    let file = dir.path().join("cache/workload_cache.json");
+/// An agent data directory with a stored bundle, a cache holding entries `a` and `b`
+/// (selecting uid 1000) with SVIDs, and that cache saved to disk.
+struct Fixture {
+    dir: tempfile::TempDir,
+    td: TrustDomain,
+    clock: Arc<ManualClock>,
+    storage: AgentStorage,
+    cache: SvidCache,
+    synced: SyncedEntries,
+}
+
+impl Fixture {
+    async fn saved() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let td = TrustDomain::new("example.org").unwrap();
+        let ca = crate::ca::manager::test_ca(td.clone());
+        let clock = Arc::new(ManualClock::starting_now());
+        let storage = AgentStorage::open(dir.path()).unwrap();
+        let cache = SvidCache::new(clock.clone());
+        let synced = SyncedEntries {
+            revision: 7,
+            entries: ["a", "b"].into_iter().map(|id| (id.to_owned(), entry(id))).collect(),
+            bundle: Some(ca.bundle().unwrap()),
+            tainted_authority_ids: Vec::new(),
+        };
+        storage.save_bundle(&ca.bundle().unwrap()).unwrap();
+        cache.set_entries(&synced.entries, synced.bundle.as_ref(), &[]).unwrap();
+        mint(&ca, &cache, "a", Duration::from_secs(3600));
+        mint(&ca, &cache, "b", Duration::from_secs(60));
+        let mut disk = DiskCache::open(&storage, clock.clone()).unwrap();
+        assert!(disk.save(&synced, &cache).await.unwrap());
+        assert!(!disk.save(&synced, &cache).await.unwrap(), "an unchanged cache is not written");
+        Fixture { dir, td, clock, storage, cache, synced }
+    }
+
+    fn file(&self) -> PathBuf {
+        self.dir.path().join("cache/workload_cache.json")
+    }
+
+    /// A restart: a fresh cache filled from the file.
+    fn load(&self) -> (SvidCache, Result<Restored, StorageError>) {
+        let fresh = SvidCache::new(self.clock.clone());
+        let disk = DiskCache::open(&self.storage, self.clock.clone()).unwrap();
+        let stored = self.storage.load_bundle(&self.td).unwrap();
+        let restored = disk.load(&self.td, stored.as_ref(), &fresh);
+        (fresh, restored)
+    }
+}
+
+#[tokio::test]
+async fn a_saved_cache_is_restored_checked_and_expired_svids_are_dropped() {
+    let f = Fixture::saved().await;
+    let file = f.file();
     assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
     assert_eq!(
         std::fs::metadata(file.parent().unwrap()).unwrap().permissions().mode() & 0o777,
         0o700
     );
+    let key = f.dir.path().join(crate::agent::storage::CACHE_KEY_FILE);
+    assert_eq!(std::fs::metadata(&key).unwrap().mode() & 0o777, 0o600);
 
     // A restart now: both SVIDs come back, with their keys.
-    let fresh = SvidCache::new(clock.clone());
-    let restored = DiskCache::open(dir.path()).unwrap().load(&td, &fresh).unwrap();
-    assert_eq!(restored, Restored { entries: 2, svids: 2, dropped: 0 });
+    let (fresh, restored) = f.load();
+    assert_eq!(restored.unwrap(), Restored { entries: 2, svids: 2, dropped: 0 });
     for id in ["a", "b"] {
-        let (old, new) = (cache.svid(id).unwrap(), fresh.svid(id).unwrap());
+        let (old, new) = (f.cache.svid(id).unwrap(), fresh.svid(id).unwrap());
         assert_eq!(old.chain, new.chain);
         assert_eq!(old.key.public_key_der(), new.key.public_key_der());
         assert_eq!(secs(old.renew_at), secs(new.renew_at));
     }
 
     // A restart two minutes later: "b" has expired and is not served.
-    clock.advance(Duration::from_secs(120));
-    let later = SvidCache::new(clock.clone());
-    let restored = DiskCache::open(dir.path()).unwrap().load(&td, &later).unwrap();
-    assert_eq!(restored, Restored { entries: 2, svids: 1, dropped: 1 });
+    f.clock.advance(Duration::from_secs(120));
+    let (later, restored) = f.load();
+    assert_eq!(restored.unwrap(), Restored { entries: 2, svids: 1, dropped: 1 });
     assert!(later.svid("a").is_some() && later.svid("b").is_none());
 }
 
-#[test]
-fn a_damaged_file_is_an_error_naming_it_and_a_missing_one_restores_nothing() {
+#[tokio::test]
+async fn a_damaged_file_is_an_error_naming_it_and_a_missing_one_restores_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let td = TrustDomain::new("example.org").unwrap();
-    let cache = SvidCache::new(Arc::new(ManualClock::starting_now()));
-    let disk = DiskCache::open(dir.path()).unwrap();
-    assert_eq!(disk.load(&td, &cache).unwrap(), Restored::default());
+    let clock = Arc::new(ManualClock::starting_now());
+    let cache = SvidCache::new(clock.clone());
+    let storage = AgentStorage::open(dir.path()).unwrap();
+    let disk = DiskCache::open(&storage, clock).unwrap();
+    assert_eq!(disk.load(&td, None, &cache).unwrap(), Restored::default());
     std::fs::write(dir.path().join("cache/workload_cache.json"), b"{\"version\":").unwrap();
-    let e = disk.load(&td, &cache).unwrap_err().to_string();
+    let e = disk.load(&td, None, &cache).unwrap_err().to_string();
     assert!(e.contains("workload_cache.json"), "{e}");
+}
+
+#[tokio::test]
+async fn an_svid_whose_dns_names_are_not_its_entrys_is_dropped() {
+    let f = Fixture::saved().await;
+    // The entry now names a DNS name the SVID lacks (the file is re-saved, so it is this
+    // agent's own and authentic): the SVID is not served for it.
+    let mut synced = f.synced.clone();
+    synced.revision += 1;
+    synced.entries.get_mut("a").unwrap().dns_names = vec!["a.example.org".into()];
+    let mut disk = DiskCache::open(&f.storage, f.clock.clone()).unwrap();
+    assert!(disk.save(&synced, &f.cache).await.unwrap());
+    let (fresh, restored) = f.load();
+    assert_eq!(restored.unwrap(), Restored { entries: 2, svids: 1, dropped: 1 });
+    assert!(fresh.svid("a").is_none() && fresh.svid("b").is_some());
+    assert_eq!(fresh.svids_for(&selectors(&["unix:uid:1000"])).len(), 1);
+}
+
+#[test]
+fn a_reader_on_the_runtime_is_not_blocked_while_the_cache_is_written() {
+    use std::sync::mpsc::channel;
+
+    use crate::agent::cache::test_support::GateClock;
+
+    let dir = tempfile::tempdir().unwrap();
+    let td = TrustDomain::new("example.org").unwrap();
+    let ca = crate::ca::manager::test_ca(td);
+    let clock = GateClock::new();
+    let storage = AgentStorage::open(dir.path()).unwrap();
+    let cache = Arc::new(SvidCache::new(clock.clone()));
+    let synced = SyncedEntries {
+        revision: 1,
+        entries: [("a".to_owned(), entry("a"))].into(),
+        bundle: Some(ca.bundle().unwrap()),
+        tainted_authority_ids: Vec::new(),
+    };
+    cache.set_entries(&synced.entries, synced.bundle.as_ref(), &[]).unwrap();
+    mint(&ca, &cache, "a", Duration::from_secs(600));
+    let mut disk = DiskCache::open(&storage, clock.clone()).unwrap();
+
+    // One runtime thread, as a busy agent may effectively have: the round saves the cache
+    // (held by the gate in the middle of the write), then a Workload API read comes in.
+    let gate = clock.arm();
+    let (go, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let (served_tx, served) = channel();
+    let runtime = std::thread::spawn({
+        let cache = cache.clone();
+        move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let reader = tokio::spawn({
+                    let cache = cache.clone();
+                    async move {
+                        let _ = go_rx.await;
+                        let _ =
+                            served_tx.send(cache.svids_for(&selectors(&["unix:uid:1000"])).len());
+                    }
+                });
+                let wrote = disk.save(&synced, &cache).await;
+                reader.await.unwrap();
+                wrote
+            })
+        }
+    });
+    gate.entered.recv_timeout(Duration::from_secs(10)).expect("the save reached its write");
+    go.send(()).unwrap();
+    let read = served.recv_timeout(Duration::from_secs(5));
+    let _ = gate.release.send(());
+    assert!(runtime.join().unwrap().unwrap(), "the save completed");
+    assert_eq!(read, Ok(1), "the reader waited for the disk write");
+    assert!(dir.path().join("cache/workload_cache.json").exists());
 }

@@ -15,6 +15,7 @@ use crate::ca::KeyType;
 use crate::ca::journal::AuthorityKind;
 use crate::selector::SelectorSet;
 
+mod bundle;
 mod harness;
 use harness::{selectors, setup, setup_with};
 

@@ -106,4 +106,7 @@ pub struct TickReport {
     pub batches: usize,
     /// Whether the agent had to attest again during the round.
     pub reattested: bool,
+    /// Whether the bundle the server sent was refused (empty, or not a higher
+    /// `spiffe_sequence`) and the held one kept.
+    pub bundle_refused: bool,
 }

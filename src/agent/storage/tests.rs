@@ -21,8 +21,12 @@ fn fixture() -> Fixture {
 }
 
 fn identity(ca: &CaManager, ttl: Duration) -> AgentIdentity {
+    svid_for(ca, "spiffe://example.org/keycard/agent/join_token/t1", ttl)
+}
+
+fn svid_for(ca: &CaManager, id: &str, ttl: Duration) -> AgentIdentity {
     let key = Arc::new(SigningKey::generate(KeyType::EcP256).unwrap());
-    let spiffe_id = SpiffeId::parse("spiffe://example.org/keycard/agent/join_token/t1").unwrap();
+    let spiffe_id = SpiffeId::parse(id).unwrap();
     let issued = ca
         .sign_x509_svid(&SvidRequest {
             public_key: SubjectPublicKeyInfoDer::from(key.public_key_der()),
@@ -115,4 +119,45 @@ fn damaged_or_foreign_state_is_refused_with_the_file_named() {
     std::fs::write(f.storage.dir().join(BUNDLE_FILE), "{").unwrap();
     let e = f.storage.load_bundle(&f.bundle.trust_domain).unwrap_err();
     assert!(e.to_string().contains("bundle.json"), "{e}");
+}
+
+/// Puts `svid` in `agent_svid.pem` by hand, as someone copying files would.
+fn plant(storage: &AgentStorage, svid: &AgentIdentity) {
+    let mut text: String =
+        svid.chain.iter().map(|c| pem::encode(&pem::Pem::new("CERTIFICATE", c.to_vec()))).collect();
+    let key = svid.key.key_pair().serialize_der();
+    text.push_str(&pem::encode(&pem::Pem::new("PRIVATE KEY", key)));
+    std::fs::write(storage.dir().join(AGENT_SVID_FILE), text).unwrap();
+}
+
+#[test]
+fn a_workload_svid_in_agent_svid_pem_is_refused_as_the_agents_identity() {
+    let f = fixture();
+    f.storage.save_bundle(&f.bundle).unwrap();
+    // A valid SVID of the trust domain, signed by the agent's own CA, key matching: but a
+    // workload's (what `keycard api fetch --write` leaves in svid.0.pem and svid.0.key).
+    let workload = svid_for(&f.ca, "spiffe://example.org/web", Duration::from_secs(600));
+    plant(&f.storage, &workload);
+    let e = f.storage.load_identity(&f.bundle, SystemTime::now()).unwrap_err();
+    assert!(matches!(e, StorageError::NotAnAgent { .. }), "{e:?}");
+    let e = e.to_string();
+    assert!(
+        e.contains("agent_svid.pem")
+            && e.contains("spiffe://example.org/web is not an agent ID")
+            && e.contains("/keycard/agent/"),
+        "{e}"
+    );
+
+    // An agent ID an operator chose for a join token (outside /keycard/agent/) is the
+    // agent's once recorded at attestation, which storing the SVID does.
+    let chosen = svid_for(&f.ca, "spiffe://example.org/nodes/n1", Duration::from_secs(600));
+    f.storage.save_identity(&chosen).unwrap();
+    let loaded = f.storage.load_identity(&f.bundle, SystemTime::now()).unwrap();
+    assert!(
+        matches!(loaded, Some(StoredIdentity::Valid(ref id)) if id.spiffe_id == chosen.spiffe_id)
+    );
+    // A workload SVID still is not; the message names the recorded ID.
+    plant(&f.storage, &workload);
+    let e = f.storage.load_identity(&f.bundle, SystemTime::now()).unwrap_err().to_string();
+    assert!(e.contains("recorded agent ID spiffe://example.org/nodes/n1"), "{e}");
 }

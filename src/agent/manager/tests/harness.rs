@@ -89,6 +89,19 @@ impl Server {
         .await
     }
 
+    /// A server over `ca` and a fresh store.
+    pub async fn start_with_ca(ca: Arc<CaManager>) -> Self {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let store: Arc<dyn DataStore> =
+            Arc::new(SqliteDataStore::open(&dir.path().join("keycard.db")).unwrap());
+        Self::start_on("127.0.0.1:0", ca, store, dir).await
+    }
+
+    /// A new server on the same address and store, over another CA manager.
+    pub async fn restart_with_ca(&self, ca: Arc<CaManager>) -> Self {
+        Self::start_on(&self.addr.to_string(), ca, self.store.clone(), self._dir.clone()).await
+    }
+
     pub fn bundle_set(&self) -> X509BundleSet {
         let mut set = X509BundleSet::new();
         set.insert(self.ca.bundle().unwrap().x509_bundle().unwrap());
@@ -135,7 +148,11 @@ pub struct Setup {
 }
 
 pub async fn setup_with(options: ManagerOptions) -> Setup {
-    let server = Server::start().await;
+    setup_on(Server::start().await, options).await
+}
+
+/// An attested agent's manager over a fresh cache, against `server`.
+pub async fn setup_on(server: Server, options: ManagerOptions) -> Setup {
     let client = server.agent().await;
     let agent_id = client.identity().unwrap().spiffe_id.clone();
     let clock = ManualClock::starting_now();
