@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use x509_parser::prelude::{FromDer as _, X509Certificate};
 
 use super::CliError;
-use super::output::{OutputFormat, emit, time_text};
+use super::output::{OutputFormat, count_text, emit, time_text};
 
 /// `keycard api`: flags shared by every Workload API command, and the command.
 #[derive(Debug, Args)]
@@ -162,14 +162,18 @@ pub async fn execute(args: ApiArgs, out: &mut (dyn Write + Send)) -> Result<(), 
                 let mut t = String::new();
                 for b in x509.iter() {
                     t += &format!(
-                        "X.509 bundle of {} ({} CAs):\n{}",
+                        "X.509 bundle of {} ({}):\n{}",
                         b.trust_domain(),
-                        b.len(),
+                        count_text(b.len() as u64, "CA", "CAs"),
                         b.to_pem()
                     );
                 }
                 for b in jwt.iter() {
-                    t += &format!("JWT bundle of {}: {} keys\n", b.trust_domain(), b.len());
+                    t += &format!(
+                        "JWT bundle of {}: {}\n",
+                        b.trust_domain(),
+                        count_text(b.len() as u64, "key", "keys")
+                    );
                 }
                 t
             };
@@ -251,8 +255,11 @@ fn x509_text(context: &X509Context, took: std::time::Duration, written: Option<&
         );
         t += &format!("Chain length:      {}\n", svid.cert_chain().len());
     }
-    let tds: Vec<String> =
-        context.bundles.iter().map(|b| format!("{} ({} CAs)", b.trust_domain(), b.len())).collect();
+    let tds: Vec<String> = context
+        .bundles
+        .iter()
+        .map(|b| format!("{} ({})", b.trust_domain(), count_text(b.len() as u64, "CA", "CAs")))
+        .collect();
     t += &format!("\nBundles:           {}\n", tds.join(", "));
     if let Some(dir) = written {
         t += &format!("Written to:        {}\n", dir.display());

@@ -1,11 +1,13 @@
 //! `keycard server run` when what it needs is taken (a port held by `keycard dev`, another
 //! server's admin socket): it stops with one clear line, each cause printed once, and
-//! creates nothing on disk.
+//! creates nothing on disk. And the example mTLS client started before its server: one
+//! line saying what to check, not a debug dump.
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::examples::example;
 use crate::procs::{Group, Server, keycard};
 
 /// Runs `command` to its end (20 s at most; a server that did start is killed) and returns
@@ -79,4 +81,24 @@ fn a_second_server_on_a_live_admin_socket_creates_nothing() {
     // The first server is untouched.
     assert!(first.admin_text(&["healthcheck"]).contains("healthy"));
     first.stop();
+}
+
+#[test]
+fn the_example_client_says_when_its_server_is_not_up() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let address = format!("127.0.0.1:{port}");
+    let out = run_to_end(
+        Command::new(example("mtls_echo_client"))
+            .args([&address, "example.org", "hello"])
+            .env("SPIFFE_ENDPOINT_SOCKET", "unix:///nonexistent/agent.sock"),
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with(&format!("mtls_echo_client: cannot connect to {address}: ")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("is mtls_echo_server running"), "{stderr}");
+    assert!(!stderr.contains("Os {"), "a debug dump: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }

@@ -91,7 +91,7 @@ async fn fetch_x509_prints_and_writes_the_svid_files() {
     assert!(text.contains("Received 1 SVID after"), "{text}");
     assert!(text.contains("SPIFFE ID:         spiffe://example.org/web"), "{text}");
     assert!(text.contains("Hint:              internal"), "{text}");
-    assert!(text.contains("Bundles:           example.org (1 CAs)"), "{text}");
+    assert!(text.contains("Bundles:           example.org (1 CA)"), "{text}");
     let mode = |name: &str| std::fs::metadata(dir.join(name)).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode("svid_key.pem"), 0o600);
     assert_eq!(mode("svid.pem"), 0o644);
