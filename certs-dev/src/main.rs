@@ -23,11 +23,9 @@ fn main() -> Result<()> {
     let done = keycard_certs_dev::generate_counted(&out_dir)
         .with_context(|| format!("generating the development PKI into {}", out_dir.display()))?;
     let total = done.manifest.files().len();
-    println!(
-        "wrote {} of {total} files into {} ({} already up to date; development only: the keys are public)",
-        done.written,
-        out_dir.display(),
-        total - done.written,
-    );
+    let (written, dir) = (done.written, out_dir.display());
+    let unchanged = total - written;
+    println!("wrote {written} of {total} files into {dir} ({unchanged} already up to date)");
+    println!("development only: the keys are public");
     Ok(())
 }

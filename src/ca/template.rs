@@ -4,10 +4,11 @@
 //! Leaf profile (SPIFFE X509-SVID standard, as SPIRE fills it in): one URI SAN (the SPIFFE
 //! ID), any DNS SANs, critical key usage digitalSignature + keyEncipherment + keyAgreement,
 //! extended key usage serverAuth + clientAuth, critical basic constraints with `cA` false
-//! (an empty SEQUENCE, `30 00`: DER omits a DEFAULT value, and strict parsers such as Python's
-//! `cryptography` reject `cA FALSE` spelled out), subject and authority key identifiers. CA profile: `cA=true` with no path length limit,
-//! critical key usage keyCertSign + cRLSign, a subject key identifier, and the URI SAN
-//! `spiffe://<trust domain>`. No name constraints: rustls-webpki rejects URI ones.
+//! (an empty SEQUENCE, `30 00`: DER omits a DEFAULT value, and strict parsers such as
+//! Python's `cryptography` reject `cA FALSE` spelled out), subject and authority key
+//! identifiers. CA profile: `cA=true` with no path length limit, critical key usage
+//! keyCertSign + cRLSign, a subject key identifier, and the URI SAN `spiffe://<trust domain>`.
+//! No name constraints: rustls-webpki rejects URI ones.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
