@@ -61,8 +61,15 @@ async fn another_uid_at_its_cap_is_refused_and_a_registered_caller_is_still_serv
         println!("note: needs root (to connect as uid 65534) and /usr/bin/python3; skipped");
         return;
     }
-    // The agent holds up to 2 descriptors per connection here (socket, pidfd).
-    limits::raise_fd_limit();
+    // The agent holds up to 2 descriptors per connection here (socket, pidfd): more than a
+    // soft limit of 1024 allows, so the start-up raise to the hard limit is needed.
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let hard = getrlimit(Resource::Nofile).maximum;
+    if hard.is_none_or(|h| h > 1024) {
+        setrlimit(Resource::Nofile, Rlimit { current: Some(1024), maximum: hard }).unwrap();
+    }
+    assert_eq!(limits::raise_fd_limit(), hard);
+    assert_eq!(getrlimit(Resource::Nofile).current, hard);
     let (per_uid, count) = (1000, 1500);
     let caps = ConnectionLimits {
         max_connections: 4 * per_uid,
