@@ -34,7 +34,7 @@ pub struct CallerState {
     /// What accept read, taken by the first request.
     peer: std::sync::Mutex<Option<Result<Peer, AttestError>>>,
     attested: OnceCell<Result<Attested, AttestError>>,
-    /// Set by the first request: the connection is no longer idle.
+    /// Set once a request got its caller attested: the connection is no longer idle.
     requested: AtomicBool,
     options: Arc<UnixAttestorOptions>,
     metrics: Arc<AgentMetrics>,
@@ -44,7 +44,6 @@ impl CallerState {
     /// The attested caller, attesting it first if this is the connection's first request;
     /// then re-checked as unchanged ([`Attested::ensure_unchanged`]).
     pub async fn attested(self: &Arc<Self>) -> Result<&Attested, Status> {
-        self.requested.store(true, Ordering::Relaxed);
         let result = self
             .attested
             .get_or_init(|| async {
@@ -64,6 +63,9 @@ impl CallerState {
             })
             .await;
         let attested = result.as_ref().map_err(super::attestation_status)?;
+        // Attested: no longer idle. A connection whose caller could not be attested is
+        // still closed at the first-request deadline.
+        self.requested.store(true, Ordering::Relaxed);
         self.recheck().await?;
         Ok(attested)
     }

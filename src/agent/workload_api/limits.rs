@@ -7,8 +7,9 @@
 //! either cap is closed at once and counted in `workload_api_connections_refused_total`.
 //! The per-uid cap is far below the total (the defaults: 512 of 8192), so a uid at its cap
 //! leaves room for every other caller, root and registered workloads included. A
-//! connection that makes no request within `first_request_timeout` is closed too: an
-//! attacker cannot hold connections without at least being attested on each.
+//! connection whose caller has not been attested by a request (one with the security
+//! header, from a caller that is still running) within `first_request_timeout` is closed
+//! too, and counted with reason `first_request_timeout`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
