@@ -26,10 +26,9 @@
 //! | `log_format` | `text` | `text` or `json` (`--log-format`) |
 //! | `log_level` | `info` | Level or filter directive; `RUST_LOG` overrides it (`--log-level`) |
 
-use std::fmt;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use std::{fmt, net::SocketAddr};
 
 use keycard_workload_api::TrustDomain;
 

@@ -5,9 +5,10 @@
 //! left them); the on-disk workload cache (if enabled); the server client: with a valid
 //! stored SVID it is used at once (the server may be down: the cache is served
 //! meanwhile), otherwise the node attests (join token or x509pop) and the new SVID and
-//! bundle are stored; then the Workload API socket, the admin socket, the health
-//! endpoints and the sync loop. If any part stops with an error, the others are shut down
-//! too and the error is returned.
+//! bundle are stored; the soft `RLIMIT_NOFILE` is raised to the hard limit (and the
+//! Workload API's connection caps fitted to it); then the Workload API socket, the admin
+//! socket, the health endpoints and the sync loop. If any part stops with an error, the
+//! others are shut down too and the error is returned.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -39,7 +39,7 @@ use super::cache::{Snapshot, SvidCache};
 use super::jwt::JwtMinter;
 use crate::telemetry::AgentMetrics;
 pub use connection::{CallerState, WorkloadConnection, WorkloadPeer};
-use limits::{ConnectionLimiter, ConnectionLimits};
+use limits::{ConnectionLimiter, ConnectionLimits, RegisteredUids};
 
 pub mod connection;
 mod convert;
@@ -77,9 +77,9 @@ pub async fn serve_with_limits(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let (stop_tx, stop_rx) = watch::channel(false);
+    let limiter = ConnectionLimiter::new(limits, RegisteredUids::of(cache.clone()));
     let service = WorkloadApiService { cache, jwt, stop: stop_rx };
     let (conn_tx, conn_rx) = mpsc::channel::<Result<WorkloadConnection, io::Error>>(16);
-    let limiter = ConnectionLimiter::new(limits);
     tokio::spawn(connection::accept_loop(listener, Arc::new(options), limiter, metrics, conn_tx));
     let signal = async move {
         shutdown.await;

@@ -261,8 +261,7 @@ impl Caller {
         if now.exe != attested.exe {
             return Err(AttestError::ProcessChanged { pid, what: "executable" });
         }
-        // Changed and back between two reads would pass; the pidfd and start time still
-        // say it is the same process, and what it runs now is what was attested.
+        // The fingerprint was read by PID: make sure it described this very process.
         self.ensure_same_process()
     }
 }

@@ -293,3 +293,66 @@ async fn caller_replaced_during_attestation_is_refused_100_times() {
         assert!(reused > 0, "as root some replacements should have taken the PID");
     }
 }
+
+/// Without `SO_PEERPIDFD` the pidfd comes from `pidfd_open(pid)`, which pins whoever has
+/// the PID by then. When the connector (here: this process's uid) is gone and its PID went
+/// to a process of another uid, the uid/gid cross-check with `SO_PEERCRED` refuses it, on
+/// the first check and on every later one.
+#[test]
+fn a_fallback_pidfd_on_a_process_of_another_uid_is_refused() {
+    use std::os::unix::process::CommandExt as _;
+    if !is_root() {
+        println!("note: not root, cannot start a process of another uid; skipped");
+        return;
+    }
+    let mut other = Command::new("sleep").arg("30").uid(NOBODY).gid(NOBODY).spawn().unwrap();
+    let pid = other.id() as i32;
+    let pidfd = peer::pidfd_open(pid).unwrap();
+    // What SO_PEERCRED said of the connector that had this PID: root.
+    let claimed = peer::PeerIds { pid, uid: 0, gid: 0, pidfd };
+    let outcome = Caller::from_peer(claimed);
+    other.kill().unwrap();
+    other.wait().unwrap();
+    match outcome {
+        Err(AttestError::ProcessChanged { what: "effective uid", .. }) => {}
+        other => panic!("a process of another uid was taken for the caller: {other:?}"),
+    }
+}
+
+/// A caller that changes its supplementary groups after attestation is refused: they are
+/// part of its selectors.
+#[tokio::test]
+async fn a_caller_that_changes_its_groups_is_refused() {
+    if !is_root() {
+        println!("note: not root, the child cannot call setgroups; skipped");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (l, path) = listener(dir.path());
+    let script = "import os, socket, sys\n\
+                  s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])\n\
+                  sys.stdin.readline(); os.setgroups([4]); print('done', flush=True)\n\
+                  sys.stdin.read()\n";
+    let mut child = Command::new("/usr/bin/python3")
+        .args(["-S", "-c", script])
+        .arg(&path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let server = accept(&l).await;
+    let attested = attest(&server, &UnixAttestorOptions::default()).await;
+    let mut stdin = child.stdin.take().unwrap();
+    std::io::Write::write_all(&mut stdin, b"go\n").unwrap();
+    let mut line = String::new();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    let after = attested.as_ref().map(|a| a.ensure_unchanged());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(line, "done\n");
+    match after.unwrap() {
+        Err(AttestError::ProcessChanged { what: "supplementary groups", .. }) => {}
+        other => panic!("a caller with new groups was kept: {other:?}"),
+    }
+}

@@ -3,7 +3,7 @@
 //!
 //! | Key | Default | Meaning |
 //! |-----|---------|---------|
-//! | `max_connections` | `8192` | Connections the agent holds at once, from all local users together; more are closed at accept |
+//! | `max_connections` | `8192` | Connections the agent holds at once, from all local users together; more are closed at accept. The last eighth is kept for root, the agent's uid and uids an entry selects by `unix:uid` |
 //! | `max_connections_per_uid` | `512` | Connections held at once from one uid; must not exceed `max_connections` |
 //! | `first_request_timeout` | `10s` | A connection that makes no request within this time is closed |
 //!

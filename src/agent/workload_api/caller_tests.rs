@@ -154,6 +154,11 @@ impl Connector {
     }
 }
 
+/// Awaits `f`, failing the test after 20 s (a stream that is never ended must not hang it).
+async fn within<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(20), f).await.expect("no answer within 20 s")
+}
+
 fn python_present() -> bool {
     let present = Path::new("/usr/bin/python3").exists();
     if !present {
@@ -184,7 +189,11 @@ async fn a_caller_that_drops_to_another_uid_and_execs_loses_its_identity() {
     let mut conn = Connector::start(&s, "exec", &[]).await;
     let mut c = client(&conn.front).await;
     let mut stream = c.fetch_x509svid(with_header(X509svidRequest {})).await.unwrap().into_inner();
-    assert_eq!(stream.message().await.unwrap().unwrap().svids.len(), 1, "root's SVID first");
+    assert_eq!(
+        within(stream.message()).await.unwrap().unwrap().svids.len(),
+        1,
+        "root's SVID first"
+    );
 
     conn.say(&format!("{NOBODY} /usr/bin/python3")).await;
     assert_eq!(conn.line().await, format!("relaying {NOBODY}"));
@@ -196,7 +205,7 @@ async fn a_caller_that_drops_to_another_uid_and_execs_loses_its_identity() {
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
     // The open stream gets no rotated key: it ends instead.
     s.mint("e1");
-    let err = stream.message().await.unwrap_err();
+    let err = within(stream.message()).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
 }
 
@@ -230,16 +239,21 @@ async fn a_connection_passed_to_another_uid_dies_with_its_connector() {
     let mut conn = Connector::start(&s, "pass", &[&NOBODY.to_string()]).await;
     let mut c = client(&conn.front).await;
     let mut stream = c.fetch_x509svid(with_header(X509svidRequest {})).await.unwrap().into_inner();
-    assert_eq!(stream.message().await.unwrap().unwrap().svids.len(), 1);
+    assert_eq!(within(stream.message()).await.unwrap().unwrap().svids.len(), 1);
     let mut bundles =
         c.fetch_x509_bundles(with_header(X509BundlesRequest {})).await.unwrap().into_inner();
-    assert!(bundles.message().await.unwrap().is_some());
+    assert!(within(bundles.message()).await.unwrap().is_some());
 
     conn.kill_connector().await;
-    // Without any update from the cache: the exit itself ends both streams.
-    for err in [stream.message().await.unwrap_err(), bundles.message().await.unwrap_err()] {
+    let killed = std::time::Instant::now();
+    // Without any update from the cache: the exit itself ends both streams, at once (the
+    // periodic re-check would take RECHECK_INTERVAL).
+    for err in
+        [within(stream.message()).await.unwrap_err(), within(bundles.message()).await.unwrap_err()]
+    {
         assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
     }
+    assert!(killed.elapsed() < RECHECK_INTERVAL / 2, "ended after {:?}", killed.elapsed());
     s.mint("e1");
     let err = c.fetch_x509svid(with_header(X509svidRequest {})).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");

@@ -34,7 +34,7 @@ pub struct CallerState {
     /// What accept read, taken by the first request.
     peer: std::sync::Mutex<Option<Result<Peer, AttestError>>>,
     attested: OnceCell<Result<Attested, AttestError>>,
-    /// Set by the first request: the connection is no longer idle.
+    /// Set once a request got its caller attested: the connection is no longer idle.
     requested: AtomicBool,
     options: Arc<UnixAttestorOptions>,
     metrics: Arc<AgentMetrics>,
@@ -44,28 +44,43 @@ impl CallerState {
     /// The attested caller, attesting it first if this is the connection's first request;
     /// then re-checked as unchanged ([`Attested::ensure_unchanged`]).
     pub async fn attested(self: &Arc<Self>) -> Result<&Attested, Status> {
-        self.requested.store(true, Ordering::Relaxed);
-        let result = self
-            .attested
-            .get_or_init(|| async {
-                let peer = self.peer.lock().unwrap_or_else(|p| p.into_inner()).take();
-                let started = Instant::now();
-                let result = match peer {
-                    Some(Ok(peer)) => attest_peer(peer, &self.options).await,
-                    Some(Err(e)) => Err(e),
-                    None => Err(AttestError::ProcessGone { pid: 0 }),
-                };
-                if let Err(e) = &result {
-                    tracing::warn!(error = %e, "workload attestation failed");
-                }
-                let outcome = if result.is_ok() { "ok" } else { "error" };
-                self.metrics.workload_attested(outcome, started.elapsed());
-                result
-            })
-            .await;
+        if self.attested.get().is_none() {
+            // In a task of its own: a request cancelled during attestation must not lose
+            // the peer (it is taken once) for the requests that follow.
+            let state = self.clone();
+            let attesting = tokio::spawn(async move {
+                state.attested.get_or_init(|| state.attest_once()).await;
+            });
+            if let Err(e) = attesting.await {
+                tracing::error!(error = %e, "workload attestation task failed");
+            }
+        }
+        let Some(result) = self.attested.get() else {
+            return Err(Status::unavailable("workload attestation failed"));
+        };
         let attested = result.as_ref().map_err(super::attestation_status)?;
+        // Attested: no longer idle. A connection whose caller could not be attested is
+        // still closed at the first-request deadline.
+        self.requested.store(true, Ordering::Relaxed);
         self.recheck().await?;
         Ok(attested)
+    }
+
+    /// Attests the peer accept read (once: the peer is taken).
+    async fn attest_once(&self) -> Result<Attested, AttestError> {
+        let peer = self.peer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let started = Instant::now();
+        let result = match peer {
+            Some(Ok(peer)) => attest_peer(peer, &self.options).await,
+            Some(Err(e)) => Err(e),
+            None => Err(AttestError::ProcessGone { pid: 0 }),
+        };
+        if let Err(e) = &result {
+            tracing::warn!(error = %e, "workload attestation failed");
+        }
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        self.metrics.workload_attested(outcome, started.elapsed());
+        result
     }
 
     /// Checks again, on the blocking pool, that the attested caller is unchanged.

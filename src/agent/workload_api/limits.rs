@@ -6,13 +6,19 @@
 //! against the uid the kernel recorded at `connect()` from accept until it closes; one over
 //! either cap is closed at once and counted in `workload_api_connections_refused_total`.
 //! The per-uid cap is far below the total (the defaults: 512 of 8192), so a uid at its cap
-//! leaves room for every other caller, root and registered workloads included. A
-//! connection that makes no request within `first_request_timeout` is closed too: an
-//! attacker cannot hold connections without at least being attested on each.
+//! leaves room for every other caller, root and registered workloads included; and the
+//! last eighth of the total is kept for registered uids ([`RegisteredUids`]: root, the
+//! agent's own uid, uids an entry selects by `unix:uid:`), so that several uids at their
+//! caps together still cannot shut a registered workload out. A
+//! connection whose caller has not been attested by a request (one with the security
+//! header, from a caller that is still running) within `first_request_timeout` is closed
+//! too, and counted with reason `first_request_timeout`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use crate::agent::cache::SvidCache;
 
 /// Descriptors one held connection may cost the agent.
 pub const FDS_PER_CONNECTION: u64 = 3;
@@ -22,6 +28,11 @@ const FDS_RESERVED: u64 = 256;
 pub const DEFAULT_MAX_CONNECTIONS_PER_UID: usize = 512;
 /// Default cap on connections in all.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 8192;
+/// Above `max_connections - max_connections / RESERVE_DIVISOR` held connections, only
+/// registered uids get in.
+const RESERVE_DIVISOR: usize = 8;
+/// How long the set of uids named by entries is reused before it is read again.
+const REGISTERED_REFRESH: Duration = Duration::from_secs(1);
 /// Default time a connection may take to make its first request.
 pub const DEFAULT_FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -108,11 +119,61 @@ impl Refused {
     }
 }
 
+/// Whether a uid is registered: may use the reserved part of the total cap.
+pub type Registered = Box<dyn Fn(u32) -> bool + Send + Sync>;
+
+/// The uids that keep a reserved share of the connections: root, the agent's own uid,
+/// and every uid an entry in the cache selects with `unix:uid:<n>` (read again at most
+/// once per [`REGISTERED_REFRESH`], and only while the reserve is in use).
+pub struct RegisteredUids {
+    cache: Arc<SvidCache>,
+    own: u32,
+    named: Mutex<Option<(Instant, HashSet<u32>)>>,
+}
+
+impl RegisteredUids {
+    /// The registered uids of `cache`, as a predicate for [`ConnectionLimiter::new`].
+    pub fn of(cache: Arc<SvidCache>) -> Registered {
+        let own = rustix::process::geteuid().as_raw();
+        let this = Self { cache, own, named: Mutex::new(None) };
+        Box::new(move |uid| this.contains(uid))
+    }
+
+    fn contains(&self, uid: u32) -> bool {
+        if uid == 0 || uid == self.own {
+            return true;
+        }
+        let mut named = self.named.lock().unwrap_or_else(|p| p.into_inner());
+        match &*named {
+            Some((read, set)) if read.elapsed() < REGISTERED_REFRESH => set.contains(&uid),
+            _ => {
+                let set: HashSet<u32> = self
+                    .cache
+                    .entry_views()
+                    .iter()
+                    .flat_map(|e| e.selectors.iter())
+                    .filter(|s| s.kind() == "unix")
+                    .filter_map(|s| s.value().strip_prefix("uid:")?.parse().ok())
+                    .collect();
+                let found = set.contains(&uid);
+                *named = Some((Instant::now(), set));
+                found
+            }
+        }
+    }
+}
+
 /// Counts held connections, per uid and in all.
-#[derive(Debug)]
 pub struct ConnectionLimiter {
     limits: ConnectionLimits,
     counts: Mutex<Counts>,
+    registered: Registered,
+}
+
+impl std::fmt::Debug for ConnectionLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionLimiter").field("limits", &self.limits).finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -122,9 +183,10 @@ struct Counts {
 }
 
 impl ConnectionLimiter {
-    /// A limiter with these caps and nothing held.
-    pub fn new(limits: ConnectionLimits) -> Arc<Self> {
-        Arc::new(Self { limits, counts: Mutex::new(Counts::default()) })
+    /// A limiter with these caps and nothing held; `registered` says which uids may use
+    /// the reserved last eighth of `max_connections`.
+    pub fn new(limits: ConnectionLimits, registered: Registered) -> Arc<Self> {
+        Arc::new(Self { limits, counts: Mutex::new(Counts::default()), registered })
     }
 
     /// The caps.
@@ -140,7 +202,11 @@ impl ConnectionLimiter {
         if held >= self.limits.max_connections_per_uid {
             return Err(Refused::UidLimit);
         }
-        if counts.total >= self.limits.max_connections {
+        let total = self.limits.max_connections;
+        if counts.total >= total {
+            return Err(Refused::TotalLimit);
+        }
+        if counts.total >= total - total / RESERVE_DIVISOR && !(self.registered)(uid) {
             return Err(Refused::TotalLimit);
         }
         counts.total += 1;
@@ -189,7 +255,7 @@ mod tests {
 
     #[test]
     fn per_uid_and_total_caps_and_release_on_drop() {
-        let l = ConnectionLimiter::new(limits(5, 3));
+        let l = ConnectionLimiter::new(limits(5, 3), Box::new(|_| true));
         let a: Vec<_> = (0..3).map(|_| l.try_acquire(7).unwrap()).collect();
         assert_eq!(l.try_acquire(7).unwrap_err(), Refused::UidLimit);
         let b: Vec<_> = (0..2).map(|_| l.try_acquire(8).unwrap()).collect();
@@ -200,6 +266,16 @@ mod tests {
         let _c = l.try_acquire(9).unwrap();
         drop(b);
         assert_eq!(l.held(8), (1, 0));
+    }
+
+    #[test]
+    fn the_last_eighth_is_kept_for_registered_uids() {
+        let l = ConnectionLimiter::new(limits(16, 8), Box::new(|uid| uid == 1000));
+        let _a: Vec<_> = (0..8).map(|_| l.try_acquire(1).unwrap()).collect();
+        let _b: Vec<_> = (0..6).map(|_| l.try_acquire(2).unwrap()).collect();
+        assert_eq!(l.try_acquire(3).unwrap_err(), Refused::TotalLimit, "14 of 16: reserve");
+        let _c: Vec<_> = (0..2).map(|_| l.try_acquire(1000).unwrap()).collect();
+        assert_eq!(l.try_acquire(1000).unwrap_err(), Refused::TotalLimit);
     }
 
     #[test]

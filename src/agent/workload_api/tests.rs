@@ -26,7 +26,7 @@ pub(super) struct Setup {
     pub(super) socket: PathBuf,
     pub(super) uid: u32,
     pub(super) ca: Arc<CaManager>,
-    cache: Arc<SvidCache>,
+    pub(super) cache: Arc<SvidCache>,
     entries: BTreeMap<String, pb::Entry>,
     pub(super) metrics: Arc<AgentMetrics>,
     _stop: oneshot::Sender<()>,
