@@ -11,6 +11,9 @@ use serde_json::{Map, Value};
 
 use crate::jwk::{EcCurve, Jwk};
 
+mod low_s;
+pub use low_s::{normalize_low_s, require_low_s};
+
 /// JWS signature algorithms (RFC 7518 §3 names). JWT-SVIDs allow all but `EdDSA`.
 #[allow(missing_docs)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -146,100 +149,6 @@ impl CompactJws {
     }
 }
 
-/// Order `n` of the P-256 group, big-endian.
-const P256_ORDER: [u8; 32] =
-    hex32("ffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551");
-/// Order `n` of the P-384 group, big-endian.
-const P384_ORDER: [u8; 48] = hex48(
-    "ffffffffffffffffffffffffffffffffffffffffffffffffc7634d81f4372ddf581a0db248b0a77aecec196accc52973",
-);
-
-/// The group order for an ECDSA `alg`, or `None` for other algorithms.
-fn curve_order(alg: JwsAlg) -> Option<&'static [u8]> {
-    match alg {
-        JwsAlg::ES256 => Some(&P256_ORDER),
-        JwsAlg::ES384 => Some(&P384_ORDER),
-        _ => None,
-    }
-}
-
-/// The `s` half of a fixed-length `r || s` signature, if `sig` has the length `n` implies.
-fn s_half(n: &[u8], sig: &[u8]) -> Option<usize> {
-    (sig.len() == 2 * n.len()).then_some(n.len())
-}
-
-/// Whether big-endian `s` is above `n / 2`, that is `2s > n`, that is `s > n - s`.
-fn is_high(n: &[u8], s: &[u8]) -> bool {
-    s > sub(n, s).as_slice()
-}
-
-/// `a - b` for big-endian numbers of the same length with `a >= b`.
-fn sub(a: &[u8], b: &[u8]) -> Vec<u8> {
-    let mut out = vec![0u8; a.len()];
-    let mut borrow = 0i16;
-    for i in (0..a.len()).rev() {
-        let mut d = i16::from(a[i]) - i16::from(b[i]) - borrow;
-        borrow = i16::from(d < 0);
-        if d < 0 {
-            d += 256;
-        }
-        out[i] = d as u8;
-    }
-    out
-}
-
-/// Refuses an ES256/ES384 signature with a high `s` ([`JwsError::HighS`]); any other
-/// algorithm, or a signature of the wrong length (which will not verify), passes here.
-pub fn require_low_s(alg: JwsAlg, sig: &[u8]) -> Result<(), JwsError> {
-    let Some(n) = curve_order(alg) else { return Ok(()) };
-    match s_half(n, sig) {
-        Some(half) if is_high(n, &sig[half..]) => Err(JwsError::HighS),
-        _ => Ok(()),
-    }
-}
-
-/// Replaces a high `s` with `n - s` in an ES256/ES384 signature (the same signature in
-/// its low-S form); leaves anything else untouched.
-pub fn normalize_low_s(alg: JwsAlg, sig: &mut [u8]) {
-    let Some(n) = curve_order(alg) else { return };
-    if let Some(half) = s_half(n, sig)
-        && is_high(n, &sig[half..])
-    {
-        let low = sub(n, &sig[half..]);
-        sig[half..].copy_from_slice(&low);
-    }
-}
-
-const fn hex_digit(c: u8) -> u8 {
-    match c {
-        b'0'..=b'9' => c - b'0',
-        b'a'..=b'f' => c - b'a' + 10,
-        _ => panic!("not a lowercase hex digit"),
-    }
-}
-
-const fn hex32(text: &str) -> [u8; 32] {
-    let b = text.as_bytes();
-    let mut out = [0u8; 32];
-    let mut i = 0;
-    while i < 32 {
-        out[i] = hex_digit(b[2 * i]) << 4 | hex_digit(b[2 * i + 1]);
-        i += 1;
-    }
-    out
-}
-
-const fn hex48(text: &str) -> [u8; 48] {
-    let b = text.as_bytes();
-    let mut out = [0u8; 48];
-    let mut i = 0;
-    while i < 48 {
-        out[i] = hex_digit(b[2 * i]) << 4 | hex_digit(b[2 * i + 1]);
-        i += 1;
-    }
-    out
-}
-
 /// Signs `payload` with a header `{"alg": signer.alg(), "kid": kid, "typ": "JWT"}`.
 pub fn sign_compact(
     payload: &Map<String, Value>,
@@ -348,48 +257,6 @@ mod tests {
             .public_jwk()
             .verify(JwsAlg::ES256, jws.signing_input.as_bytes(), &jws.signature)
             .unwrap();
-    }
-
-    /// `(r, n - s)` is a second valid signature for the same token: it must be refused,
-    /// and what keycard signs must always be the low one.
-    #[test]
-    fn high_s_signatures_are_refused_and_never_produced() {
-        let signer = Es256Signer::generate().unwrap();
-        for _ in 0..16 {
-            let token = sign_compact(&claims(), "k1", &signer).unwrap();
-            let jws = CompactJws::decode(&token).unwrap();
-            assert_eq!(require_low_s(JwsAlg::ES256, &jws.signature), Ok(()), "signed low-S");
-
-            // Flip s to n - s: the curve math still accepts it, the rule does not.
-            let mut flipped = jws.signature.clone();
-            let high = sub(&P256_ORDER, &flipped[32..]);
-            flipped[32..].copy_from_slice(&high);
-            let input = jws.signing_input.as_bytes();
-            signer.public_jwk().verify(JwsAlg::ES256, input, &flipped).unwrap();
-            assert_eq!(require_low_s(JwsAlg::ES256, &flipped), Err(JwsError::HighS));
-
-            // And through JWT-SVID validation, the whole token is refused.
-            let forged = format!("{}.{}", jws.signing_input, URL_SAFE_NO_PAD.encode(&flipped));
-            let mut bundle = crate::JwtBundle::new(crate::TrustDomain::new("example.org").unwrap());
-            bundle.add_authority("k1", signer.public_jwk().clone()).unwrap();
-            let set: crate::JwtBundleSet = [bundle].into_iter().collect();
-            let err = crate::validate_jwt_svid(&forged, &set, &["x"], std::time::SystemTime::now());
-            assert_eq!(err.unwrap_err(), crate::JwtSvidError::Malformed(JwsError::HighS));
-
-            let mut back = flipped.clone();
-            normalize_low_s(JwsAlg::ES256, &mut back);
-            assert_eq!(back, jws.signature);
-        }
-        // P-384 the same way; other algorithms are not touched.
-        let mut sig = vec![0u8; 96];
-        sig[48..].copy_from_slice(&sub(
-            &P384_ORDER,
-            &[0u8; 47].iter().chain(&[1u8]).copied().collect::<Vec<_>>(),
-        ));
-        assert_eq!(require_low_s(JwsAlg::ES384, &sig), Err(JwsError::HighS));
-        normalize_low_s(JwsAlg::ES384, &mut sig);
-        assert_eq!(sig[95], 1);
-        assert_eq!(require_low_s(JwsAlg::RS256, &[0xff; 64]), Ok(()));
     }
 
     #[test]
