@@ -222,18 +222,42 @@ async fn set_up(paths: &DevPaths) -> Result<Option<String>, DevError> {
         .map_err(io_err(&paths.bundle))?;
 
     // The token comes first: its agent ID may be an entry's parent before it attests.
-    let token = if agent_has_valid_svid(&paths.dir.join("agent")) {
-        None
+    let svid_valid = agent_has_valid_svid(&paths.dir.join("agent"));
+    let known = if svid_valid {
+        true
     } else {
-        let reply = admin
-            .generate_join_token(pb::GenerateJoinTokenRequest {
-                ttl_seconds: 0,
-                agent_id: AGENT_ID.into(),
-            })
-            .await
-            .map_err(|s| fail(s.message().to_owned()))?
-            .into_inner();
-        Some(reply.token)
+        match admin.get_agent(pb::AgentRequest { id: AGENT_ID.into() }).await {
+            Ok(_) => true,
+            Err(s) if s.code() == tonic::Code::NotFound => false,
+            Err(s) => return Err(fail(s.message().to_owned())),
+        }
+    };
+    let token = match plan_agent(svid_valid, known) {
+        AgentPlan::Reuse => None,
+        plan => {
+            if plan == AgentPlan::EvictThenAttest {
+                // A join-token agent cannot attest twice under one ID. In dev mode the agent
+                // is ours: forget it (entries and the CA stay) and let it join again.
+                tracing::info!(
+                    agent_id = AGENT_ID,
+                    "the dev agent's SVID expired (or is gone) while dev was stopped; evicting \
+                     it so that it attests again with a fresh join token"
+                );
+                admin
+                    .evict_agent(pb::AgentRequest { id: AGENT_ID.into() })
+                    .await
+                    .map_err(|s| fail(s.message().to_owned()))?;
+            }
+            let reply = admin
+                .generate_join_token(pb::GenerateJoinTokenRequest {
+                    ttl_seconds: 0,
+                    agent_id: AGENT_ID.into(),
+                })
+                .await
+                .map_err(|s| fail(s.message().to_owned()))?
+                .into_inner();
+            Some(reply.token)
+        }
     };
     let uid = std::fs::metadata(&paths.dir).map_err(io_err(&paths.dir))?.uid();
     let user = std::env::var("USER").ok().filter(|u| {
@@ -273,6 +297,28 @@ async fn set_up(paths: &DevPaths) -> Result<Option<String>, DevError> {
     Ok(token)
 }
 
+/// What dev mode does about its agent's identity at start-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentPlan {
+    /// The stored agent SVID is still valid: use it, no token.
+    Reuse,
+    /// First run (the server has never seen the agent): attest with a new join token.
+    Attest,
+    /// The stored SVID expired (or was removed) but the server still has the agent, which
+    /// a join token cannot attest again: evict it, then attest with a new token.
+    EvictThenAttest,
+}
+
+/// Decides [`AgentPlan`] from whether the stored SVID is valid and whether the server
+/// has an agent record under [`AGENT_ID`].
+pub fn plan_agent(stored_svid_valid: bool, server_knows_agent: bool) -> AgentPlan {
+    match (stored_svid_valid, server_knows_agent) {
+        (true, _) => AgentPlan::Reuse,
+        (false, false) => AgentPlan::Attest,
+        (false, true) => AgentPlan::EvictThenAttest,
+    }
+}
+
 /// Whether an earlier run left the agent a valid SVID (then it needs no join token).
 fn agent_has_valid_svid(agent_dir: &Path) -> bool {
     let Ok(td) = TrustDomain::new(TRUST_DOMAIN) else { return false };
@@ -292,5 +338,26 @@ async fn connect_admin(socket: &Path) -> Result<AdminClient<Channel>, String> {
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// After an hour off, the stored agent SVID has expired while the server still holds
+    /// the agent: dev mode must evict and re-attest rather than fail with "already attested".
+    #[test]
+    fn an_expired_agent_is_evicted_and_attests_again() {
+        assert_eq!(plan_agent(true, true), AgentPlan::Reuse);
+        assert_eq!(plan_agent(false, false), AgentPlan::Attest);
+        assert_eq!(plan_agent(false, true), AgentPlan::EvictThenAttest);
+    }
+
+    /// The stored SVID is judged on the clock: one that expired is not reused.
+    #[test]
+    fn an_agent_dir_without_a_valid_svid_needs_a_token() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert!(!agent_has_valid_svid(tmp.path()));
     }
 }

@@ -135,6 +135,7 @@ fn print_next_steps(
     println!("In another terminal:");
     println!("  export SPIFFE_ENDPOINT_SOCKET=unix://{socket}");
     println!("  export KEYCARD_ADMIN_SOCKET={}", paths.admin_socket.display());
+    println!("  export KEYCARD_AGENT_ADMIN_SOCKET={}", paths.agent_admin_socket.display());
     println!("  cargo run --release -- api fetch x509 --socket {socket}");
     println!("  cargo run --release -- entry show");
     println!("Ctrl-C stops both; running it again reuses the state.");

@@ -38,15 +38,24 @@ pub(super) async fn run(
     Ok(())
 }
 
-/// Connecting failed: the file system refused (EACCES) or nobody listens.
+/// Connecting failed: the file system refused (EACCES), nobody listens (no socket, or a
+/// stale one), or the agent accepted and closed the connection before the HTTP/2
+/// handshake, which only its peer-uid check does.
 fn connect_failed(socket: &Path, kind: Option<io::ErrorKind>, detail: String) -> CliError {
+    let refused = |detail| CliError::AgentPermissionDenied {
+        path: socket.to_path_buf(),
+        detail,
+        owner: owner_of(socket),
+    };
     match kind {
-        Some(io::ErrorKind::PermissionDenied) => CliError::AgentPermissionDenied {
-            path: socket.to_path_buf(),
-            detail,
-            owner: owner_of(socket),
-        },
-        _ => CliError::AgentUnreachable { path: socket.to_path_buf(), detail },
+        Some(io::ErrorKind::PermissionDenied) => refused(detail),
+        None
+        | Some(
+            io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::UnexpectedEof,
+        ) => refused(format!("the agent closed the connection: {detail}")),
+        Some(_) => CliError::AgentUnreachable { path: socket.to_path_buf(), detail },
     }
 }
 
@@ -60,11 +69,7 @@ fn call_failed(socket: &Path, status: &tonic::Status) -> CliError {
         Some(kind @ (io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied)) => {
             connect_failed(socket, Some(kind), status.message().to_owned())
         }
-        _ => CliError::AgentPermissionDenied {
-            path: socket.to_path_buf(),
-            detail: format!("the agent closed the connection: {}", status.message()),
-            owner: owner_of(socket),
-        },
+        _ => connect_failed(socket, None, status.message().to_owned()),
     }
 }
 

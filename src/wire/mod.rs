@@ -19,6 +19,30 @@ pub const MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
 pub const MAX_BATCH: usize = 500;
 /// Most entries (revisions) in one `SyncEntries` message.
 pub const SYNC_PAGE_SIZE: usize = 500;
+/// Most audiences in one JWT-SVID request. Each audience is echoed into the token, so an
+/// unbounded list made megabyte tokens and log lines; 32 is far above any real use.
+pub const MAX_JWT_AUDIENCES: usize = 32;
+/// Longest JWT-SVID audience, in bytes (URLs and SPIFFE IDs fit easily).
+pub const MAX_JWT_AUDIENCE_LEN: usize = 256;
+
+/// Why a JWT-SVID audience list is refused (none, an empty one, too many, too long), or
+/// `None` when it is acceptable. The Workload API and the server's mint path both ask.
+pub fn audience_problem(audiences: &[String]) -> Option<String> {
+    if audiences.is_empty() || audiences.iter().any(String::is_empty) {
+        return Some("audience must be specified, and no audience may be empty".into());
+    }
+    if audiences.len() > MAX_JWT_AUDIENCES {
+        return Some(format!(
+            "{} audiences; a JWT-SVID may carry at most {MAX_JWT_AUDIENCES}",
+            audiences.len()
+        ));
+    }
+    audiences
+        .iter()
+        .find(|a| a.len() > MAX_JWT_AUDIENCE_LEN)
+        .map(|a| format!("an audience is {} bytes; the limit is {MAX_JWT_AUDIENCE_LEN}", a.len()))
+}
+
 /// Path prefix of the agent IDs keycard assigns itself (x509pop, default join-token IDs);
 /// operators may choose other IDs for join tokens, so calls are authorized by agent record.
 pub const AGENT_PATH_PREFIX: &str = "/keycard/agent/";

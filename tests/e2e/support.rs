@@ -27,6 +27,18 @@ fn free_addr() -> String {
     format!("127.0.0.1:{port}")
 }
 
+/// Where [`Dev::start`] writes the daemons' log (next to the state directory).
+pub fn log_path(dir: &Path) -> PathBuf {
+    dir.with_extension("log")
+}
+
+fn log_file(dir: &Path) -> Stdio {
+    match std::fs::OpenOptions::new().create(true).append(true).open(log_path(dir)) {
+        Ok(file) => Stdio::from(file),
+        Err(_) => Stdio::null(),
+    }
+}
+
 /// A running `keycard dev`; stopped with SIGINT (Ctrl-C) by [`Dev::stop`], killed on drop.
 pub struct Dev {
     child: Child,
@@ -36,6 +48,10 @@ pub struct Dev {
     pub endpoint: String,
     /// The admin socket.
     pub admin_socket: PathBuf,
+    /// The agent's admin socket, from the printed export line.
+    pub agent_admin_socket: PathBuf,
+    /// Where the daemons' log goes.
+    pub log: PathBuf,
     /// When the process was started.
     pub started: Instant,
 }
@@ -50,7 +66,7 @@ impl Dev {
             .args(["--server-address", &free_addr(), "--server-health", &free_addr()])
             .args(["--agent-health", &free_addr()])
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(log_file(dir))
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
@@ -78,7 +94,25 @@ impl Dev {
         };
         let endpoint = value("export SPIFFE_ENDPOINT_SOCKET=");
         let admin_socket = PathBuf::from(value("export KEYCARD_ADMIN_SOCKET="));
-        Dev { child, printed, endpoint, admin_socket, started }
+        let agent_admin_socket = PathBuf::from(value("export KEYCARD_AGENT_ADMIN_SOCKET="));
+        let log = log_path(dir);
+        Dev { child, printed, endpoint, admin_socket, agent_admin_socket, log, started }
+    }
+
+    /// An admin command with `--output json`, as it came out (status, stdout, stderr).
+    pub fn admin_output(&self, args: &[&str]) -> Output {
+        keycard()
+            .args(args)
+            .arg("--admin-socket")
+            .arg(&self.admin_socket)
+            .args(["--output", "json"])
+            .output()
+            .unwrap()
+    }
+
+    /// What the daemons logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// An admin command with `--output json`; panics unless it succeeds.

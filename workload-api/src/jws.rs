@@ -11,6 +11,9 @@ use serde_json::{Map, Value};
 
 use crate::jwk::{EcCurve, Jwk};
 
+mod low_s;
+pub use low_s::{normalize_low_s, require_low_s};
+
 /// JWS signature algorithms (RFC 7518 §3 names). JWT-SVIDs allow all but `EdDSA`.
 #[allow(missing_docs)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -93,6 +96,12 @@ pub enum JwsError {
     /// The signer failed.
     #[error("signing failed")]
     Signing,
+    /// An ECDSA signature whose `s` is in the upper half of the curve order. `(r, n - s)`
+    /// verifies whenever `(r, s)` does, so accepting both would give every token a second
+    /// valid spelling (a replay cache keyed by token text would miss it); keycard signs
+    /// low-S only and accepts low-S only.
+    #[error("ECDSA signature has a high S value (s > n/2); only low-S signatures are accepted")]
+    HighS,
 }
 
 /// A compact JWS split into its parts; nothing is verified yet.
@@ -131,7 +140,11 @@ impl CompactJws {
         let h = URL_SAFE_NO_PAD.encode(Value::Object(header.clone()).to_string());
         let p = URL_SAFE_NO_PAD.encode(Value::Object(payload.clone()).to_string());
         let input = format!("{h}.{p}");
-        let sig = signer.sign(input.as_bytes())?;
+        let mut sig = signer.sign(input.as_bytes())?;
+        // ring (like Go's crypto/ecdsa) returns either `s` or `n - s`; publish the low one.
+        if let Some(alg) = JwsAlg::parse(signer.alg()) {
+            normalize_low_s(alg, &mut sig);
+        }
         Ok(format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig)))
     }
 }

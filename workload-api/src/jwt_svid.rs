@@ -149,6 +149,7 @@ pub fn validate_jwt_svid_with_leeway(
 ) -> Result<JwtSvid, JwtSvidError> {
     let jws = CompactJws::decode(token).map_err(JwtSvidError::Malformed)?;
     let (alg, kid) = check_header(&jws.header)?;
+    crate::jws::require_low_s(alg, &jws.signature).map_err(JwtSvidError::Malformed)?;
     let spiffe_id = subject(&jws.payload)?;
     let td = spiffe_id.trust_domain();
     let bundle =

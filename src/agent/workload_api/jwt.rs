@@ -19,8 +19,9 @@ pub(super) async fn fetch(
     attested: &Attested,
     req: JwtsvidRequest,
 ) -> Result<JwtsvidResponse, Status> {
-    if req.audience.is_empty() || req.audience.iter().any(String::is_empty) {
-        return Err(Status::invalid_argument("audience must be specified"));
+    // Bounded before anything else: the list goes into the token, the cache key and logs.
+    if let Some(problem) = crate::wire::audience_problem(&req.audience) {
+        return Err(Status::invalid_argument(problem));
     }
     let mut entries: Vec<EntryView> = cache
         .entry_views()

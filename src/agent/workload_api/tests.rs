@@ -300,6 +300,17 @@ async fn fetch_jwt_svid_gives_one_checked_token_per_identity_and_reuses_it() {
     assert_eq!(err.unwrap_err().code(), Code::PermissionDenied);
     let err = c.fetch_jwtsvid(jwt_request(&[], "")).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    // Too many audiences, or one too long: refused before anything is minted.
+    let many: Vec<String> = (0..=crate::wire::MAX_JWT_AUDIENCES).map(|i| format!("a{i}")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    let err = c.fetch_jwtsvid(jwt_request(&many, "")).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("at most 32"), "{err:?}");
+    let long = "a".repeat(crate::wire::MAX_JWT_AUDIENCE_LEN + 1);
+    let err = c.fetch_jwtsvid(jwt_request(&[&long], "")).await.unwrap_err();
+    assert!(err.message().contains("the limit is 256"), "{err:?}");
+    let most = &many[..crate::wire::MAX_JWT_AUDIENCES];
+    assert!(c.fetch_jwtsvid(jwt_request(most, "")).await.is_ok(), "32 audiences are fine");
     let mut bare =
         Request::new(JwtsvidRequest { audience: vec!["db".into()], spiffe_id: String::new() });
     bare.metadata_mut().remove(SECURITY_HEADER);

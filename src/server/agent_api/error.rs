@@ -32,13 +32,21 @@ pub enum AgentApiError {
     #[error("join token is unknown")]
     UnknownJoinToken,
     /// The join token was used before.
-    #[error("join token was already used")]
+    #[error(
+        "join token was already used (a token works once): an agent whose SVID expired needs \
+         `keycard agent evict --id <agent ID>` and a new token from `keycard token generate \
+         --spiffe-id <agent ID>`"
+    )]
     UsedJoinToken,
     /// The join token expired.
     #[error("join token has expired")]
     ExpiredJoinToken,
     /// An agent with this ID exists and may not attest again.
-    #[error("agent {0} already attested and cannot attest again; evict it first")]
+    #[error(
+        "agent {0} already attested and cannot attest again with a join token: evict it with \
+         `keycard agent evict --id {0}`, then give it a new token with `keycard token generate \
+         --spiffe-id {0}` (its entries are kept)"
+    )]
     CannotReattest(String),
     /// x509pop was asked for but no CA bundle is configured.
     #[error("x509pop attestation is not enabled on this server")]

@@ -183,6 +183,9 @@ pub async fn new_jwt_svid(
 ) -> Result<pb::NewJwtSvidResponse, AgentApiError> {
     let agent = inner.authenticate(&req).await?;
     let req = req.into_inner();
+    if let Some(problem) = crate::wire::audience_problem(&req.audiences) {
+        return Err(AgentApiError::BadRequest(problem));
+    }
     let entry = authorized_entry(inner, &agent, &req.entry_id).await?;
     take_sign_tokens(inner, &agent.id, 1)?;
     let ttl = entry.spec.jwt_ttl.unwrap_or(inner.options.default_jwt_ttl);
@@ -196,7 +199,8 @@ pub async fn new_jwt_svid(
         target: AUDIT_TARGET,
         event = "jwt_svid_issued",
         spiffe_id = %entry.spec.spiffe_id,
-        audiences = ?req.audiences,
+        audience_count = req.audiences.len(),
+        first_audience = req.audiences.first().map_or("", String::as_str),
         expiry = unix_secs(minted.expiry),
         agent = %agent.id,
     );

@@ -103,6 +103,9 @@ mod tests {
     fn join_token_messages_name_the_reason() {
         assert!(to_status(&AgentApiError::UnknownJoinToken).message().contains("unknown"));
         assert!(to_status(&AgentApiError::UsedJoinToken).message().contains("already used"));
+        let stuck = to_status(&AgentApiError::CannotReattest("spiffe://td/n".into()));
+        assert!(stuck.message().contains("keycard agent evict --id spiffe://td/n"), "{stuck:?}");
+        assert!(stuck.message().contains("keycard token generate --spiffe-id spiffe://td/n"));
         assert!(to_status(&AgentApiError::ExpiredJoinToken).message().contains("expired"));
     }
 }

@@ -224,8 +224,9 @@ pub trait DataStore: Send + Sync + fmt::Debug {
     /// Uses up the token with this hash, atomically: only one caller can ever get
     /// `Accepted` for a given token.
     fn use_join_token(&self, hash: &[u8; 32], now: SystemTime) -> Result<TokenUse, DataStoreError>;
-    /// Whether an unexpired, unused token reserves this agent ID (so entries may name it
-    /// as parent before the agent attests).
+    /// Whether an unexpired token, used or not, names this agent ID (so that the ID counts
+    /// as an existing parent before the agent attests, and while it attests: the token is
+    /// used before the agent record is written).
     fn join_token_reserves(
         &self,
         agent_id: &SpiffeId,

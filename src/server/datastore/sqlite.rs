@@ -281,7 +281,7 @@ impl DataStore for SqliteDataStore {
         now: SystemTime,
     ) -> Result<bool, DataStoreError> {
         let sql = "SELECT EXISTS (SELECT 1 FROM join_tokens \
-                   WHERE agent_id = ?1 AND used_at IS NULL AND expires_at > ?2)";
+                   WHERE agent_id = ?1 AND expires_at > ?2)";
         let params = rusqlite::params![agent_id.to_string(), time_to_db(now)];
         self.read(|tx| Ok(tx.query_row(sql, params, |r| r.get(0))?))
     }

@@ -132,6 +132,15 @@ async fn jwt_svids_carry_the_entry_id_and_audiences() {
     assert!(
         matches!(err, crate::agent::ClientError::Rpc(s) if s.code() == tonic::Code::InvalidArgument)
     );
+    // The server bounds the audiences too (an agent is not trusted to have done it).
+    let many: Vec<String> = (0..=crate::wire::MAX_JWT_AUDIENCES).map(|i| format!("a{i}")).collect();
+    let err = agent.new_jwt_svid(&web.id, &many).await.unwrap_err();
+    assert!(
+        matches!(&err, crate::agent::ClientError::Rpc(s) if s.code() == tonic::Code::InvalidArgument
+            && s.message().contains("at most 32")),
+        "{err:?}"
+    );
+    assert_eq!(h.metrics.issued_total("jwt", "workload"), 1);
 }
 
 #[tokio::test]
