@@ -5,20 +5,26 @@
 //! gets an agent SVID, verifies it (chain to the bundle the server sent, the ID the server
 //! named, our own key) before adopting it, and reconnects with it as the client
 //! certificate; every later call goes over that mTLS connection. Renewal does the same
-//! with a new key, because the server accepts only the newest agent SVID.
+//! with a new key.
+//!
+//! A new agent SVID is written to the agent's storage (atomically, fsync'd) before it is
+//! used for anything: the server keeps accepting the SVID a renewal was asked with until
+//! the new one is first presented, so whether the reply is lost, the agent crashes before
+//! storing it, or after, the agent restarts with an SVID the server accepts.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::{Duration, SystemTime};
 
-use keycard_workload_api::{SpiffeBundle, SpiffeId, TrustDomain, X509Bundle, X509BundleSet};
-use rustls::pki_types::{CertificateDer, UnixTime};
+use keycard_workload_api::{SpiffeBundle, SpiffeId, TrustDomain, X509Bundle};
+use rustls::pki_types::CertificateDer;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 pub use super::identity::{AgentIdentity, ClientError};
+use super::identity::{chain_of, csr_for, verify_agent_svid};
 use super::server_tls::TrustCell;
-use crate::ca::{CaError, KeyType, SigningKey};
+use super::storage::AgentStorage;
+use crate::ca::{KeyType, SigningKey};
 use crate::wire::proto::agent_client::AgentClient;
 use crate::wire::proto::{self as pb, attest_agent_request, attest_agent_response};
 use crate::wire::{SYNC_PAGE_SIZE, challenge_message};
@@ -65,50 +71,13 @@ pub struct ServerClient {
     trust: TrustCell,
     identity: Option<AgentIdentity>,
     grpc: AgentClient<Channel>,
-}
-
-fn csr_for(key: &SigningKey) -> Result<Vec<u8>, ClientError> {
-    let params = rcgen::CertificateParams::default();
-    let csr = params
-        .serialize_request(key.key_pair())
-        .map_err(|e| ClientError::Key(CaError::Signing(e.to_string())))?;
-    Ok(csr.der().to_vec())
+    /// Where a new agent SVID (and the bundle it came with) is stored before it is used.
+    storage: Option<AgentStorage>,
 }
 
 fn parse_bundle(td: &TrustDomain, json: &[u8]) -> Result<SpiffeBundle, ClientError> {
     SpiffeBundle::parse(td.clone(), json)
         .map_err(|e| ClientError::BadResponse(format!("bundle: {e}")))
-}
-
-fn chain_of(svid: &pb::X509Svid) -> Vec<CertificateDer<'static>> {
-    svid.cert_chain.iter().map(|c| CertificateDer::from(c.clone())).collect()
-}
-
-/// Checks a new agent SVID before adopting it: chain to `bundle`, the expected ID, our key.
-fn verify_agent_svid(
-    svid: &pb::X509Svid,
-    key: Arc<SigningKey>,
-    expected: &SpiffeId,
-    bundle: &X509Bundle,
-) -> Result<AgentIdentity, ClientError> {
-    use x509_parser::prelude::FromDer as _;
-    let bad = |m: String| ClientError::BadResponse(format!("agent SVID: {m}"));
-    let chain = chain_of(svid);
-    let mut set = X509BundleSet::new();
-    set.insert(bundle.clone());
-    let id = keycard_workload_api::verify_chain(&chain, &set, UnixTime::now())
-        .map_err(|e| bad(e.to_string()))?;
-    if &id != expected {
-        return Err(bad(format!("it names {id}, expected {expected}")));
-    }
-    let leaf = chain.first().ok_or_else(|| bad("empty chain".into()))?;
-    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(leaf)
-        .map_err(|e| bad(e.to_string()))?;
-    if cert.public_key().raw != key.public_key_der().as_slice() {
-        return Err(bad("it does not certify our key".into()));
-    }
-    let expires_at = SystemTime::UNIX_EPOCH + Duration::from_secs(svid.expires_at.max(0) as u64);
-    Ok(AgentIdentity { spiffe_id: id, chain, key, serial: svid.serial.clone(), expires_at })
 }
 
 impl ServerClient {
@@ -121,7 +90,7 @@ impl ServerClient {
     ) -> Result<Self, ClientError> {
         let trust = Arc::new(RwLock::new(bootstrap));
         let grpc = super::open_channel(addr, &trust_domain, &trust, None).await?;
-        Ok(Self { addr: addr.to_owned(), trust_domain, trust, identity: None, grpc })
+        Ok(Self { addr: addr.to_owned(), trust_domain, trust, identity: None, grpc, storage: None })
     }
 
     /// Connects without a client certificate and WITHOUT authenticating the server's chain
@@ -139,7 +108,7 @@ impl ServerClient {
         );
         let grpc = super::server_tls::open_insecure_channel(addr, &trust_domain).await?;
         let trust = Arc::new(RwLock::new(X509Bundle::new(trust_domain.clone())));
-        Ok(Self { addr: addr.to_owned(), trust_domain, trust, identity: None, grpc })
+        Ok(Self { addr: addr.to_owned(), trust_domain, trust, identity: None, grpc, storage: None })
     }
 
     /// Connects with an agent SVID obtained earlier (after a restart).
@@ -151,7 +120,40 @@ impl ServerClient {
     ) -> Result<Self, ClientError> {
         let trust = Arc::new(RwLock::new(bundle));
         let grpc = super::open_channel(addr, &trust_domain, &trust, Some(&identity)).await?;
-        Ok(Self { addr: addr.to_owned(), trust_domain, trust, identity: Some(identity), grpc })
+        Ok(Self {
+            addr: addr.to_owned(),
+            trust_domain,
+            trust,
+            identity: Some(identity),
+            grpc,
+            storage: None,
+        })
+    }
+
+    /// Stores every new agent SVID (attestation, renewal) in `storage` before using it.
+    pub fn with_storage(mut self, storage: AgentStorage) -> Self {
+        self.storage = Some(storage);
+        self
+    }
+
+    /// Writes `identity` (after `bundle`, when given, which it must verify against) to the
+    /// storage, off the async threads; without storage there is nothing to do.
+    async fn store(
+        &self,
+        identity: &AgentIdentity,
+        bundle: Option<&SpiffeBundle>,
+    ) -> Result<(), ClientError> {
+        let Some(storage) = self.storage.clone() else { return Ok(()) };
+        let (identity, bundle) = (identity.clone(), bundle.cloned());
+        tokio::task::spawn_blocking(move || {
+            if let Some(bundle) = &bundle {
+                storage.save_bundle(bundle)?;
+            }
+            storage.save_identity(&identity)
+        })
+        .await
+        .map_err(|e| ClientError::Store(e.to_string()))?
+        .map_err(|e| ClientError::Store(e.to_string()))
     }
 
     /// The agent identity in use, once attested.
@@ -248,11 +250,17 @@ impl ServerClient {
         let x509 = bundle.x509_bundle().map_err(|e| ClientError::BadResponse(e.to_string()))?;
         let svid = result.svid.ok_or_else(|| ClientError::BadResponse("no SVID".into()))?;
         let identity = verify_agent_svid(&svid, key, &agent_id, &x509)?;
+        // The server holds no other SVID for a new attestation (and a join token is spent):
+        // an agent that cannot store it still runs on it, until it restarts.
+        if let Err(e) = self.store(&identity, Some(&bundle)).await {
+            tracing::error!(error = %e, "cannot store the agent SVID; a restart will need attesting again");
+        }
         self.adopt(identity.clone(), x509).await?;
         Ok(Attestation { identity, bundle })
     }
 
-    /// Renews the agent SVID with a new key, and reconnects with it.
+    /// Renews the agent SVID with a new key, stores it, and reconnects with it. On any
+    /// failure the current SVID stays in use (the server still accepts it).
     pub async fn renew(&mut self) -> Result<AgentIdentity, ClientError> {
         let current = self.identity.clone().ok_or(ClientError::NotAttested)?;
         let key = Arc::new(SigningKey::generate(KeyType::EcP256)?);
@@ -264,6 +272,7 @@ impl ServerClient {
         let svid = reply.svid.ok_or_else(|| ClientError::BadResponse("no SVID".into()))?;
         let bundle = self.bundle();
         let identity = verify_agent_svid(&svid, key, &current.spiffe_id, &bundle)?;
+        self.store(&identity, None).await?;
         self.adopt(identity.clone(), bundle).await?;
         Ok(identity)
     }

@@ -1,14 +1,15 @@
 //! The agent's own identity (its SVID and key) and [`ClientError`], the ways a call to the
 //! server fails; shared by the client ([`super::client`]) and its TLS set-up
-//! ([`super::server_tls`]).
+//! ([`super::server_tls`]); and the checks a new agent SVID passes before it is used.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
-use keycard_workload_api::SpiffeId;
-use rustls::pki_types::CertificateDer;
+use keycard_workload_api::{SpiffeId, X509Bundle, X509BundleSet};
+use rustls::pki_types::{CertificateDer, UnixTime};
 
 use crate::ca::{CaError, SigningKey};
+use crate::wire::proto as pb;
 
 /// Why a call to the server failed.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +34,10 @@ pub enum ClientError {
     /// Making or using a key failed.
     #[error("key: {0}")]
     Key(#[from] CaError),
+    /// A new agent SVID could not be stored, so it is not used: the server keeps accepting
+    /// the current one until the new one is first presented.
+    #[error("cannot store the new agent SVID, keeping the current one: {0}")]
+    Store(String),
 }
 
 /// The agent's SVID and key.
@@ -48,4 +53,45 @@ pub struct AgentIdentity {
     pub serial: String,
     /// The SVID's `notAfter`.
     pub expires_at: SystemTime,
+}
+
+/// A DER CSR for `key`: the server takes nothing from it but the public key.
+pub(super) fn csr_for(key: &SigningKey) -> Result<Vec<u8>, ClientError> {
+    let params = rcgen::CertificateParams::default();
+    let csr = params
+        .serialize_request(key.key_pair())
+        .map_err(|e| ClientError::Key(CaError::Signing(e.to_string())))?;
+    Ok(csr.der().to_vec())
+}
+
+/// The certificates of an SVID on the wire, leaf first.
+pub(super) fn chain_of(svid: &pb::X509Svid) -> Vec<CertificateDer<'static>> {
+    svid.cert_chain.iter().map(|c| CertificateDer::from(c.clone())).collect()
+}
+
+/// Checks a new agent SVID before adopting it: chain to `bundle`, the expected ID, our key.
+pub(super) fn verify_agent_svid(
+    svid: &pb::X509Svid,
+    key: Arc<SigningKey>,
+    expected: &SpiffeId,
+    bundle: &X509Bundle,
+) -> Result<AgentIdentity, ClientError> {
+    use x509_parser::prelude::FromDer as _;
+    let bad = |m: String| ClientError::BadResponse(format!("agent SVID: {m}"));
+    let chain = chain_of(svid);
+    let mut set = X509BundleSet::new();
+    set.insert(bundle.clone());
+    let id = keycard_workload_api::verify_chain(&chain, &set, UnixTime::now())
+        .map_err(|e| bad(e.to_string()))?;
+    if &id != expected {
+        return Err(bad(format!("it names {id}, expected {expected}")));
+    }
+    let leaf = chain.first().ok_or_else(|| bad("empty chain".into()))?;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(leaf)
+        .map_err(|e| bad(e.to_string()))?;
+    if cert.public_key().raw != key.public_key_der().as_slice() {
+        return Err(bad("it does not certify our key".into()));
+    }
+    let expires_at = SystemTime::UNIX_EPOCH + Duration::from_secs(svid.expires_at.max(0) as u64);
+    Ok(AgentIdentity { spiffe_id: id, chain, key, serial: svid.serial.clone(), expires_at })
 }

@@ -32,7 +32,7 @@ use keycard_workload_api::{SpiffeBundle, SpiffeId, TrustDomain, X509BundleSet};
 use rustls::pki_types::{CertificateDer, UnixTime};
 use x509_parser::prelude::{FromDer as _, X509Certificate};
 
-use super::client::AgentIdentity;
+use super::identity::AgentIdentity;
 use crate::ca::SigningKey;
 
 /// File of the agent SVID and key.

@@ -80,31 +80,26 @@ impl Attestor {
                         ));
                     }
                 };
-                let mut client = ServerClient::connect(&addr, td, bundle).await?;
+                let client = ServerClient::connect(&addr, td, bundle).await?;
+                let mut client = client.with_storage(storage);
                 let result = attestor.attest(&mut client).await;
                 metrics.node_attested(if result.is_ok() { "ok" } else { "error" });
                 let attestation = result.map_err(|e| ClientError::BadResponse(e.to_string()))?;
-                persist(&storage, &attestation);
+                audit(&attestation);
                 Ok(client)
             })
         }))
     }
 }
 
-/// Stores a fresh attestation's SVID and bundle (a failure is logged: the agent runs on).
-fn persist(storage: &AgentStorage, attestation: &Attestation) {
+/// Records a fresh attestation (its SVID and bundle were stored by the client, before use).
+fn audit(attestation: &Attestation) {
     tracing::info!(
         target: AUDIT_TARGET,
         event = "node_attested",
         agent_id = %attestation.identity.spiffe_id,
         serial = %attestation.identity.serial,
     );
-    if let Err(e) = storage.save_identity(&attestation.identity) {
-        tracing::error!(error = %e, "cannot store the agent SVID");
-    }
-    if let Err(e) = storage.save_bundle(&attestation.bundle) {
-        tracing::error!(error = %e, "cannot store the bundle");
-    }
 }
 
 /// A server client ready for the sync loop: from the stored SVID, or by attesting.
@@ -126,6 +121,7 @@ pub(super) async fn establish(
                 tracing::info!(agent_id = %identity.spiffe_id, "using the stored agent SVID");
                 return ServerClient::connect_with_identity(addr, td.clone(), x509, identity)
                     .await
+                    .map(|client| client.with_storage(storage.clone()))
                     .map_err(RunError::Attestation);
             }
             Some(StoredIdentity::Expired { spiffe_id, expired_at }) => {
@@ -157,7 +153,7 @@ pub(super) async fn establish(
             None => ServerClient::connect_insecure(addr, td.clone()).await,
         };
         let mut client = match connected {
-            Ok(c) => c,
+            Ok(c) => c.with_storage(storage.clone()),
             Err(e @ ClientError::Connect { .. }) => {
                 tracing::warn!(error = %e, retry_in = ?delay, "cannot reach the server to attest");
                 tokio::time::sleep(delay).await;
@@ -168,7 +164,7 @@ pub(super) async fn establish(
         };
         let result = attestor.attest(&mut client).await;
         metrics.node_attested(if result.is_ok() { "ok" } else { "error" });
-        persist(storage, &result?);
+        audit(&result?);
         return Ok(client);
     }
 }

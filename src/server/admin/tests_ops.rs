@@ -22,6 +22,7 @@ pub(crate) fn agent(id: &str, h: &Harness) -> AgentRecord {
         attestation_type: "x509pop".into(),
         selectors: [Selector::parse("x509pop:subject:cn:node").unwrap()].into_iter().collect(),
         svid_serial: "01ab".into(),
+        previous_svid_serial: None,
         svid_expires_at: now + Duration::from_secs(3600),
         banned: false,
         can_reattest: true,

@@ -146,6 +146,7 @@ async fn run(
         attestation_type: node.attestor.to_owned(),
         selectors: node.selectors.clone(),
         svid_serial: hex::encode(&issued.svid.serial),
+        previous_svid_serial: None,
         svid_expires_at: issued.svid.not_after,
         banned: false,
         can_reattest: node.can_reattest,

@@ -72,24 +72,29 @@ pub fn issue_agent_svid(
     sign_x509(inner, &request, "agent", agent_id)
 }
 
-/// `RenewAgent`: a new agent SVID; the agent record then names its serial, so the old
-/// SVID can no longer call.
+/// `RenewAgent`: a new agent SVID. The agent record then names its serial as the newest
+/// and the caller's as the previous one: the caller's SVID keeps working until the new
+/// one is first used, so a reply lost on the way (or an agent that crashed before storing
+/// it) costs nothing, and any older SVID is refused.
 pub async fn renew_agent(
     inner: &Inner,
     req: Request<pb::RenewAgentRequest>,
 ) -> Result<pb::RenewAgentResponse, AgentApiError> {
-    let agent = inner.authenticate(&req).await?;
+    let (agent, presented) = inner.authenticate_svid(&req).await?;
     let opts = &inner.options;
     let csr = check_csr(&req.get_ref().csr, opts.max_csr_len, &opts.trust_domain, None)?;
     take_sign_tokens(inner, &agent.id, 1)?;
     let issued = issue_agent_svid(inner, &agent.id, csr.into_public_key())?;
-    let record = AgentRecord {
-        svid_serial: hex::encode(&issued.svid.serial),
-        svid_expires_at: issued.svid.not_after,
-        updated_at: inner.clock.now(),
-        ..agent
-    };
-    blocking(&inner.store, move |s| s.upsert_agent(&record)).await?;
+    let (id, serial) = (agent.id.clone(), hex::encode(&issued.svid.serial));
+    let (expires_at, now) = (issued.svid.not_after, inner.clock.now());
+    let asked = presented.clone();
+    let recorded =
+        blocking(&inner.store, move |s| s.renew_agent_svid(&id, &asked, &serial, expires_at, now))
+            .await?;
+    if !recorded {
+        // Another renewal from a newer SVID won the race: this caller's SVID is superseded.
+        return Err(AgentApiError::StaleAgentSvid { presented });
+    }
     Ok(pb::RenewAgentResponse { svid: Some(svid_to_proto(&issued)) })
 }
 

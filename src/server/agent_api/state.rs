@@ -16,6 +16,7 @@ use super::tls::PeerInfo;
 use crate::ca::CaManager;
 use crate::clock::Clock;
 use crate::server::datastore::{AgentRecord, DataStore, DataStoreError};
+use crate::telemetry::AUDIT_TARGET;
 use crate::telemetry::metrics::ServerMetrics;
 
 /// Everything the handlers share.
@@ -53,8 +54,20 @@ pub async fn blocking<T: Send + 'static>(
 
 impl Inner {
     /// The calling agent: the verified certificate's ID, whose record must exist, not be
-    /// banned, and name this certificate's serial as the current one.
+    /// banned, and accept this certificate's serial (see [`Self::authenticate_svid`]).
     pub async fn authenticate<T>(&self, req: &Request<T>) -> Result<AgentRecord, AgentApiError> {
+        Ok(self.authenticate_svid(req).await?.0)
+    }
+
+    /// [`Self::authenticate`], also giving the serial of the SVID the agent called with.
+    ///
+    /// Two serials are accepted after a renewal: the newest and the one it renewed from,
+    /// because the agent may have lost the reply (or crashed before storing it). The first
+    /// call with the newest SVID drops the previous serial for good.
+    pub async fn authenticate_svid<T>(
+        &self,
+        req: &Request<T>,
+    ) -> Result<(AgentRecord, String), AgentApiError> {
         let chain = req
             .extensions()
             .get::<PeerInfo>()
@@ -70,16 +83,23 @@ impl Inner {
         }
         let serial = serial_of(leaf)?;
         let lookup = id.clone();
-        let record = blocking(&self.store, move |s| s.get_agent(&lookup))
+        let mut record = blocking(&self.store, move |s| s.get_agent(&lookup))
             .await?
             .ok_or_else(|| AgentApiError::UnknownAgent(id.to_string()))?;
         if record.banned {
             return Err(AgentApiError::BannedAgent(id.to_string()));
         }
-        if record.svid_serial != serial {
+        if record.svid_serial == serial {
+            if let Some(previous) = record.previous_svid_serial.take() {
+                let (agent, newest) = (id.clone(), serial.clone());
+                blocking(&self.store, move |s| s.confirm_agent_svid(&agent, &newest)).await?;
+                tracing::info!(target: AUDIT_TARGET, event = "agent_svid_confirmed",
+                    agent = %id, serial = %serial, dropped = %previous);
+            }
+        } else if record.previous_svid_serial.as_deref() != Some(serial.as_str()) {
             return Err(AgentApiError::StaleAgentSvid { presented: serial });
         }
-        Ok(record)
+        Ok((record, serial))
     }
 
     /// The bundle as SPIFFE JSON bytes.

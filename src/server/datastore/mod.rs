@@ -120,8 +120,12 @@ pub struct AgentRecord {
     pub attestation_type: String,
     /// Selectors the node attestor found (entries match agents by them).
     pub selectors: SelectorSet,
-    /// Serial number (hex) of the agent's current SVID: only that SVID may renew.
+    /// Serial number (hex) of the agent's newest SVID.
     pub svid_serial: String,
+    /// Serial number (hex) of the SVID the agent renewed from, still accepted until the
+    /// newest one is first presented: the agent may have lost the renewal's reply, or
+    /// crashed before storing it, and a join-token agent cannot attest again.
+    pub previous_svid_serial: Option<String>,
     /// Expiry of the agent's current SVID.
     pub svid_expires_at: SystemTime,
     /// A banned agent is refused everything until an operator evicts it.
@@ -216,6 +220,22 @@ pub trait DataStore: Send + Sync + fmt::Debug {
     fn count_agents(&self) -> Result<u64, DataStoreError>;
     /// Removes an agent (it must attest again); returns whether it existed.
     fn delete_agent(&self, id: &SpiffeId) -> Result<bool, DataStoreError>;
+    /// Records a renewal of agent `id` atomically: if `presented` (the serial of the SVID
+    /// that asked) is still one of its accepted serials, the newest becomes `new_serial`
+    /// (expiring at `expires_at`) and `presented` stays accepted as the previous one;
+    /// returns `false` (and changes nothing) when `presented` is no longer accepted.
+    /// `NotFound` if there is no such agent.
+    fn renew_agent_svid(
+        &self,
+        id: &SpiffeId,
+        presented: &str,
+        new_serial: &str,
+        expires_at: SystemTime,
+        now: SystemTime,
+    ) -> Result<bool, DataStoreError>;
+    /// The first call of agent `id` with its newest SVID `serial`: the previous serial is
+    /// no longer accepted. Returns whether a previous serial was dropped.
+    fn confirm_agent_svid(&self, id: &SpiffeId, serial: &str) -> Result<bool, DataStoreError>;
     /// Bans or unbans an agent; `NotFound` if there is no such agent.
     fn set_agent_banned(&self, id: &SpiffeId, banned: bool) -> Result<(), DataStoreError>;
 

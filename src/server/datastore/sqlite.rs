@@ -259,6 +259,21 @@ impl DataStore for SqliteDataStore {
         self.write(|tx| Ok(tx.execute(sql, [id.to_string()])? > 0))
     }
 
+    fn renew_agent_svid(
+        &self,
+        id: &SpiffeId,
+        presented: &str,
+        new_serial: &str,
+        expires_at: SystemTime,
+        now: SystemTime,
+    ) -> Result<bool, DataStoreError> {
+        self.write(|tx| records::renew_agent_svid(tx, id, presented, new_serial, expires_at, now))
+    }
+
+    fn confirm_agent_svid(&self, id: &SpiffeId, serial: &str) -> Result<bool, DataStoreError> {
+        self.write(|tx| records::confirm_agent_svid(tx, id, serial))
+    }
+
     fn set_agent_banned(&self, id: &SpiffeId, banned: bool) -> Result<(), DataStoreError> {
         let sql = "UPDATE agents SET banned = ?2 WHERE id = ?1";
         self.write(|tx| match tx.execute(sql, rusqlite::params![id.to_string(), banned])? {

@@ -23,6 +23,8 @@ use crate::telemetry::metrics::ServerMetrics;
 
 mod attest;
 mod matrix;
+mod proxy;
+mod renewal;
 mod sync;
 
 /// A running agent API server and what the tests need to look at it.

@@ -31,6 +31,7 @@ fn agent(n: u32) -> AgentRecord {
         attestation_type: "x509pop".into(),
         selectors: [Selector::parse("x509pop:subject:cn:node").unwrap()].into_iter().collect(),
         svid_serial: format!("{n:x}"),
+        previous_svid_serial: None,
         svid_expires_at: at(5000),
         banned: false,
         can_reattest: true,
@@ -89,6 +90,33 @@ fn agents_are_stored_replaced_listed_banned_and_deleted() {
     assert!(!store.delete_agent(&agent_id(4)).unwrap());
     assert_eq!(store.get_agent(&agent_id(4)).unwrap(), None);
     assert_eq!(store.count_agents().unwrap(), 24);
+}
+
+#[test]
+fn a_renewal_keeps_the_previous_serial_until_the_new_one_is_confirmed() {
+    let (_dir, store) = store();
+    store.upsert_agent(&agent(1)).unwrap();
+    let id = agent_id(1);
+    let renew = |presented: &str, new: &str| {
+        store.renew_agent_svid(&id, presented, new, at(6000), at(300)).unwrap()
+    };
+    assert!(renew("1", "a1"));
+    let got = store.get_agent(&id).unwrap().unwrap();
+    assert_eq!((got.svid_serial.as_str(), got.previous_svid_serial.as_deref()), ("a1", Some("1")));
+    assert_eq!((got.svid_expires_at, got.updated_at), (at(6000), at(300)));
+    // The reply was lost: the agent renews again from its old SVID; the lost one is gone.
+    assert!(renew("1", "a2"));
+    let got = store.get_agent(&id).unwrap().unwrap();
+    assert_eq!((got.svid_serial.as_str(), got.previous_svid_serial.as_deref()), ("a2", Some("1")));
+    assert!(!renew("a1", "a3"), "a superseded serial cannot renew");
+    // Confirming anything but the newest serial changes nothing.
+    assert!(!store.confirm_agent_svid(&id, "1").unwrap());
+    assert!(store.confirm_agent_svid(&id, "a2").unwrap());
+    assert!(!store.confirm_agent_svid(&id, "a2").unwrap(), "already confirmed");
+    assert_eq!(store.get_agent(&id).unwrap().unwrap().previous_svid_serial, None);
+    assert!(!renew("1", "a4"), "the previous serial is refused once the new one was used");
+    let err = store.renew_agent_svid(&agent_id(99), "1", "2", at(1), at(1)).unwrap_err();
+    assert!(matches!(err, DataStoreError::NotFound { kind: "agent", .. }), "{err:?}");
 }
 
 #[test]

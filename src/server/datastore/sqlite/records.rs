@@ -20,7 +20,7 @@ pub(super) fn count(tx: &Transaction<'_>, table: &'static str) -> Result<u64, Da
 
 /// The columns every agent query reads, in the order [`RawAgent::from_row`] expects.
 const AGENT_COLUMNS: &str = "id, attestation_type, selectors, svid_serial, svid_expires_at, \
-                             banned, can_reattest, created_at, updated_at";
+                             banned, can_reattest, created_at, updated_at, previous_svid_serial";
 
 /// An agent row as SQLite returns it, before the values are checked.
 struct RawAgent {
@@ -33,6 +33,7 @@ struct RawAgent {
     can_reattest: bool,
     created_at: i64,
     updated_at: i64,
+    previous_svid_serial: Option<String>,
 }
 
 impl RawAgent {
@@ -47,6 +48,7 @@ impl RawAgent {
             can_reattest: r.get(6)?,
             created_at: r.get(7)?,
             updated_at: r.get(8)?,
+            previous_svid_serial: r.get(9)?,
         })
     }
 
@@ -58,6 +60,7 @@ impl RawAgent {
             attestation_type: self.attestation_type,
             selectors,
             svid_serial: self.svid_serial,
+            previous_svid_serial: self.previous_svid_serial,
             svid_expires_at: time_from_db(self.svid_expires_at)?,
             banned: self.banned,
             can_reattest: self.can_reattest,
@@ -72,12 +75,13 @@ pub(super) fn upsert_agent(tx: &Transaction<'_>, a: &AgentRecord) -> Result<(), 
         serde_json::to_string(&a.selectors).map_err(|e| DataStoreError::Backend(e.to_string()))?;
     tx.execute(
         &format!(
-            "INSERT INTO agents ({AGENT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+            "INSERT INTO agents ({AGENT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
              ON CONFLICT (id) DO UPDATE SET attestation_type = excluded.attestation_type, \
              selectors = excluded.selectors, svid_serial = excluded.svid_serial, \
              svid_expires_at = excluded.svid_expires_at, banned = excluded.banned, \
              can_reattest = excluded.can_reattest, created_at = excluded.created_at, \
-             updated_at = excluded.updated_at"
+             updated_at = excluded.updated_at, \
+             previous_svid_serial = excluded.previous_svid_serial"
         ),
         params![
             a.id.to_string(),
@@ -89,9 +93,48 @@ pub(super) fn upsert_agent(tx: &Transaction<'_>, a: &AgentRecord) -> Result<(), 
             a.can_reattest,
             time_to_db(a.created_at),
             time_to_db(a.updated_at),
+            a.previous_svid_serial,
         ],
     )?;
     Ok(())
+}
+
+pub(super) fn renew_agent_svid(
+    tx: &Transaction<'_>,
+    id: &SpiffeId,
+    presented: &str,
+    new_serial: &str,
+    expires_at: SystemTime,
+    now: SystemTime,
+) -> Result<bool, DataStoreError> {
+    let sql = "SELECT svid_serial, previous_svid_serial FROM agents WHERE id = ?1";
+    let row: Option<(String, Option<String>)> =
+        tx.query_row(sql, [id.to_string()], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+    let Some((current, previous)) = row else {
+        return Err(DataStoreError::NotFound { kind: "agent", id: id.to_string() });
+    };
+    if current != presented && previous.as_deref() != Some(presented) {
+        return Ok(false);
+    }
+    tx.execute(
+        "UPDATE agents SET svid_serial = ?2, previous_svid_serial = ?3, svid_expires_at = ?4, \
+         updated_at = ?5 WHERE id = ?1",
+        params![id.to_string(), new_serial, presented, time_to_db(expires_at), time_to_db(now)],
+    )?;
+    Ok(true)
+}
+
+pub(super) fn confirm_agent_svid(
+    tx: &Transaction<'_>,
+    id: &SpiffeId,
+    serial: &str,
+) -> Result<bool, DataStoreError> {
+    let changed = tx.execute(
+        "UPDATE agents SET previous_svid_serial = NULL \
+         WHERE id = ?1 AND svid_serial = ?2 AND previous_svid_serial IS NOT NULL",
+        params![id.to_string(), serial],
+    )?;
+    Ok(changed > 0)
 }
 
 pub(super) fn get_agent(

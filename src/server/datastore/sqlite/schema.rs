@@ -88,8 +88,14 @@ CREATE TABLE journal (
 CREATE INDEX entry_selectors_by_selector ON entry_selectors (type, value);
 ";
 
+/// Version 3: an agent's previous SVID serial, accepted until its newest SVID is first
+/// used (a renewal whose reply was lost must not cost the agent its identity).
+const V3: &str = "
+ALTER TABLE agents ADD COLUMN previous_svid_serial TEXT;
+";
+
 /// Every migration step, in order.
-pub(super) const MIGRATIONS: &[&str] = &[V1, V2];
+pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3];
 /// The schema version this build writes.
 pub(super) const LATEST: usize = MIGRATIONS.len();
 
@@ -162,6 +168,28 @@ mod tests {
         drop(store);
         let conn = Connection::open(&path).unwrap();
         assert_eq!(version(&conn).unwrap(), LATEST);
+    }
+
+    #[test]
+    fn a_version_2_database_upgrades_and_keeps_its_agents() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v2.db");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            migrate(&mut conn, 2).unwrap();
+            conn.execute_batch(
+                "INSERT INTO agents VALUES ('spiffe://example.org/keycard/agent/a', 'join_token',
+                     '[]', '0a', 5000, 0, 0, 1000, 2000);",
+            )
+            .unwrap();
+        }
+        let store = SqliteDataStore::open(&path).unwrap();
+        let id = SpiffeId::parse("spiffe://example.org/keycard/agent/a").unwrap();
+        let agent = store.get_agent(&id).unwrap().unwrap();
+        assert_eq!((agent.svid_serial.as_str(), agent.previous_svid_serial), ("0a", None));
+        assert!(store.renew_agent_svid(&id, "0a", "0b", UNIX_EPOCH, UNIX_EPOCH).unwrap());
+        let agent = store.get_agent(&id).unwrap().unwrap();
+        assert_eq!(agent.previous_svid_serial.as_deref(), Some("0a"));
     }
 
     #[test]

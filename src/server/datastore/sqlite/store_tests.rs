@@ -66,6 +66,7 @@ fn everything_survives_closing_and_reopening() {
         attestation_type: "join_token".into(),
         selectors: [Selector::parse("join_token:ab").unwrap()].into_iter().collect(),
         svid_serial: "01".into(),
+        previous_svid_serial: None,
         svid_expires_at: at(900),
         banned: true,
         can_reattest: false,
