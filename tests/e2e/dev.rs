@@ -90,6 +90,26 @@ fn dev_prints_the_agent_admin_socket_and_warns_about_missing_parents() {
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["parent_missing"], true, "{doc}");
 
+    // A 16 KB DNS name: refused with a bounded message, not an h2 error blamed on the uid.
+    let huge = "a".repeat(16 * 1024);
+    let out = dev.admin_output(&[
+        "entry",
+        "create",
+        "--parent-id",
+        "spiffe://example.org/node/dev",
+        "--spiffe-id",
+        "spiffe://example.org/huge",
+        "--selector",
+        "unix:uid:4243",
+        "--dns",
+        &huge,
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(stderr.contains("DNS name") && stderr.contains("(16386 bytes)"), "{stderr}");
+    assert!(stderr.contains("InvalidArgument") && !stderr.contains("uid"), "{stderr}");
+    assert!(stderr.len() < 2048, "{} bytes", stderr.len());
+
     if crate::support::is_root() {
         permission_refusals_are_named(&dev, dir.path(), &export, &pid);
     }
