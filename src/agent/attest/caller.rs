@@ -174,7 +174,7 @@ impl Caller {
     }
 
     /// Completes once the caller's process has exited (its pidfd polls readable); never
-    /// when the pidfd is not watched (see [`Caller::watch_exit`]): callers without one are
+    /// when the pidfd is not watched (`watch_exit` registers it): callers without one are
     /// re-checked on a timer instead.
     pub async fn exited(&self) {
         let Some(Pidfd::Watched(fd)) = &self.pidfd else {

@@ -124,7 +124,7 @@ pub type Registered = Box<dyn Fn(u32) -> bool + Send + Sync>;
 
 /// The uids that keep a reserved share of the connections: root, the agent's own uid,
 /// and every uid an entry in the cache selects with `unix:uid:<n>` (read again at most
-/// once per [`REGISTERED_REFRESH`], and only while the reserve is in use).
+/// once a second, and only while the reserve is in use).
 pub struct RegisteredUids {
     cache: Arc<SvidCache>,
     own: u32,
