@@ -120,7 +120,8 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DevError + '_ {
 }
 
 /// Runs the server and the agent until `shutdown` triggers or either fails; `ready` is
-/// called once the agent has been started.
+/// called once the agent serves the calling user its SVID (or, with a warning, after
+/// [`SERVING_PATIENCE`]).
 pub async fn run(
     paths: &DevPaths,
     args: &DevArgs,
@@ -147,7 +148,10 @@ pub async fn run(
     let setup = tokio::select! {
         setup = set_up(paths) => Some(setup),
         // The server stopped before it was ready: its error is the one to report.
-        _ = wait_first(&mut tasks) => None,
+        first = wait_first(&mut tasks) => {
+            shutdown.trigger();
+            return first;
+        }
         () = shutdown.wait() => None,
     };
     match setup {
@@ -167,7 +171,25 @@ pub async fn run(
                 let shutdown = shutdown.clone();
                 async move { Ok(crate::agent::run::run(agent_config, shutdown).await?) }
             });
-            ready(paths);
+            // "Paste next" only once what it names works: the caller's SVID and `explain`.
+            tokio::select! {
+                serving = wait_until_serving(paths) => {
+                    if !serving {
+                        tracing::warn!(
+                            "the agent has not served this user an SVID within \
+                             {SERVING_PATIENCE:?}; see its log above"
+                        );
+                    }
+                    ready(paths);
+                }
+                // A daemon stopped first: stop the other and report the first error.
+                first = wait_first(&mut tasks) => {
+                    shutdown.trigger();
+                    let rest = join_all(&mut tasks, &shutdown).await;
+                    return first.and(rest);
+                }
+                () = shutdown.wait() => {}
+            }
         }
         Some(Err(e)) => {
             shutdown.trigger();
@@ -177,6 +199,27 @@ pub async fn run(
         None => {}
     }
     join_all(&mut tasks, &shutdown).await
+}
+
+/// How long `dev` waits for its agent to serve the calling user before it prints anyway.
+const SERVING_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Whether, within [`SERVING_PATIENCE`], the agent serves this process (so this user) an
+/// X.509-SVID over the Workload API and its admin socket is up, asking every 100 ms.
+async fn wait_until_serving(paths: &DevPaths) -> bool {
+    use keycard_workload_api::WorkloadApiClient;
+    let deadline = tokio::time::Instant::now() + SERVING_PATIENCE;
+    while tokio::time::Instant::now() < deadline {
+        if paths.agent_admin_socket.exists() {
+            if let Ok(mut client) = WorkloadApiClient::connect_path(&paths.workload_socket).await
+                && client.fetch_x509_context().await.is_ok()
+            {
+                return true;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    false
 }
 
 /// Waits for the first task to end and returns its result (pending forever if none).

@@ -1,5 +1,5 @@
 //! README.md, run as a new user would paste it: every ```sh block, in order, each in a
-//! fresh `sh` (a new terminal: no variables carried over), all in one fresh working
+//! fresh `bash -e` (a new terminal: no variables carried over), all in one fresh working
 //! directory.
 //!
 //! A block may be preceded by directives in HTML comments (invisible on GitHub):
@@ -13,7 +13,8 @@
 //!
 //! Every other block must exit 0. Background jobs a block starts (`&`) are stopped at the
 //! end of its section. `cargo run [--release] [--example NAME] -- ARGS` runs the binaries
-//! this test was built with, through a `cargo` shim first in `PATH`. As root, everything
+//! this test was built with, through a `cargo` shim first in `PATH` (and `cargo build` is
+//! a no-op). As root, everything
 //! runs in its own network and mount namespaces (a private loopback and `/tmp`), so the
 //! README's fixed ports and socket paths never meet a `keycard dev` running on the machine.
 
@@ -242,12 +243,13 @@ impl Runner {
         let cmd = match &self.holder {
             Some(h) => {
                 let mut c = Command::new("nsenter");
-                c.args(["--target", &h.child.id().to_string(), "--net", "--mount", "--"]);
-                c.args(["sh", "-ec", &block.script]);
+                let wd = format!("--wd={}", self.work.display());
+                c.args(["--target", &h.child.id().to_string(), "--net", "--mount", &wd, "--"]);
+                c.args(["bash", "-ec", &block.script]);
                 c
             }
             None => {
-                let mut c = Command::new("sh");
+                let mut c = Command::new("bash");
                 c.args(["-ec", &block.script]);
                 c
             }
@@ -286,10 +288,13 @@ fn copy_tree(from: &Path, to: &Path) {
 }
 
 /// `cargo run [-q] [--release] [--locked] [--example NAME] -- ARGS` runs the binary under
-/// test; any other cargo command fails loudly (mark such a block `skip`).
+/// test, `cargo build ...` has nothing left to do; any other cargo command fails loudly
+/// (mark such a block `skip`).
 fn write_cargo_shim(path: &Path) {
     let shim = r#"#!/bin/sh
-[ "$1" = run ] || { echo "README test: only 'cargo run' is available here, not: cargo $*" >&2; exit 97; }
+# The test built every binary already.
+[ "$1" = build ] && exit 0
+[ "$1" = run ] || { echo "README test: only 'cargo run' and 'cargo build' work here, not: cargo $*" >&2; exit 97; }
 shift
 bin="$KEYCARD_TEST_BIN"
 while [ $# -gt 0 ]; do
