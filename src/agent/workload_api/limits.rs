@@ -58,7 +58,8 @@ impl Default for ConnectionLimits {
 }
 
 impl ConnectionLimits {
-    /// The caps lowered, with a warning, to what `fd_limit` descriptors can hold; the
+    /// The caps lowered to what `fd_limit` descriptors can hold (a warning when they were
+    /// configured, an info line for the defaults); the
     /// per-uid cap is kept at most a quarter of the total.
     pub fn fitted_to(self, fd_limit: Option<u64>) -> Self {
         let Some(limit) = fd_limit else { return self };
@@ -69,12 +70,25 @@ impl ConnectionLimits {
             return self;
         }
         let per_uid = self.max_connections_per_uid.min(fit / 4).max(1);
-        tracing::warn!(
-            fd_limit = limit,
-            max_connections = fit,
-            max_connections_per_uid = per_uid,
-            "RLIMIT_NOFILE is too low for the configured Workload API connection caps; lowered"
-        );
+        // Lowering the built-in defaults is routine on hosts with a modest hard limit;
+        // lowering what an operator configured deserves a warning.
+        if self.max_connections == DEFAULT_MAX_CONNECTIONS
+            && self.max_connections_per_uid == DEFAULT_MAX_CONNECTIONS_PER_UID
+        {
+            tracing::info!(
+                fd_limit = limit,
+                max_connections = fit,
+                max_connections_per_uid = per_uid,
+                "Workload API connection caps fitted to RLIMIT_NOFILE"
+            );
+        } else {
+            tracing::warn!(
+                fd_limit = limit,
+                max_connections = fit,
+                max_connections_per_uid = per_uid,
+                "RLIMIT_NOFILE is too low for the configured Workload API connection caps; lowered"
+            );
+        }
         Self { max_connections: fit, max_connections_per_uid: per_uid, ..self }
     }
 }
