@@ -17,8 +17,10 @@ use crate::wire::proto::{attest_agent_request, attest_agent_response};
 
 /// The agent's deadline in these tests.
 const DEADLINE: Duration = Duration::from_millis(500);
+/// What a loaded machine may add to a deadline before the caller hears of it.
+const SLACK: Duration = Duration::from_secs(3);
 /// Longer than anything here should take; a hang shows as running out of it.
-const PATIENCE: Duration = Duration::from_secs(10);
+const PATIENCE: Duration = Duration::from_secs(15);
 
 #[tokio::test]
 async fn a_round_on_a_connection_that_stops_answering_fails_in_time_and_the_next_proceeds() {
@@ -44,7 +46,7 @@ async fn a_round_on_a_connection_that_stops_answering_fails_in_time_and_the_next
         }
         other => panic!("expected a timeout, got {other:?}"),
     }
-    assert!(waited >= DEADLINE && waited < 4 * DEADLINE, "the round took {waited:?}");
+    assert!(waited >= DEADLINE && waited < DEADLINE + SLACK, "the round took {waited:?}");
 
     // The next round dials a new connection and is served.
     let report = tokio::time::timeout(PATIENCE, manager.tick()).await.expect("the round hung");
@@ -76,6 +78,6 @@ async fn an_x509pop_agent_that_never_answers_the_challenge_is_dropped() {
     let outcome = tokio::time::timeout(PATIENCE, responses.message()).await;
     let status = outcome.expect("the server waited for the answer forever").unwrap_err();
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
-    assert!(started.elapsed() < 4 * step, "dropped after {:?}", started.elapsed());
+    assert!(started.elapsed() < step + SLACK, "dropped after {:?}", started.elapsed());
     drop(tx);
 }
