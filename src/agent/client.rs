@@ -11,13 +11,18 @@
 //! used for anything: the server keeps accepting the SVID a renewal was asked with until
 //! the new one is first presented, so whether the reply is lost, the agent crashes before
 //! storing it, or after, the agent restarts with an SVID the server accepts.
+//!
+//! Every call has a deadline ([`REQUEST_TIMEOUT`] unless set otherwise): a server or a
+//! connection that stops answering fails the call, and the connection is dropped so that
+//! the next call dials again instead of waiting on a half-open one.
 
-use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
 
-use keycard_workload_api::{SpiffeBundle, SpiffeId, TrustDomain, X509Bundle};
+use keycard_workload_api::{SpiffeBundle, TrustDomain, X509Bundle};
 use rustls::pki_types::CertificateDer;
-use tokio_stream::wrappers::ReceiverStream;
+use tonic::Request;
 use tonic::transport::Channel;
 
 pub use super::identity::{AgentIdentity, ClientError};
@@ -25,9 +30,14 @@ use super::identity::{chain_of, csr_for, verify_agent_svid};
 use super::server_tls::TrustCell;
 use super::storage::AgentStorage;
 use crate::ca::{KeyType, SigningKey};
+use crate::wire::REQUEST_TIMEOUT;
+use crate::wire::proto as pb;
 use crate::wire::proto::agent_client::AgentClient;
-use crate::wire::proto::{self as pb, attest_agent_request, attest_agent_response};
-use crate::wire::{SYNC_PAGE_SIZE, challenge_message};
+
+mod attest;
+mod sync;
+
+pub use sync::SyncedEntries;
 
 /// The outcome of attestation.
 #[derive(Debug, Clone)]
@@ -49,19 +59,6 @@ pub struct IssuedX509Svid {
     pub serial: String,
 }
 
-/// The agent's copy of its authorized entries, updated by [`ServerClient::sync`].
-#[derive(Debug, Clone, Default)]
-pub struct SyncedEntries {
-    /// The store revision the copy reflects (0 before the first sync).
-    pub revision: u64,
-    /// The entries by ID.
-    pub entries: BTreeMap<String, pb::Entry>,
-    /// The bundle as of the last sync.
-    pub bundle: Option<SpiffeBundle>,
-    /// IDs of tainted X.509 authorities.
-    pub tainted_authority_ids: Vec<String>,
-}
-
 /// A client of the agent API; see the module documentation.
 #[derive(Debug)]
 pub struct ServerClient {
@@ -73,6 +70,36 @@ pub struct ServerClient {
     grpc: AgentClient<Channel>,
     /// Where a new agent SVID (and the bundle it came with) is stored before it is used.
     storage: Option<AgentStorage>,
+    /// The deadline of every call (a stream's whole exchange included).
+    request_timeout: Duration,
+}
+
+/// Runs `call` (named `name`) within `after`; one out of time, whether our timer or
+/// tonic's (the request's `grpc-timeout`) noticed first, is [`ClientError::Timeout`].
+async fn bounded<T>(
+    after: Duration,
+    name: &'static str,
+    call: impl Future<Output = Result<T, ClientError>>,
+) -> Result<T, ClientError> {
+    match tokio::time::timeout(after, call).await {
+        Ok(Err(ClientError::Rpc(status))) if timed_out(&status) => {
+            Err(ClientError::Timeout { call: name, after })
+        }
+        Ok(result) => result,
+        Err(_) => Err(ClientError::Timeout { call: name, after }),
+    }
+}
+
+/// Whether `status` is tonic's own deadline running out (not an answer from the server).
+fn timed_out(status: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        if e.is::<tonic::TimeoutExpired>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 fn parse_bundle(td: &TrustDomain, json: &[u8]) -> Result<SpiffeBundle, ClientError> {
@@ -90,7 +117,15 @@ impl ServerClient {
     ) -> Result<Self, ClientError> {
         let trust = Arc::new(RwLock::new(bootstrap));
         let grpc = super::open_channel(addr, &trust_domain, &trust, None).await?;
-        Ok(Self { addr: addr.to_owned(), trust_domain, trust, identity: None, grpc, storage: None })
+        Ok(Self {
+            addr: addr.to_owned(),
+            trust_domain,
+            trust,
+            identity: None,
+            grpc,
+            storage: None,
+            request_timeout: REQUEST_TIMEOUT,
+        })
     }
 
     /// Connects without a client certificate and WITHOUT authenticating the server's chain
@@ -108,7 +143,15 @@ impl ServerClient {
         );
         let grpc = super::server_tls::open_insecure_channel(addr, &trust_domain).await?;
         let trust = Arc::new(RwLock::new(X509Bundle::new(trust_domain.clone())));
-        Ok(Self { addr: addr.to_owned(), trust_domain, trust, identity: None, grpc, storage: None })
+        Ok(Self {
+            addr: addr.to_owned(),
+            trust_domain,
+            trust,
+            identity: None,
+            grpc,
+            storage: None,
+            request_timeout: REQUEST_TIMEOUT,
+        })
     }
 
     /// Connects with an agent SVID obtained earlier (after a restart).
@@ -127,6 +170,7 @@ impl ServerClient {
             identity: Some(identity),
             grpc,
             storage: None,
+            request_timeout: REQUEST_TIMEOUT,
         })
     }
 
@@ -134,6 +178,36 @@ impl ServerClient {
     pub fn with_storage(mut self, storage: AgentStorage) -> Self {
         self.storage = Some(storage);
         self
+    }
+
+    /// Gives every call `after` to complete instead of [`REQUEST_TIMEOUT`].
+    pub fn with_request_timeout(mut self, after: Duration) -> Self {
+        self.request_timeout = after;
+        self
+    }
+
+    /// A request carrying the deadline, so that the server gives up when the agent does.
+    fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        request.set_timeout(self.request_timeout);
+        request
+    }
+
+    /// Passes `result` on; after a timeout, first drops the connection (it may be
+    /// half-open): with an agent SVID the next call dials a new one. Without one (during
+    /// attestation) the caller connects again.
+    async fn checked<T>(&mut self, result: Result<T, ClientError>) -> Result<T, ClientError> {
+        if let Err(ClientError::Timeout { call, after }) = &result {
+            tracing::warn!(call, ?after, "the server did not answer in time; reconnecting");
+            if let Some(identity) = &self.identity {
+                let (addr, td) = (&self.addr, &self.trust_domain);
+                match super::open_channel(addr, td, &self.trust, Some(identity)).await {
+                    Ok(grpc) => self.grpc = grpc,
+                    Err(e) => tracing::warn!(error = %e, "cannot set up a new connection"),
+                }
+            }
+        }
+        result
     }
 
     /// Writes `identity` (after `bundle`, when given, which it must verify against) to the
@@ -189,154 +263,21 @@ impl ServerClient {
         Ok(())
     }
 
-    /// Attests with a join token.
-    pub async fn attest_join_token(&mut self, token: &str) -> Result<Attestation, ClientError> {
-        let data = pb::attestation_params::Data::JoinToken(pb::JoinTokenAttestation {
-            token: token.to_owned(),
-        });
-        self.attest(data, None).await
-    }
-
-    /// Attests with x509pop: the node certificate chain (leaf first) and the node key.
-    pub async fn attest_x509pop(
-        &mut self,
-        chain: &[CertificateDer<'_>],
-        node_key: &SigningKey,
-    ) -> Result<Attestation, ClientError> {
-        let data = pb::attestation_params::Data::X509pop(pb::X509PopAttestation {
-            cert_chain: chain.iter().map(|c| c.to_vec()).collect(),
-        });
-        self.attest(data, Some(node_key)).await
-    }
-
-    async fn attest(
-        &mut self,
-        data: pb::attestation_params::Data,
-        node_key: Option<&SigningKey>,
-    ) -> Result<Attestation, ClientError> {
-        let key = Arc::new(SigningKey::generate(KeyType::EcP256)?);
-        let params = pb::AttestationParams { data: Some(data), csr: csr_for(&key)? };
-        let (tx, rx) = tokio::sync::mpsc::channel(2);
-        let first =
-            pb::AttestAgentRequest { step: Some(attest_agent_request::Step::Params(params)) };
-        tx.send(first)
-            .await
-            .map_err(|_| ClientError::BadResponse("request stream closed".into()))?;
-        let mut responses = self.grpc.attest_agent(ReceiverStream::new(rx)).await?.into_inner();
-        let result = loop {
-            let step = responses.message().await?.and_then(|m| m.step).ok_or_else(|| {
-                ClientError::BadResponse("attestation ended without a result".into())
-            })?;
-            match step {
-                attest_agent_response::Step::Challenge(nonce) => {
-                    let node_key = node_key
-                        .ok_or_else(|| ClientError::BadResponse("unexpected challenge".into()))?;
-                    let signature = node_key.sign(&challenge_message(&nonce))?;
-                    let answer = pb::AttestAgentRequest {
-                        step: Some(attest_agent_request::Step::ChallengeResponse(
-                            pb::ChallengeResponse { signature },
-                        )),
-                    };
-                    tx.send(answer)
-                        .await
-                        .map_err(|_| ClientError::BadResponse("request stream closed".into()))?;
-                }
-                attest_agent_response::Step::Result(result) => break result,
-            }
-        };
-        let agent_id = SpiffeId::parse(&result.agent_id)
-            .map_err(|e| ClientError::BadResponse(e.to_string()))?;
-        let bundle = parse_bundle(&self.trust_domain, &result.bundle)?;
-        let x509 = bundle.x509_bundle().map_err(|e| ClientError::BadResponse(e.to_string()))?;
-        let svid = result.svid.ok_or_else(|| ClientError::BadResponse("no SVID".into()))?;
-        let identity = verify_agent_svid(&svid, key, &agent_id, &x509)?;
-        // The server holds no other SVID for a new attestation (and a join token is spent):
-        // an agent that cannot store it still runs on it, until it restarts.
-        if let Err(e) = self.store(&identity, Some(&bundle)).await {
-            tracing::error!(error = %e, "cannot store the agent SVID; a restart will need attesting again");
-        }
-        self.adopt(identity.clone(), x509).await?;
-        Ok(Attestation { identity, bundle })
-    }
-
     /// Renews the agent SVID with a new key, stores it, and reconnects with it. On any
     /// failure the current SVID stays in use (the server still accepts it).
     pub async fn renew(&mut self) -> Result<AgentIdentity, ClientError> {
         let current = self.identity.clone().ok_or(ClientError::NotAttested)?;
         let key = Arc::new(SigningKey::generate(KeyType::EcP256)?);
-        let reply = self
-            .grpc
-            .renew_agent(pb::RenewAgentRequest { csr: csr_for(&key)? })
-            .await?
-            .into_inner();
+        let request = self.request(pb::RenewAgentRequest { csr: csr_for(&key)? });
+        let call = async { Ok(self.grpc.renew_agent(request).await?.into_inner()) };
+        let reply = bounded(self.request_timeout, "RenewAgent", call).await;
+        let reply = self.checked(reply).await?;
         let svid = reply.svid.ok_or_else(|| ClientError::BadResponse("no SVID".into()))?;
         let bundle = self.bundle();
         let identity = verify_agent_svid(&svid, key, &current.spiffe_id, &bundle)?;
         self.store(&identity, None).await?;
         self.adopt(identity.clone(), bundle).await?;
         Ok(identity)
-    }
-
-    /// One raw `SyncEntries` call: every page merged, in order.
-    pub async fn sync_entries(
-        &mut self,
-        since_revision: u64,
-        entry_ids: Vec<String>,
-    ) -> Result<(Vec<pb::EntryRevision>, Vec<pb::Entry>, pb::SyncEntriesResponse), ClientError>
-    {
-        let mut stream = self
-            .grpc
-            .sync_entries(pb::SyncEntriesRequest { since_revision, entry_ids })
-            .await?
-            .into_inner();
-        let (mut revisions, mut entries) = (Vec::new(), Vec::new());
-        while let Some(page) = stream.message().await? {
-            if page.complete {
-                return Ok((revisions, entries, page));
-            }
-            revisions.extend(page.revisions);
-            entries.extend(page.entries);
-        }
-        Err(ClientError::BadResponse("sync ended without a complete message".into()))
-    }
-
-    /// Brings `previous` up to date: keeps unchanged entries, takes changed ones, drops
-    /// those no longer authorized, and fetches any it lacks.
-    pub async fn sync(&mut self, previous: &SyncedEntries) -> Result<SyncedEntries, ClientError> {
-        let (revisions, changed, last) = self.sync_entries(previous.revision, Vec::new()).await?;
-        let mut changed: BTreeMap<String, pb::Entry> =
-            changed.into_iter().map(|e| (e.id.clone(), e)).collect();
-        let mut entries = BTreeMap::new();
-        let mut missing = Vec::new();
-        for r in revisions {
-            match changed.remove(&r.id) {
-                Some(e) => {
-                    entries.insert(r.id, e);
-                }
-                None => match previous.entries.get(&r.id) {
-                    Some(e) if e.revision == r.revision => {
-                        entries.insert(r.id, e.clone());
-                    }
-                    _ => missing.push(r.id),
-                },
-            }
-        }
-        for chunk in missing.chunks(SYNC_PAGE_SIZE) {
-            let (_, fetched, _) = self.sync_entries(previous.revision, chunk.to_vec()).await?;
-            for e in fetched.into_iter().filter(|e| chunk.contains(&e.id)) {
-                entries.insert(e.id.clone(), e);
-            }
-        }
-        let bundle = parse_bundle(&self.trust_domain, &last.bundle)?;
-        if let Ok(x509) = bundle.x509_bundle() {
-            self.set_bundle(x509);
-        }
-        Ok(SyncedEntries {
-            revision: last.revision,
-            entries,
-            bundle: Some(bundle),
-            tainted_authority_ids: last.tainted_authority_ids,
-        })
     }
 
     /// Signs CSRs for entries: one result per `(entry_id, csr)`, in order.
@@ -351,11 +292,10 @@ impl ServerClient {
                 csr: csr.clone(),
             })
             .collect();
-        let reply = self
-            .grpc
-            .batch_new_x509_svid(pb::BatchNewX509SvidRequest { params })
-            .await?
-            .into_inner();
+        let request = self.request(pb::BatchNewX509SvidRequest { params });
+        let call = async { Ok(self.grpc.batch_new_x509_svid(request).await?.into_inner()) };
+        let reply = bounded(self.request_timeout, "BatchNewX509Svid", call).await;
+        let reply = self.checked(reply).await?;
         Ok(reply
             .results
             .into_iter()
@@ -380,13 +320,19 @@ impl ServerClient {
     ) -> Result<(String, i64), ClientError> {
         let req =
             pb::NewJwtSvidRequest { entry_id: entry_id.to_owned(), audiences: audiences.to_vec() };
-        let reply = self.grpc.new_jwt_svid(req).await?.into_inner();
+        let request = self.request(req);
+        let call = async { Ok(self.grpc.new_jwt_svid(request).await?.into_inner()) };
+        let reply = bounded(self.request_timeout, "NewJwtSvid", call).await;
+        let reply = self.checked(reply).await?;
         Ok((reply.token, reply.expires_at))
     }
 
     /// The trust domain's bundle; also becomes the bundle trusted for the server.
     pub async fn fetch_bundle(&mut self) -> Result<SpiffeBundle, ClientError> {
-        let reply = self.grpc.fetch_bundle(pb::FetchBundleRequest {}).await?.into_inner();
+        let request = self.request(pb::FetchBundleRequest {});
+        let call = async { Ok(self.grpc.fetch_bundle(request).await?.into_inner()) };
+        let reply = bounded(self.request_timeout, "FetchBundle", call).await;
+        let reply = self.checked(reply).await?;
         let bundle = parse_bundle(&self.trust_domain, &reply.bundle)?;
         if let Ok(x509) = bundle.x509_bundle() {
             self.set_bundle(x509);

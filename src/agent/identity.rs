@@ -28,6 +28,14 @@ pub enum ClientError {
     /// The server answered with something unusable (bad SVID, bad bundle, protocol error).
     #[error("bad answer from the server: {0}")]
     BadResponse(String),
+    /// The server did not answer in time (it, or the connection, stopped answering).
+    #[error("the server did not answer {call} within {after:?}")]
+    Timeout {
+        /// The call.
+        call: &'static str,
+        /// The deadline it had.
+        after: Duration,
+    },
     /// The call needs an agent SVID and this client has none.
     #[error("not attested: attest first")]
     NotAttested,

@@ -24,7 +24,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::identity::{AgentIdentity, ClientError};
 use crate::wire::proto::agent_client::AgentClient;
-use crate::wire::{MAX_MESSAGE_SIZE, server_id};
+use crate::wire::{KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, MAX_MESSAGE_SIZE, server_id};
 
 /// Opens TCP to the URI's host and port, then TLS with `config`: what tonic's channel
 /// calls for each connection.
@@ -78,7 +78,8 @@ pub type TrustCell = Arc<RwLock<X509Bundle>>;
 
 /// Opens a gRPC channel to `addr` over TLS: the server must present an SVID with the ID
 /// `spiffe://<td>/keycard/server` chaining to the bundle in `trust`; `identity`, when
-/// given, is the client certificate. No resumption, no SNI, HTTP/2 by ALPN.
+/// given, is the client certificate. No resumption, no SNI, HTTP/2 by ALPN, HTTP/2
+/// keepalive ([`KEEPALIVE_INTERVAL`], [`KEEPALIVE_TIMEOUT`]).
 pub async fn open_channel(
     addr: &str,
     trust_domain: &TrustDomain,
@@ -130,7 +131,12 @@ async fn open_with_verifier(
     config.alpn_protocols = vec![b"h2".to_vec()];
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| fail(e.to_string()))?
-        .connect_timeout(Duration::from_secs(10));
+        .connect_timeout(Duration::from_secs(10))
+        // PINGs, idle or not, so that a half-open connection is closed (and dialled again)
+        // rather than holding the agent's calls until their deadlines.
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true);
     let connector = TlsConnectorService::new(Arc::new(config));
     // With an agent SVID the channel connects on first use (and again after every drop),
     // so an agent restarted while the server is down starts and serves from its cache;

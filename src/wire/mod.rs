@@ -3,6 +3,7 @@
 //! never each other, so a change here is a change to the wire.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use keycard_workload_api::{SpiffeId, TrustDomain};
 use rustls::crypto::CryptoProvider;
@@ -53,6 +54,19 @@ pub const SERVER_PATH: &str = "/keycard/server";
 pub const CHALLENGE_CONTEXT: &[u8] = b"keycard x509pop challenge v1\0";
 /// Length of the x509pop nonce.
 pub const NONCE_LEN: usize = 32;
+
+/// Longest an agent waits for one call to the server (a unary call, or a whole
+/// `SyncEntries` or `AttestAgent` stream), and longest the server lets a handler run: a
+/// server or a connection that stops answering fails the agent's round, it does not hang it.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest the server waits for each message of an attestation (the params, the answer to
+/// an x509pop challenge); an agent that says nothing more is dropped.
+pub const ATTESTATION_STEP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often each side sends an HTTP/2 PING on an open connection to the other, so that a
+/// half-open connection (peer gone without a FIN) is noticed.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a PING may go unanswered before the connection is closed.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The bytes an x509pop agent signs for `nonce`.
 pub fn challenge_message(nonce: &[u8]) -> Vec<u8> {

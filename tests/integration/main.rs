@@ -1,6 +1,7 @@
 //! keycard's integration tests: one binary, a module per area, each running real parts.
 
 mod agent;
+mod agent_identity;
 mod agent_limits;
 #[path = "../common/authority.rs"]
 mod authority;

@@ -83,18 +83,23 @@ fn reason(err: &AgentApiError) -> &'static str {
         AgentApiError::X509PopCertificate(_) => "bad_certificate",
         AgentApiError::X509PopSignature => "bad_signature",
         AgentApiError::AttestRateLimited(_) => "rate_limited",
+        AgentApiError::AttestationTimeout { .. } => "timeout",
         _ => "refused",
     }
 }
 
 type Sender = tokio::sync::mpsc::Sender<Result<pb::AttestAgentResponse, Status>>;
 
+/// The agent's next attestation message (`step` names it), within the step timeout.
 async fn next(
+    inner: &Inner,
     stream: &mut Streaming<pb::AttestAgentRequest>,
+    step: &'static str,
 ) -> Result<pb::attest_agent_request::Step, AgentApiError> {
-    stream
-        .message()
+    let after = inner.options.attestation_step_timeout;
+    tokio::time::timeout(after, stream.message())
         .await
+        .map_err(|_| AgentApiError::AttestationTimeout { step, after })?
         .map_err(|s| AgentApiError::BadRequest(format!("reading the request: {}", s.message())))?
         .and_then(|m| m.step)
         .ok_or_else(|| AgentApiError::BadRequest("the stream ended early".into()))
@@ -113,7 +118,9 @@ async fn run(
     {
         return Err(AgentApiError::AttestRateLimited(ip.to_string()));
     }
-    let pb::attest_agent_request::Step::Params(params) = next(&mut stream).await? else {
+    let pb::attest_agent_request::Step::Params(params) =
+        next(inner, &mut stream, "attestation params").await?
+    else {
         return Err(AgentApiError::BadRequest("the first message must carry the params".into()));
     };
     let opts = &inner.options;
@@ -203,7 +210,9 @@ async fn x509pop_node(
     tx.send(Ok(challenge))
         .await
         .map_err(|_| AgentApiError::BadRequest("client went away".into()))?;
-    let pb::attest_agent_request::Step::ChallengeResponse(answer) = next(stream).await? else {
+    let pb::attest_agent_request::Step::ChallengeResponse(answer) =
+        next(inner, stream, "answer to the x509pop challenge").await?
+    else {
         return Err(AgentApiError::BadRequest("expected the challenge response".into()));
     };
     let leaf =

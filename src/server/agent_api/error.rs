@@ -57,6 +57,14 @@ pub enum AgentApiError {
     /// The challenge signature does not verify with the node certificate's key.
     #[error("x509pop challenge signature does not verify with the node certificate's key")]
     X509PopSignature,
+    /// The agent did not send the next attestation message in time.
+    #[error("the agent sent no {step} within {after:?}")]
+    AttestationTimeout {
+        /// What was awaited.
+        step: &'static str,
+        /// How long the server waited.
+        after: std::time::Duration,
+    },
     /// The client broke the message protocol (missing or unexpected message).
     #[error("bad request: {0}")]
     BadRequest(String),

@@ -19,6 +19,7 @@ use crate::ca::CaManager;
 use crate::clock::Clock;
 use crate::server::datastore::DataStore;
 use crate::telemetry::metrics::ServerMetrics;
+use crate::wire::{KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT};
 
 pub mod attest;
 pub mod authorized;
@@ -47,7 +48,9 @@ pub use crate::wire::{
 /// Runs the agent API on `listener` until `shutdown` completes.
 ///
 /// Mints the server's TLS SVID from `ca` (and keeps re-minting it), loads the authorized
-/// entry cache from `store` (and keeps it fresh), then serves TLS connections.
+/// entry cache from `store` (and keeps it fresh), then serves TLS connections: every
+/// handler bounded by the request timeout, every connection pinged (HTTP/2 keepalive) so
+/// that one whose agent vanished is closed.
 pub async fn serve(
     listener: TcpListener,
     options: AgentApiOptions,
@@ -72,6 +75,9 @@ pub async fn serve(
     let refresh = tokio::spawn(cache.clone().run(options.cache_refresh_interval, stop_rx.clone()));
     let incoming = tls::incoming(listener, tls_config, stop_rx);
     let result = tonic::transport::Server::builder()
+        .timeout(options.request_timeout)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(svc.into_server())
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await

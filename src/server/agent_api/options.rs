@@ -6,7 +6,7 @@ use keycard_workload_api::{SpiffeId, TrustDomain};
 use rustls_pki_types::CertificateDer;
 
 use super::limits::Rate;
-use crate::wire::server_id;
+use crate::wire::{ATTESTATION_STEP_TIMEOUT, REQUEST_TIMEOUT, server_id};
 
 /// What the agent API needs from the server configuration.
 #[derive(Debug, Clone)]
@@ -31,12 +31,17 @@ pub struct AgentApiOptions {
     pub max_csr_len: usize,
     /// How often the authorized-entry cache reads changes from the datastore.
     pub cache_refresh_interval: Duration,
+    /// Longest a handler may run (an agent's own deadline, when shorter, applies).
+    pub request_timeout: Duration,
+    /// Longest the server waits for each message of an attestation (x509pop challenge).
+    pub attestation_step_timeout: Duration,
 }
 
 impl AgentApiOptions {
     /// Defaults for `trust_domain`: agent SVIDs 1 h, X.509-SVIDs 1 h, JWT-SVIDs 5 min,
     /// server SVID 1 h, no x509pop, 1 attestation/s per address (burst 5), 500 CSRs/s per
-    /// agent (burst 1000), CSRs up to 8 KiB, cache refresh every second.
+    /// agent (burst 1000), CSRs up to 8 KiB, cache refresh every second, and the wire's
+    /// request and attestation-step timeouts.
     pub fn new(trust_domain: TrustDomain) -> Self {
         Self {
             trust_domain,
@@ -49,6 +54,8 @@ impl AgentApiOptions {
             sign_rate: Rate { per_second: 500.0, burst: 1000.0 },
             max_csr_len: crate::ca::DEFAULT_MAX_CSR_LEN,
             cache_refresh_interval: Duration::from_secs(1),
+            request_timeout: REQUEST_TIMEOUT,
+            attestation_step_timeout: ATTESTATION_STEP_TIMEOUT,
         }
     }
 

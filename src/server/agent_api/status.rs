@@ -36,6 +36,7 @@ pub fn code_of(err: &AgentApiError) -> Code {
         | E::CsrOtherId { .. }
         | E::TooManyItems { .. } => Code::InvalidArgument,
         E::UnknownEntry(_) => Code::NotFound,
+        E::AttestationTimeout { .. } => Code::DeadlineExceeded,
         E::AttestRateLimited(_) | E::SignRateLimited(_) => Code::ResourceExhausted,
         E::Ca(e) => ca_code(e),
         E::DataStore(_) => Code::Unavailable,
