@@ -108,6 +108,24 @@ fn parse_bundle(td: &TrustDomain, json: &[u8]) -> Result<SpiffeBundle, ClientErr
 }
 
 impl ServerClient {
+    /// A client with no agent SVID yet, over an open channel.
+    fn unattested(
+        addr: &str,
+        trust_domain: TrustDomain,
+        trust: TrustCell,
+        grpc: AgentClient<Channel>,
+    ) -> Self {
+        Self {
+            addr: addr.to_owned(),
+            trust_domain,
+            trust,
+            identity: None,
+            grpc,
+            storage: None,
+            request_timeout: REQUEST_TIMEOUT,
+        }
+    }
+
     /// Connects without a client certificate (to attest), trusting `bootstrap` for the
     /// server's certificate. `addr` is `host:port`.
     pub async fn connect(
@@ -117,15 +135,7 @@ impl ServerClient {
     ) -> Result<Self, ClientError> {
         let trust = Arc::new(RwLock::new(bootstrap));
         let grpc = super::open_channel(addr, &trust_domain, &trust, None).await?;
-        Ok(Self {
-            addr: addr.to_owned(),
-            trust_domain,
-            trust,
-            identity: None,
-            grpc,
-            storage: None,
-            request_timeout: REQUEST_TIMEOUT,
-        })
+        Ok(Self::unattested(addr, trust_domain, trust, grpc))
     }
 
     /// Connects without a client certificate and WITHOUT authenticating the server's chain
@@ -143,15 +153,7 @@ impl ServerClient {
         );
         let grpc = super::server_tls::open_insecure_channel(addr, &trust_domain).await?;
         let trust = Arc::new(RwLock::new(X509Bundle::new(trust_domain.clone())));
-        Ok(Self {
-            addr: addr.to_owned(),
-            trust_domain,
-            trust,
-            identity: None,
-            grpc,
-            storage: None,
-            request_timeout: REQUEST_TIMEOUT,
-        })
+        Ok(Self::unattested(addr, trust_domain, trust, grpc))
     }
 
     /// Connects with an agent SVID obtained earlier (after a restart).
