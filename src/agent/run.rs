@@ -9,6 +9,10 @@
 //! Workload API's connection caps fitted to it); then the Workload API socket, the admin
 //! socket, the health endpoints and the sync loop. If any part stops with an error, the
 //! others are shut down too and the error is returned.
+//!
+//! Disk work (opening the data directory, restoring the workload cache, storing what a
+//! round changed) runs on tokio's blocking pool, never on a runtime thread; after each
+//! round the [`writer`] task stores the agent SVID, bundle and workload cache.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
