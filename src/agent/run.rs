@@ -12,7 +12,7 @@
 //!
 //! Disk work (opening the data directory, restoring the workload cache, storing what a
 //! round changed) runs on tokio's blocking pool, never on a runtime thread; after each
-//! round the [`writer`] task stores the agent SVID, bundle and workload cache.
+//! round the [`writer`] task stores the bundle and the workload cache.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -245,13 +245,11 @@ impl RoundObserver for Observer {
             }
             Err(_) => self.metrics.sync_round("error"),
         }
-        let identity = manager.client().identity().cloned();
-        if let Some(identity) = &identity {
+        if let Some(identity) = manager.client().identity() {
             self.status.set_expiry(identity.expires_at);
         }
         let synced = manager.synced();
         self.to_store.send_modify(|want| {
-            want.identity = identity;
             if synced.bundle.is_some() {
                 want.bundle = synced.bundle.clone();
             }
