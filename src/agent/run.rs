@@ -9,6 +9,10 @@
 //! Workload API's connection caps fitted to it); then the Workload API socket, the admin
 //! socket, the health endpoints and the sync loop. If any part stops with an error, the
 //! others are shut down too and the error is returned.
+//!
+//! Disk work (opening the data directory, restoring the workload cache, storing what a
+//! round changed) runs on tokio's blocking pool, never on a runtime thread; after each
+//! round the [`writer`] task stores the bundle and the workload cache.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -241,13 +245,11 @@ impl RoundObserver for Observer {
             }
             Err(_) => self.metrics.sync_round("error"),
         }
-        let identity = manager.client().identity().cloned();
-        if let Some(identity) = &identity {
+        if let Some(identity) = manager.client().identity() {
             self.status.set_expiry(identity.expires_at);
         }
         let synced = manager.synced();
         self.to_store.send_modify(|want| {
-            want.identity = identity;
             if synced.bundle.is_some() {
                 want.bundle = synced.bundle.clone();
             }

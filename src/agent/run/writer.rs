@@ -1,6 +1,7 @@
-//! What `agent run` keeps on disk while it runs, written off the runtime threads: the agent
-//! SVID and bundle after they change, and the workload cache after a good round
-//! (`disk_cache = true`), plus the cache's restore at start-up.
+//! What `agent run` keeps on disk while it runs, written off the runtime threads: the
+//! bundle after it changes and the workload cache after a good round (`disk_cache =
+//! true`), plus the cache's restore at start-up. (The agent SVID is stored by the server
+//! client itself, before it uses a new one.)
 //!
 //! The round never waits for the disk: the [`Observer`](super::Observer) publishes what
 //! should be stored ([`ToStore`]) on a watch channel, and one [`Writer`] task writes the
@@ -13,7 +14,7 @@ use keycard_workload_api::SpiffeBundle;
 use tokio::sync::watch;
 
 use super::super::cache::SvidCache;
-use super::super::client::{AgentIdentity, SyncedEntries};
+use super::super::client::SyncedEntries;
 use super::super::config::AgentConfig;
 use super::super::disk_cache::DiskCache;
 use super::super::storage::{AgentStorage, StorageError, off_runtime};
@@ -23,8 +24,6 @@ use crate::clock::Clock;
 /// What should be on disk as of the latest round.
 #[derive(Debug, Clone, Default)]
 pub(super) struct ToStore {
-    /// The agent SVID in use.
-    pub(super) identity: Option<AgentIdentity>,
     /// The bundle the agent holds.
     pub(super) bundle: Option<SpiffeBundle>,
     /// The entries as of the last good round, for the disk cache.
@@ -44,19 +43,9 @@ impl Writer {
         mut self,
         mut wanted: watch::Receiver<ToStore>,
     ) -> Result<(), RunError> {
-        let mut saved_serial: Option<String> = None;
         let mut saved_bundle: Option<SpiffeBundle> = None;
         while wanted.changed().await.is_ok() {
             let want = wanted.borrow_and_update().clone();
-            if let Some(identity) = want.identity
-                && saved_serial.as_deref() != Some(identity.serial.as_str())
-            {
-                let (storage, serial) = (self.storage.clone(), identity.serial.clone());
-                match off_runtime(move || storage.save_identity(&identity)).await {
-                    Ok(()) => saved_serial = Some(serial),
-                    Err(e) => tracing::error!(error = %e, "cannot store the agent SVID"),
-                }
-            }
             if let Some(bundle) = want.bundle
                 && saved_bundle.as_ref() != Some(&bundle)
             {
