@@ -210,12 +210,11 @@ async fn wait_until_serving(paths: &DevPaths) -> bool {
     use keycard_workload_api::WorkloadApiClient;
     let deadline = tokio::time::Instant::now() + SERVING_PATIENCE;
     while tokio::time::Instant::now() < deadline {
-        if paths.agent_admin_socket.exists() {
-            if let Ok(mut client) = WorkloadApiClient::connect_path(&paths.workload_socket).await
-                && client.fetch_x509_context().await.is_ok()
-            {
-                return true;
-            }
+        if paths.agent_admin_socket.exists()
+            && let Ok(mut client) = WorkloadApiClient::connect_path(&paths.workload_socket).await
+            && client.fetch_x509_context().await.is_ok()
+        {
+            return true;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
