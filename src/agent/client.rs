@@ -242,7 +242,12 @@ impl ServerClient {
         self.trust.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
-    /// Trusts `bundle` for the server from now on, the open channel included.
+    /// Trusts `bundle` for the server from now on, the open channel included. A synced
+    /// bundle comes here only after the manager accepted it (never empty, never older).
+    pub fn trust_server_bundle(&self, bundle: X509Bundle) {
+        self.set_bundle(bundle);
+    }
+
     fn set_bundle(&self, bundle: X509Bundle) {
         *self.trust.write().unwrap_or_else(PoisonError::into_inner) = bundle;
     }

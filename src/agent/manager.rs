@@ -222,6 +222,8 @@ impl Manager {
         if let Err(e) = self.adopt_bundle(&mut synced) {
             tracing::warn!(error = %e, "kept the current trust bundle");
             report.bundle_refused = true;
+        } else if let Some(x509) = synced.bundle.as_ref().and_then(|b| b.x509_bundle().ok()) {
+            self.client.trust_server_bundle(x509);
         }
         let changes = self.cache.set_entries(
             &synced.entries,

@@ -75,10 +75,9 @@ impl ServerClient {
                 entries.insert(e.id.clone(), e);
             }
         }
+        // Not trusted for the server yet: the manager first checks it may replace the
+        // bundle held ([`Self::trust_server_bundle`]).
         let bundle = parse_bundle(&self.trust_domain, &last.bundle)?;
-        if let Ok(x509) = bundle.x509_bundle() {
-            self.set_bundle(x509);
-        }
         Ok(SyncedEntries {
             revision: last.revision,
             entries,

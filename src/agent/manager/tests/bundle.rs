@@ -56,6 +56,8 @@ async fn an_older_bundle_from_a_rolled_back_server_is_refused_and_the_held_one_k
     assert_eq!(report.entries, 2);
     assert_eq!(s.cache.bundle().unwrap().spiffe, newer, "the held bundle is kept");
     assert_eq!(s.manager.synced().bundle.as_ref(), Some(&newer), "and stored as such");
+    let server_trust = s.manager.client().bundle();
+    assert_eq!(Some(server_trust), newer.x509_bundle().ok(), "and trusted for the server");
     assert_eq!(s.cache.svids_for(&selectors(&["unix:uid:2"])).len(), 1);
 }
 
