@@ -39,3 +39,6 @@ pub mod shutdown;
 pub mod telemetry;
 pub mod unixsock;
 pub mod wire;
+
+#[cfg(test)]
+mod layout_tests;

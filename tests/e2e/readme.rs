@@ -14,9 +14,9 @@
 //! Every other block must exit 0. Background jobs a block starts (`&`) are stopped at the
 //! end of its section. `cargo run [--release] [--example NAME] -- ARGS` runs the binaries
 //! this test was built with, through a `cargo` shim first in `PATH` (and `cargo build` is
-//! a no-op). As root, everything
-//! runs in its own network and mount namespaces (a private loopback and `/tmp`), so the
-//! README's fixed ports and socket paths never meet a `keycard dev` running on the machine.
+//! a no-op). As root, everything runs in its own network and mount namespaces (a private
+//! loopback, and a private `/tmp/keycard-agent` for the agent's default socket), so the
+//! README's fixed ports and socket paths never meet a keycard running on the machine.
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::process::CommandExt as _;
@@ -205,15 +205,17 @@ impl Runner {
         let path_env = format!("{}:{}", shims.display(), std::env::var("PATH").unwrap_or_default());
         let mut runner = Runner { work, path_env, home, holder: None };
         if is_root() {
-            let script =
-                "ip link set lo up && mount -t tmpfs tmpfs /tmp && echo ready && exec sleep 3600";
+            let script = "ip link set lo up && mkdir -p /tmp/keycard-agent \
+                 && mount -t tmpfs tmpfs /tmp/keycard-agent && echo ready && exec sleep 3600";
             let mut cmd = Command::new("unshare");
             cmd.args(["--net", "--mount", "--propagation", "private", "sh", "-c", script]);
             let mut holder = runner.spawn_group(cmd, "namespace holder");
             wait_for(&mut holder, "ready");
             runner.holder = Some(holder);
         } else {
-            println!("note: not root: README ports and /tmp paths are the machine's own");
+            println!(
+                "note: not root: README ports and the agent socket directory are the machine's own"
+            );
         }
         runner
     }
