@@ -204,15 +204,19 @@ pub async fn run(
 /// How long `dev` waits for its agent to serve the calling user before it prints anyway.
 const SERVING_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Whether, within [`SERVING_PATIENCE`], the agent serves this process (so this user) an
-/// X.509-SVID over the Workload API and its admin socket is up, asking every 100 ms.
+/// Whether, within [`SERVING_PATIENCE`], the agent's admin socket is up and it serves this
+/// process an X.509-SVID over the Workload API (asked every 100 ms). The entry dev makes is
+/// for the owner of the state directory: when this process runs as another uid (root in a
+/// user's directory), only the socket is waited for.
 async fn wait_until_serving(paths: &DevPaths) -> bool {
     use keycard_workload_api::WorkloadApiClient;
+    let owner = std::fs::metadata(&paths.dir).map(|m| m.uid()).ok();
+    let for_this_uid = owner.is_some() && crate::unixsock::own_uid().ok() == owner;
     let deadline = tokio::time::Instant::now() + SERVING_PATIENCE;
     while tokio::time::Instant::now() < deadline {
         if paths.agent_admin_socket.exists()
             && let Ok(mut client) = WorkloadApiClient::connect_path(&paths.workload_socket).await
-            && client.fetch_x509_context().await.is_ok()
+            && (!for_this_uid || client.fetch_x509_context().await.is_ok())
         {
             return true;
         }
