@@ -1,0 +1,235 @@
+//! Tests of the X509-SVID rules, one or more per rule.
+
+use rcgen::{CustomExtension, ExtendedKeyUsagePurpose as Eku, IsCa, KeyUsagePurpose as Ku};
+
+use super::*;
+use crate::x509::test_support::*;
+use crate::x509::verify_chain;
+
+const ID: &str = "spiffe://example.org/web";
+
+/// Verifies a world whose leaf was built from `p`, expecting an error.
+fn leaf_err(p: rcgen::CertificateParams) -> X509SvidError {
+    let w = world_with(p);
+    verify_chain(&w.chain(), &w.bundles, now()).unwrap_err()
+}
+
+/// Verifies root -> intermediate(`p`) -> leaf, expecting an error.
+fn signing_err(p: rcgen::CertificateParams) -> X509SvidError {
+    let r = root(ca_params("example.org", "root"));
+    let i = intermediate(p, &r);
+    let l = leaf(leaf_params(ID), &i);
+    verify_chain(&[l.cert, i.cert], &bundles(&[("example.org", &r)]), now()).unwrap_err()
+}
+
+fn with_ku(kus: &[Ku]) -> rcgen::CertificateParams {
+    let mut p = leaf_params(ID);
+    p.key_usages = kus.to_vec();
+    p
+}
+
+#[test]
+fn empty_chain() {
+    let w = world();
+    assert_eq!(verify_chain(&[], &w.bundles, now()), Err(X509SvidError::EmptyChain));
+}
+
+#[test]
+fn der() {
+    let w = world();
+    let mut broken = w.intermediate.cert.to_vec();
+    broken.truncate(broken.len() - 10);
+    let chain = [w.leaf.cert.clone(), CertificateDer::from(broken)];
+    let e = verify_chain(&chain, &w.bundles, now()).unwrap_err();
+    assert!(matches!(e, X509SvidError::Der { index: 1, .. }), "{e:?}");
+    let mut trailing = w.leaf.cert.to_vec();
+    trailing.push(0);
+    let e = spiffe_id_of(&CertificateDer::from(trailing)).unwrap_err();
+    assert!(matches!(e, X509SvidError::Der { index: 0, .. }), "{e:?}");
+}
+
+#[test]
+fn no_uri_san() {
+    let mut p = leaf_params(ID);
+    p.subject_alt_names = vec![rcgen::SanType::DnsName("web.example.org".try_into().unwrap())];
+    assert_eq!(leaf_err(p), X509SvidError::NoUriSan);
+}
+
+#[test]
+fn multiple_uri_sans() {
+    let mut p = leaf_params(ID);
+    p.subject_alt_names.push(uri("spiffe://example.org/other"));
+    assert_eq!(leaf_err(p), X509SvidError::MultipleUriSans(2));
+}
+
+#[test]
+fn invalid_spiffe_id() {
+    let p = leaf_params("https://example.org/web");
+    let e = leaf_err(p);
+    assert_eq!(e, X509SvidError::InvalidSpiffeId(crate::SpiffeIdError::WrongScheme));
+}
+
+#[test]
+fn root_path_id() {
+    let e = leaf_err(leaf_params("spiffe://example.org"));
+    assert!(matches!(e, X509SvidError::RootPathId(_)), "{e:?}");
+}
+
+#[test]
+fn leaf_is_ca() {
+    let mut p = leaf_params(ID);
+    drop_basic_constraints(&mut p);
+    p.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    assert_eq!(leaf_err(p), X509SvidError::LeafIsCa);
+    // cA TRUE written by hand next to the SKI the helpers add: still a CA.
+    let mut p = leaf_params(ID);
+    drop_basic_constraints(&mut p);
+    p.custom_extensions.push(basic_constraints(&[0x30, 0x03, 0x01, 0x01, 0xff]));
+    assert_eq!(leaf_err(p), X509SvidError::LeafIsCa);
+}
+
+#[test]
+fn leaf_basic_constraints_as_an_empty_sequence_pass() {
+    let w = world();
+    let (_, cert) = x509_parser::parse_x509_certificate(&w.leaf.cert).unwrap();
+    let bc = cert
+        .extensions()
+        .iter()
+        .find(|e| e.oid == x509_parser::oid_registry::OID_X509_EXT_BASIC_CONSTRAINTS)
+        .unwrap();
+    assert!(bc.critical);
+    assert_eq!(bc.value, [0x30, 0x00]);
+    assert_eq!(verify_chain(&w.chain(), &w.bundles, now()).unwrap().as_str(), ID);
+}
+
+#[test]
+fn leaf_basic_constraints_with_ca_false_spelled_out_still_pass() {
+    // Not DER (older keycard servers minted it), but the validator reads it leniently,
+    // so that an upgraded agent keeps accepting SVIDs from a server not yet upgraded.
+    let w = world();
+    let mut p = leaf_params(ID);
+    drop_basic_constraints(&mut p);
+    p.custom_extensions.push(basic_constraints(&[0x30, 0x03, 0x01, 0x01, 0x00]));
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = p.signed_by(&key, &w.intermediate.issuer).unwrap().der().clone();
+    assert!(keycard_certs_dev::strict_der::check(&cert).is_err());
+    let chain = [cert, w.intermediate.cert.clone()];
+    assert_eq!(verify_chain(&chain, &w.bundles, now()).unwrap().as_str(), ID);
+}
+
+#[test]
+fn missing_basic_constraints() {
+    let mut p = leaf_params(ID);
+    drop_basic_constraints(&mut p);
+    assert_eq!(leaf_err(p), X509SvidError::MissingBasicConstraints);
+}
+
+#[test]
+fn key_usage_missing() {
+    assert_eq!(leaf_err(with_ku(&[])), X509SvidError::KeyUsageMissing);
+}
+
+#[test]
+fn key_usage_not_critical() {
+    let mut p = with_ku(&[]);
+    // KeyUsage (2.5.29.15) = BIT STRING with digitalSignature only, not critical.
+    let mut ext = CustomExtension::from_oid_content(&[2, 5, 29, 15], vec![3, 2, 7, 0x80]);
+    ext.set_criticality(false);
+    p.custom_extensions.push(ext);
+    assert_eq!(leaf_err(p), X509SvidError::KeyUsageNotCritical);
+}
+
+#[test]
+fn leaf_no_digital_signature() {
+    let e = leaf_err(with_ku(&[Ku::KeyEncipherment, Ku::KeyAgreement]));
+    assert_eq!(e, X509SvidError::LeafNoDigitalSignature);
+}
+
+#[test]
+fn leaf_key_cert_sign() {
+    let e = leaf_err(with_ku(&[Ku::DigitalSignature, Ku::KeyCertSign]));
+    assert_eq!(e, X509SvidError::LeafKeyCertSign);
+}
+
+#[test]
+fn leaf_crl_sign() {
+    let e = leaf_err(with_ku(&[Ku::DigitalSignature, Ku::CrlSign]));
+    assert_eq!(e, X509SvidError::LeafCrlSign);
+}
+
+#[test]
+fn eku_missing_server_auth() {
+    let mut p = leaf_params(ID);
+    p.extended_key_usages = vec![Eku::ClientAuth];
+    assert_eq!(leaf_err(p), X509SvidError::EkuMissingServerAuth);
+}
+
+#[test]
+fn eku_missing_client_auth() {
+    let mut p = leaf_params(ID);
+    p.extended_key_usages = vec![Eku::ServerAuth];
+    assert_eq!(leaf_err(p), X509SvidError::EkuMissingClientAuth);
+}
+
+#[test]
+fn leaf_without_eku_passes() {
+    let mut p = leaf_params(ID);
+    p.extended_key_usages = vec![];
+    let w = world_with(p);
+    assert_eq!(verify_chain(&w.chain(), &w.bundles, now()).unwrap().as_str(), ID);
+}
+
+#[test]
+fn signing_cert_not_ca() {
+    let mut p = ca_params("example.org", "int");
+    not_ca(&mut p);
+    assert_eq!(signing_err(p), X509SvidError::SigningCertNotCa { index: 1 });
+    let mut p = ca_params("example.org", "int");
+    p.is_ca = IsCa::NoCa;
+    assert_eq!(signing_err(p), X509SvidError::SigningCertNotCa { index: 1 });
+}
+
+#[test]
+fn signing_cert_no_key_cert_sign() {
+    let mut p = ca_params("example.org", "int");
+    p.key_usages = vec![Ku::CrlSign];
+    assert_eq!(signing_err(p), X509SvidError::SigningCertNoKeyCertSign { index: 1 });
+}
+
+#[test]
+fn signing_cert_id_has_path() {
+    let mut p = ca_params("example.org", "int");
+    p.subject_alt_names = vec![uri("spiffe://example.org/ca")];
+    let e = signing_err(p);
+    assert!(matches!(e, X509SvidError::SigningCertIdHasPath { index: 1, .. }), "{e:?}");
+}
+
+#[test]
+fn signing_cert_without_spiffe_id_passes() {
+    let r = root(ca_params("example.org", "root"));
+    let mut p = ca_params("example.org", "int");
+    p.subject_alt_names = vec![];
+    let i = intermediate(p, &r);
+    let l = leaf(leaf_params(ID), &i);
+    verify_chain(&[l.cert, i.cert], &bundles(&[("example.org", &r)]), now()).unwrap();
+}
+
+#[test]
+fn spiffe_id_of_reads_leaf_and_ca_ids() {
+    let w = world();
+    assert_eq!(spiffe_id_of(&w.leaf.cert).unwrap().as_str(), ID);
+    assert!(spiffe_id_of(&w.root.cert).unwrap().is_root());
+}
+
+#[test]
+fn rules_run_before_time_and_chain() {
+    // An expired, untrusted leaf that is also a CA reports the leaf rule first.
+    let stranger = root(ca_params("example.org", "stranger"));
+    let mut p = leaf_params(ID);
+    drop_basic_constraints(&mut p);
+    p.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.not_after = rcgen::date_time_ymd(2029, 12, 31);
+    let l = leaf(p, &stranger);
+    let e = verify_chain(&[l.cert], &world().bundles, now()).unwrap_err();
+    assert_eq!(e, X509SvidError::LeafIsCa);
+}
