@@ -1,6 +1,7 @@
 //! `keycard entry create|show|update|delete|count`.
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
@@ -8,24 +9,29 @@ use keycard_workload_api::SpiffeId;
 use serde_json::json;
 
 use super::output::{count_text, emit, entry_json, entry_text};
-use super::{CliError, Connection, client, parse_ttl};
+use super::{CliError, Connection, client, entry_file, parse_ttl};
 use crate::selector::Selector;
 use crate::server::admin::pb;
 
 /// What to do with entries.
 #[derive(Debug, Subcommand)]
 pub enum EntryCommand {
-    /// Register a workload (or a node alias) under a parent.
+    /// Register a workload (or a node alias) under a parent; or, with --file, every entry
+    /// of a JSON file in one call (all or none).
     Create(CreateArgs),
     /// Show one entry by ID, or list entries (every page unless a page is asked for).
     Show(ShowArgs),
     /// Change an entry; flags not given keep their current value.
     Update(UpdateArgs),
-    /// Delete an entry.
+    /// Delete an entry; or, with --file, every entry of a JSON file in one call (all or none).
     Delete {
         /// The entry ID.
-        #[arg(long)]
-        id: String,
+        #[arg(long, required_unless_present = "file")]
+        id: Option<String>,
+        /// A JSON file (`-`: standard input) of entry IDs, or `entry show --output json`
+        /// output: delete every entry it names by `id`.
+        #[arg(long, value_name = "PATH", conflicts_with = "id")]
+        file: Option<PathBuf>,
     },
     /// Count entries.
     Count,
@@ -34,14 +40,24 @@ pub enum EntryCommand {
 /// `entry create` flags.
 #[derive(Debug, Args)]
 pub struct CreateArgs {
+    /// Create every entry of this JSON file (`-`: standard input) in one call: an array of
+    /// objects with the keys spiffe_id, parent_id, selectors and optionally dns_names,
+    /// x509_ttl_seconds, jwt_ttl_seconds, hint, admin (`entry show --output json` output
+    /// reads back). Nothing is created when any entry breaks a rule.
+    #[arg(
+        long,
+        value_name = "PATH",
+        conflicts_with_all = ["spiffe_id", "parent_id", "selectors", "x509_ttl", "jwt_ttl", "dns_names", "hint", "admin"]
+    )]
+    pub file: Option<PathBuf>,
     /// The SPIFFE ID the workload gets, for example spiffe://example.org/web.
-    #[arg(long, value_name = "ID")]
-    pub spiffe_id: SpiffeId,
+    #[arg(long, value_name = "ID", required_unless_present = "file")]
+    pub spiffe_id: Option<SpiffeId>,
     /// Who may get it: an agent's ID, a node-alias entry's SPIFFE ID, or the server's ID.
-    #[arg(long, value_name = "ID")]
-    pub parent_id: SpiffeId,
+    #[arg(long, value_name = "ID", required_unless_present = "file")]
+    pub parent_id: Option<SpiffeId>,
     /// A selector the workload must have, `type:value` (repeat for more).
-    #[arg(long = "selector", required = true, value_name = "TYPE:VALUE")]
+    #[arg(long = "selector", required_unless_present = "file", value_name = "TYPE:VALUE")]
     pub selectors: Vec<Selector>,
     /// X.509-SVID lifetime, such as 1h (default: the server's).
     #[arg(long, value_parser = parse_ttl, value_name = "TTL")]
@@ -53,8 +69,8 @@ pub struct CreateArgs {
     #[arg(long = "dns", value_name = "NAME")]
     pub dns_names: Vec<String>,
     /// A hint passed to the workload to choose between its SVIDs.
-    #[arg(long, default_value = "")]
-    pub hint: String,
+    #[arg(long)]
+    pub hint: Option<String>,
     /// Whether the holder may call the admin API.
     #[arg(long)]
     pub admin: bool,
@@ -128,13 +144,13 @@ fn strings<T: ToString>(items: &[T]) -> Vec<String> {
 /// The wire specification of `entry create`.
 pub fn create_spec(args: &CreateArgs) -> pb::EntrySpec {
     pb::EntrySpec {
-        spiffe_id: args.spiffe_id.to_string(),
-        parent_id: args.parent_id.to_string(),
+        spiffe_id: args.spiffe_id.as_ref().map(ToString::to_string).unwrap_or_default(),
+        parent_id: args.parent_id.as_ref().map(ToString::to_string).unwrap_or_default(),
         selectors: strings(&args.selectors),
         x509_ttl_seconds: args.x509_ttl.map_or(0, |d| d.as_secs()),
         jwt_ttl_seconds: args.jwt_ttl.map_or(0, |d| d.as_secs()),
         dns_names: args.dns_names.clone(),
-        hint: args.hint.clone(),
+        hint: args.hint.clone().unwrap_or_default(),
         admin: args.admin,
     }
 }
@@ -216,6 +232,9 @@ pub(super) async fn run(
         emit(out, format, || entry_text(e), || entry_json(e)).map_err(CliError::from)
     };
     match command {
+        EntryCommand::Create(CreateArgs { file: Some(path), .. }) => {
+            entry_file::create(&mut c, format, &path, &mut std::io::stdin().lock(), out).await
+        }
         EntryCommand::Create(args) => {
             let req = pb::CreateEntryRequest { spec: Some(create_spec(&args)) };
             let entry = c.api.create_entry(req).await.map_err(|s| c.fail(s))?.into_inner();
@@ -232,8 +251,11 @@ pub(super) async fn run(
             warn_missing_parent(&entry);
             one(out, &entry)
         }
-        EntryCommand::Delete { id } => {
-            let req = pb::DeleteEntryRequest { id };
+        EntryCommand::Delete { file: Some(path), .. } => {
+            entry_file::delete(&mut c, format, &path, &mut std::io::stdin().lock(), out).await
+        }
+        EntryCommand::Delete { id, file: None } => {
+            let req = pb::DeleteEntryRequest { id: id.unwrap_or_default() };
             let entry = c.api.delete_entry(req).await.map_err(|s| c.fail(s))?.into_inner();
             let text = || format!("Deleted entry {}\n", entry.id);
             emit(out, format, text, || entry_json(&entry)).map_err(CliError::from)

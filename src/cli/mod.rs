@@ -17,6 +17,7 @@ mod authority;
 mod bundle;
 mod client;
 mod entry;
+pub mod entry_file;
 mod explain;
 mod healthcheck;
 pub mod output;
@@ -81,6 +82,9 @@ pub enum CliError {
         /// The server's message.
         message: String,
     },
+    /// An entry file could not be used, or the server refused its batch.
+    #[error(transparent)]
+    EntryFile(#[from] entry_file::EntryFileError),
     /// `entry update` without anything to change.
     #[error(
         "nothing to change: give at least one of --spiffe-id, --parent-id, --selector, \

@@ -19,7 +19,7 @@ fn entry_not_found(id: &str) -> impl FnOnce(DataStoreError) -> AdminError {
     }
 }
 
-fn audit(action: &str, entry: &Entry, caller: Caller) {
+pub(super) fn audit(action: &str, entry: &Entry, caller: Caller) {
     tracing::info!(
         target: AUDIT_TARGET,
         event = "entry_change",
@@ -52,7 +52,7 @@ impl AdminService {
     }
 
     /// Refreshes the `entries` gauge; a failure only leaves the gauge stale.
-    fn count_entries_gauge(&self) {
+    pub(super) fn count_entries_gauge(&self) {
         match self.store.count_entries() {
             Ok(n) => {
                 self.metrics.entries.set(i64::try_from(n).unwrap_or(i64::MAX));

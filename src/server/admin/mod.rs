@@ -6,7 +6,7 @@
 //! agents, the bundle and the CA's authorities.
 //!
 //! - [`service`]: the tonic service and its blocking helpers.
-//! - `entries.rs`, `agents.rs`, `authority.rs`: what each call does.
+//! - `entries.rs`, [`entries_batch`] (many entries in one call), `agents.rs`, `authority.rs`: what each call does.
 //! - [`status`]: [`AdminError`] and the one mapping to `tonic::Status`.
 //! - [`convert`]: wire types to and from the server's types.
 //! - [`probe`]: the datastore write probe behind the health call.
@@ -26,11 +26,14 @@ mod agents;
 mod authority;
 pub mod convert;
 mod entries;
+pub mod entries_batch;
 pub mod probe;
 pub mod service;
 pub mod status;
 #[cfg(test)]
 pub(crate) mod tests;
+#[cfg(test)]
+mod tests_batch;
 #[cfg(test)]
 mod tests_ops;
 #[cfg(test)]
@@ -45,6 +48,10 @@ pub use status::AdminError;
 pub mod pb {
     tonic::include_proto!("keycard.admin.v1");
 }
+
+/// Largest message the admin API takes or gives, on both sides (server and CLI): room for a
+/// batch of [`entries_batch::MAX_BATCH_ENTRIES`] entries (tonic's default is 4 MiB).
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 /// What the admin API needs from the server's configuration.
 #[derive(Debug, Clone)]
@@ -95,7 +102,11 @@ pub async fn serve_on(
     tracing::info!(socket = %path.display(), uids = ?listener.allowed_uids(), "admin API listening");
     let service = AdminService::new(trust_domain, store, ca, metrics, clock);
     let result = tonic::transport::Server::builder()
-        .add_service(pb::admin_server::AdminServer::new(service))
+        .add_service(
+            pb::admin_server::AdminServer::new(service)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
         .serve_with_incoming_shutdown(listener.incoming(), shutdown)
         .await;
     if let Err(e) = std::fs::remove_file(&path) {

@@ -120,6 +120,24 @@ impl Admin for AdminService {
         self.blocking(|s| Ok(pb::CountEntriesResponse { count: s.store.count_entries()? })).await
     }
 
+    async fn batch_create_entries(
+        &self,
+        req: Request<pb::BatchCreateEntriesRequest>,
+    ) -> Result<Response<pb::BatchEntriesResponse>, Status> {
+        let who = caller(&req);
+        let req = req.into_inner();
+        self.blocking(move |s| s.batch_create_entries(req, who)).await
+    }
+
+    async fn batch_delete_entries(
+        &self,
+        req: Request<pb::BatchDeleteEntriesRequest>,
+    ) -> Result<Response<pb::BatchEntriesResponse>, Status> {
+        let who = caller(&req);
+        let req = req.into_inner();
+        self.blocking(move |s| s.batch_delete_entries(req, who)).await
+    }
+
     async fn generate_join_token(
         &self,
         req: Request<pb::GenerateJoinTokenRequest>,

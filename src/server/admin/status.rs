@@ -67,6 +67,31 @@ pub enum AdminError {
     /// The bundle could not be rendered.
     #[error("the bundle could not be rendered: {0}")]
     Bundle(String),
+    /// A batch call with no entries.
+    #[error("the batch is empty: give at least one entry")]
+    EmptyBatch,
+    /// A batch call with more entries than one call may carry.
+    #[error(
+        "the batch has {given} entries, more than the {max} one call may carry; split it into \
+         files of at most {max} entries"
+    )]
+    BatchTooLarge {
+        /// How many were given.
+        given: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A batch call whose request is larger than one call may carry.
+    #[error(
+        "the batch is {given} bytes, more than the {max} one call may carry; split it into \
+         smaller files"
+    )]
+    BatchTooBig {
+        /// The request's size.
+        given: usize,
+        /// The limit.
+        max: usize,
+    },
     /// A blocking task died (a bug: it panicked).
     #[error("internal error: {0}")]
     Task(String),
@@ -83,7 +108,10 @@ impl AdminError {
             | E::Entry(_)
             | E::JoinToken(_)
             | E::MissingAuthorityKind
-            | E::MissingBundleFormat => Code::InvalidArgument,
+            | E::MissingBundleFormat
+            | E::EmptyBatch
+            | E::BatchTooLarge { .. }
+            | E::BatchTooBig { .. } => Code::InvalidArgument,
             E::DuplicateEntry(_) => Code::AlreadyExists,
             E::EntryNotFound(_) | E::AgentNotFound(_) => Code::NotFound,
             E::DataStore(e) => datastore_code(e),
@@ -99,7 +127,7 @@ fn datastore_code(e: &DataStoreError) -> Code {
         DataStoreError::DuplicateEntry(_) | DataStoreError::AlreadyExists { .. } => {
             Code::AlreadyExists
         }
-        DataStoreError::BadPageToken(_) => Code::InvalidArgument,
+        DataStoreError::BadPageToken(_) | DataStoreError::BatchRefused(_) => Code::InvalidArgument,
         DataStoreError::Backend(_) => Code::Unavailable,
         DataStoreError::Corrupt(_) => Code::DataLoss,
     }

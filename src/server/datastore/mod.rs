@@ -53,12 +53,28 @@ pub enum DataStoreError {
     /// A page token that this store did not hand out.
     #[error("invalid page token {0:?}; pass the next_page_token of the previous reply")]
     BadPageToken(String),
+    /// Entries of a batch that the store refused; nothing of the batch was stored.
+    #[error("{} entries of the batch refused{}", .0.len(), first_refusal(.0))]
+    BatchRefused(Vec<BatchRefusal>),
     /// The database refused or failed (disk, corruption, lock timeout).
     #[error("datastore failure: {0}")]
     Backend(String),
     /// A stored row could not be decoded (the database was edited by hand or is corrupt).
     #[error("datastore holds a record it cannot read ({0}); restore from a backup")]
     Corrupt(String),
+}
+
+/// One entry of a batch that the store refused, by its position in the batch.
+#[derive(Debug)]
+pub struct BatchRefusal {
+    /// Position in the batch, from 0.
+    pub index: usize,
+    /// Why (a duplicate, a missing entry).
+    pub error: DataStoreError,
+}
+
+fn first_refusal(refused: &[BatchRefusal]) -> String {
+    refused.first().map(|r| format!("; the first, #{}: {}", r.index, r.error)).unwrap_or_default()
 }
 
 /// One page of a list request.
@@ -181,6 +197,17 @@ pub enum TokenUse {
 pub trait DataStore: Send + Sync + fmt::Debug {
     /// Stores a new entry with a fresh ID and the next revision.
     fn create_entry(&self, spec: &EntrySpec, now: SystemTime) -> Result<Entry, DataStoreError>;
+    /// Stores new entries in one transaction, each with a fresh ID and its own revision,
+    /// in order: all of them, or none when any is refused (`BatchRefused` names each
+    /// duplicate by its index).
+    fn create_entries(
+        &self,
+        specs: &[EntrySpec],
+        now: SystemTime,
+    ) -> Result<Vec<Entry>, DataStoreError>;
+    /// Deletes entries by ID in one transaction, each leaving a tombstone: all of them, or
+    /// none when any is missing (`BatchRefused` names each by its index).
+    fn delete_entries(&self, ids: &[String]) -> Result<Vec<Entry>, DataStoreError>;
     /// The entry with this ID.
     fn get_entry(&self, id: &str) -> Result<Option<Entry>, DataStoreError>;
     /// Replaces an entry's specification; bumps its revision.

@@ -26,6 +26,7 @@ use super::{
 use crate::fsutil;
 use crate::server::entry::{Entry, EntrySpec};
 
+mod batch;
 mod entries;
 mod records;
 mod schema;
@@ -194,6 +195,18 @@ fn spiffe_id_from_db(text: &str) -> Result<SpiffeId, DataStoreError> {
 impl DataStore for SqliteDataStore {
     fn create_entry(&self, spec: &EntrySpec, now: SystemTime) -> Result<Entry, DataStoreError> {
         self.write(|tx| entries::create(tx, spec, now))
+    }
+
+    fn create_entries(
+        &self,
+        specs: &[EntrySpec],
+        now: SystemTime,
+    ) -> Result<Vec<Entry>, DataStoreError> {
+        self.write(|tx| batch::create_all(tx, specs, now))
+    }
+
+    fn delete_entries(&self, ids: &[String]) -> Result<Vec<Entry>, DataStoreError> {
+        self.write(|tx| batch::delete_all(tx, ids))
     }
 
     fn get_entry(&self, id: &str) -> Result<Option<Entry>, DataStoreError> {

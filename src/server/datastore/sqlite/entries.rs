@@ -85,7 +85,7 @@ impl Raw {
 
 /// The canonical text of a selector set: a JSON array in sorted order, so that the same
 /// selectors given in any order have the same key.
-fn selectors_key(selectors: &SelectorSet) -> Result<String, DataStoreError> {
+pub(super) fn selectors_key(selectors: &SelectorSet) -> Result<String, DataStoreError> {
     serde_json::to_string(selectors).map_err(|e| DataStoreError::Backend(e.to_string()))
 }
 
@@ -96,7 +96,7 @@ fn next_revision(tx: &Transaction<'_>) -> Result<i64, DataStoreError> {
 }
 
 /// The ID of another entry with the same SPIFFE ID, parent ID and selectors, if any.
-fn duplicate_of(
+pub(super) fn duplicate_of(
     tx: &Transaction<'_>,
     spec: &EntrySpec,
     key: &str,
@@ -121,7 +121,7 @@ fn insert_selectors(
     Ok(())
 }
 
-fn dns_names_json(spec: &EntrySpec) -> Result<String, DataStoreError> {
+pub(super) fn dns_names_json(spec: &EntrySpec) -> Result<String, DataStoreError> {
     serde_json::to_string(&spec.dns_names).map_err(|e| DataStoreError::Backend(e.to_string()))
 }
 
@@ -165,7 +165,7 @@ pub(super) fn get(tx: &Transaction<'_>, id: &str) -> Result<Option<Entry>, DataS
     raw.map(|raw| raw.decode(tx)).transpose()
 }
 
-fn not_found(id: &str) -> DataStoreError {
+pub(super) fn not_found(id: &str) -> DataStoreError {
     DataStoreError::NotFound { kind: "entry", id: id.to_owned() }
 }
 
