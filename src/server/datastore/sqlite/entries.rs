@@ -11,7 +11,7 @@ use super::{
 };
 use crate::selector::{Selector, SelectorSet};
 use crate::server::datastore::{DataStoreError, EntryChanges, EntryFilter, Page, PageRequest};
-use crate::server::entry::{Entry, EntrySpec, new_entry_id};
+use crate::server::entry::{Entry, EntrySpec};
 
 /// The columns every entry query reads, in the order [`Raw::from_row`] expects.
 const COLUMNS: &str = "id, spiffe_id, parent_id, x509_ttl_ms, jwt_ttl_ms, dns_names, hint, \
@@ -125,38 +125,22 @@ pub(super) fn dns_names_json(spec: &EntrySpec) -> Result<String, DataStoreError>
     serde_json::to_string(&spec.dns_names).map_err(|e| DataStoreError::Backend(e.to_string()))
 }
 
+/// Stores one entry: a batch of one ([`super::batch::create_all`]), so both paths insert
+/// the same way; a refusal comes back as the single create's own error.
 pub(super) fn create(
     tx: &Transaction<'_>,
     spec: &EntrySpec,
     now: SystemTime,
 ) -> Result<Entry, DataStoreError> {
-    let key = selectors_key(&spec.selectors)?;
-    if let Some(existing) = duplicate_of(tx, spec, &key, "")? {
-        return Err(DataStoreError::DuplicateEntry(existing));
+    match super::batch::create_all(tx, std::slice::from_ref(spec), now) {
+        Ok(mut created) => {
+            created.pop().ok_or_else(|| DataStoreError::Backend("no entry was created".into()))
+        }
+        Err(DataStoreError::BatchRefused(mut refused)) if refused.len() == 1 => {
+            Err(refused.remove(0).error)
+        }
+        Err(e) => Err(e),
     }
-    let id = new_entry_id();
-    let revision = next_revision(tx)?;
-    let now = time_to_db(now);
-    tx.execute(
-        "INSERT INTO entries (id, spiffe_id, parent_id, selectors_key, x509_ttl_ms, jwt_ttl_ms, \
-         dns_names, hint, admin, revision, created_at, updated_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)",
-        params![
-            id,
-            spec.spiffe_id.to_string(),
-            spec.parent_id.to_string(),
-            key,
-            spec.x509_ttl.map(duration_to_db),
-            spec.jwt_ttl.map(duration_to_db),
-            dns_names_json(spec)?,
-            spec.hint,
-            spec.admin,
-            revision,
-            now,
-        ],
-    )?;
-    insert_selectors(tx, &id, &spec.selectors)?;
-    get(tx, &id)?.ok_or_else(|| DataStoreError::Backend(format!("entry {id} vanished")))
 }
 
 pub(super) fn get(tx: &Transaction<'_>, id: &str) -> Result<Option<Entry>, DataStoreError> {
