@@ -7,14 +7,14 @@
 //! root's, or one the operator allowed; anything else is dropped with a log line.
 
 use std::io;
-use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+
 use std::path::{Path, PathBuf};
 
 use tokio::net::{UnixListener, UnixStream};
 use tokio_stream::wrappers::UnixListenerStream;
 use tokio_stream::{Stream, StreamExt as _};
 
-use super::{Existing, existing_socket, own_uid};
+use super::{DirPolicy, PathProblem, bind_with_mode, own_uid, prepare_path};
 use crate::fsutil::create_private_dir;
 
 /// Mode of the admin socket.
@@ -89,15 +89,10 @@ impl AdminListener {
     /// inside a tokio runtime.
     pub fn bind(path: &Path, extra_uids: &[u32]) -> Result<Self, ListenerError> {
         let own = own_uid().map_err(io_err(path, "read the server's uid"))?;
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        check_dir(&dir, own)?;
-        remove_stale(path)?;
-        let listener = UnixListener::bind(path).map_err(io_err(path, "bind"))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))
-            .map_err(io_err(path, "set mode 0600 on"))?;
+        let policy = DirPolicy { create: create_private_dir, mode_ok: |mode| mode & 0o077 == 0 };
+        prepare_path(path, own, &policy).map_err(|p| ListenerError::from_problem(p, own))?;
+        let listener =
+            bind_with_mode(path, SOCKET_MODE).map_err(|p| ListenerError::from_problem(p, own))?;
         let mut allowed = vec![own, 0];
         allowed.extend_from_slice(extra_uids);
         allowed.sort_unstable();
@@ -142,50 +137,24 @@ impl AdminListener {
     }
 }
 
-/// Creates the directory (0700) if missing; otherwise checks it is a private directory of ours.
-fn check_dir(dir: &Path, own: u32) -> Result<(), ListenerError> {
-    let meta = match std::fs::symlink_metadata(dir) {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            create_private_dir(dir).map_err(io_err(dir, "create directory"))?;
-            std::fs::symlink_metadata(dir).map_err(io_err(dir, "inspect directory"))?
-        }
-        Err(e) => return Err(io_err(dir, "inspect directory")(e)),
-    };
-    if meta.file_type().is_symlink() {
-        return Err(ListenerError::SymlinkDir(dir.to_path_buf()));
-    }
-    if !meta.is_dir() {
-        return Err(ListenerError::NotADirectory(dir.to_path_buf()));
-    }
-    if meta.uid() != own {
-        return Err(ListenerError::ForeignOwner {
-            path: dir.to_path_buf(),
-            owner: meta.uid(),
-            own,
-        });
-    }
-    let mode = meta.mode() & 0o7777;
-    if mode & 0o077 != 0 {
-        return Err(ListenerError::OpenDir { path: dir.to_path_buf(), mode });
-    }
-    Ok(())
-}
-
-/// Removes a socket left by a server that is gone; refuses a live socket or another file.
-fn remove_stale(path: &Path) -> Result<(), ListenerError> {
-    match existing_socket(path).map_err(io_err(path, "inspect"))? {
-        Existing::Absent => Ok(()),
-        Existing::Live => Err(ListenerError::InUse(path.to_path_buf())),
-        Existing::NotASocket => Err(ListenerError::NotASocket(path.to_path_buf())),
-        Existing::Stale => {
-            std::fs::remove_file(path).map_err(io_err(path, "remove the stale socket"))
+impl ListenerError {
+    fn from_problem(problem: PathProblem, own: u32) -> Self {
+        match problem {
+            PathProblem::SymlinkDir(p) => Self::SymlinkDir(p),
+            PathProblem::NotADirectory(p) => Self::NotADirectory(p),
+            PathProblem::ForeignOwner(path, owner) => Self::ForeignOwner { path, owner, own },
+            PathProblem::OpenMode(path, mode) => Self::OpenDir { path, mode },
+            PathProblem::InUse(p) => Self::InUse(p),
+            PathProblem::NotASocket(p) => Self::NotASocket(p),
+            PathProblem::Io(path, action, source) => Self::Io { path, action, source },
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+
     use super::*;
 
     fn mode(path: &Path) -> u32 {

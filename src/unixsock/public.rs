@@ -8,10 +8,12 @@
 //! is replaced; a live one, or a file that is not a socket, is left alone with an error.
 
 use std::io;
-use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _};
+use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 use tokio::net::UnixListener;
+
+use super::{DirPolicy, PathProblem, bind_with_mode, prepare_path};
 
 /// Mode of the socket: anyone may connect.
 pub const SOCKET_MODE: u32 = 0o777;
@@ -80,66 +82,38 @@ fn io_err(path: &Path, action: &'static str) -> impl FnOnce(io::Error) -> Socket
 /// local user. Must be called inside a tokio runtime.
 pub fn bind_workload_socket(path: &Path) -> Result<UnixListener, SocketError> {
     let own = super::own_uid().map_err(io_err(path, "read the agent's uid"))?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    check_dir(&dir, own)?;
-    remove_stale(path)?;
-    let listener = UnixListener::bind(path).map_err(io_err(path, "bind"))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))
-        .map_err(io_err(path, "set mode 0777 on"))?;
-    Ok(listener)
+    // Group or others may not write to the directory (they could swap the socket),
+    // unless the sticky bit keeps them from replacing our file.
+    let policy =
+        DirPolicy { create: create_public_dir, mode_ok: |m| m & 0o022 == 0 || m & 0o1000 != 0 };
+    prepare_path(path, own, &policy).map_err(|p| SocketError::from_problem(p, own))?;
+    bind_with_mode(path, SOCKET_MODE).map_err(|p| SocketError::from_problem(p, own))
 }
 
-/// Creates the directory (0755, with parents) if missing; otherwise checks it is safe.
-fn check_dir(dir: &Path, own: u32) -> Result<(), SocketError> {
-    let meta = match std::fs::symlink_metadata(dir) {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(DIR_MODE)
-                .create(dir)
-                .map_err(io_err(dir, "create directory"))?;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE))
-                .map_err(io_err(dir, "set mode 0755 on"))?;
-            std::fs::symlink_metadata(dir).map_err(io_err(dir, "inspect directory"))?
-        }
-        Err(e) => return Err(io_err(dir, "inspect directory")(e)),
-    };
-    if meta.file_type().is_symlink() {
-        return Err(SocketError::SymlinkDir(dir.to_path_buf()));
-    }
-    if !meta.is_dir() {
-        return Err(SocketError::NotADirectory(dir.to_path_buf()));
-    }
-    if meta.uid() != own {
-        return Err(SocketError::ForeignOwner { path: dir.to_path_buf(), owner: meta.uid(), own });
-    }
-    let mode = meta.mode() & 0o7777;
-    let sticky = mode & 0o1000 != 0;
-    if mode & 0o022 != 0 && !sticky {
-        return Err(SocketError::WritableDir { path: dir.to_path_buf(), mode });
-    }
-    Ok(())
+/// Creates the directory and its parents with mode 0755 (whatever the umask).
+fn create_public_dir(dir: &Path) -> io::Result<()> {
+    std::fs::DirBuilder::new().recursive(true).mode(DIR_MODE).create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE))
 }
 
-/// Removes a socket left by an agent that is gone; refuses a live socket or another file.
-fn remove_stale(path: &Path) -> Result<(), SocketError> {
-    use super::{Existing, existing_socket};
-    match existing_socket(path).map_err(io_err(path, "inspect"))? {
-        Existing::Absent => Ok(()),
-        Existing::Live => Err(SocketError::InUse(path.to_path_buf())),
-        Existing::NotASocket => Err(SocketError::NotASocket(path.to_path_buf())),
-        Existing::Stale => {
-            std::fs::remove_file(path).map_err(io_err(path, "remove the stale socket"))
+impl SocketError {
+    fn from_problem(problem: PathProblem, own: u32) -> Self {
+        match problem {
+            PathProblem::SymlinkDir(p) => Self::SymlinkDir(p),
+            PathProblem::NotADirectory(p) => Self::NotADirectory(p),
+            PathProblem::ForeignOwner(path, owner) => Self::ForeignOwner { path, owner, own },
+            PathProblem::OpenMode(path, mode) => Self::WritableDir { path, mode },
+            PathProblem::InUse(p) => Self::InUse(p),
+            PathProblem::NotASocket(p) => Self::NotASocket(p),
+            PathProblem::Io(path, action, source) => Self::Io { path, action, source },
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::MetadataExt as _;
+
     use super::*;
 
     fn mode(path: &Path) -> u32 {
