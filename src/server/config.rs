@@ -19,6 +19,7 @@
 //! | `jwt_key_type` | `ec-p256` | JWT authority key: `ec-p256` or `ec-p384` (JWT-SVIDs have no EdDSA) |
 //! | `backdate` | `30s` | How far `notBefore` is set in the past, for clock skew |
 //! | `bundle_refresh_hint` | `5m` | `spiffe_refresh_hint` published with the bundle |
+//! | `svids_per_second_per_agent` | `500` | Workload X.509-SVIDs one agent may have signed per second (bursts of twice that); an agent asking faster is told when to retry |
 //! | `[upstream_authority]` `cert_file`, `key_file` | none | PEM certificate (chain) and PKCS#8 key of an upstream CA; when set, keycard's authorities are its intermediates |
 //! | `[datastore]` `type` | `sqlite` | Datastore kind; only `sqlite` for now |
 //! | `[datastore]` `path` | `<data_dir>/datastore.sqlite3` | SQLite database file |
@@ -57,6 +58,10 @@ pub const DEFAULT_X509_SVID_TTL: Duration = Duration::from_secs(3600);
 pub const DEFAULT_JWT_SVID_TTL: Duration = Duration::from_secs(300);
 /// Default bundle refresh hint.
 pub const DEFAULT_BUNDLE_REFRESH_HINT: Duration = Duration::from_secs(300);
+/// Default number of workload SVIDs one agent may have signed per second.
+pub const DEFAULT_SVIDS_PER_SECOND_PER_AGENT: u32 = 500;
+/// The most `svids_per_second_per_agent` may be.
+pub const MAX_SVIDS_PER_SECOND_PER_AGENT: u32 = 1_000_000;
 /// Default log level.
 pub const DEFAULT_LOG_LEVEL: &str = "info";
 pub use crate::unixsock::MAX_SOCKET_PATH_LEN;
@@ -142,6 +147,8 @@ pub struct ServerConfig {
     pub backdate: Duration,
     /// `spiffe_refresh_hint` of the published bundle.
     pub bundle_refresh_hint: Duration,
+    /// Workload SVIDs one agent may have signed per second (bursts of twice that).
+    pub svids_per_second_per_agent: u32,
     /// Upstream CA, if keycard is an intermediate.
     pub upstream_authority: Option<UpstreamAuthorityConfig>,
     /// The datastore.
@@ -182,6 +189,17 @@ fn pick<T>(
         (Some(v), _) => Ok(Some(v)),
         (None, Some(v)) => parse(&v).map(Some),
         (None, None) => Ok(None),
+    }
+}
+
+/// `svids_per_second_per_agent`: a whole number from 1 to [`MAX_SVIDS_PER_SECOND_PER_AGENT`].
+fn svid_rate(v: Option<toml::Value>) -> Result<u32, ConfigError> {
+    const KEY: &str = "svids_per_second_per_agent";
+    let Some(v) = v else { return Ok(DEFAULT_SVIDS_PER_SECOND_PER_AGENT) };
+    let max = MAX_SVIDS_PER_SECOND_PER_AGENT;
+    match v.as_integer() {
+        Some(n) if (1..=i64::from(max)).contains(&n) => Ok(n as u32),
+        _ => Err(invalid(KEY, format!("{v} is not a whole number from 1 to {max}"))),
     }
 }
 
@@ -264,6 +282,7 @@ impl ServerConfig {
         }
         let bundle_refresh_hint =
             duration("bundle_refresh_hint", f.bundle_refresh_hint, DEFAULT_BUNDLE_REFRESH_HINT)?;
+        let svids_per_second_per_agent = svid_rate(f.svids_per_second_per_agent)?;
         let upstream_authority = f.upstream_authority.map(upstream).transpose()?;
         let datastore = datastore(f.datastore.unwrap_or_default(), &data_dir)?;
         let x509pop_ca_bundle =
@@ -292,6 +311,7 @@ impl ServerConfig {
             jwt_key_type,
             backdate,
             bundle_refresh_hint,
+            svids_per_second_per_agent,
             upstream_authority,
             datastore,
             x509pop_ca_bundle,

@@ -190,6 +190,8 @@ fn agent_api_options(config: &ServerConfig) -> Result<AgentApiOptions, RunError>
     options.default_x509_ttl = config.default_x509_svid_ttl;
     options.default_jwt_ttl = config.default_jwt_svid_ttl;
     options.server_svid_ttl = config.default_x509_svid_ttl;
+    let rate = f64::from(config.svids_per_second_per_agent);
+    options.sign_rate = agent_api::Rate { per_second: rate, burst: 2.0 * rate };
     if let Some(path) = &config.x509pop_ca_bundle {
         let certs = crate::pemfile::read_certificates(path)
             .map_err(|e| RunError::X509PopBundle { path: e.path, reason: e.reason })?;

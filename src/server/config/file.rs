@@ -22,6 +22,7 @@ pub(super) struct FileConfig {
     pub(super) jwt_key_type: Option<String>,
     pub(super) backdate: Option<String>,
     pub(super) bundle_refresh_hint: Option<String>,
+    pub(super) svids_per_second_per_agent: Option<toml::Value>,
     pub(super) upstream_authority: Option<FileUpstream>,
     pub(super) datastore: Option<FileDatastore>,
     pub(super) x509pop_ca_bundle: Option<PathBuf>,

@@ -35,6 +35,7 @@ agent_svid_ttl = "3h"
 jwt_key_type = "ec-p384"
 backdate = "1m"
 bundle_refresh_hint = "10m"
+svids_per_second_per_agent = 2000
 x509pop_ca_bundle = "/etc/keycard/node-ca.pem"
 health_address = "127.0.0.1:9001"
 log_format = "json"
@@ -68,6 +69,7 @@ fn full_file_sets_every_key() {
             jwt_key_type: KeyType::EcP384,
             backdate: Duration::from_secs(60),
             bundle_refresh_hint: Duration::from_secs(600),
+            svids_per_second_per_agent: 2000,
             upstream_authority: Some(UpstreamAuthorityConfig {
                 cert_file: "/etc/keycard/up.pem".into(),
                 key_file: "/etc/keycard/up-key.pem".into(),
@@ -101,6 +103,7 @@ fn defaults() {
     assert_eq!(c.agent_svid_ttl, c.default_x509_svid_ttl);
     assert_eq!(c.backdate, Duration::from_secs(30));
     assert_eq!(c.bundle_refresh_hint, Duration::from_secs(300));
+    assert_eq!(c.svids_per_second_per_agent, 500);
     assert_eq!(c.upstream_authority, None);
     assert_eq!(
         c.datastore,
@@ -218,6 +221,9 @@ fn bad_values_name_the_key() {
         ("agent_svid_ttl = \"\"", "agent_svid_ttl"),
         ("backdate = \"soon\"", "backdate"),
         ("bundle_refresh_hint = \"x\"", "bundle_refresh_hint"),
+        ("svids_per_second_per_agent = 0", "svids_per_second_per_agent"),
+        ("svids_per_second_per_agent = \"fast\"", "svids_per_second_per_agent"),
+        ("svids_per_second_per_agent = 2.5", "svids_per_second_per_agent"),
         ("log_format = \"yaml\"", "log_format"),
         ("log_level = \"info,h2=loud\"", "log_level"),
         ("data_dir = \"\"", "data_dir"),
@@ -306,6 +312,7 @@ fn example_file_is_valid_and_documents_every_key() {
         "jwt_key_type",
         "backdate",
         "bundle_refresh_hint",
+        "svids_per_second_per_agent",
         "upstream_authority",
         "cert_file",
         "key_file",
