@@ -1,0 +1,103 @@
+//! Targets 7 and 4 at 100,000 entries: how long a new agent takes to hold every entry,
+//! its RSS with every SVID cached (before and after a fetch storm), and what an idle sync
+//! round costs: bytes between agent and server (counted by a relay, [`WireMeter`]) and
+//! CPU time on each side (`/proc/PID/stat` utime + stime).
+
+use std::time::{Duration, Instant};
+
+use crate::Options;
+use crate::cluster::{Cluster, RunningAgent, entries};
+use crate::fleet::{FILL_RATE, memory_rows};
+use crate::meters;
+use crate::meters::WireMeter;
+use crate::table::{Goal, Row};
+
+/// The agent's sync interval here: short, so that idle rounds come often.
+const SYNC_INTERVAL_SECONDS: u64 = 1;
+
+fn absolute(what: String, keycard: f64, unit: &str, at_most: f64) -> Row {
+    Row {
+        what,
+        keycard,
+        baseline: None,
+        baseline_name: "-".to_owned(),
+        unit: unit.to_owned(),
+        goal: Goal::Absolute { at_most },
+    }
+}
+
+/// Good sync rounds so far.
+fn rounds(agent: &RunningAgent) -> f64 {
+    agent.metric("sync_rounds_total{result=\"ok\"}").expect("scale: no sync round count")
+}
+
+/// The idle-sync rows: the agent holds everything and nothing changes for `time`.
+fn idle_rows(
+    cluster: &Cluster,
+    agent: &RunningAgent,
+    meter: &WireMeter,
+    n: usize,
+    time: Duration,
+) -> Vec<Row> {
+    let server = cluster.server_pid();
+    let rounds_before = rounds(agent);
+    let wire_before = meter.bytes();
+    let cpu_before = [meters::cpu_seconds(agent.pid), meters::cpu_seconds(server)];
+    std::thread::sleep(time);
+    let wire_after = meter.bytes();
+    let cpu_after = [meters::cpu_seconds(agent.pid), meters::cpu_seconds(server)];
+    let count = rounds(agent) - rounds_before;
+    assert!(count >= 1.0, "scale: no sync round in {time:?} of idling");
+    let per_round = |before: f64, after: f64| (after - before).max(0.0) / count;
+    eprintln!("idle: {count} rounds in {time:?}");
+    vec![
+        absolute(
+            format!("idle sync, {n} entries: bytes on the wire per round"),
+            per_round(wire_before as f64, wire_after as f64),
+            "B",
+            1024.0,
+        ),
+        absolute(
+            format!("idle sync, {n} entries: agent CPU per round"),
+            per_round(cpu_before[0], cpu_after[0]) * 1e3,
+            "ms",
+            1.0,
+        ),
+        absolute(
+            format!("idle sync, {n} entries: server CPU per round"),
+            per_round(cpu_before[1], cpu_after[1]) * 1e3,
+            "ms",
+            1.0,
+        ),
+    ]
+}
+
+/// Targets 7 and 4 (100,000 SVIDs).
+pub fn run(options: &Options) -> Vec<Row> {
+    let n = options.pick(100_000, 1_000);
+    let mine = options.pick(1_000, 100);
+    let storm = options.pick(10_000, 200);
+    let cluster = Cluster::start(FILL_RATE);
+    let started = Instant::now();
+    cluster.register(&entries(n, mine, cluster.uid, "scale"));
+    eprintln!("scale: {n} entries registered in {:.1?}", started.elapsed());
+
+    let meter = WireMeter::start(&cluster.server().address);
+    let config = format!("sync_interval = \"{SYNC_INTERVAL_SECONDS}s\"\n");
+    let agent = cluster.agent_via(&config, &meter.address);
+    let limit = Duration::from_secs(options.pick(120, 30));
+    let (synced, note) = match agent.wait_for("cache_entries", n, limit) {
+        Ok(took) => (took.as_secs_f64(), String::new()),
+        Err(last) => (limit.as_secs_f64(), format!(" (stopped waiting: {last} of {n})")),
+    };
+    let mut rows =
+        vec![absolute(format!("{n} entries reach a new agent{note}"), synced, "s", 60.0)];
+    let fill = Duration::from_secs(options.pick(600, 60));
+    agent.must_reach("cache_svids", n, fill, "scale: filling the cache");
+    eprintln!("scale: {n} SVIDs cached {:.1?} after the agent started", agent.spawned.elapsed());
+    rows.extend(memory_rows(&agent, n, mine, storm, 400.0));
+    let idle = Duration::from_secs(options.pick(20, 3) * SYNC_INTERVAL_SECONDS);
+    rows.extend(idle_rows(&cluster, &agent, &meter, n, idle));
+    agent.agent.stop();
+    rows
+}
