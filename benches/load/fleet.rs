@@ -19,12 +19,14 @@ const DEFAULT_RATE: u32 = 500;
 const STORM_RSS_CEILING_MIB: f64 = 3072.0;
 
 /// The RSS rows of target 4 for an agent holding `n` SVIDs: before, after `storm` fetches
-/// by one caller holding `mine` of them, and after / before.
+/// by one caller holding `mine` of them (fewer if `budget` runs out first: the rows say how
+/// many), and after / before.
 pub fn memory_rows(
     agent: &RunningAgent,
     n: usize,
     mine: usize,
     storm: usize,
+    budget: Duration,
     bound: f64,
 ) -> Vec<Row> {
     // Let the last publish and its allocations settle.
@@ -37,6 +39,10 @@ pub fn memory_rows(
         let mut client = fetch::connect(&socket).await;
         for i in 0..storm {
             fetch::x509_first_message(&mut client).await;
+            if started.elapsed() > budget {
+                eprintln!("storm stopped after {} fetches: {budget:?} spent", i + 1);
+                return i + 1;
+            }
             if i % 250 == 249 && agent.rss_mib() > STORM_RSS_CEILING_MIB {
                 eprintln!("storm stopped after {} fetches: agent RSS over the ceiling", i + 1);
                 return i + 1;
@@ -100,7 +106,8 @@ pub fn run(options: &Options) -> Vec<Row> {
     cluster.register(&entries(n, mine, cluster.uid, "fleet"));
     let agent = cluster.agent("");
     agent.must_reach("cache_svids", n, fill, "fleet: first fill");
-    let mut rows = memory_rows(&agent, n, mine, storm, 40.0);
+    let budget = Duration::from_secs(options.pick(150, 20));
+    let mut rows = memory_rows(&agent, n, mine, storm, budget, 40.0);
     agent.agent.stop();
 
     // An empty cache, the server at its default rate.
