@@ -131,6 +131,31 @@ async fn one_round_serves_more_entries_than_the_rate_allows_at_once() {
 }
 
 #[tokio::test]
+async fn a_call_refused_as_a_whole_for_the_rate_is_waited_out_not_failed() {
+    let recorder = Arc::new(Mutex::new(None::<Arc<ClockPacer>>));
+    let keep = recorder.clone();
+    let mut s = paced_setup(Rate { per_second: 10.0, burst: 5.0 }, move |clock| {
+        let pacer = Arc::new(ClockPacer { clock: clock.clone(), waits: Mutex::new(Vec::new()) });
+        *keep.lock().unwrap() = Some(pacer.clone());
+        pacer
+    })
+    .await;
+    let pacer = recorder.lock().unwrap().clone().unwrap();
+    let hour = Duration::from_secs(3600);
+    entries(&s.server, &s.agent_id, "first", 5, hour);
+    assert_eq!(s.manager.tick().await.unwrap().issued, 5);
+
+    // The bucket is empty: the first call is refused as a whole, retry after 0.5 s.
+    let second = entries(&s.server, &s.agent_id, "second", 5, hour);
+    let report = s.manager.tick().await.unwrap();
+    assert_eq!((report.issued, report.failed, report.rate_limited), (5, 0, 5), "{report:?}");
+    assert_eq!((report.batches, report.paced_waits), (2, 1));
+    assert_eq!(*pacer.waits.lock().unwrap(), [Duration::from_millis(500)]);
+    assert!(second.iter().all(|e| s.cache.svid(&e.id).is_some()));
+    assert_eq!(s.manager.batch_size(), ManagerOptions::default().max_batch, "not halved");
+}
+
+#[tokio::test]
 async fn an_interrupted_round_keeps_its_svids_and_serves_new_entries_first() {
     let waiting = Arc::new(Notify::new());
     let stall = waiting.clone();
