@@ -107,6 +107,25 @@ fn parse_bundle(td: &TrustDomain, json: &[u8]) -> Result<SpiffeBundle, ClientErr
         .map_err(|e| ClientError::BadResponse(format!("bundle: {e}")))
 }
 
+/// One item of a `BatchNewX509Svid` answer: the SVID, or the status the server gave it
+/// (with its retry-after, if it named one).
+fn item_result(r: pb::X509SvidResult) -> Result<IssuedX509Svid, tonic::Status> {
+    match r.svid {
+        Some(svid) if r.status_code == 0 => Ok(IssuedX509Svid {
+            chain: chain_of(&svid),
+            expires_at: svid.expires_at,
+            serial: svid.serial,
+        }),
+        _ => {
+            let status = tonic::Status::new(tonic::Code::from_i32(r.status_code), r.status_message);
+            Err(match r.retry_after_ms {
+                0 => status,
+                ms => crate::wire::with_retry_after(status, Duration::from_millis(ms)),
+            })
+        }
+    }
+}
+
 impl ServerClient {
     /// A client with no agent SVID yet, over an open channel.
     fn unattested(
@@ -287,7 +306,10 @@ impl ServerClient {
         Ok(identity)
     }
 
-    /// Signs CSRs for entries: one result per `(entry_id, csr)`, in order.
+    /// Signs CSRs for entries: one result per `(entry_id, csr)`, in order. An item the
+    /// server refused for the agent's signing rate is `ResourceExhausted` with the time to
+    /// retry as [`crate::wire::retry_after`] reads it; a call refused as a whole for the
+    /// rate is a [`ClientError::Rpc`] that carries it the same way.
     pub async fn batch_new_x509_svid(
         &mut self,
         items: &[(String, Vec<u8>)],
@@ -303,22 +325,8 @@ impl ServerClient {
         let call = async { Ok(self.grpc.batch_new_x509_svid(request).await?.into_inner()) };
         let reply = bounded(self.request_timeout, "BatchNewX509Svid", call).await;
         let reply = self.checked(reply).await?;
-        Ok(reply
-            .results
-            .into_iter()
-            .map(|r| match r.svid {
-                Some(svid) if r.status_code == 0 => Ok(IssuedX509Svid {
-                    chain: chain_of(&svid),
-                    expires_at: svid.expires_at,
-                    serial: svid.serial,
-                }),
-                _ => {
-                    Err(tonic::Status::new(tonic::Code::from_i32(r.status_code), r.status_message))
-                }
-            })
-            .collect())
+        Ok(reply.results.into_iter().map(item_result).collect())
     }
-
     /// A JWT-SVID for an entry: `(token, expiry seconds since the epoch)`.
     pub async fn new_jwt_svid(
         &mut self,

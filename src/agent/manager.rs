@@ -3,7 +3,10 @@
 //! One round ([`Manager::tick`]) renews the agent's own SVID when half its life has
 //! passed, syncs the authorized entries and the bundle, then makes a key and a CSR on the
 //! agent for every entry that needs an SVID and asks the server to sign them in batches
-//! (at most [`MAX_BATCH`]; the batch is halved after a failed call). SVIDs issued together
+//! (at most [`MAX_BATCH`]; the batch is halved after a failed call), entries without an
+//! SVID first. When the server answers part of a batch (or all of it) "retry after" for
+//! the agent's signing rate, the round keeps what it got, waits that long (through the
+//! [`Pacer`], bounded) and goes on: pacing is not a failure. SVIDs issued together
 //! get evenly spread first renewals ([`renewal::batch_first_renewal`]); renewals keep their
 //! phase ([`renewal::steady_renewal`]). [`Manager::run`] repeats rounds every
 //! `sync_interval`, backing off exponentially (with jitter) while the server is down; the
@@ -13,23 +16,21 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
 
-use rand::Rng as _;
 use tokio::sync::mpsc;
 
 use keycard_workload_api::SpiffeBundle;
 
-use super::cache::{CacheError, NewSvid, SvidCache, check_bundle_update};
+use super::cache::{CacheError, SvidCache, check_bundle_update};
 use super::client::{ServerClient, SyncedEntries};
 use super::jwt::{JwtError, JwtRequest};
-use super::renewal::{self, Validity};
-use crate::ca::SigningKey;
 use crate::clock::Clock;
-use crate::telemetry::AUDIT_TARGET;
+use crate::shutdown::Shutdown;
 use agent_svid::{agent_half_life, agent_svid_outdated};
 use backoff::Backoff;
-pub use types::{ManagerError, ManagerOptions, Reattest, RoundObserver, TickReport};
+pub use types::{
+    ManagerError, ManagerOptions, Pacer, Reattest, RoundObserver, SleepPacer, TickReport,
+};
 
 /// The most CSRs sent in one call (the server's own limit).
 pub const MAX_BATCH: usize = crate::wire::MAX_BATCH;
@@ -49,6 +50,9 @@ pub struct Manager {
     reattest: Option<Reattest>,
     /// JWT-SVID requests from the Workload API, served between rounds.
     jwt_requests: Option<mpsc::Receiver<JwtRequest>>,
+    /// Triggered when [`Manager::run_with`]'s shutdown comes during a round: the round
+    /// stops waiting for the server's signing rate and ends with what it has.
+    stop_pacing: Shutdown,
 }
 
 impl std::fmt::Debug for Manager {
@@ -94,6 +98,7 @@ impl Manager {
             backoff,
             reattest: None,
             jwt_requests: None,
+            stop_pacing: Shutdown::new(),
         }
     }
 
@@ -157,8 +162,26 @@ impl Manager {
         tokio::pin!(shutdown);
         let mut jwt_requests = self.jwt_requests.take();
         loop {
-            let outcome = self.tick().await;
+            // A round may wait out the server's signing rate: a shutdown during the round
+            // ends that wait, and the round ends with what it got so far.
+            let mut stopping = false;
+            let stop_pacing = self.stop_pacing.clone();
+            let outcome = {
+                let tick = self.tick();
+                tokio::pin!(tick);
+                tokio::select! {
+                    outcome = &mut tick => outcome,
+                    _ = &mut shutdown => {
+                        stopping = true;
+                        stop_pacing.trigger();
+                        tick.await
+                    }
+                }
+            };
             observer.after_round(&self, &outcome);
+            if stopping {
+                return;
+            }
             let delay = match outcome {
                 Ok(report) => {
                     tracing::debug!(?report, "agent sync round");
@@ -243,21 +266,7 @@ impl Manager {
         }
         report.entries = self.synced.entries.len();
         report.removed = changes.removed;
-        let due = self.cache.due(self.clock.now());
-        let mut rest = due.as_slice();
-        while !rest.is_empty() {
-            let (now, later) = rest.split_at(self.batch.min(rest.len()));
-            match self.sign_batch(now, &mut report).await {
-                Ok(()) => {
-                    self.batch = (self.batch * 2).min(self.options.max_batch.clamp(1, MAX_BATCH));
-                    rest = later;
-                }
-                Err(e) => {
-                    self.batch = (self.batch / 2).max(1);
-                    return Err(e);
-                }
-            }
-        }
+        self.issue_due(&mut report).await?;
         Ok(report)
     }
 
@@ -291,98 +300,11 @@ impl Manager {
         self.client.renew().await?;
         Ok(true)
     }
-
-    /// Makes keys and CSRs for `due`, has them signed in one call, and puts the checked
-    /// SVIDs in the cache.
-    async fn sign_batch(
-        &mut self,
-        due: &[super::cache::DueEntry],
-        report: &mut TickReport,
-    ) -> Result<(), ManagerError> {
-        let mut keys = Vec::with_capacity(due.len());
-        let mut items = Vec::with_capacity(due.len());
-        for d in due {
-            let key = SigningKey::generate(self.options.key_type)
-                .map_err(|e| ManagerError::Key(e.to_string()))?;
-            let csr = rcgen::CertificateParams::default()
-                .serialize_request(key.key_pair())
-                .map_err(|e| ManagerError::Key(e.to_string()))?;
-            items.push((d.entry_id.clone(), csr.der().to_vec()));
-            keys.push(Arc::new(key));
-        }
-        report.batches += 1;
-        let results = self.client.batch_new_x509_svid(&items).await?;
-        let issued_at = self.clock.now();
-        let fresh_total =
-            due.iter().zip(&results).filter(|(d, r)| d.previous_due.is_none() && r.is_ok()).count();
-        let phase: f64 = rand::rng().random_range(0.0..1.0);
-        let mut fresh_index = 0;
-        let mut new_svids = Vec::new();
-        for ((d, key), result) in due.iter().zip(keys).zip(results) {
-            let svid = match result {
-                Ok(svid) => svid,
-                Err(status) => {
-                    tracing::warn!(entry_id = %d.entry_id, error = %status.message(), "server refused an SVID");
-                    report.failed += 1;
-                    continue;
-                }
-            };
-            let not_after =
-                SystemTime::UNIX_EPOCH + Duration::from_secs(svid.expires_at.max(0) as u64);
-            let validity = Validity { issued_at, not_after };
-            let renew_at = match d.previous_due {
-                Some(previous) => renewal::steady_renewal(previous, validity),
-                None if fresh_total > 1 => {
-                    fresh_index += 1;
-                    renewal::batch_first_renewal(validity, fresh_index - 1, fresh_total, phase)
-                }
-                None => {
-                    renewal::single_first_renewal(validity, rand::rng().random_range(-1.0..=1.0))
-                }
-            };
-            new_svids.push((
-                d.previous_due.is_some(),
-                NewSvid {
-                    entry_id: d.entry_id.clone(),
-                    chain: svid.chain,
-                    key,
-                    serial: svid.serial,
-                    issued_at,
-                    renew_at,
-                },
-            ));
-        }
-        let (kinds, svids): (Vec<bool>, Vec<NewSvid>) = new_svids.into_iter().unzip();
-        let entry_ids: Vec<String> = svids.iter().map(|s| s.entry_id.clone()).collect();
-        let outcomes = kinds.into_iter().zip(entry_ids).zip(self.cache.update_svids(svids));
-        for ((renewal, entry_id), result) in outcomes {
-            if result.is_ok()
-                && let Some(svid) = self.cache.svid(&entry_id)
-            {
-                tracing::info!(
-                    target: AUDIT_TARGET,
-                    event = if renewal { "workload_svid_renewed" } else { "workload_svid_issued" },
-                    entry_id = %entry_id,
-                    spiffe_id = %svid.spiffe_id,
-                    serial = %svid.serial,
-                    renew_at = %crate::telemetry::logging::rfc3339(svid.renew_at),
-                );
-            }
-            match result {
-                Ok(()) if renewal => report.renewed += 1,
-                Ok(()) => report.issued += 1,
-                Err(e) => {
-                    tracing::warn!(error = %e, "refused an SVID from the server");
-                    report.failed += 1;
-                }
-            }
-        }
-        Ok(())
-    }
 }
 
 mod agent_svid;
 mod backoff;
+mod issue;
 #[cfg(test)]
 mod tests;
 mod types;

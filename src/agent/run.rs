@@ -242,6 +242,8 @@ impl RoundObserver for Observer {
                 self.metrics.svids("issued", report.issued);
                 self.metrics.svids("renewed", report.renewed);
                 self.metrics.svids("failed", report.failed);
+                // Asked again after a wait for the server's signing rate: not failures.
+                self.metrics.svids("rate_limited", report.rate_limited);
             }
             Err(_) => self.metrics.sync_round("error"),
         }

@@ -68,6 +68,29 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// How long a PING may go unanswered before the connection is closed.
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// gRPC metadata key of a `ResourceExhausted` answer that says when to retry: whole
+/// milliseconds, decimal. The server sets it when it could sign nothing of a call; a batch
+/// item refused for the rate carries the same figure in its `retry_after_ms` field.
+pub const RETRY_AFTER_METADATA: &str = "retry-after-ms";
+
+/// `status` with a [`RETRY_AFTER_METADATA`] of `after` (whole milliseconds, rounded up).
+pub fn with_retry_after(mut status: tonic::Status, after: Duration) -> tonic::Status {
+    let millis = after.as_nanos().div_ceil(1_000_000).max(1);
+    if let Ok(value) = millis.to_string().parse() {
+        status.metadata_mut().insert(RETRY_AFTER_METADATA, value);
+    }
+    status
+}
+
+/// The retry-after a `ResourceExhausted` `status` carries, if any (other codes have none).
+pub fn retry_after(status: &tonic::Status) -> Option<Duration> {
+    if status.code() != tonic::Code::ResourceExhausted {
+        return None;
+    }
+    let millis = status.metadata().get(RETRY_AFTER_METADATA)?.to_str().ok()?.parse().ok()?;
+    Some(Duration::from_millis(millis))
+}
+
 /// The bytes an x509pop agent signs for `nonce`.
 pub fn challenge_message(nonce: &[u8]) -> Vec<u8> {
     [CHALLENGE_CONTEXT, nonce].concat()

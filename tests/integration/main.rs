@@ -3,6 +3,7 @@
 mod agent;
 mod agent_identity;
 mod agent_limits;
+mod agent_pacing;
 #[path = "../common/authority.rs"]
 mod authority;
 mod cli;

@@ -11,12 +11,14 @@ use x509_parser::prelude::{FromDer as _, X509Certificate};
 
 use super::*;
 use crate::agent::cache::{CacheError, NewSvid, WorkloadSvid};
-use crate::ca::KeyType;
+use crate::agent::renewal;
 use crate::ca::journal::AuthorityKind;
+use crate::ca::{KeyType, SigningKey};
 use crate::selector::SelectorSet;
 
 mod bundle;
 mod harness;
+mod pacing;
 use harness::{selectors, setup, setup_with};
 
 fn leaf_public_key(svid: &WorkloadSvid) -> Vec<u8> {

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::super::cache::CacheError;
@@ -73,6 +74,27 @@ pub struct ManagerOptions {
     pub backoff_max: Duration,
     /// The type of the workload keys the agent makes.
     pub key_type: KeyType,
+    /// How a round waits out the server's "retry after" (see [`Pacer`]).
+    pub pacer: Arc<dyn Pacer>,
+}
+
+/// How a round waits before asking the server again after it answered "retry after" for
+/// the agent's signing rate. The agent's clock cannot sleep, so the wait is injected with
+/// it: [`SleepPacer`] waits for real, a test's pacer moves its manual clock (shared with
+/// the server under test) instead. `agent run` stops a round that waits at shutdown.
+pub trait Pacer: Send + Sync + std::fmt::Debug {
+    /// Completes after `wait` (as the pacer's clock counts it).
+    fn pause(&self, wait: Duration) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+}
+
+/// Waits for real ([`tokio::time::sleep`]): the pacer of a manager on the system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SleepPacer;
+
+impl Pacer for SleepPacer {
+    fn pause(&self, wait: Duration) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(tokio::time::sleep(wait))
+    }
 }
 
 impl Default for ManagerOptions {
@@ -83,6 +105,7 @@ impl Default for ManagerOptions {
             backoff_min: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
             key_type: KeyType::EcP256,
+            pacer: Arc::new(SleepPacer),
         }
     }
 }
@@ -100,8 +123,14 @@ pub struct TickReport {
     pub issued: usize,
     /// SVIDs renewed on schedule.
     pub renewed: usize,
-    /// SVIDs the server refused or the cache rejected.
+    /// SVIDs the server refused or the cache rejected (an item the server paced is not
+    /// counted here: see `rate_limited`).
     pub failed: usize,
+    /// Items the server answered "retry after" for the agent's signing rate (asked again
+    /// later in the round; an item paced twice counts twice).
+    pub rate_limited: usize,
+    /// Waits for the server's signing rate within the round.
+    pub paced_waits: usize,
     /// Calls made to sign CSRs.
     pub batches: usize,
     /// Whether the agent had to attest again during the round.

@@ -108,9 +108,18 @@ pub enum AgentApiError {
     /// Too many attestations from this address.
     #[error("too many attestations from {0}; retry later")]
     AttestRateLimited(String),
-    /// The agent signs faster than its rate.
-    #[error("signing rate limit exceeded for agent {0}; retry later")]
-    SignRateLimited(String),
+    /// The agent signs faster than its rate, and nothing of the call could be signed.
+    #[error(
+        "signing rate limit exceeded for agent {agent}; retry after {} ms",
+        retry_after.as_nanos().div_ceil(1_000_000).max(1)
+    )]
+    SignRateLimited {
+        /// The agent's ID.
+        agent: String,
+        /// When the bucket will hold the tokens the call asked for (up to its size); sent
+        /// as [`crate::wire::RETRY_AFTER_METADATA`].
+        retry_after: std::time::Duration,
+    },
     /// The CA refused or failed.
     #[error("CA: {0}")]
     Ca(CaError),

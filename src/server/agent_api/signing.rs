@@ -7,10 +7,11 @@ use std::time::{Instant, SystemTime};
 
 use keycard_workload_api::SpiffeId;
 use rustls_pki_types::SubjectPublicKeyInfoDer;
-use tonic::Request;
+use tonic::{Code, Request};
 
 use super::csr_check::check_csr;
 use super::error::AgentApiError;
+use super::limits::Grant;
 use super::proto as pb;
 use super::state::{Inner, blocking};
 use super::status::code_of;
@@ -83,7 +84,7 @@ pub async fn renew_agent(
     let (agent, presented) = inner.authenticate_svid(&req).await?;
     let opts = &inner.options;
     let csr = check_csr(&req.get_ref().csr, opts.max_csr_len, &opts.trust_domain, None)?;
-    take_sign_tokens(inner, &agent.id, 1)?;
+    take_one_sign_token(inner, &agent.id)?;
     let issued = issue_agent_svid(inner, &agent.id, csr.into_public_key())?;
     let (id, serial) = (agent.id.clone(), hex::encode(&issued.svid.serial));
     let (expires_at, now) = (issued.svid.not_after, inner.clock.now());
@@ -98,12 +99,24 @@ pub async fn renew_agent(
     Ok(pb::RenewAgentResponse { svid: Some(svid_to_proto(&issued)) })
 }
 
-fn take_sign_tokens(inner: &Inner, agent: &SpiffeId, n: usize) -> Result<(), AgentApiError> {
-    if inner.sign_limiter.try_take(agent, n, Instant::now()) {
-        Ok(())
-    } else {
-        Err(AgentApiError::SignRateLimited(agent.to_string()))
-    }
+/// Takes one signing token of `agent`'s bucket for each of the first of `n` items (on the
+/// server clock): how many got one, and when the others may retry.
+fn take_sign_tokens(inner: &Inner, agent: &SpiffeId, n: usize) -> Grant {
+    inner.sign_limiter.take_up_to(agent, n, inner.clock.now())
+}
+
+/// `SignRateLimited` for a call of `n` items of which none could be signed: retry when the
+/// bucket holds tokens for all of them (or a full bucket, if fewer).
+fn rate_limited(inner: &Inner, agent: &SpiffeId, grant: &Grant, n: usize) -> AgentApiError {
+    let burst = inner.options.sign_rate.burst.max(1.0) as usize;
+    let retry_after = grant.retry_after(n.min(burst).saturating_sub(1));
+    AgentApiError::SignRateLimited { agent: agent.to_string(), retry_after }
+}
+
+/// Takes one signing token for a call that signs one thing.
+fn take_one_sign_token(inner: &Inner, agent: &SpiffeId) -> Result<(), AgentApiError> {
+    let grant = take_sign_tokens(inner, agent, 1);
+    if grant.granted == 1 { Ok(()) } else { Err(rate_limited(inner, agent, &grant, 1)) }
 }
 
 /// The entry `id` if it is authorized for `agent`: `NotFound` for an unknown ID (after one
@@ -145,38 +158,62 @@ async fn sign_one(
 }
 
 /// `BatchNewX509Svid`: one result per item, each with its own status, so one bad item
-/// does not cost the others their SVIDs.
+/// does not cost the others their SVIDs. The first items get the signing tokens the
+/// agent's bucket holds; the rest are answered `ResourceExhausted` with the time their
+/// tokens will be there, and only a call that gets no token at all fails as a whole.
 pub async fn batch_new_x509_svid(
     inner: &Inner,
     req: Request<pb::BatchNewX509SvidRequest>,
 ) -> Result<pb::BatchNewX509SvidResponse, AgentApiError> {
+    const METHOD: &str = "/keycard.agent.v1.Agent/BatchNewX509Svid";
     let agent = inner.authenticate(&req).await?;
     let params = req.into_inner().params;
     if params.len() > MAX_BATCH {
         return Err(AgentApiError::TooManyItems { len: params.len(), max: MAX_BATCH });
     }
-    take_sign_tokens(inner, &agent.id, params.len())?;
+    let grant = take_sign_tokens(inner, &agent.id, params.len());
+    if grant.granted == 0 && !params.is_empty() {
+        return Err(rate_limited(inner, &agent.id, &grant, params.len()));
+    }
+    let (now, later) = params.split_at(grant.granted);
     let mut results = Vec::with_capacity(params.len());
-    for p in &params {
+    for p in now {
         let result = match sign_one(inner, &agent, p).await {
             Ok(svid) => pb::X509SvidResult {
                 entry_id: p.entry_id.clone(),
                 svid: Some(svid),
                 status_code: 0,
                 status_message: String::new(),
+                retry_after_ms: 0,
             },
             Err(e) => {
                 let code = code_of(&e);
-                inner.metrics.refused("/keycard.agent.v1.Agent/BatchNewX509Svid", code);
+                inner.metrics.refused(METHOD, code);
                 pb::X509SvidResult {
                     entry_id: p.entry_id.clone(),
                     svid: None,
                     status_code: code as i32,
                     status_message: e.to_string(),
+                    retry_after_ms: 0,
                 }
             }
         };
         results.push(result);
+    }
+    for (k, p) in later.iter().enumerate() {
+        inner.metrics.refused(METHOD, Code::ResourceExhausted);
+        let after = grant.retry_after(k);
+        results.push(pb::X509SvidResult {
+            entry_id: p.entry_id.clone(),
+            svid: None,
+            status_code: Code::ResourceExhausted as i32,
+            status_message: format!(
+                "signing rate limit reached for agent {}; retry after {} ms",
+                agent.id,
+                after.as_millis()
+            ),
+            retry_after_ms: u64::try_from(after.as_millis()).unwrap_or(u64::MAX),
+        });
     }
     Ok(pb::BatchNewX509SvidResponse { results })
 }
@@ -192,7 +229,7 @@ pub async fn new_jwt_svid(
         return Err(AgentApiError::BadRequest(problem));
     }
     let entry = authorized_entry(inner, &agent, &req.entry_id).await?;
-    take_sign_tokens(inner, &agent.id, 1)?;
+    take_one_sign_token(inner, &agent.id)?;
     let ttl = entry.spec.jwt_ttl.unwrap_or(inner.options.default_jwt_ttl);
     let started = Instant::now();
     let minted = inner

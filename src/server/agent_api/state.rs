@@ -36,8 +36,8 @@ pub struct Inner {
     pub cache: Arc<AuthorizedEntries>,
     /// Attestations per source address.
     pub attest_limiter: KeyedLimiter<IpAddr>,
-    /// Signatures per agent.
-    pub sign_limiter: KeyedLimiter<SpiffeId>,
+    /// Signatures per agent, on the server clock (`clock`), so that tests drive it.
+    pub sign_limiter: KeyedLimiter<SpiffeId, std::time::SystemTime>,
 }
 
 /// Runs a blocking datastore call off the async threads.

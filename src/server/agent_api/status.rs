@@ -37,7 +37,7 @@ pub fn code_of(err: &AgentApiError) -> Code {
         | E::TooManyItems { .. } => Code::InvalidArgument,
         E::UnknownEntry(_) => Code::NotFound,
         E::AttestationTimeout { .. } => Code::DeadlineExceeded,
-        E::AttestRateLimited(_) | E::SignRateLimited(_) => Code::ResourceExhausted,
+        E::AttestRateLimited(_) | E::SignRateLimited { .. } => Code::ResourceExhausted,
         E::Ca(e) => ca_code(e),
         E::DataStore(_) => Code::Unavailable,
         E::Setup(_) => Code::Internal,
@@ -58,13 +58,20 @@ fn ca_code(err: &CaError) -> Code {
     }
 }
 
-/// `err` as a gRPC status: its code and its message.
+/// `err` as a gRPC status: its code and its message; a rate-limited signing call also
+/// says when to retry ([`crate::wire::RETRY_AFTER_METADATA`]).
 pub fn to_status(err: &AgentApiError) -> Status {
     let code = code_of(err);
     if code == Code::Internal || code == Code::Unavailable {
         tracing::warn!(error = %err, "agent API request failed on the server side");
     }
-    Status::new(code, crate::server::admin::status::bounded_message(&err.to_string()))
+    let status = Status::new(code, crate::server::admin::status::bounded_message(&err.to_string()));
+    match err {
+        AgentApiError::SignRateLimited { retry_after, .. } => {
+            crate::wire::with_retry_after(status, *retry_after)
+        }
+        _ => status,
+    }
 }
 
 impl From<AgentApiError> for Status {
@@ -77,6 +84,7 @@ impl From<AgentApiError> for Status {
 mod tests {
     use super::*;
     use crate::server::datastore::DataStoreError;
+    use std::time::Duration;
 
     #[test]
     fn who_is_at_fault_decides_the_code() {
@@ -87,7 +95,7 @@ mod tests {
             (AgentApiError::Csr(CaError::CsrBadSignature), Code::InvalidArgument),
             (AgentApiError::CsrAsksForCa, Code::InvalidArgument),
             (AgentApiError::UnknownEntry("e".into()), Code::NotFound),
-            (AgentApiError::SignRateLimited("a".into()), Code::ResourceExhausted),
+            (rate_limited(Duration::from_millis(5)), Code::ResourceExhausted),
             (AgentApiError::Ca(CaError::NoActiveAuthority), Code::Unavailable),
             (AgentApiError::Ca(CaError::MissingAudience), Code::InvalidArgument),
             (AgentApiError::DataStore(DataStoreError::Backend("x".into())), Code::Unavailable),
@@ -98,6 +106,20 @@ mod tests {
             assert_eq!(status.code(), code, "{err}");
             assert_eq!(status.message(), err.to_string());
         }
+    }
+
+    fn rate_limited(retry_after: Duration) -> AgentApiError {
+        AgentApiError::SignRateLimited { agent: "spiffe://td/a".into(), retry_after }
+    }
+
+    #[test]
+    fn a_rate_limited_call_says_when_to_retry() {
+        let status = to_status(&rate_limited(Duration::from_micros(1500)));
+        assert_eq!(status.metadata().get("retry-after-ms").unwrap(), "2", "rounded up");
+        assert_eq!(crate::wire::retry_after(&status), Some(Duration::from_millis(2)));
+        assert!(status.message().contains("retry after 2 ms"), "{status:?}");
+        let other = to_status(&AgentApiError::AttestRateLimited("10.0.0.1".into()));
+        assert_eq!(crate::wire::retry_after(&other), None);
     }
 
     #[test]

@@ -13,9 +13,9 @@ use crate::agent::ServerClient;
 use crate::agent::cache::SvidCache;
 use crate::agent::manager::{Manager, ManagerOptions};
 use crate::ca::CaManager;
-use crate::clock::{ManualClock, SystemClock};
+use crate::clock::{Clock, ManualClock, SystemClock};
 use crate::selector::{Selector, SelectorSet};
-use crate::server::agent_api::{AgentApiError, AgentApiOptions, serve};
+use crate::server::agent_api::{AgentApiError, AgentApiOptions, Rate, serve};
 use crate::server::datastore::{DataStore, SqliteDataStore};
 use crate::server::entry::{Entry, EntrySpec};
 use crate::server::join_token;
@@ -55,16 +55,40 @@ impl Server {
         store: Arc<dyn DataStore>,
         dir: Arc<TempDir>,
     ) -> Self {
+        Self::start_full(addr, ca, store, dir, AgentApiOptions::new(td()), Arc::new(SystemClock))
+            .await
+    }
+
+    /// A server signing at most `rate` per agent, whose time (the signing-rate buckets
+    /// included) is `clock`.
+    pub async fn start_paced(rate: Rate, clock: ManualClock) -> Self {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let ca = crate::ca::manager::test_ca(td());
+        let store: Arc<dyn DataStore> =
+            Arc::new(SqliteDataStore::open(&dir.path().join("keycard.db")).unwrap());
+        let mut options = AgentApiOptions::new(td());
+        options.sign_rate = rate;
+        Self::start_full("127.0.0.1:0", ca, store, dir, options, Arc::new(clock)).await
+    }
+
+    async fn start_full(
+        addr: &str,
+        ca: Arc<CaManager>,
+        store: Arc<dyn DataStore>,
+        dir: Arc<TempDir>,
+        options: AgentApiOptions,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(serve(
             listener,
-            AgentApiOptions::new(td()),
+            options,
             ca.clone(),
             store.clone(),
             Arc::new(ServerMetrics::new()),
-            Arc::new(SystemClock),
+            clock,
             async move {
                 let _ = stopped.await;
             },
@@ -153,9 +177,13 @@ pub async fn setup_with(options: ManagerOptions) -> Setup {
 
 /// An attested agent's manager over a fresh cache, against `server`.
 pub async fn setup_on(server: Server, options: ManagerOptions) -> Setup {
+    setup_on_clock(server, options, ManualClock::starting_now()).await
+}
+
+/// An attested agent's manager over a fresh cache, against `server`, reading `clock`.
+pub async fn setup_on_clock(server: Server, options: ManagerOptions, clock: ManualClock) -> Setup {
     let client = server.agent().await;
     let agent_id = client.identity().unwrap().spiffe_id.clone();
-    let clock = ManualClock::starting_now();
     let cache = Arc::new(SvidCache::new(Arc::new(clock.clone())));
     let manager = Manager::new(client, cache.clone(), Arc::new(clock.clone()), options);
     Setup { server, manager, cache, clock, agent_id }
