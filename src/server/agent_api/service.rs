@@ -1,6 +1,7 @@
 //! The gRPC service: authenticates the calling agent from its verified certificate, then
 //! hands each call to [`super::attest`] or [`super::signing`] or (sync by cursor)
-//! [`super::cursor_sync`], or answers it here (sync by revision list, bundle). Every refusal goes through [`super::status`] and is counted by method and code.
+//! [`super::cursor_sync`], or answers it here (sync by revision list, bundle). Every
+//! refusal goes through [`super::status`] and is counted by method and code.
 
 use std::pin::Pin;
 use std::sync::Arc;

@@ -163,3 +163,67 @@ async fn other_selectors_or_an_unknown_cursor_get_everything() {
     }
     assert!(!sync(&mut agent, &mut state).await.full);
 }
+
+/// CPU time of the whole process (both sides of the sync run in it).
+fn process_cpu() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Figures for the issue, not a check: run in release with
+/// `cargo test --release -p keycard --lib sync_cost -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "a measurement, run by hand in release"]
+async fn sync_cost() {
+    let h = Harness::start().await;
+    let mut agent = h.agent().await;
+    let me = agent.identity().unwrap().spiffe_id.clone();
+    let count = 100_000;
+    let specs: Vec<EntrySpec> = (0..count)
+        .map(|n| {
+            let sid = id(&format!("spiffe://example.org/ns/default/sa/w{n}"));
+            EntrySpec::new(sid, me.clone(), selectors(&["unix:uid:1000", "unix:gid:1000"]))
+        })
+        .collect();
+    let made = h.store.create_entries(&specs, SystemTime::now()).unwrap();
+    let mut state = Default::default();
+    let (wall, cpu) = (std::time::Instant::now(), process_cpu());
+    let full = sync(&mut agent, &mut state).await;
+    println!(
+        "full sync of {count} entries to a new agent: {:?} wall, {:?} CPU, {} bytes",
+        wall.elapsed(),
+        process_cpu() - cpu,
+        full.wire_bytes
+    );
+    let rounds = 500u32;
+    let (wall, cpu) = (std::time::Instant::now(), process_cpu());
+    let mut bytes = 0;
+    for _ in 0..rounds {
+        bytes = sync(&mut agent, &mut state).await.wire_bytes;
+    }
+    println!(
+        "idle sync by cursor: {:?} wall, {:?} CPU (server and agent together) per round, {bytes} bytes",
+        wall.elapsed() / rounds,
+        (process_cpu() - cpu) / rounds
+    );
+    let mut spec = made[7].spec.clone();
+    spec.hint = "changed".into();
+    h.store.update_entry(&made[7].id, &spec, SystemTime::now()).unwrap();
+    let one = sync(&mut agent, &mut state).await;
+    println!("one changed entry: {} bytes", one.wire_bytes);
+
+    // The revision-list sync every agent did before, for comparison.
+    let mut previous = agent.sync(&SyncedEntries::default()).await.unwrap();
+    let old_rounds = 5u32;
+    let (wall, cpu) = (std::time::Instant::now(), process_cpu());
+    for _ in 0..old_rounds {
+        previous = agent.sync(&previous).await.unwrap();
+    }
+    println!(
+        "idle sync by revision list (before): {:?} wall, {:?} CPU per round",
+        wall.elapsed() / old_rounds,
+        (process_cpu() - cpu) / old_rounds
+    );
+}
