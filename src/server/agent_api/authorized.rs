@@ -231,6 +231,19 @@ impl AuthorizedEntries {
         cursor: Option<(u64, u64)>,
     ) -> AgentSync {
         let snap = self.read();
+        let (epoch, head) = (snap.log.epoch(), snap.log.head());
+        if cursor == Some((epoch, head)) {
+            // Idle: nothing to look at, however many entries and aliases there are.
+            let (changed, removed) = (BTreeMap::new(), Vec::new());
+            return AgentSync {
+                epoch,
+                position: head,
+                revision: snap.revision,
+                full: false,
+                changed,
+                removed,
+            };
+        }
         let parents = snap.parents(&self.server_id, agent_id, selectors);
         let changes = match cursor {
             Some((epoch, position)) if epoch == snap.log.epoch() => {
@@ -242,14 +255,7 @@ impl AuthorizedEntries {
             AgentChanges::Full => (true, snap.authorized(&parents), Vec::new()),
             AgentChanges::Delta { changed, removed } => (false, changed, removed),
         };
-        AgentSync {
-            epoch: snap.log.epoch(),
-            position: snap.log.head(),
-            revision: snap.revision,
-            full,
-            changed,
-            removed,
-        }
+        AgentSync { epoch, position: head, revision: snap.revision, full, changed, removed }
     }
 
     /// Whether the entry `entry` is authorized for the agent (same rule as
