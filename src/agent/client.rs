@@ -37,7 +37,7 @@ use crate::wire::proto::agent_client::AgentClient;
 mod attest;
 mod sync;
 
-pub use sync::SyncedEntries;
+pub use sync::{SyncDelta, SyncedEntries};
 
 /// The outcome of attestation.
 #[derive(Debug, Clone)]

@@ -12,7 +12,8 @@
 //! `sync_interval`, backing off exponentially (with jitter) while the server is down; the
 //! cache keeps serving meanwhile. The bundle a sync brings is adopted only when it may
 //! replace the one held ([`check_bundle_update`]: not empty, a higher `spiffe_sequence`);
-//! otherwise the round goes on with the held one and reports it.
+//! otherwise the round goes on with the held one and reports it. The sync itself is by
+//! cursor ([`sync`]): an idle round sends a few dozen bytes and leaves the cache alone.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -43,6 +44,8 @@ pub struct Manager {
     options: ManagerOptions,
     /// The entries as of the last good sync: the base of the next diff.
     synced: SyncedEntries,
+    /// The server's cursor for `synced` (empty: sync everything next time).
+    cursor: Vec<u8>,
     /// The current batch size: halved after a failed call, doubled after a good one.
     batch: usize,
     backoff: Backoff,
@@ -94,6 +97,7 @@ impl Manager {
             clock,
             options,
             synced: SyncedEntries::default(),
+            cursor: Vec::new(),
             batch,
             backoff,
             reattest: None,
@@ -241,19 +245,7 @@ impl Manager {
     async fn round_once(&mut self) -> Result<TickReport, ManagerError> {
         let mut report =
             TickReport { agent_renewed: self.renew_agent_if_due().await?, ..Default::default() };
-        let mut synced = self.client.sync(&self.synced).await?;
-        if let Err(e) = self.adopt_bundle(&mut synced) {
-            tracing::warn!(error = %e, "kept the current trust bundle");
-            report.bundle_refused = true;
-        } else if let Some(x509) = synced.bundle.as_ref().and_then(|b| b.x509_bundle().ok()) {
-            self.client.trust_server_bundle(x509);
-        }
-        let changes = self.cache.set_entries(
-            &synced.entries,
-            synced.bundle.as_ref(),
-            &synced.tainted_authority_ids,
-        )?;
-        self.synced = synced;
+        self.sync_entries(&mut report).await?;
         // A taint covers the agent's own SVID too: renew it now, while the server still
         // accepts the old one (it will not once the authority is revoked).
         if !report.agent_renewed
@@ -265,7 +257,6 @@ impl Manager {
             report.agent_renewed = true;
         }
         report.entries = self.synced.entries.len();
-        report.removed = changes.removed;
         self.issue_due(&mut report).await?;
         Ok(report)
     }
@@ -274,8 +265,7 @@ impl Manager {
     /// replace it ([`check_bundle_update`]: not empty, a higher `spiffe_sequence`).
     fn adopt_bundle(&self, synced: &mut SyncedEntries) -> Result<(), CacheError> {
         let Some(offered) = &synced.bundle else { return Ok(()) };
-        let held =
-            self.cache.bundle().map(|b| b.spiffe.clone()).or_else(|| self.synced.bundle.clone());
+        let held = self.held_bundle();
         let verdict = check_bundle_update(held.as_ref(), offered);
         if verdict.is_err() {
             synced.bundle = held;
@@ -305,6 +295,7 @@ impl Manager {
 mod agent_svid;
 mod backoff;
 mod issue;
+mod sync;
 #[cfg(test)]
 mod tests;
 mod types;

@@ -1,9 +1,16 @@
-//! Entry sync from the agent's side: `SyncEntries` pages merged into the agent's copy,
-//! fetching only what changed, within the client's deadline per call.
+//! Entry sync from the agent's side, within the client's deadline per call.
+//!
+//! [`ServerClient::sync_delta`] syncs by cursor: the agent sends the opaque cursor of its
+//! last sync and the `spiffe_sequence` of the bundle it holds, and gets only what changed
+//! ([`SyncDelta`]), which [`SyncDelta::apply_to`] merges into its copy ([`SyncedEntries`]).
+//! An idle round is a few dozen bytes each way and touches no entry. [`ServerClient::sync`]
+//! is the older protocol (every authorized ID and revision on every round), kept for
+//! servers that do not sync by cursor (their answer carries no cursor).
 
 use std::collections::BTreeMap;
 
 use keycard_workload_api::SpiffeBundle;
+use prost::Message as _;
 
 use super::{ClientError, ServerClient, bounded, parse_bundle};
 use crate::wire::SYNC_PAGE_SIZE;
@@ -22,6 +29,57 @@ pub struct SyncedEntries {
     pub tainted_authority_ids: Vec<String>,
 }
 
+/// What one by-cursor sync brought; see [`ServerClient::sync_delta`].
+#[derive(Debug, Clone, Default)]
+pub struct SyncDelta {
+    /// The entries below are the agent's whole set, replacing its copy.
+    pub full: bool,
+    /// Entries changed (or, when `full`, every authorized entry).
+    pub entries: Vec<pb::Entry>,
+    /// IDs to drop.
+    pub removed: Vec<String>,
+    /// The server's bundle, sent only when its sequence differs from the one the agent said
+    /// it holds. Not
+    /// trusted yet: the manager checks it may replace the one held.
+    pub bundle: Option<SpiffeBundle>,
+    /// The tainted authority IDs, sent only when they changed.
+    pub tainted_authority_ids: Option<Vec<String>>,
+    /// The store revision the server's cache reflects.
+    pub revision: u64,
+    /// The cursor for the next sync; empty when the server does not sync by cursor (an
+    /// older server: use [`ServerClient::sync`]).
+    pub cursor: Vec<u8>,
+    /// Encoded size of the request and of every response message (protobuf bytes, before
+    /// gRPC framing and TLS).
+    pub wire_bytes: usize,
+}
+
+impl SyncDelta {
+    /// Merges the entries, removals and tainted list into `synced` (not the bundle, which
+    /// the caller adopts or refuses); returns whether its entries or tainted list changed.
+    pub fn apply_to(self, synced: &mut SyncedEntries) -> bool {
+        let mut changed = self.full;
+        if self.full {
+            synced.entries.clear();
+        }
+        for id in &self.removed {
+            changed |= synced.entries.remove(id).is_some();
+        }
+        for e in self.entries {
+            changed |= synced.entries.get(&e.id) != Some(&e);
+            synced.entries.insert(e.id.clone(), e);
+        }
+        if let Some(tainted) = self.tainted_authority_ids
+            && tainted != synced.tainted_authority_ids
+        {
+            synced.tainted_authority_ids = tainted;
+            changed = true;
+        }
+        synced.revision = self.revision;
+        changed
+    }
+}
+
 impl ServerClient {
     /// One raw `SyncEntries` call: every page merged, in order.
     pub async fn sync_entries(
@@ -30,7 +88,11 @@ impl ServerClient {
         entry_ids: Vec<String>,
     ) -> Result<(Vec<pb::EntryRevision>, Vec<pb::Entry>, pb::SyncEntriesResponse), ClientError>
     {
-        let request = self.request(pb::SyncEntriesRequest { since_revision, entry_ids });
+        let request = self.request(pb::SyncEntriesRequest {
+            since_revision,
+            entry_ids,
+            ..Default::default()
+        });
         let grpc = &mut self.grpc;
         let call = async move {
             let mut stream = grpc.sync_entries(request).await?.into_inner();
@@ -46,6 +108,48 @@ impl ServerClient {
         };
         let result = bounded(self.request_timeout, "SyncEntries", call).await;
         self.checked(result).await
+    }
+
+    /// One by-cursor `SyncEntries` call: what changed since `cursor` (empty: everything),
+    /// the bundle only if the server's `spiffe_sequence` is not `bundle_sequence` (0: the
+    /// agent holds none). `since_revision` is sent too, for a server that ignores cursors.
+    pub async fn sync_delta(
+        &mut self,
+        cursor: &[u8],
+        bundle_sequence: u64,
+        since_revision: u64,
+    ) -> Result<SyncDelta, ClientError> {
+        let message = pb::SyncEntriesRequest {
+            since_revision,
+            entry_ids: Vec::new(),
+            by_cursor: true,
+            cursor: cursor.to_vec(),
+            bundle_sequence,
+        };
+        let sent = message.encoded_len();
+        let request = self.request(message);
+        let grpc = &mut self.grpc;
+        let call = async move {
+            let mut stream = grpc.sync_entries(request).await?.into_inner();
+            let mut delta = SyncDelta { wire_bytes: sent, ..Default::default() };
+            while let Some(mut page) = stream.message().await? {
+                delta.wire_bytes += page.encoded_len();
+                delta.entries.append(&mut page.entries);
+                delta.removed.append(&mut page.removed_ids);
+                if page.complete {
+                    return Ok((delta, page));
+                }
+            }
+            Err(ClientError::BadResponse("sync ended without a complete message".into()))
+        };
+        let result = bounded(self.request_timeout, "SyncEntries", call).await;
+        let (mut delta, last) = self.checked(result).await?;
+        if !last.bundle.is_empty() {
+            delta.bundle = Some(parse_bundle(&self.trust_domain, &last.bundle)?);
+        }
+        delta.tainted_authority_ids = last.tainted_included.then_some(last.tainted_authority_ids);
+        (delta.full, delta.revision, delta.cursor) = (last.full, last.revision, last.cursor);
+        Ok(delta)
     }
 
     /// Brings `previous` up to date: keeps unchanged entries, takes changed ones, drops
@@ -84,5 +188,52 @@ impl ServerClient {
             bundle: Some(bundle),
             tainted_authority_ids: last.tainted_authority_ids,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str, revision: u64) -> pb::Entry {
+        pb::Entry { id: id.into(), revision, ..Default::default() }
+    }
+
+    #[test]
+    fn only_a_delta_that_changes_something_says_so() {
+        let mut synced = SyncedEntries::default();
+        let first = SyncDelta {
+            full: true,
+            entries: vec![entry("a", 1), entry("b", 2)],
+            tainted_authority_ids: Some(Vec::new()),
+            revision: 2,
+            ..Default::default()
+        };
+        assert!(first.apply_to(&mut synced));
+        assert_eq!(synced.entries.len(), 2);
+
+        let idle = SyncDelta { revision: 2, ..Default::default() };
+        assert!(!idle.clone().apply_to(&mut synced), "an idle round changes nothing");
+        let same_taint = SyncDelta { tainted_authority_ids: Some(Vec::new()), ..idle.clone() };
+        assert!(!same_taint.apply_to(&mut synced));
+        let unknown = SyncDelta { removed: vec!["zz".into()], ..idle.clone() };
+        assert!(!unknown.apply_to(&mut synced), "dropping what is not held changes nothing");
+
+        let change = SyncDelta {
+            entries: vec![entry("c", 3)],
+            removed: vec!["a".into()],
+            revision: 3,
+            ..Default::default()
+        };
+        assert!(change.apply_to(&mut synced));
+        assert_eq!(synced.entries.keys().collect::<Vec<_>>(), vec!["b", "c"]);
+        assert_eq!(synced.revision, 3);
+        let taint = SyncDelta { tainted_authority_ids: Some(vec!["k".into()]), ..idle };
+        assert!(taint.apply_to(&mut synced));
+        assert_eq!(synced.tainted_authority_ids, vec!["k".to_string()]);
+
+        let full = SyncDelta { full: true, entries: vec![entry("d", 4)], ..Default::default() };
+        assert!(full.apply_to(&mut synced));
+        assert_eq!(synced.entries.keys().collect::<Vec<_>>(), vec!["d"], "full replaces");
     }
 }

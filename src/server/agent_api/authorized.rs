@@ -6,13 +6,18 @@
 //! are a subset of A's node selectors. The cache follows the datastore by difference
 //! (`entry_changes_since`), on a timer and on demand; when the datastore fails, the last
 //! good copy keeps serving and a warning is logged.
+//!
+//! Every change applied is also appended to an [`EventLog`], under the same lock as the
+//! entries, so that [`AuthorizedEntries::sync_for`] tells an agent what changed for it
+//! since its cursor (see [`super::event_log`] for why positions are apply order).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use keycard_workload_api::SpiffeId;
 
+use super::event_log::{AgentChanges, Event, EventLog};
 use crate::selector::SelectorSet;
 use crate::server::datastore::{DataStore, DataStoreError, EntryChanges};
 use crate::server::entry::Entry;
@@ -27,33 +32,58 @@ struct Snapshot {
     entries: HashMap<String, Arc<Entry>>,
     /// Parent ID → IDs of the entries with that parent.
     by_parent: HashMap<SpiffeId, BTreeSet<String>>,
+    /// Every change applied, in apply order.
+    log: EventLog,
 }
 
 impl Snapshot {
-    fn remove(&mut self, id: &str) {
-        if let Some(old) = self.entries.remove(id)
-            && let Some(ids) = self.by_parent.get_mut(&old.spec.parent_id)
-        {
+    fn remove(&mut self, id: &str) -> Option<Arc<Entry>> {
+        let old = self.entries.remove(id)?;
+        if let Some(ids) = self.by_parent.get_mut(&old.spec.parent_id) {
             ids.remove(id);
             if ids.is_empty() {
                 self.by_parent.remove(&old.spec.parent_id);
             }
         }
+        Some(old)
     }
 
     fn apply(&mut self, changes: EntryChanges) {
         for id in &changes.deleted {
-            self.remove(id);
+            if let Some(before) = self.remove(id) {
+                self.log.push(Event { before: Some(before), after: None });
+            }
         }
         for entry in changes.changed {
-            self.remove(&entry.id);
+            let before = self.remove(&entry.id);
             self.by_parent
                 .entry(entry.spec.parent_id.clone())
                 .or_default()
                 .insert(entry.id.clone());
-            self.entries.insert(entry.id.clone(), Arc::new(entry));
+            let after = Arc::new(entry);
+            self.entries.insert(after.id.clone(), after.clone());
+            self.log.push(Event { before, after: Some(after) });
         }
         self.revision = self.revision.max(changes.revision);
+    }
+
+    /// The IDs whose children are authorized for the agent: its own and those of the node
+    /// aliases (entries whose parent is the server) its selectors match.
+    fn parents<'a>(
+        &'a self,
+        server_id: &SpiffeId,
+        agent_id: &'a SpiffeId,
+        selectors: &SelectorSet,
+    ) -> HashSet<&'a SpiffeId> {
+        let aliases = self
+            .children(server_id)
+            .filter(|alias| alias.spec.selectors.is_subset_of(selectors))
+            .map(|alias| &alias.spec.spiffe_id);
+        std::iter::once(agent_id).chain(aliases).collect()
+    }
+
+    fn authorized(&self, parents: &HashSet<&SpiffeId>) -> BTreeMap<String, Arc<Entry>> {
+        parents.iter().flat_map(|p| self.children(p)).map(|e| (e.id.clone(), e.clone())).collect()
     }
 
     fn children(&self, parent: &SpiffeId) -> impl Iterator<Item = &Arc<Entry>> {
@@ -68,6 +98,23 @@ pub struct AuthorizedSet {
     pub revision: u64,
     /// The entries, ordered by ID.
     pub entries: BTreeMap<String, Arc<Entry>>,
+}
+
+/// What an agent syncing by cursor is sent: see [`AuthorizedEntries::sync_for`].
+#[derive(Debug, Clone)]
+pub struct AgentSync {
+    /// The log epoch and position this answer brings the agent to (its next cursor).
+    pub epoch: u64,
+    /// See `epoch`.
+    pub position: u64,
+    /// The store revision of the cache.
+    pub revision: u64,
+    /// Whether `changed` is the agent's whole authorized set, replacing its copy.
+    pub full: bool,
+    /// Entries to send, by ID.
+    pub changed: BTreeMap<String, Arc<Entry>>,
+    /// IDs the agent must drop.
+    pub removed: Vec<String>,
 }
 
 /// The cache; see the module documentation.
@@ -168,17 +215,47 @@ impl AuthorizedEntries {
     /// The entries authorized for the agent `agent_id` with node selectors `selectors`.
     pub fn authorized_for(&self, agent_id: &SpiffeId, selectors: &SelectorSet) -> AuthorizedSet {
         let snap = self.read();
-        let mut entries: BTreeMap<String, Arc<Entry>> =
-            snap.children(agent_id).map(|e| (e.id.clone(), e.clone())).collect();
-        let aliases = snap
-            .children(&self.server_id)
-            .filter(|alias| alias.spec.selectors.is_subset_of(selectors));
-        for alias in aliases {
-            for e in snap.children(&alias.spec.spiffe_id) {
-                entries.insert(e.id.clone(), e.clone());
-            }
+        let parents = snap.parents(&self.server_id, agent_id, selectors);
+        AuthorizedSet { revision: snap.revision, entries: snap.authorized(&parents) }
+    }
+
+    /// What the agent must be sent to be up to date, given the log epoch and position of
+    /// its last sync (`cursor`; None: it holds nothing). A cursor of another epoch or one
+    /// the log no longer covers gets the whole set (`full`), as does an agent a node alias
+    /// change concerns. The caller must also send the whole set when the agent's ID or
+    /// selectors are not those the cursor was served for.
+    pub fn sync_for(
+        &self,
+        agent_id: &SpiffeId,
+        selectors: &SelectorSet,
+        cursor: Option<(u64, u64)>,
+    ) -> AgentSync {
+        let snap = self.read();
+        let (epoch, head) = (snap.log.epoch(), snap.log.head());
+        if cursor == Some((epoch, head)) {
+            // Idle: nothing to look at, however many entries and aliases there are.
+            let (changed, removed) = (BTreeMap::new(), Vec::new());
+            return AgentSync {
+                epoch,
+                position: head,
+                revision: snap.revision,
+                full: false,
+                changed,
+                removed,
+            };
         }
-        AuthorizedSet { revision: snap.revision, entries }
+        let parents = snap.parents(&self.server_id, agent_id, selectors);
+        let changes = match cursor {
+            Some((epoch, position)) if epoch == snap.log.epoch() => {
+                snap.log.changes_for(position, &self.server_id, selectors, &parents)
+            }
+            _ => AgentChanges::Full,
+        };
+        let (full, changed, removed) = match changes {
+            AgentChanges::Full => (true, snap.authorized(&parents), Vec::new()),
+            AgentChanges::Delta { changed, removed } => (false, changed, removed),
+        };
+        AgentSync { epoch, position: head, revision: snap.revision, full, changed, removed }
     }
 
     /// Whether the entry `entry` is authorized for the agent (same rule as
@@ -201,111 +278,4 @@ impl AuthorizedEntries {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::server::datastore::SqliteDataStore;
-    use crate::server::entry::EntrySpec;
-    use std::time::SystemTime;
-
-    fn id(s: &str) -> SpiffeId {
-        SpiffeId::parse(s).unwrap()
-    }
-
-    fn sel(s: &str) -> SelectorSet {
-        [crate::selector::Selector::parse(s).unwrap()].into_iter().collect()
-    }
-
-    fn entry(n: usize, parent: &SpiffeId, selector: &str) -> Entry {
-        Entry {
-            id: format!("e{n:06}"),
-            spec: EntrySpec {
-                spiffe_id: id(&format!("spiffe://example.org/w{n}")),
-                parent_id: parent.clone(),
-                selectors: sel(selector),
-                x509_ttl: None,
-                jwt_ttl: None,
-                dns_names: Vec::new(),
-                hint: String::new(),
-                admin: false,
-            },
-            revision: n as u64 + 1,
-            created_at: SystemTime::UNIX_EPOCH,
-            updated_at: SystemTime::UNIX_EPOCH,
-        }
-    }
-
-    #[test]
-    fn a_hundred_thousand_entries_are_indexed_by_parent_and_alias() {
-        let server = id("spiffe://example.org/keycard/server");
-        let store = Arc::new(SqliteDataStore::open_in_memory().unwrap());
-        let cache = AuthorizedEntries::new(store, server.clone());
-        let agents: Vec<SpiffeId> =
-            (0..1000).map(|i| id(&format!("spiffe://example.org/keycard/agent/a{i}"))).collect();
-        let mut changed: Vec<Entry> =
-            (0..100_000).map(|n| entry(n, &agents[n % 1000], "unix:uid:1")).collect();
-        let mut alias = entry(100_000, &server, "x509pop:subject:cn:node7");
-        alias.spec.spiffe_id = id("spiffe://example.org/nodes/node7");
-        changed.push(alias.clone());
-        changed.push(entry(100_001, &alias.spec.spiffe_id, "unix:uid:2"));
-        cache.write().apply(EntryChanges { changed, deleted: Vec::new(), revision: 100_002 });
-        assert_eq!(cache.len(), 100_002);
-
-        let started = std::time::Instant::now();
-        let plain = cache.authorized_for(&agents[7], &sel("x509pop:subject:cn:other"));
-        let aliased = cache.authorized_for(&agents[7], &sel("x509pop:subject:cn:node7"));
-        assert!(started.elapsed() < std::time::Duration::from_secs(1));
-        assert_eq!(plain.entries.len(), 100);
-        assert_eq!(aliased.entries.len(), 101);
-        assert!(aliased.entries.contains_key("e100001"));
-        assert!(!aliased.entries.contains_key("e100000"), "alias entries are the node's own");
-        let via = cache.get("e100001").unwrap();
-        assert!(cache.is_authorized(&via, &agents[7], &sel("x509pop:subject:cn:node7")));
-        assert!(!cache.is_authorized(&via, &agents[7], &sel("x509pop:subject:cn:other")));
-
-        // Deleting and re-parenting keep the index right.
-        let mut moved = entry(7, &agents[8], "unix:uid:1");
-        moved.revision = 100_003;
-        let deleted = vec!["e001007".to_string()];
-        cache.write().apply(EntryChanges { changed: vec![moved], deleted, revision: 100_004 });
-        assert_eq!(cache.authorized_for(&agents[7], &SelectorSet::new()).entries.len(), 98);
-        assert_eq!(cache.authorized_for(&agents[8], &SelectorSet::new()).entries.len(), 101);
-        assert_eq!(cache.revision(), 100_004);
-    }
-
-    #[tokio::test]
-    async fn refresh_follows_the_datastore_by_difference() {
-        let server = id("spiffe://example.org/keycard/server");
-        let store = Arc::new(SqliteDataStore::open_in_memory().unwrap());
-        let cache = AuthorizedEntries::new(store.clone(), server);
-        let agent = id("spiffe://example.org/keycard/agent/a");
-        let spec = entry(0, &agent, "unix:uid:1").spec;
-        assert!(cache.refresh().await);
-        assert!(cache.is_empty());
-        let created = store.create_entry(&spec, SystemTime::now()).unwrap();
-        assert!(cache.refresh().await);
-        assert_eq!(cache.get(&created.id).unwrap().spec, spec);
-        store.delete_entry(&created.id).unwrap();
-        assert!(cache.refresh().await);
-        assert!(cache.get(&created.id).is_none());
-        assert!(cache.revision() > created.revision);
-    }
-
-    #[tokio::test]
-    async fn the_last_good_copy_keeps_serving_when_the_datastore_fails() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("store.sqlite3");
-        let store = Arc::new(SqliteDataStore::open(&path).unwrap());
-        let cache =
-            AuthorizedEntries::new(store.clone(), id("spiffe://example.org/keycard/server"));
-        let agent = id("spiffe://example.org/keycard/agent/a");
-        let created = store.create_entry(&entry(0, &agent, "unix:uid:1").spec, SystemTime::now());
-        let created = created.unwrap();
-        assert!(cache.refresh().await);
-        // Break the database under the store, as a failing disk or a bad manual edit would.
-        let other = rusqlite::Connection::open(&path).unwrap();
-        other.execute_batch("DROP TABLE entry_tombstones;").unwrap();
-        assert!(!cache.refresh().await, "a failing datastore must be reported");
-        let served = cache.authorized_for(&agent, &SelectorSet::new());
-        assert_eq!(served.entries.keys().collect::<Vec<_>>(), vec![&created.id]);
-    }
-}
+mod tests;

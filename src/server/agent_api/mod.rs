@@ -6,9 +6,11 @@
 //! which [`tls`] verifies against the CA's current bundle. The handlers ([`service`],
 //! [`signing`]) take the agent's identity from the verified peer certificate, and
 //! authorize entries from an in-memory view of the datastore ([`authorized`]) that keeps
-//! serving its last good copy when the datastore fails. [`limits`] bounds attestations
-//! per source address and signatures per agent; [`csr_check`] refuses CSRs that ask for
-//! more than a public key; [`status`] is the one place errors become gRPC statuses.
+//! serving its last good copy when the datastore fails; agents sync by cursor
+//! ([`cursor_sync`]) against the log of what that view applied ([`event_log`]).
+//! [`limits`] bounds attestations per source address and signatures per agent;
+//! [`csr_check`] refuses CSRs that ask for more than a public key; [`status`] is the one
+//! place errors become gRPC statuses.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -24,7 +26,9 @@ use crate::wire::{KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT};
 pub mod attest;
 pub mod authorized;
 pub mod csr_check;
+pub mod cursor_sync;
 pub mod error;
+pub mod event_log;
 pub mod limits;
 pub mod options;
 pub mod server_svid;

@@ -1,6 +1,7 @@
 //! The gRPC service: authenticates the calling agent from its verified certificate, then
-//! hands each call to [`super::attest`] or [`super::signing`], or answers it here (sync,
-//! bundle). Every refusal goes through [`super::status`] and is counted by method and code.
+//! hands each call to [`super::attest`] or [`super::signing`] or (sync by cursor)
+//! [`super::cursor_sync`], or answers it here (sync by revision list, bundle). Every
+//! refusal goes through [`super::status`] and is counted by method and code.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -57,6 +58,10 @@ impl AgentService {
     ) -> Result<Vec<pb::SyncEntriesResponse>, AgentApiError> {
         let agent = self.inner.authenticate(&req).await?;
         let req = req.into_inner();
+        if req.by_cursor {
+            self.inner.cache.refresh().await;
+            return super::cursor_sync::answer(&self.inner, &agent, &req);
+        }
         if req.entry_ids.len() > SYNC_PAGE_SIZE {
             return Err(AgentApiError::TooManyItems {
                 len: req.entry_ids.len(),

@@ -1,0 +1,96 @@
+//! The sync part of a round: by cursor, handing the cache only what changed, or (with a
+//! server that does not sync by cursor) by revision list, as before.
+
+use keycard_workload_api::SpiffeBundle;
+
+use super::{Manager, ManagerError, TickReport};
+use crate::agent::client::SyncedEntries;
+
+impl Manager {
+    /// Syncs by cursor and hands the cache the result only when something changed (a full
+    /// answer, an entry, the tainted list or the bundle). If the cache refuses it, the
+    /// cursor is dropped so that the next round syncs everything again.
+    pub(super) async fn sync_entries(
+        &mut self,
+        report: &mut TickReport,
+    ) -> Result<(), ManagerError> {
+        let held = self.held_bundle();
+        let held_sequence = held.as_ref().and_then(|b| b.sequence).unwrap_or(0);
+        let delta =
+            self.client.sync_delta(&self.cursor, held_sequence, self.synced.revision).await?;
+        if delta.cursor.is_empty() {
+            return self.sync_by_revisions(report).await;
+        }
+        let first = self.cursor.is_empty();
+        let bundle_adopted = delta.bundle.as_ref().is_some_and(|b| {
+            let mut offered = SyncedEntries { bundle: Some(b.clone()), ..Default::default() };
+            self.adopt_or_report(&mut offered, report)
+        });
+        if bundle_adopted {
+            self.synced.bundle = delta.bundle.clone();
+        } else if first {
+            self.synced.bundle = held;
+        }
+        if (bundle_adopted || (first && delta.bundle.is_none()))
+            && let Some(x509) = self.synced.bundle.as_ref().and_then(|b| b.x509_bundle().ok())
+        {
+            self.client.trust_server_bundle(x509);
+        }
+        let cursor = delta.cursor.clone();
+        let changed = delta.apply_to(&mut self.synced) || bundle_adopted || first;
+        if changed {
+            let synced = &self.synced;
+            let installed = self.cache.set_entries(
+                &synced.entries,
+                synced.bundle.as_ref(),
+                &synced.tainted_authority_ids,
+            );
+            match installed {
+                Ok(changes) => report.removed = changes.removed,
+                Err(e) => {
+                    self.cursor.clear();
+                    return Err(e.into());
+                }
+            }
+        }
+        self.cursor = cursor;
+        Ok(())
+    }
+
+    /// Adopts the bundle `offered` holds if it may replace the one held; otherwise puts
+    /// the held one back, logs why and reports it. Returns whether it was adopted.
+    fn adopt_or_report(&self, offered: &mut SyncedEntries, report: &mut TickReport) -> bool {
+        match self.adopt_bundle(offered) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "kept the current trust bundle");
+                report.bundle_refused = true;
+                false
+            }
+        }
+    }
+
+    /// The bundle the agent holds: the cache's, or the last one synced.
+    pub(super) fn held_bundle(&self) -> Option<SpiffeBundle> {
+        self.cache.bundle().map(|b| b.spiffe.clone()).or_else(|| self.synced.bundle.clone())
+    }
+
+    /// The sync of a server that does not sync by cursor: every authorized ID and revision
+    /// each round, and the cache given the whole set.
+    async fn sync_by_revisions(&mut self, report: &mut TickReport) -> Result<(), ManagerError> {
+        let mut synced = self.client.sync(&self.synced).await?;
+        if self.adopt_or_report(&mut synced, report)
+            && let Some(x509) = synced.bundle.as_ref().and_then(|b| b.x509_bundle().ok())
+        {
+            self.client.trust_server_bundle(x509);
+        }
+        let changes = self.cache.set_entries(
+            &synced.entries,
+            synced.bundle.as_ref(),
+            &synced.tainted_authority_ids,
+        )?;
+        self.synced = synced;
+        report.removed = changes.removed;
+        Ok(())
+    }
+}
