@@ -190,6 +190,7 @@ pub async fn run(config: AgentConfig, shutdown: Shutdown) -> Result<(), RunError
         status: status.clone(),
         clock: clock.clone(),
         minter,
+        unsaved: true,
     };
     let stop = shutdown.wait();
     tasks.spawn(async move {
@@ -226,6 +227,9 @@ struct Observer {
     clock: Arc<dyn Clock>,
     /// Cached JWT-SVIDs of entries a sync removed are dropped.
     minter: JwtMinter,
+    /// Whether a round changed what the agent holds since the last good round stored it
+    /// (true until the first good round).
+    unsaved: bool,
 }
 
 impl RoundObserver for Observer {
@@ -250,20 +254,35 @@ impl RoundObserver for Observer {
         if let Some(identity) = manager.client().identity() {
             self.status.set_expiry(identity.expires_at);
         }
+        // An idle round (nothing synced, issued, renewed or removed) has nothing to store
+        // or count again: skipping it keeps an idle round's cost independent of the number
+        // of entries. A failed round may have changed something before it failed.
+        self.unsaved |= match outcome {
+            Ok(r) => r.synced_changed || r.issued + r.renewed + r.removed > 0 || r.reattested,
+            Err(_) => true,
+        };
+        let store_entries = outcome.is_ok() && self.unsaved;
         let synced = manager.synced();
-        self.to_store.send_modify(|want| {
-            if synced.bundle.is_some() {
+        self.to_store.send_if_modified(|want| {
+            let new_bundle = synced.bundle.is_some() && want.bundle != synced.bundle;
+            if new_bundle {
                 want.bundle = synced.bundle.clone();
             }
-            if outcome.is_ok() {
+            if store_entries {
                 want.synced = Some(Arc::new(synced.clone()));
             }
+            new_bundle || store_entries
         });
-        let ids = self.cache.entry_ids();
-        let live: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
-        self.minter.retain_entries(&|entry| live.contains(entry));
-        self.metrics.cache_entries.set(ids.len() as i64);
-        self.metrics.cache_svids.set(self.cache.svids().len() as i64);
+        if self.unsaved {
+            let ids = self.cache.entry_ids();
+            let live: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
+            self.minter.retain_entries(&|entry| live.contains(entry));
+            self.metrics.cache_entries.set(ids.len() as i64);
+            self.metrics.cache_svids.set(self.cache.svids().len() as i64);
+        }
+        if store_entries {
+            self.unsaved = false;
+        }
         let now = self.clock.now();
         let left = match self.status.expires_at().duration_since(now) {
             Ok(d) => d.as_secs() as i64,

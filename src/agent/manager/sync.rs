@@ -38,6 +38,7 @@ impl Manager {
         }
         let cursor = delta.cursor.clone();
         let changed = delta.apply_to(&mut self.synced) || bundle_adopted || first;
+        report.synced_changed = changed;
         if changed {
             let synced = &self.synced;
             let installed = self.cache.set_entries(
@@ -91,6 +92,7 @@ impl Manager {
         )?;
         self.synced = synced;
         report.removed = changes.removed;
+        report.synced_changed = true;
         Ok(())
     }
 }

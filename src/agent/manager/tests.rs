@@ -43,6 +43,7 @@ async fn entries_in_the_store_get_valid_svids_after_one_tick() {
 
     let report = s.manager.tick().await.unwrap();
     assert_eq!((report.entries, report.issued, report.failed, report.batches), (2, 2, 0, 1));
+    assert!(report.synced_changed);
     for (entry, uid) in [(&web, "unix:uid:1000"), (&db, "unix:uid:1001")] {
         let svids = s.cache.svids_for(&selectors(&[uid]));
         assert_eq!(entry_ids(&svids), vec![entry.id.clone()]);
@@ -63,9 +64,14 @@ async fn entries_in_the_store_get_valid_svids_after_one_tick() {
     assert_eq!(bundle.x509, s.server.ca.bundle().unwrap().x509_bundle().unwrap());
     assert!(!bundle.jwt.authorities().is_empty());
 
-    // Nothing is due before the renewal time: a second tick signs nothing.
+    // Nothing is due before the renewal time: a second tick signs nothing, and says that
+    // its sync changed nothing (so the agent stores and counts nothing again).
     let report = s.manager.tick().await.unwrap();
     assert_eq!((report.issued, report.renewed, report.batches), (0, 0, 0));
+    assert!(!report.synced_changed, "an idle round reported a change");
+    s.server.entry("spiffe://example.org/new", &s.agent_id, &["unix:uid:1002"]);
+    let report = s.manager.tick().await.unwrap();
+    assert!(report.synced_changed && report.issued == 1);
 }
 
 #[tokio::test]
