@@ -3,9 +3,12 @@
 //!
 //! Run with `cargo bench --bench load` (add `-- --quick` for a short smoke run).
 
+mod inproc;
 mod table;
 
 fn main() {
-    let rows: Vec<table::Row> = Vec::new();
+    let quick = std::env::args().any(|a| a == "--quick");
+    let mut rows: Vec<table::Row> = Vec::new();
+    rows.extend(inproc::rows(quick));
     print!("{}", table::render(&rows));
 }
