@@ -4,88 +4,30 @@
 //! `BatchNewX509Svid` calls of 500 CSRs made before timing; SVIDs per second against raw
 //! ring sign/s measured in the same run.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use keycard::agent::ServerClient;
-use keycard::selector::{Selector, SelectorSet};
-use keycard::server::agent_api::{AgentApiOptions, Rate, serve};
-use keycard::server::datastore::{DataStore, SqliteDataStore};
-use keycard::server::entry::EntrySpec;
-use keycard::server::join_token;
-use keycard::telemetry::ServerMetrics;
+use keycard::clock::SystemClock;
 use keycard::wire::MAX_BATCH;
-use tokio::net::TcpListener;
 
-use super::common::{alternate, csrs, raw_sign_rate, system_ca, td, workload_id};
+use super::common::{alternate, csrs, raw_sign_rate};
+use super::server::Server;
 use crate::table::{Goal, Row};
 
-/// A server and an attested agent with `MAX_BATCH` entries of its own.
+/// A server and an attested agent with `MAX_BATCH` entries of its own, and a CSR for each.
 struct Setup {
     client: ServerClient,
     items: Vec<(String, Vec<u8>)>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    server: tokio::task::JoinHandle<()>,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        self.server.abort();
-    }
+    _server: Server,
 }
 
 async fn setup() -> Setup {
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let ca = system_ca();
-    let store: Arc<dyn DataStore> = Arc::new(
-        SqliteDataStore::open(&dir.path().join("keycard.db")).expect("a SQLite datastore"),
-    );
-    let mut options = AgentApiOptions::new(td());
-    options.sign_rate = Rate { per_second: 1e9, burst: 1e9 };
-    options.attest_rate = Rate { per_second: 1000.0, burst: 1000.0 };
-    options.cache_refresh_interval = Duration::from_millis(50);
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
-    let addr = listener.local_addr().expect("the bound address");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn({
-        let (ca, store) = (ca.clone(), store.clone());
-        async move {
-            let metrics = Arc::new(ServerMetrics::new());
-            let clock = Arc::new(keycard::clock::SystemClock);
-            let shutdown = async move {
-                let _ = stopped.await;
-            };
-            if let Err(e) = serve(listener, options, ca, store, metrics, clock, shutdown).await {
-                eprintln!("agent API server: {e}");
-            }
-        }
-    });
-
+    let server = Server::start(std::sync::Arc::new(SystemClock)).await;
     let now = SystemTime::now();
-    let (token, record) =
-        join_token::new_token(&td(), Duration::from_secs(600), None, now).expect("a join token");
-    store.create_join_token(&record).expect("the token is stored");
-    let bundle = ca.x509_bundle();
-    let mut client =
-        ServerClient::connect(&addr.to_string(), td(), bundle).await.expect("the server answers");
-    client.attest_join_token(token.secret()).await.expect("the agent attests");
-    let agent = client.identity().expect("an attested agent").spiffe_id.clone();
-
-    let specs: Vec<EntrySpec> = (0..MAX_BATCH)
-        .map(|i| {
-            let selector =
-                Selector::parse(&format!("unix:uid:{}", 10_000 + i)).expect("a selector");
-            EntrySpec::new(workload_id(i), agent.clone(), SelectorSet::from_iter([selector]))
-        })
-        .collect();
-    let entries = store.create_entries(&specs, now).expect("the entries are stored");
-    let items: Vec<(String, Vec<u8>)> =
-        entries.into_iter().map(|e| e.id).zip(csrs(MAX_BATCH)).collect();
-    Setup { client, items, stop: Some(stop), server, _dir: dir }
+    let client = server.agent(now).await;
+    let ids = server.entries(&client, MAX_BATCH, None, now);
+    let items = ids.into_iter().zip(csrs(MAX_BATCH)).collect();
+    Setup { client, items, _server: server }
 }
 
 /// One batch call; the SVIDs issued per second (all must be issued).

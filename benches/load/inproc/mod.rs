@@ -4,9 +4,11 @@
 
 mod common;
 mod issuance;
+mod manager_storm;
 mod mtls;
 mod plot;
 mod renewal;
+mod server;
 mod signing;
 
 use crate::table::Row;

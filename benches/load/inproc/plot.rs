@@ -17,12 +17,15 @@ pub struct Series {
     pub name: String,
     /// The simulated renewals.
     pub storm: Storm,
+    /// SVIDs in the fleet.
+    pub n: usize,
 }
 
 /// A panel: the lifetime, the fleet size and the series to draw.
 pub type Panel = (Duration, usize, Vec<Series>);
 
-const COLORS: [RGBColor; 2] = [RGBColor(31, 119, 180), RGBColor(214, 39, 40)];
+const COLORS: [RGBColor; 3] =
+    [RGBColor(31, 119, 180), RGBColor(44, 160, 44), RGBColor(214, 39, 40)];
 
 /// Draws `panels` stacked into a PNG at `path`.
 pub fn write_png(path: &Path, panels: &[Panel]) -> Result<(), Box<dyn std::error::Error>> {
@@ -78,7 +81,7 @@ fn draw_panel(
             let x0 = b as f64 * bucket_secs;
             [(x0, c as f64), (x0 + bucket_secs, c as f64)]
         });
-        let peak = s.storm.peak_over_mean(*n);
+        let peak = s.storm.peak_over_mean(s.n);
         chart
             .draw_series(LineSeries::new(points, color.stroke_width(2)))?
             .label(format!("{} (peak {:.2}x mean)", s.name, peak))
