@@ -19,12 +19,15 @@ pub struct Series {
     pub storm: Storm,
     /// SVIDs in the fleet.
     pub n: usize,
+    /// Line color (the same policy keeps its color in every panel).
+    pub color: RGBColor,
 }
 
 /// A panel: the lifetime, the fleet size and the series to draw.
 pub type Panel = (Duration, usize, Vec<Series>);
 
-const COLORS: [RGBColor; 3] =
+/// Line colors: keycard's scheduler, keycard's agent, SPIRE's rule.
+pub const COLORS: [RGBColor; 3] =
     [RGBColor(31, 119, 180), RGBColor(44, 160, 44), RGBColor(214, 39, 40)];
 
 /// Draws `panels` stacked into a PNG at `path`.
@@ -74,8 +77,8 @@ fn draw_panel(
         .axis_desc_style(("sans-serif", 15))
         .light_line_style(WHITE.mix(0.0))
         .draw()?;
-    for (i, (s, counts)) in series.iter().zip(&histograms).enumerate() {
-        let color = COLORS[i % COLORS.len()];
+    for (s, counts) in series.iter().zip(&histograms) {
+        let color = s.color;
         // A step line: each bucket drawn flat over its width.
         let points = counts.iter().enumerate().flat_map(|(b, &c)| {
             let x0 = b as f64 * bucket_secs;

@@ -23,7 +23,7 @@ use keycard::clock::{Clock, ManualClock};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::plot::{Series, write_png};
+use super::plot::{COLORS, Series, write_png};
 use crate::table::{Goal, Row};
 
 /// Renewals per SVID after its first issuance.
@@ -215,12 +215,13 @@ pub fn rows(quick: bool) -> Vec<Row> {
             unit: "x mean".into(),
             goal: Goal::Absolute { at_most: 1.5 },
         });
-        let mut series = vec![Series { name: "keycard scheduler".into(), storm: ours, n }];
+        let mut series =
+            vec![Series { name: "keycard scheduler".into(), storm: ours, n, color: COLORS[0] }];
         if let Some(storm) = agent {
             let name = "keycard agent (Manager + server)".into();
-            series.push(Series { name, storm, n: manager_n });
+            series.push(Series { name, storm, n: manager_n, color: COLORS[1] });
         }
-        series.push(Series { name: "SPIRE's rule".into(), storm: spire, n });
+        series.push(Series { name: "SPIRE's rule".into(), storm: spire, n, color: COLORS[2] });
         panels.push((lifetime, n, series));
     }
     // The plot shows the full fleet only: a quick run leaves the committed one alone.
