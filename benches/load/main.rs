@@ -3,7 +3,9 @@
 //!
 //! Run with `cargo bench --bench load` (add `-- --quick` for a short smoke run,
 //! `-- --only <group>` for one group, `-- --markdown FILE` to write the table to a file).
-//! The groups on real processes are `fetch` (target 3), `fleet` (targets 4 and 6 at 10,000
+//! The group `inproc` measures in this process (targets 1, 2, 5 and 8: CA signing, a
+//! 500-CSR batch over the agent API, the renewal storm and its plot, mTLS handshakes);
+//! the groups on real processes are `fetch` (target 3), `fleet` (targets 4 and 6 at 10,000
 //! entries), `scale` (targets 4 and 7 at 100,000 entries) and `dev` (target 9).
 //!
 //! The daemons are the `keycard` binary Cargo builds for this bench in the same profile
@@ -15,6 +17,7 @@ mod cluster;
 mod dev;
 mod fetch;
 mod fleet;
+mod inproc;
 mod meters;
 mod raw_api;
 mod scale;
@@ -81,12 +84,15 @@ impl Options {
 }
 
 /// The groups `--only` accepts.
-const GROUPS: [&str; 4] = ["fetch", "fleet", "scale", "dev"];
+const GROUPS: [&str; 5] = ["inproc", "fetch", "fleet", "scale", "dev"];
 
 fn main() {
     let options = Options::parse();
     let started = Instant::now();
     let mut rows: Vec<table::Row> = Vec::new();
+    if options.runs("inproc") {
+        rows.extend(inproc::rows(options.quick));
+    }
     if options.runs("fetch") {
         rows.extend(fetch::run(&options));
     }

@@ -1,0 +1,137 @@
+//! criterion micro-benchmarks of keycard's hot paths: selector subset matching, SPIFFE ID
+//! parsing, the CSR check, X.509-SVID and JWT-SVID signing, JWT-SVID validation, and the
+//! SPIFFE bundle JSON both ways.
+//!
+//! Run with `cargo bench --bench micro` (add a name to filter, e.g. `-- jwt`).
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use keycard::ca::journal::MemoryJournal;
+use keycard::ca::{
+    CaConfig, CaManager, DEFAULT_MAX_CSR_LEN, KeyType, MemoryKeyManager, SvidRequest, verify_csr,
+};
+use keycard::clock::SystemClock;
+use keycard::selector::{Selector, SelectorSet};
+use keycard_workload_api::{JwtBundleSet, SpiffeBundle, SpiffeId, TrustDomain, validate_jwt_svid};
+use rcgen::PublicKeyData as _;
+use rustls_pki_types::SubjectPublicKeyInfoDer;
+
+fn td() -> TrustDomain {
+    TrustDomain::new("bench.example").expect("a valid trust domain")
+}
+
+fn ca() -> Arc<CaManager> {
+    let config = CaConfig {
+        trust_domain: td(),
+        x509_key_type: KeyType::EcP256,
+        jwt_key_type: KeyType::EcP256,
+        ca_ttl: Duration::from_secs(24 * 3600),
+        backdate: Duration::from_secs(10),
+        upstream: None,
+        refresh_hint: Duration::from_secs(60),
+    };
+    let keys = Arc::new(MemoryKeyManager::new());
+    let journal = Arc::new(MemoryJournal::default());
+    Arc::new(CaManager::open(config, keys, Arc::new(SystemClock), journal).expect("a CA"))
+}
+
+fn selectors(items: &[String]) -> SelectorSet {
+    items.iter().map(|s| Selector::parse(s).expect("a selector")).collect()
+}
+
+fn selector_matching(c: &mut Criterion) {
+    // An entry's three selectors against a workload's twelve (what the agent's cache asks
+    // for every entry a caller could match).
+    let workload: Vec<String> = (0..12).map(|i| format!("unix:supplementary_gid:{i}")).collect();
+    let mut workload_set = selectors(&workload);
+    workload_set.insert(Selector::parse("unix:uid:1000").expect("a selector"));
+    let entry = selectors(&[
+        "unix:uid:1000".to_owned(),
+        "unix:supplementary_gid:3".to_owned(),
+        "unix:supplementary_gid:7".to_owned(),
+    ]);
+    let miss = selectors(&["unix:uid:1001".to_owned()]);
+    c.bench_function("selector subset, 3 of 13 (match)", |b| {
+        b.iter(|| black_box(&entry).is_subset_of(black_box(&workload_set)))
+    });
+    c.bench_function("selector subset, 1 of 13 (miss)", |b| {
+        b.iter(|| black_box(&miss).is_subset_of(black_box(&workload_set)))
+    });
+}
+
+fn spiffe_id_parse(c: &mut Criterion) {
+    let text = "spiffe://bench.example/ns/payments/sa/api-server";
+    c.bench_function("SpiffeId::parse", |b| b.iter(|| SpiffeId::parse(black_box(text))));
+}
+
+fn csr_check(c: &mut Criterion) {
+    let key = rcgen::KeyPair::generate().expect("a P-256 key");
+    let csr = rcgen::CertificateParams::default().serialize_request(&key).expect("a CSR");
+    let der = csr.der().to_vec();
+    c.bench_function("verify_csr (P-256)", |b| {
+        b.iter(|| verify_csr(black_box(&der), DEFAULT_MAX_CSR_LEN).expect("a good CSR"))
+    });
+}
+
+fn x509_signing(c: &mut Criterion) {
+    let ca = ca();
+    let key = rcgen::KeyPair::generate().expect("a P-256 key");
+    let request = SvidRequest {
+        public_key: SubjectPublicKeyInfoDer::from(key.subject_public_key_info()),
+        spiffe_id: SpiffeId::parse("spiffe://bench.example/workload").expect("an ID"),
+        dns_names: Vec::new(),
+        ttl: Duration::from_secs(3600),
+    };
+    c.bench_function("X.509-SVID signing (CaManager)", |b| {
+        b.iter(|| ca.sign_x509_svid(black_box(&request)).expect("signed"))
+    });
+}
+
+fn jwt(c: &mut Criterion) {
+    let ca = ca();
+    let id = SpiffeId::parse("spiffe://bench.example/workload").expect("an ID");
+    let audiences = vec!["api.bench.example".to_owned()];
+    let ttl = Duration::from_secs(300);
+    c.bench_function("JWT-SVID signing (CaManager)", |b| {
+        b.iter(|| ca.sign_jwt_svid(black_box(&id), &audiences, ttl).expect("signed"))
+    });
+    let token = ca.sign_jwt_svid(&id, &audiences, ttl).expect("signed").token;
+    let bundle = ca.bundle().expect("a bundle").jwt_bundle().expect("a JWT bundle");
+    let mut bundles = JwtBundleSet::new();
+    bundles.insert(bundle);
+    c.bench_function("JWT-SVID validation", |b| {
+        b.iter(|| {
+            validate_jwt_svid(
+                black_box(&token),
+                &bundles,
+                &["api.bench.example"],
+                SystemTime::now(),
+            )
+            .expect("a valid token")
+        })
+    });
+}
+
+fn bundle_json(c: &mut Criterion) {
+    let ca = ca();
+    let bundle: SpiffeBundle = ca.bundle().expect("a bundle");
+    let json = bundle.to_json().expect("JSON");
+    c.bench_function("bundle JSON encode", |b| b.iter(|| black_box(&bundle).to_json()));
+    c.bench_function("bundle JSON decode", |b| {
+        b.iter(|| SpiffeBundle::parse(td(), black_box(json.as_bytes())).expect("parsed"))
+    });
+}
+
+criterion_group!(
+    benches,
+    selector_matching,
+    spiffe_id_parse,
+    csr_check,
+    x509_signing,
+    jwt,
+    bundle_json
+);
+criterion_main!(benches);
