@@ -81,7 +81,7 @@ pub fn single_first_renewal(validity: Validity, jitter: f64) -> SystemTime {
 /// half-lifetimes are added until it lies after the new SVID was obtained: the phase is
 /// kept. Never after [`latest_renewal`].
 pub fn steady_renewal(previous_due: SystemTime, validity: Validity) -> SystemTime {
-    let step = validity.lifetime() / 2;
+    let step = nominal_lifetime(validity) / 2;
     if step.is_zero() {
         return validity.issued_at;
     }
@@ -91,6 +91,17 @@ pub fn steady_renewal(previous_due: SystemTime, validity: Validity) -> SystemTim
         due += step * steps;
     }
     due.min(latest_renewal(validity))
+}
+
+/// The lifetime the server gave, as whole seconds: `not_after` is whole seconds while the
+/// agent obtains the SVID part of a second (and however long it was busy) after the server
+/// read its clock, so `not_after - issued_at` falls short of the TTL by that much. Left
+/// as it is, each wave would step a little earlier than the last by an amount that
+/// depends on how late its round ran, and renewals spread evenly would drift into bunches.
+fn nominal_lifetime(validity: Validity) -> Duration {
+    let lifetime = validity.lifetime();
+    let whole = Duration::from_secs(lifetime.as_secs());
+    if whole == lifetime { whole } else { whole + Duration::from_secs(1) }
 }
 
 /// Whether an SVID must be renewed now: its renewal point has passed, or the authority that

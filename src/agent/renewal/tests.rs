@@ -148,3 +148,19 @@ fn tainted_svids_are_due_at_once() {
     assert!(!renewal_due(now, now + LIFETIME, false));
     assert!(renewal_due(now + LIFETIME, now + LIFETIME, false));
 }
+
+#[test]
+fn steady_renewals_step_by_the_servers_whole_second_lifetime() {
+    // The server's notAfter is whole seconds; the agent obtained the SVID 0.1 s to 0.9 s
+    // into a second. The step is still exactly half the 300 s lifetime, whatever the
+    // fraction, so renewals issued together at different moments of a round keep their
+    // distance instead of drifting by up to half a second a wave.
+    let due = start() + Duration::from_millis(400);
+    for late_ms in [100u64, 500, 900] {
+        let issued_at = start() + Duration::from_millis(late_ms);
+        let v = Validity { issued_at, not_after: start() + LIFETIME };
+        assert_eq!(steady_renewal(due, v), due + LIFETIME / 2, "{late_ms} ms into the second");
+    }
+    // A lifetime of whole seconds is taken as it is.
+    assert_eq!(steady_renewal(start(), validity(start())), start() + LIFETIME / 2);
+}

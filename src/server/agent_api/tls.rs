@@ -131,6 +131,11 @@ pub fn incoming(
                     continue;
                 }
             };
+            // gRPC messages are small and answered at once: without this, Nagle's
+            // algorithm holds a reply until the agent's delayed ACK (about 40 ms a call).
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(%remote_addr, error = %e, "cannot set TCP_NODELAY");
+            }
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
