@@ -339,17 +339,23 @@ impl SvidCache {
 
     /// Every entry with its selectors and its SVID's expiry, lowest entry ID first.
     pub fn entry_views(&self) -> Vec<EntryView> {
-        self.current()
-            .entries()
-            .iter()
-            .map(|(id, e)| EntryView {
-                entry_id: id.clone(),
-                spiffe_id: e.spiffe_id.clone(),
-                selectors: e.selectors.clone(),
-                hint: e.hint.clone(),
-                svid_expires_at: e.svid.as_ref().map(|s| s.expires_at),
-            })
-            .collect()
+        self.current().entries().iter().map(|(id, e)| Self::view(id, e)).collect()
+    }
+
+    /// The entries a caller with `selectors` is entitled to (with or without an SVID),
+    /// lowest entry ID first; costs the entries naming one of its selectors, not all.
+    pub fn entry_views_for(&self, selectors: &SelectorSet) -> Vec<EntryView> {
+        self.current().entries_for(selectors).map(|(id, e)| Self::view(id, e)).collect()
+    }
+
+    fn view(id: &str, e: &CachedEntry) -> EntryView {
+        EntryView {
+            entry_id: id.to_owned(),
+            spiffe_id: e.spiffe_id.clone(),
+            selectors: e.selectors.clone(),
+            hint: e.hint.clone(),
+            svid_expires_at: e.svid.as_ref().map(|s| s.expires_at),
+        }
     }
 }
 

@@ -181,6 +181,9 @@ impl WorkloadApiService {
         tokio::spawn(async move {
             let Ok(attested) = attested_of(&state) else { return };
             let mut last: Option<Snapshot> = None;
+            // The request's handler checked the caller just before the stream started:
+            // the first message goes out on that check, later ones after their own.
+            let mut checked = true;
             let start = tokio::time::Instant::now() + RECHECK_INTERVAL;
             let mut recheck = tokio::time::interval_at(start, RECHECK_INTERVAL);
             loop {
@@ -191,6 +194,7 @@ impl WorkloadApiService {
                     None
                 } else {
                     match render(&snapshot) {
+                        Ok(msg) if std::mem::take(&mut checked) => Some(Ok(msg)),
                         // Never send keys to a process that is no longer the attested one.
                         Ok(msg) => Some(state.recheck().await.map(|()| msg)),
                         Err(status) => Some(Err(status)),
@@ -278,9 +282,12 @@ impl SpiffeWorkloadApi for WorkloadApiService {
     ) -> Result<Response<JwtsvidResponse>, Status> {
         let state = caller_of(&request).await?;
         let a = attested_of(&state)?;
-        let reply = jwt::fetch(&self.cache, self.jwt.as_ref(), a, request.into_inner()).await?;
-        // Minting waited on the server: the caller must still be the one attested.
-        state.recheck().await?;
+        let (reply, waited) =
+            jwt::fetch(&self.cache, self.jwt.as_ref(), a, request.into_inner()).await?;
+        if waited {
+            // Minting waited on the server: the caller must still be the one attested.
+            state.recheck().await?;
+        }
         Ok(Response::new(reply))
     }
 
@@ -330,5 +337,7 @@ impl SpiffeWorkloadApi for WorkloadApiService {
 mod caller_tests;
 #[cfg(test)]
 mod limit_tests;
+#[cfg(test)]
+mod stream_tests;
 #[cfg(test)]
 mod tests;

@@ -173,18 +173,25 @@ impl State {
         self.by_selector = Arc::new(index);
     }
 
-    /// The SVIDs of every entry a caller with `selectors` is entitled to, lowest entry ID
-    /// first; entries without an SVID yet are left out. Looks only at the entries that
-    /// name one of the caller's selectors.
-    pub(super) fn svids_in(&self, selectors: &SelectorSet) -> Vec<WorkloadSvid> {
+    /// The entries a caller with `selectors` is entitled to, lowest entry ID first,
+    /// whether they hold an SVID yet or not. Looks only at the entries that name one of
+    /// the caller's selectors.
+    pub(super) fn entries_for<'a>(
+        &'a self,
+        selectors: &'a SelectorSet,
+    ) -> impl Iterator<Item = (&'a String, &'a Arc<CachedEntry>)> + 'a {
         let candidates: BTreeSet<&String> =
             selectors.iter().filter_map(|s| self.by_selector.get(s)).flatten().collect();
         candidates
             .into_iter()
-            .filter_map(|id| self.entries.get(id))
-            .filter(|e| e.matches(selectors))
-            .filter_map(|e| e.served.clone())
-            .collect()
+            .filter_map(|id| self.entries.get_key_value(id))
+            .filter(|(_, e)| e.matches(selectors))
+    }
+
+    /// The SVIDs of every entry a caller with `selectors` is entitled to, lowest entry ID
+    /// first; entries without an SVID yet are left out.
+    pub(super) fn svids_in(&self, selectors: &SelectorSet) -> Vec<WorkloadSvid> {
+        self.entries_for(selectors).filter_map(|(_, e)| e.served.clone()).collect()
     }
 
     /// Entries that need an SVID at `now`, lowest entry ID first: costs what is due, not

@@ -41,10 +41,15 @@ pub struct CallerState {
 }
 
 impl CallerState {
-    /// The attested caller, attesting it first if this is the connection's first request;
-    /// then re-checked as unchanged ([`Attested::ensure_unchanged`]).
+    /// The attested caller, attesting it first if this is the connection's first request
+    /// (which ends with the same check); else re-checked as unchanged
+    /// ([`Attested::ensure_unchanged`]).
     pub async fn attested(self: &Arc<Self>) -> Result<&Attested, Status> {
-        if self.attested.get().is_none() {
+        // Attestation that finishes during this request ends with the same check as
+        // `recheck` (`attest_peer` compares the fingerprint after collecting): it is not
+        // made twice in a row.
+        let fresh = self.attested.get().is_none();
+        if fresh {
             // In a task of its own: a request cancelled during attestation must not lose
             // the peer (it is taken once) for the requests that follow.
             let state = self.clone();
@@ -62,7 +67,9 @@ impl CallerState {
         // Attested: no longer idle. A connection whose caller could not be attested is
         // still closed at the first-request deadline.
         self.requested.store(true, Ordering::Relaxed);
-        self.recheck().await?;
+        if !fresh {
+            self.recheck().await?;
+        }
         Ok(attested)
     }
 
