@@ -222,6 +222,37 @@ mod tests {
         assert_eq!(*minted.lock().unwrap(), 6);
     }
 
+    fn trust_bundle() -> Arc<TrustBundle> {
+        let td = keycard_workload_api::TrustDomain::new("example.org").unwrap();
+        let spiffe = crate::ca::manager::test_ca(td).bundle().unwrap();
+        let (x509, jwt) = (spiffe.x509_bundle().unwrap(), spiffe.jwt_bundle().unwrap());
+        Arc::new(TrustBundle { spiffe, x509, jwt })
+    }
+
+    #[tokio::test]
+    async fn a_token_is_checked_once_per_bundle_and_a_new_token_is_checked_again() {
+        let clock = Arc::new(ManualClock::starting_now());
+        let (minter, rx) = JwtMinter::new(clock.clone());
+        serve(rx, clock.clone());
+        let aud = vec!["a".to_string()];
+        assert_eq!(minter.cached("e1", &aud), None, "nothing minted yet");
+        let token = minter.token("e1", &aud).await.unwrap();
+        assert_eq!(minter.cached("e1", &aud).as_deref(), Some(token.as_str()));
+        let (first, second) = (trust_bundle(), trust_bundle());
+        assert!(!minter.is_checked("e1", &aud, &token, &first), "never checked");
+        minter.mark_checked("e1", &aud, &token, &first);
+        assert!(minter.is_checked("e1", &aud, &token, &first));
+        assert!(!minter.is_checked("e1", &aud, &token, &second), "another bundle");
+        assert!(!minter.is_checked("e1", &aud, "another token", &first));
+        assert!(!minter.is_checked("e2", &aud, &token, &first), "another entry");
+        // Past half its life the token is minted again, and not checked yet.
+        clock.advance(Duration::from_secs(31));
+        assert_eq!(minter.cached("e1", &aud), None);
+        let fresh = minter.token("e1", &aud).await.unwrap();
+        assert_ne!(fresh, token);
+        assert!(!minter.is_checked("e1", &aud, &fresh, &first));
+    }
+
     #[tokio::test]
     async fn without_a_manager_the_call_fails_at_once() {
         let (minter, rx) = JwtMinter::new(Arc::new(ManualClock::starting_now()));
