@@ -4,7 +4,9 @@
 //! The [`Manager`](super::manager::Manager) fills it; the Workload API reads it with
 //! [`SvidCache::svids_for`] and follows it with [`SvidCache::subscribe`], which wakes a
 //! subscriber only when what *that* caller is entitled to changes (a rotation, a bundle
-//! change, an entry removed). An SVID replaces the previous one only after it has been
+//! change, an entry removed). Callers with the same selectors share one subscription and
+//! one SVID list ([`subscribers`]); a publish costs the caller sets it concerns, and a
+//! renewal round what is due ([`state`]). An SVID replaces the previous one only after it has been
 //! checked ([`SvidCache::update_svids`]): a bad answer from the server never reaches a
 //! workload.
 //!
@@ -20,7 +22,6 @@ use std::time::{Duration, SystemTime};
 
 use keycard_workload_api::{SpiffeBundle, SpiffeId, X509BundleSet};
 use rustls_pki_types::UnixTime;
-use tokio::sync::watch;
 use x509_parser::prelude::{FromDer as _, ParsedExtension, X509Certificate};
 
 use crate::clock::Clock;
@@ -28,37 +29,18 @@ use crate::selector::{Selector, SelectorSet};
 use crate::wire::proto as pb;
 
 mod bundle_rule;
+mod state;
+mod subscribers;
 mod types;
 
 pub use bundle_rule::check_bundle_update;
+use state::{CachedEntry, State};
+pub use subscribers::Subscription;
+use subscribers::{Change, Registry};
 pub use types::{
     CacheError, CachedSvid, DueEntry, EntryChanges, EntryView, NewSvid, Snapshot, TrustBundle,
     WorkloadSvid,
 };
-
-/// One entry as the cache keeps it: parsed once when synced.
-#[derive(Debug, Clone)]
-struct CachedEntry {
-    spiffe_id: SpiffeId,
-    selectors: SelectorSet,
-    hint: String,
-    dns_names: Vec<String>,
-    x509_ttl_seconds: i64,
-    /// Set when the entry changed in a way its SVID must follow (DNS names, TTL).
-    stale: bool,
-    svid: Option<Arc<CachedSvid>>,
-}
-
-/// What readers see: never changed once published, replaced whole by writers.
-#[derive(Debug, Default, Clone)]
-struct State {
-    entries: BTreeMap<String, CachedEntry>,
-    bundle: Option<Arc<TrustBundle>>,
-    tainted: Vec<String>,
-}
-
-/// A subscriber: the caller's selectors and where its snapshots go.
-type Subscriber = Arc<(SelectorSet, watch::Sender<Snapshot>)>;
 
 /// The cache; see the module documentation. Shared as `Arc<SvidCache>`.
 #[derive(Debug)]
@@ -68,8 +50,8 @@ pub struct SvidCache {
     state: RwLock<Arc<State>>,
     /// Serializes writers (sync, SVID updates) across their checks; readers never take it.
     writer: Mutex<()>,
-    /// Held only to add a subscriber or copy the list.
-    subscribers: Mutex<Vec<Subscriber>>,
+    /// The caller sets subscribed; held to add or drop one, and by a publish.
+    subscribers: Arc<Mutex<Registry>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -107,7 +89,7 @@ impl SvidCache {
             clock,
             state: RwLock::new(Arc::new(State::default())),
             writer: Mutex::new(()),
-            subscribers: Mutex::new(Vec::new()),
+            subscribers: Arc::default(),
         }
     }
 
@@ -116,55 +98,23 @@ impl SvidCache {
         self.state.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
-    /// Publishes `next` and tells every subscriber whose view changed. Called with the
-    /// writers' lock held, so that snapshots reach subscribers in the order they were made.
-    fn install(&self, next: State) {
+    /// Publishes `next` and tells the caller sets whose view changed (the sets the
+    /// `changed` entries concern; all of them on a new bundle). Called with the writers'
+    /// lock held, so that snapshots reach subscribers in the order they were made.
+    fn install(&self, before: &State, next: State, changed: Vec<String>) {
         let next = Arc::new(next);
+        // The registry is locked before the state is swapped: a subscriber that joins
+        // meanwhile reads either the old state (and is then told) or the new one.
+        let mut registry = lock(&self.subscribers);
         *self.state.write().unwrap_or_else(PoisonError::into_inner) = next.clone();
-        let subscribers: Vec<Subscriber> = {
-            let mut list = lock(&self.subscribers);
-            list.retain(|s| !s.1.is_closed());
-            list.clone()
-        };
-        for sub in subscribers {
-            let (selectors, tx) = &*sub;
-            let view =
-                Snapshot { svids: Self::svids_in(&next, selectors), bundle: next.bundle.clone() };
-            tx.send_if_modified(|current| {
-                let changed = !current.same_as(&view);
-                if changed {
-                    *current = view;
-                }
-                changed
-            });
-        }
+        registry.publish(Change { before, entries: changed }, &next);
     }
 
     /// The SVIDs of every entry whose selectors are a subset of `selectors`, lowest entry
     /// ID first. Entries without an SVID yet are left out, and an entry with no selectors
     /// matches nobody (the empty set would otherwise match every caller).
     pub fn svids_for(&self, selectors: &SelectorSet) -> Vec<WorkloadSvid> {
-        Self::svids_in(&self.current(), selectors)
-    }
-
-    fn svids_in(state: &State, selectors: &SelectorSet) -> Vec<WorkloadSvid> {
-        state
-            .entries
-            .iter()
-            .filter(|(_, e)| !e.selectors.is_empty() && e.selectors.is_subset_of(selectors))
-            .filter_map(|(_, e)| {
-                let svid = e.svid.as_ref()?;
-                Some(WorkloadSvid {
-                    entry_id: svid.entry_id.clone(),
-                    spiffe_id: svid.spiffe_id.clone(),
-                    chain: svid.chain.clone(),
-                    key: svid.key.clone(),
-                    serial: svid.serial.clone(),
-                    expires_at: svid.expires_at,
-                    hint: e.hint.clone(),
-                })
-            })
-            .collect()
+        self.current().svids_in(selectors)
     }
 
     /// The current bundle, once loaded.
@@ -174,31 +124,38 @@ impl SvidCache {
 
     /// The cached SVID of one entry.
     pub fn svid(&self, entry_id: &str) -> Option<Arc<CachedSvid>> {
-        self.current().entries.get(entry_id).and_then(|e| e.svid.clone())
+        self.current().entry(entry_id).and_then(|e| e.svid.clone())
     }
 
     /// Every cached SVID, lowest entry ID first (one consistent snapshot).
     pub fn svids(&self) -> Vec<Arc<CachedSvid>> {
-        self.current().entries.values().filter_map(|e| e.svid.clone()).collect()
+        self.current().entries().values().filter_map(|e| e.svid.clone()).collect()
     }
 
     /// IDs of the entries held, in order.
     pub fn entry_ids(&self) -> Vec<String> {
-        self.current().entries.keys().cloned().collect()
+        self.current().entries().keys().cloned().collect()
     }
 
-    /// Follows what a caller with `selectors` is entitled to: the receiver holds the
-    /// current snapshot and is marked changed whenever it differs.
-    pub fn subscribe(&self, selectors: SelectorSet) -> watch::Receiver<Snapshot> {
-        // The list is locked before the state is read: a writer that swaps a new state in
-        // meanwhile copies the list only after this subscriber is on it, so it is told.
-        let mut list = lock(&self.subscribers);
+    /// Follows what a caller with `selectors` is entitled to: the subscription holds the
+    /// current snapshot and is marked changed whenever it differs. Callers with the same
+    /// selectors share one snapshot; dropping the last of their subscriptions ends it.
+    pub fn subscribe(&self, selectors: SelectorSet) -> Subscription {
+        // The registry is locked before the state is read: a writer that swaps a new
+        // state in meanwhile publishes only after this subscriber is registered.
+        let registry = lock(&self.subscribers);
         let state = self.current();
-        let snapshot =
-            Snapshot { svids: Self::svids_in(&state, &selectors), bundle: state.bundle.clone() };
-        let (tx, rx) = watch::channel(snapshot);
-        list.push(Arc::new((selectors, tx)));
-        rx
+        Registry::subscribe(&self.subscribers, registry, selectors, &state)
+    }
+
+    /// Caller sets (distinct selector sets) subscribed now.
+    pub fn subscriptions(&self) -> usize {
+        lock(&self.subscribers).len()
+    }
+
+    /// How many times publishes re-evaluated a caller set's SVIDs so far.
+    pub fn subscriber_evaluations(&self) -> u64 {
+        lock(&self.subscribers).evaluations()
     }
 
     /// Replaces the entries, bundle and tainted authorities with a sync's result. SVIDs
@@ -222,7 +179,8 @@ impl SvidCache {
         let _writer = lock(&self.writer);
         let current = self.current();
         let mut changes = EntryChanges::default();
-        let mut next = State { tainted: tainted.to_vec(), ..State::default() };
+        let mut next = State::with_tainted(tainted.to_vec());
+        let mut changed = Vec::new();
         for (id, e) in entries {
             let Some((spiffe_id, selectors)) = parse_entry(e) else {
                 tracing::warn!(entry_id = %id, "skipping an entry the agent cannot parse");
@@ -237,10 +195,16 @@ impl SvidCache {
                 x509_ttl_seconds: e.x509_ttl_seconds,
                 stale: false,
                 svid: None,
+                served: None,
             };
-            match current.entries.get(id) {
+            let old = current.entry(id);
+            match old {
                 Some(old) if old.spiffe_id == cached.spiffe_id => {
                     cached.svid = old.svid.clone();
+                    cached.served = old.served.clone().map(|mut s| {
+                        s.hint.clone_from(&cached.hint);
+                        s
+                    });
                     cached.stale = old.stale
                         || old.dns_names != cached.dns_names
                         || old.x509_ttl_seconds != cached.x509_ttl_seconds;
@@ -248,10 +212,24 @@ impl SvidCache {
                 Some(_) => {}
                 None => changes.added += 1,
             }
-            next.entries.insert(id.clone(), cached);
+            let entry = match old {
+                Some(old) if !cached.serves_differently_from(old) && old.same_as(&cached) => {
+                    old.clone()
+                }
+                Some(old) if !cached.serves_differently_from(old) => Arc::new(cached),
+                _ => {
+                    changed.push(id.clone());
+                    Arc::new(cached)
+                }
+            };
+            next.put(id.clone(), entry);
         }
-        changes.removed =
-            current.entries.keys().filter(|id| !next.entries.contains_key(*id)).count();
+        for id in current.entries().keys() {
+            if next.entry(id).is_none() {
+                changes.removed += 1;
+                changed.push(id.clone());
+            }
+        }
         next.bundle = current.bundle.clone();
         if let Some(bundle) = bundle
             && current.bundle.as_deref() != Some(&*bundle)
@@ -259,7 +237,8 @@ impl SvidCache {
             Self::mark_unverifiable(&mut next, &bundle, self.clock.now());
             next.bundle = Some(bundle);
         }
-        self.install(next);
+        next.reindex_selectors();
+        self.install(&current, next, changed);
         Ok(changes)
     }
 
@@ -269,63 +248,56 @@ impl SvidCache {
     fn mark_unverifiable(state: &mut State, bundle: &TrustBundle, now: SystemTime) {
         let mut set = X509BundleSet::new();
         set.insert(bundle.x509.clone());
-        for (id, entry) in state.entries.iter_mut() {
-            let Some(svid) = &entry.svid else { continue };
-            if let Err(e) = keycard_workload_api::verify_chain(&svid.chain, &set, unix_time(now)) {
-                tracing::info!(entry_id = %id, error = %e, "SVID no longer chains to the bundle; renewing it now");
-                entry.stale = true;
+        state.mark_stale(|entry| {
+            let Some(svid) = &entry.svid else { return false };
+            match keycard_workload_api::verify_chain(&svid.chain, &set, unix_time(now)) {
+                Ok(_) => false,
+                Err(e) => {
+                    tracing::info!(entry_id = %svid.entry_id, error = %e, "SVID no longer chains to the bundle; renewing it now");
+                    true
+                }
             }
-        }
+        });
     }
 
     /// Entries that need an SVID at `now`: none yet, entry changed, authority tainted,
-    /// or renewal time reached. Lowest entry ID first.
+    /// or renewal time reached. Lowest entry ID first. Costs what is due, not what is held.
     pub fn due(&self, now: SystemTime) -> Vec<DueEntry> {
-        let state = self.current();
-        state
-            .entries
-            .iter()
-            .filter_map(|(id, e)| {
-                let previous_due = match &e.svid {
-                    None => None,
-                    Some(_) if e.stale => None,
-                    Some(s) => {
-                        let tainted =
-                            s.authority_id.as_ref().is_some_and(|a| state.tainted.contains(a));
-                        if tainted {
-                            None
-                        } else if super::renewal::renewal_due(now, s.renew_at, false) {
-                            Some(s.renew_at)
-                        } else {
-                            return None;
-                        }
-                    }
-                };
-                Some(DueEntry { entry_id: id.clone(), previous_due })
-            })
-            .collect()
+        self.current().due(now)
     }
 
     /// Checks each new SVID (chain to the current bundle, the entry's SPIFFE ID, the
     /// agent's key, not expired) and puts the good ones in place of the old ones; a bad
     /// one is refused and the old SVID kept. Subscribers are told once, at the end.
     pub fn update_svids(&self, svids: Vec<NewSvid>) -> Vec<Result<(), CacheError>> {
+        if svids.is_empty() {
+            return Vec::new();
+        }
         let _writer = lock(&self.writer);
         let now = self.clock.now();
-        let mut next = State::clone(&self.current());
-        let results =
-            svids.into_iter().map(|svid| Self::update_one(&mut next, svid, now)).collect();
-        self.install(next);
+        let current = self.current();
+        let mut next = State::clone(&current);
+        let mut changed = Vec::new();
+        let results = svids
+            .into_iter()
+            .map(|svid| {
+                let entry_id = svid.entry_id.clone();
+                let result = Self::update_one(&mut next, svid, now);
+                if result.is_ok() {
+                    changed.push(entry_id);
+                }
+                result
+            })
+            .collect();
+        self.install(&current, next, changed);
         results
     }
 
     fn update_one(state: &mut State, new: NewSvid, now: SystemTime) -> Result<(), CacheError> {
         let entry_id = new.entry_id.clone();
         let bundle = state.bundle.clone().ok_or(CacheError::NoBundle)?;
-        let entry = state
-            .entries
-            .get_mut(&entry_id)
-            .ok_or_else(|| CacheError::UnknownEntry(entry_id.clone()))?;
+        let entry =
+            state.entry(&entry_id).ok_or_else(|| CacheError::UnknownEntry(entry_id.clone()))?;
         let bad = |reason: String| CacheError::BadChain { entry_id: entry_id.clone(), reason };
         let mut set = X509BundleSet::new();
         set.insert(bundle.x509.clone());
@@ -347,8 +319,7 @@ impl SvidCache {
         if public_key != new.key.public_key_der() {
             return Err(CacheError::KeyMismatch(entry_id));
         }
-        entry.stale = false;
-        entry.svid = Some(Arc::new(CachedSvid {
+        let svid = Arc::new(CachedSvid {
             entry_id: new.entry_id,
             spiffe_id: id,
             chain: new.chain,
@@ -358,23 +329,33 @@ impl SvidCache {
             expires_at,
             authority_id,
             renew_at: new.renew_at,
-        }));
+        });
+        state.update(&entry_id, |entry| {
+            entry.stale = false;
+            entry.set_svid(svid);
+        });
         Ok(())
     }
 
     /// Every entry with its selectors and its SVID's expiry, lowest entry ID first.
     pub fn entry_views(&self) -> Vec<EntryView> {
-        self.current()
-            .entries
-            .iter()
-            .map(|(id, e)| EntryView {
-                entry_id: id.clone(),
-                spiffe_id: e.spiffe_id.clone(),
-                selectors: e.selectors.clone(),
-                hint: e.hint.clone(),
-                svid_expires_at: e.svid.as_ref().map(|s| s.expires_at),
-            })
-            .collect()
+        self.current().entries().iter().map(|(id, e)| Self::view(id, e)).collect()
+    }
+
+    /// The entries a caller with `selectors` is entitled to (with or without an SVID),
+    /// lowest entry ID first; costs the entries naming one of its selectors, not all.
+    pub fn entry_views_for(&self, selectors: &SelectorSet) -> Vec<EntryView> {
+        self.current().entries_for(selectors).map(|(id, e)| Self::view(id, e)).collect()
+    }
+
+    fn view(id: &str, e: &CachedEntry) -> EntryView {
+        EntryView {
+            entry_id: id.to_owned(),
+            spiffe_id: e.spiffe_id.clone(),
+            selectors: e.selectors.clone(),
+            hint: e.hint.clone(),
+            svid_expires_at: e.svid.as_ref().map(|s| s.expires_at),
+        }
     }
 }
 
@@ -383,5 +364,7 @@ pub(crate) mod test_support;
 #[cfg(test)]
 pub(crate) use test_support::test_svid;
 
+#[cfg(test)]
+mod subscriber_tests;
 #[cfg(test)]
 mod tests;

@@ -7,11 +7,12 @@
 //! a busy workload asking for the same token costs the server nothing.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::cache::TrustBundle;
 use crate::clock::Clock;
 
 /// How many tokens the cache keeps at most (the oldest is dropped first).
@@ -49,6 +50,10 @@ struct CachedToken {
     token: String,
     issued_at: SystemTime,
     expires_at: SystemTime,
+    /// The bundle the token was last validated against (a `Weak`, so that its address
+    /// cannot be taken by another bundle while this is held): the same token and bundle
+    /// need no second signature check.
+    checked_with: Option<Weak<TrustBundle>>,
 }
 
 impl CachedToken {
@@ -106,11 +111,52 @@ impl JwtMinter {
                 cache.remove(&oldest);
             }
         }
-        cache.insert(
-            key,
-            CachedToken { token: token.clone(), issued_at: self.clock.now(), expires_at },
-        );
+        let cached = CachedToken {
+            token: token.clone(),
+            issued_at: self.clock.now(),
+            expires_at,
+            checked_with: None,
+        };
+        cache.insert(key, cached);
         Ok(token)
+    }
+
+    /// The cached token for `entry_id` and `audiences` while it is fresh, without asking
+    /// the server.
+    pub fn cached(&self, entry_id: &str, audiences: &[String]) -> Option<String> {
+        let key = (entry_id.to_owned(), normalize_audiences(audiences));
+        let now = self.clock.now();
+        self.lock().get(&key).filter(|c| c.fresh(now)).map(|c| c.token.clone())
+    }
+
+    /// Whether `token` (the cached one for `entry_id` and `audiences`) was validated
+    /// against `bundle` already ([`JwtMinter::mark_checked`]).
+    pub fn is_checked(
+        &self,
+        entry_id: &str,
+        audiences: &[String],
+        token: &str,
+        bundle: &Arc<TrustBundle>,
+    ) -> bool {
+        let key = (entry_id.to_owned(), normalize_audiences(audiences));
+        self.lock().get(&key).is_some_and(|c| {
+            c.token == token
+                && c.checked_with.as_ref().is_some_and(|w| w.ptr_eq(&Arc::downgrade(bundle)))
+        })
+    }
+
+    /// Records that the cached `token` validated against `bundle`.
+    pub fn mark_checked(
+        &self,
+        entry_id: &str,
+        audiences: &[String],
+        token: &str,
+        bundle: &Arc<TrustBundle>,
+    ) {
+        let key = (entry_id.to_owned(), normalize_audiences(audiences));
+        if let Some(c) = self.lock().get_mut(&key).filter(|c| c.token == token) {
+            c.checked_with = Some(Arc::downgrade(bundle));
+        }
     }
 
     /// Forgets the cached token of `entry_id` and `audiences` (it failed validation).
@@ -174,6 +220,37 @@ mod tests {
         minter.retain_entries(&|e| e != "e2");
         assert_eq!(minter.token("e2", &["a".into()]).await.unwrap(), "e2:a:6");
         assert_eq!(*minted.lock().unwrap(), 6);
+    }
+
+    fn trust_bundle() -> Arc<TrustBundle> {
+        let td = keycard_workload_api::TrustDomain::new("example.org").unwrap();
+        let spiffe = crate::ca::manager::test_ca(td).bundle().unwrap();
+        let (x509, jwt) = (spiffe.x509_bundle().unwrap(), spiffe.jwt_bundle().unwrap());
+        Arc::new(TrustBundle { spiffe, x509, jwt })
+    }
+
+    #[tokio::test]
+    async fn a_token_is_checked_once_per_bundle_and_a_new_token_is_checked_again() {
+        let clock = Arc::new(ManualClock::starting_now());
+        let (minter, rx) = JwtMinter::new(clock.clone());
+        serve(rx, clock.clone());
+        let aud = vec!["a".to_string()];
+        assert_eq!(minter.cached("e1", &aud), None, "nothing minted yet");
+        let token = minter.token("e1", &aud).await.unwrap();
+        assert_eq!(minter.cached("e1", &aud).as_deref(), Some(token.as_str()));
+        let (first, second) = (trust_bundle(), trust_bundle());
+        assert!(!minter.is_checked("e1", &aud, &token, &first), "never checked");
+        minter.mark_checked("e1", &aud, &token, &first);
+        assert!(minter.is_checked("e1", &aud, &token, &first));
+        assert!(!minter.is_checked("e1", &aud, &token, &second), "another bundle");
+        assert!(!minter.is_checked("e1", &aud, "another token", &first));
+        assert!(!minter.is_checked("e2", &aud, &token, &first), "another entry");
+        // Past half its life the token is minted again, and not checked yet.
+        clock.advance(Duration::from_secs(31));
+        assert_eq!(minter.cached("e1", &aud), None);
+        let fresh = minter.token("e1", &aud).await.unwrap();
+        assert_ne!(fresh, token);
+        assert!(!minter.is_checked("e1", &aud, &fresh, &first));
     }
 
     #[tokio::test]

@@ -35,7 +35,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::attest::{AttestError, Attested, UnixAttestorOptions};
-use super::cache::{Snapshot, SvidCache};
+use super::cache::{Snapshot, Subscription, SvidCache};
 use super::jwt::JwtMinter;
 use crate::telemetry::AgentMetrics;
 pub use connection::{CallerState, WorkloadConnection, WorkloadPeer};
@@ -161,12 +161,18 @@ impl WorkloadApiService {
         Ok(SubscribedCaller { state, rx })
     }
 
-    /// Streams `render(snapshot)` now and after every change that alters it, each time
-    /// after re-checking the caller; ends after an error, when the caller loses its last
-    /// SVID, exits or changes, or on shutdown.
-    fn stream<T, F>(&self, caller: SubscribedCaller, render: F) -> ResponseStream<T>
+    /// Streams `render(snapshot)` now and after every change that alters what it shows
+    /// (`same` says when two snapshots render alike), each time after re-checking the
+    /// caller; ends after an error, when the caller loses its last SVID, exits or changes,
+    /// or on shutdown. The stream holds its caller set's shared snapshot, never a copy.
+    fn stream<T, F>(
+        &self,
+        caller: SubscribedCaller,
+        same: fn(&Snapshot, &Snapshot) -> bool,
+        render: F,
+    ) -> ResponseStream<T>
     where
-        T: PartialEq + Clone + Send + 'static,
+        T: Send + 'static,
         F: Fn(&Snapshot) -> Result<T, Status> + Send + 'static,
     {
         let (tx, rx) = mpsc::channel(4);
@@ -174,31 +180,33 @@ impl WorkloadApiService {
         let SubscribedCaller { state, rx: mut updates } = caller;
         tokio::spawn(async move {
             let Ok(attested) = attested_of(&state) else { return };
-            let mut last: Option<T> = None;
+            let mut last: Option<Snapshot> = None;
+            // The request's handler checked the caller just before the stream started:
+            // the first message goes out on that check, later ones after their own.
+            let mut checked = true;
             let start = tokio::time::Instant::now() + RECHECK_INTERVAL;
             let mut recheck = tokio::time::interval_at(start, RECHECK_INTERVAL);
             loop {
-                let next = {
-                    let snapshot = updates.borrow_and_update();
-                    if snapshot.svids.is_empty() {
-                        Err(no_identity(attested))
-                    } else {
-                        render(&snapshot)
+                let snapshot = updates.borrow_and_update().clone();
+                let next = if snapshot.svids.is_empty() {
+                    Some(Err(no_identity(attested)))
+                } else if last.as_ref().is_some_and(|last| same(last, &snapshot)) {
+                    None
+                } else {
+                    match render(&snapshot) {
+                        Ok(msg) if std::mem::take(&mut checked) => Some(Ok(msg)),
+                        // Never send keys to a process that is no longer the attested one.
+                        Ok(msg) => Some(state.recheck().await.map(|()| msg)),
+                        Err(status) => Some(Err(status)),
                     }
-                };
-                let next = match next {
-                    Ok(msg) if last.as_ref() == Some(&msg) => None,
-                    // Never send keys to a process that is no longer the attested one.
-                    Ok(msg) => Some(state.recheck().await.map(|()| msg)),
-                    Err(status) => Some(Err(status)),
                 };
                 match next {
                     None => {}
                     Some(Ok(msg)) => {
-                        if tx.send(Ok(msg.clone())).await.is_err() {
+                        if tx.send(Ok(msg)).await.is_err() {
                             return;
                         }
-                        last = Some(msg);
+                        last = Some(snapshot);
                     }
                     Some(Err(status)) => {
                         let _ = tx.send(Err(status)).await;
@@ -238,7 +246,7 @@ impl WorkloadApiService {
 /// A caller entitled to at least one SVID, and its subscription to the cache.
 struct SubscribedCaller {
     state: Arc<CallerState>,
-    rx: watch::Receiver<Snapshot>,
+    rx: Subscription,
 }
 
 #[tonic::async_trait]
@@ -252,7 +260,7 @@ impl SpiffeWorkloadApi for WorkloadApiService {
         request: Request<X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
         let caller = self.subscribe(&request).await?;
-        Ok(Response::new(self.stream(caller, convert::x509_svid_response)))
+        Ok(Response::new(self.stream(caller, Snapshot::serves_as, convert::x509_svid_response)))
     }
 
     async fn fetch_x509_bundles(
@@ -260,7 +268,7 @@ impl SpiffeWorkloadApi for WorkloadApiService {
         request: Request<X509BundlesRequest>,
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
         let caller = self.subscribe(&request).await?;
-        Ok(Response::new(self.stream(caller, |s| {
+        Ok(Response::new(self.stream(caller, convert::same_bundle, |s| {
             let bundle = convert::bundle_of(s)?;
             let mut bundles = HashMap::new();
             bundles.insert(convert::td_key(bundle), bundle.x509.to_der());
@@ -274,9 +282,12 @@ impl SpiffeWorkloadApi for WorkloadApiService {
     ) -> Result<Response<JwtsvidResponse>, Status> {
         let state = caller_of(&request).await?;
         let a = attested_of(&state)?;
-        let reply = jwt::fetch(&self.cache, self.jwt.as_ref(), a, request.into_inner()).await?;
-        // Minting waited on the server: the caller must still be the one attested.
-        state.recheck().await?;
+        let (reply, waited) =
+            jwt::fetch(&self.cache, self.jwt.as_ref(), a, request.into_inner()).await?;
+        if waited {
+            // Minting waited on the server: the caller must still be the one attested.
+            state.recheck().await?;
+        }
         Ok(Response::new(reply))
     }
 
@@ -285,7 +296,7 @@ impl SpiffeWorkloadApi for WorkloadApiService {
         request: Request<JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
         let caller = self.subscribe(&request).await?;
-        Ok(Response::new(self.stream(caller, |s| {
+        Ok(Response::new(self.stream(caller, convert::same_bundle, |s| {
             let bundle = convert::bundle_of(s)?;
             let json = SpiffeBundle::from_jwt_bundle(&bundle.jwt).to_json().map_err(|e| {
                 tracing::error!(error = %e, "cannot write the JWT bundle");
@@ -326,5 +337,7 @@ impl SpiffeWorkloadApi for WorkloadApiService {
 mod caller_tests;
 #[cfg(test)]
 mod limit_tests;
+#[cfg(test)]
+mod stream_tests;
 #[cfg(test)]
 mod tests;

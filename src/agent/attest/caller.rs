@@ -209,6 +209,13 @@ impl Caller {
 
     /// Like [`Caller::is_same_process`], as an error naming what changed: use it to refuse.
     pub fn ensure_same_process(&self) -> Result<(), AttestError> {
+        self.ensure_alive()?;
+        self.ensure_same_ids(&procfs::read_status(self.pid, self.proc_file("status"))?)
+    }
+
+    /// The process still runs (its pidfd, then its `stat` read through the pinned
+    /// directory) and has the start time it was attested with.
+    fn ensure_alive(&self) -> Result<(), AttestError> {
         let pid = self.pid;
         if let Some(fd) = &self.pidfd {
             let alive = peer::pidfd_alive(fd.fd()).map_err(AttestError::Pidfd)?;
@@ -223,8 +230,13 @@ impl Caller {
         if stat.start_time != self.start_time {
             return Err(AttestError::ProcessChanged { pid, what: "start time" });
         }
-        // With a pidfd too: the process may have dropped to another uid since it connected.
-        let status = procfs::read_status(pid, self.proc_file("status"))?;
+        Ok(())
+    }
+
+    /// The effective uid and gid in `status` are still those the caller connected with
+    /// (with a pidfd too: the process may have dropped to another uid since).
+    fn ensure_same_ids(&self, status: &procfs::Status) -> Result<(), AttestError> {
+        let pid = self.pid;
         if status.uid != self.uid {
             return Err(AttestError::ProcessChanged { pid, what: "effective uid" });
         }
@@ -238,6 +250,10 @@ impl Caller {
     /// `/proc`). Take it before collecting selectors, and compare after.
     pub(crate) fn fingerprint(&self) -> Result<Fingerprint, AttestError> {
         let status = procfs::read_status(self.pid, self.proc_file("status"))?;
+        self.fingerprint_with(status)
+    }
+
+    fn fingerprint_with(&self, status: procfs::Status) -> Result<Fingerprint, AttestError> {
         let exe_link = self.proc_file("exe");
         // The link resolves to the inode the process runs, even when it was deleted.
         let exe = match std::fs::metadata(&exe_link) {
@@ -251,9 +267,15 @@ impl Caller {
     /// [`Caller::ensure_same_process`], then the fingerprint compared with `attested`:
     /// refuses a caller that exited, or changed its uid, gid, supplementary groups or
     /// executable (`exec`) since it was attested. Blocking (reads `/proc`).
+    ///
+    /// Each file is read once, through the directory pinned at attestation (reads fail
+    /// once the process is gone, whoever has its PID now); the process is then checked
+    /// to be still the same one, so that what was read described it.
     pub fn ensure_unchanged(&self, attested: &Fingerprint) -> Result<(), AttestError> {
-        self.ensure_same_process()?;
-        let now = self.fingerprint()?;
+        self.ensure_alive()?;
+        let status = procfs::read_status(self.pid, self.proc_file("status"))?;
+        self.ensure_same_ids(&status)?;
+        let now = self.fingerprint_with(status)?;
         let pid = self.pid;
         if now.groups != attested.groups {
             return Err(AttestError::ProcessChanged { pid, what: "supplementary groups" });
@@ -261,8 +283,14 @@ impl Caller {
         if now.exe != attested.exe {
             return Err(AttestError::ProcessChanged { pid, what: "executable" });
         }
-        // The fingerprint was read by PID: make sure it described this very process.
-        self.ensure_same_process()
+        match &self.pidfd {
+            // The pidfd names exactly this process: alive now means it was the one read.
+            Some(fd) => match peer::pidfd_alive(fd.fd()).map_err(AttestError::Pidfd)? {
+                true => Ok(()),
+                false => Err(AttestError::ProcessGone { pid }),
+            },
+            None => self.ensure_alive(),
+        }
     }
 }
 

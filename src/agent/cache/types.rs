@@ -108,8 +108,8 @@ pub struct WorkloadSvid {
     pub entry_id: String,
     /// Its SPIFFE ID.
     pub spiffe_id: SpiffeId,
-    /// Leaf first, then intermediates.
-    pub chain: Vec<CertificateDer<'static>>,
+    /// Leaf first, then intermediates; shared by every caller set that holds the SVID.
+    pub chain: Arc<[CertificateDer<'static>]>,
     /// The private key (`Debug` shows only its public half).
     pub key: Arc<SigningKey>,
     /// Serial, hex (identifies this issuance).
@@ -125,6 +125,15 @@ impl WorkloadSvid {
     pub fn key_pkcs8_der(&self) -> PrivatePkcs8KeyDer<'_> {
         self.key.pkcs8_der()
     }
+
+    /// Whether a workload is served the same thing by `other` (same entry, issuance, ID
+    /// and hint).
+    pub fn serves_as(&self, other: &WorkloadSvid) -> bool {
+        self.entry_id == other.entry_id
+            && self.serial == other.serial
+            && self.spiffe_id == other.spiffe_id
+            && self.hint == other.hint
+    }
 }
 
 /// The trust domain's bundle in the forms the Workload API serves.
@@ -138,22 +147,35 @@ pub struct TrustBundle {
     pub jwt: JwtBundle,
 }
 
-/// What one caller is entitled to: sent to its subscriber on every change.
-#[derive(Debug, Clone, Default)]
+/// What one caller set is entitled to: the value of its subscription, shared by every
+/// stream of those callers (cloning it copies two pointers).
+#[derive(Debug, Clone)]
 pub struct Snapshot {
     /// The caller's SVIDs, lowest entry ID first.
-    pub svids: Vec<WorkloadSvid>,
+    pub svids: Arc<[WorkloadSvid]>,
     /// The current bundle, once one is loaded.
     pub bundle: Option<Arc<TrustBundle>>,
 }
 
+impl Default for Snapshot {
+    fn default() -> Self {
+        Self { svids: Arc::new([]), bundle: None }
+    }
+}
+
 impl Snapshot {
-    /// Whether `other` gives the caller the same SVIDs and bundle.
-    pub(super) fn same_as(&self, other: &Snapshot) -> bool {
-        let ids = |s: &Snapshot| -> Vec<(String, String)> {
-            s.svids.iter().map(|v| (v.entry_id.clone(), v.serial.clone())).collect()
+    /// Whether `other` gives the caller the same SVIDs and bundle (a pointer comparison
+    /// when both share them, as snapshots of one caller set do).
+    pub fn serves_as(&self, other: &Snapshot) -> bool {
+        let svids = Arc::ptr_eq(&self.svids, &other.svids)
+            || (self.svids.len() == other.svids.len()
+                && self.svids.iter().zip(other.svids.iter()).all(|(a, b)| a.serves_as(b)));
+        let bundle = match (&self.bundle, &other.bundle) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+            (None, None) => true,
+            _ => false,
         };
-        ids(self) == ids(other) && self.bundle == other.bundle
+        svids && bundle
     }
 }
 

@@ -41,10 +41,15 @@ pub struct CallerState {
 }
 
 impl CallerState {
-    /// The attested caller, attesting it first if this is the connection's first request;
-    /// then re-checked as unchanged ([`Attested::ensure_unchanged`]).
+    /// The attested caller, attesting it first if this is the connection's first request
+    /// (which ends with the same check); else re-checked as unchanged
+    /// ([`Attested::ensure_unchanged`]).
     pub async fn attested(self: &Arc<Self>) -> Result<&Attested, Status> {
-        if self.attested.get().is_none() {
+        // Attestation that finishes during this request ends with the same check as
+        // `recheck` (`attest_peer` compares the fingerprint after collecting): it is not
+        // made twice in a row.
+        let fresh = self.attested.get().is_none();
+        if fresh {
             // In a task of its own: a request cancelled during attestation must not lose
             // the peer (it is taken once) for the requests that follow.
             let state = self.clone();
@@ -62,7 +67,9 @@ impl CallerState {
         // Attested: no longer idle. A connection whose caller could not be attested is
         // still closed at the first-request deadline.
         self.requested.store(true, Ordering::Relaxed);
-        self.recheck().await?;
+        if !fresh {
+            self.recheck().await?;
+        }
         Ok(attested)
     }
 
@@ -83,25 +90,19 @@ impl CallerState {
         result
     }
 
-    /// Checks again, on the blocking pool, that the attested caller is unchanged.
+    /// Checks again that the attested caller is unchanged. Runs on the calling task: it
+    /// is four small reads of `/proc` files the kernel answers from memory (`stat`,
+    /// `status`, the `exe` link's inode) and a pidfd poll, cheaper than a hand-off to the
+    /// blocking pool and back, which cost more than the reads themselves.
     pub async fn recheck(self: &Arc<Self>) -> Result<(), Status> {
-        let state = self.clone();
-        let checked = tokio::task::spawn_blocking(move || match state.attested.get() {
+        let checked = match self.attested.get() {
             Some(Ok(a)) => a.ensure_unchanged(),
             Some(Err(_)) | None => Err(AttestError::ProcessGone { pid: 0 }),
+        };
+        checked.map_err(|e| {
+            tracing::warn!(error = %e, "refusing the Workload API caller: no longer the attested process");
+            super::attestation_status(&e)
         })
-        .await;
-        match checked {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "refusing the Workload API caller: no longer the attested process");
-                Err(super::attestation_status(&e))
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "the attestation re-check failed");
-                Err(Status::unavailable("workload attestation failed"))
-            }
-        }
     }
 
     /// The attested caller, once [`CallerState::attested`] succeeded.

@@ -15,6 +15,15 @@ pub(super) fn bundle_of(snapshot: &Snapshot) -> Result<&TrustBundle, Status> {
     snapshot.bundle.as_deref().ok_or_else(|| Status::unavailable("no trust bundle yet"))
 }
 
+/// Whether two snapshots carry the same bundle (what the bundle streams show).
+pub(super) fn same_bundle(a: &Snapshot, b: &Snapshot) -> bool {
+    match (&a.bundle, &b.bundle) {
+        (Some(x), Some(y)) => std::sync::Arc::ptr_eq(x, y) || x == y,
+        (None, None) => true,
+        _ => false,
+    }
+}
+
 /// The key of a trust domain in bundle maps: `spiffe://<trust domain>`.
 pub(super) fn td_key(bundle: &TrustBundle) -> String {
     format!("spiffe://{}", bundle.x509.trust_domain())

@@ -1,5 +1,6 @@
 //! FetchJWTSVID: one token per identity of the caller (or the one asked for), minted by
-//! the server through the agent's [`JwtMinter`] and validated before it is handed out.
+//! the server through the agent's [`JwtMinter`] and validated before it is handed out
+//! (once per token and bundle).
 
 use std::time::SystemTime;
 
@@ -12,22 +13,19 @@ use crate::agent::attest::Attested;
 use crate::agent::cache::{EntryView, SvidCache};
 use crate::agent::jwt::JwtMinter;
 
-/// Answers a FetchJWTSVID request of an attested caller.
+/// Answers a FetchJWTSVID request of an attested caller; the flag says whether it waited
+/// on the server (then the caller must be checked again before the answer goes out).
 pub(super) async fn fetch(
     cache: &SvidCache,
     minter: Option<&JwtMinter>,
     attested: &Attested,
     req: JwtsvidRequest,
-) -> Result<JwtsvidResponse, Status> {
+) -> Result<(JwtsvidResponse, bool), Status> {
     // Bounded before anything else: the list goes into the token, the cache key and logs.
     if let Some(problem) = crate::wire::audience_problem(&req.audience) {
         return Err(Status::invalid_argument(problem));
     }
-    let mut entries: Vec<EntryView> = cache
-        .entry_views()
-        .into_iter()
-        .filter(|e| !e.selectors.is_empty() && e.selectors.is_subset_of(&attested.selectors))
-        .collect();
+    let mut entries: Vec<EntryView> = cache.entry_views_for(&attested.selectors);
     if entries.is_empty() {
         return Err(no_identity(attested));
     }
@@ -42,33 +40,46 @@ pub(super) async fn fetch(
     }
     let minter =
         minter.ok_or_else(|| Status::unavailable("this agent has no server to mint JWT-SVIDs"))?;
-    let mut bundles = JwtBundleSet::new();
-    match cache.bundle() {
-        Some(bundle) => bundles.insert(bundle.jwt.clone()),
-        None => return Err(Status::unavailable("the agent has no trust bundle yet")),
+    let Some(bundle) = cache.bundle() else {
+        return Err(Status::unavailable("the agent has no trust bundle yet"));
     };
     let audiences: Vec<&str> = req.audience.iter().map(String::as_str).collect();
     let mut svids = Vec::with_capacity(entries.len());
+    let mut waited = false;
     for e in entries {
-        let token = minter.token(&e.entry_id, &req.audience).await.map_err(|err| {
-            tracing::warn!(entry_id = %e.entry_id, error = %err, "no JWT-SVID from the server");
-            Status::unavailable(format!("could not get a JWT-SVID: {err}"))
-        })?;
-        // Never hand out a token that does not validate against the bundle.
-        match validate_jwt_svid(&token, &bundles, &audiences, SystemTime::now()) {
-            Ok(svid) if svid.spiffe_id == e.spiffe_id => {}
-            Ok(svid) => {
-                minter.forget(&e.entry_id, &req.audience);
-                tracing::error!(entry_id = %e.entry_id, got = %svid.spiffe_id, "server minted a JWT-SVID for the wrong ID");
-                return Err(Status::unavailable("the server sent an unusable JWT-SVID"));
+        let token = match minter.cached(&e.entry_id, &req.audience) {
+            Some(token) => token,
+            None => {
+                waited = true;
+                minter.token(&e.entry_id, &req.audience).await.map_err(|err| {
+                    tracing::warn!(entry_id = %e.entry_id, error = %err, "no JWT-SVID from the server");
+                    Status::unavailable(format!("could not get a JWT-SVID: {err}"))
+                })?
             }
-            Err(err) => {
-                minter.forget(&e.entry_id, &req.audience);
-                tracing::error!(entry_id = %e.entry_id, error = %err, "server minted an invalid JWT-SVID");
-                return Err(Status::unavailable("the server sent an unusable JWT-SVID"));
+        };
+        // Never hand out a token that does not validate against the bundle (checked once
+        // per token and bundle: the same token against the same bundle validates alike
+        // while it is cached, as it is handed out only in the first half of its life).
+        if !minter.is_checked(&e.entry_id, &req.audience, &token, &bundle) {
+            let mut bundles = JwtBundleSet::new();
+            bundles.insert(bundle.jwt.clone());
+            match validate_jwt_svid(&token, &bundles, &audiences, SystemTime::now()) {
+                Ok(svid) if svid.spiffe_id == e.spiffe_id => {
+                    minter.mark_checked(&e.entry_id, &req.audience, &token, &bundle);
+                }
+                Ok(svid) => {
+                    minter.forget(&e.entry_id, &req.audience);
+                    tracing::error!(entry_id = %e.entry_id, got = %svid.spiffe_id, "server minted a JWT-SVID for the wrong ID");
+                    return Err(Status::unavailable("the server sent an unusable JWT-SVID"));
+                }
+                Err(err) => {
+                    minter.forget(&e.entry_id, &req.audience);
+                    tracing::error!(entry_id = %e.entry_id, error = %err, "server minted an invalid JWT-SVID");
+                    return Err(Status::unavailable("the server sent an unusable JWT-SVID"));
+                }
             }
         }
         svids.push(Jwtsvid { spiffe_id: e.spiffe_id.to_string(), svid: token, hint: e.hint });
     }
-    Ok(JwtsvidResponse { svids })
+    Ok((JwtsvidResponse { svids }, waited))
 }
