@@ -5,38 +5,20 @@
 //! Run with `cargo bench --bench micro` (add a name to filter, e.g. `-- jwt`).
 
 use std::hint::black_box;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use keycard::ca::journal::MemoryJournal;
-use keycard::ca::{
-    CaConfig, CaManager, DEFAULT_MAX_CSR_LEN, KeyType, MemoryKeyManager, SvidRequest, verify_csr,
-};
-use keycard::clock::SystemClock;
+use keycard::ca::{DEFAULT_MAX_CSR_LEN, SvidRequest, verify_csr};
 use keycard::selector::{Selector, SelectorSet};
-use keycard_workload_api::{JwtBundleSet, SpiffeBundle, SpiffeId, TrustDomain, validate_jwt_svid};
+use keycard_workload_api::{JwtBundleSet, SpiffeBundle, SpiffeId, validate_jwt_svid};
 use rcgen::PublicKeyData as _;
 use rustls_pki_types::SubjectPublicKeyInfoDer;
 
-fn td() -> TrustDomain {
-    TrustDomain::new("bench.example").expect("a valid trust domain")
-}
-
-fn ca() -> Arc<CaManager> {
-    let config = CaConfig {
-        trust_domain: td(),
-        x509_key_type: KeyType::EcP256,
-        jwt_key_type: KeyType::EcP256,
-        ca_ttl: Duration::from_secs(24 * 3600),
-        backdate: Duration::from_secs(10),
-        upstream: None,
-        refresh_hint: Duration::from_secs(60),
-    };
-    let keys = Arc::new(MemoryKeyManager::new());
-    let journal = Arc::new(MemoryJournal::default());
-    Arc::new(CaManager::open(config, keys, Arc::new(SystemClock), journal).expect("a CA"))
-}
+/// The in-process scenarios' CA and trust domain, shared with the load binary.
+#[path = "load/inproc/common.rs"]
+#[allow(dead_code)]
+mod common;
+use common::{system_ca as ca, td};
 
 fn selectors(items: &[String]) -> SelectorSet {
     items.iter().map(|s| Selector::parse(s).expect("a selector")).collect()
