@@ -181,6 +181,7 @@ pub async fn run(config: AgentConfig, shutdown: Shutdown) -> Result<(), RunError
         Err(e) => tracing::warn!(error = %e, "cannot read the stored bundle"),
     }
     let (to_store, wanted) = tokio::sync::watch::channel(ToStore::default());
+    let keeps_disk_cache = disk_cache.is_some();
     let writer = Writer { storage: storage.clone(), disk_cache, cache: cache.clone() };
     tasks.spawn(writer.run(wanted));
     let observer = Observer {
@@ -191,6 +192,7 @@ pub async fn run(config: AgentConfig, shutdown: Shutdown) -> Result<(), RunError
         clock: clock.clone(),
         minter,
         unsaved: true,
+        keeps_disk_cache,
     };
     let stop = shutdown.wait();
     tasks.spawn(async move {
@@ -230,6 +232,9 @@ struct Observer {
     /// Whether a round changed what the agent holds since the last good round stored it
     /// (true until the first good round).
     unsaved: bool,
+    /// Whether the writer saves a disk cache: only then does it need a copy of the entries
+    /// (held until the next one replaces it, so it costs a copy of every entry).
+    keeps_disk_cache: bool,
 }
 
 impl RoundObserver for Observer {
@@ -261,7 +266,7 @@ impl RoundObserver for Observer {
             Ok(r) => r.synced_changed || r.issued + r.renewed + r.removed > 0 || r.reattested,
             Err(_) => true,
         };
-        let store_entries = outcome.is_ok() && self.unsaved;
+        let store_entries = outcome.is_ok() && self.unsaved && self.keeps_disk_cache;
         let synced = manager.synced();
         self.to_store.send_if_modified(|want| {
             let new_bundle = synced.bundle.is_some() && want.bundle != synced.bundle;
@@ -280,7 +285,7 @@ impl RoundObserver for Observer {
             self.metrics.cache_entries.set(ids.len() as i64);
             self.metrics.cache_svids.set(self.cache.svids().len() as i64);
         }
-        if store_entries {
+        if outcome.is_ok() {
             self.unsaved = false;
         }
         let now = self.clock.now();
