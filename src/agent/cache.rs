@@ -322,7 +322,7 @@ impl SvidCache {
         let svid = Arc::new(CachedSvid {
             entry_id: new.entry_id,
             spiffe_id: id,
-            chain: new.chain,
+            chain: new.chain.into(),
             key: new.key,
             serial: new.serial,
             issued_at: new.issued_at,

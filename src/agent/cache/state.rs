@@ -38,7 +38,7 @@ pub(super) struct CachedEntry {
 impl CachedEntry {
     /// Puts `svid` in place, with the form workloads get.
     pub(super) fn set_svid(&mut self, svid: Arc<CachedSvid>) {
-        let chain: Arc<[CertificateDer<'static>]> = svid.chain.clone().into();
+        let chain: Arc<[CertificateDer<'static>]> = svid.chain.clone();
         self.served = Some(WorkloadSvid {
             entry_id: svid.entry_id.clone(),
             spiffe_id: svid.spiffe_id.clone(),

@@ -67,8 +67,8 @@ pub struct CachedSvid {
     pub entry_id: String,
     /// The SPIFFE ID it carries (the entry's).
     pub spiffe_id: SpiffeId,
-    /// Leaf first, then intermediates.
-    pub chain: Vec<CertificateDer<'static>>,
+    /// Leaf first, then intermediates; shared with the callers' SVID sets.
+    pub chain: Arc<[CertificateDer<'static>]>,
     /// The private key, made on this agent; never sent anywhere.
     pub key: Arc<SigningKey>,
     /// Serial number, hex.

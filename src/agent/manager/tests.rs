@@ -157,7 +157,7 @@ async fn a_bad_svid_is_never_published() {
     let good_b = s.cache.svid(&b.id).unwrap();
     let new = |chain: &Arc<crate::agent::cache::CachedSvid>, key: Arc<SigningKey>| NewSvid {
         entry_id: a.id.clone(),
-        chain: chain.chain.clone(),
+        chain: chain.chain.to_vec(),
         key,
         serial: "bad".into(),
         issued_at: s.clock.now(),

@@ -76,7 +76,7 @@ fn plant_foreign_ca_and_svid(f: &Fixture, foreign: &CaManager, uid: u32, resign:
     let svid = CachedSvid {
         entry_id: "evil".into(),
         spiffe_id: keycard_workload_api::SpiffeId::parse("spiffe://example.org/admin").unwrap(),
-        chain: minted.chain,
+        chain: minted.chain.into(),
         key: minted.key,
         serial: minted.serial,
         issued_at: minted.issued_at,
