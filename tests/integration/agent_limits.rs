@@ -2,23 +2,14 @@
 //! (issue 15, defect 4): connections over the per-uid cap are closed at once and counted,
 //! and the places come back when the holder lets go.
 
-use std::io::{Read as _, Write as _};
+use std::io::Read as _;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use crate::agent::{PATIENCE, Setup};
-use crate::procs::keycard;
+use crate::procs::{keycard, metrics};
 
 const REFUSED: &str = "keycard_agent_workload_api_connections_refused_total{reason=\"uid_limit\"}";
-
-/// The agent's `/metrics` text.
-fn metrics(address: &str) -> String {
-    let mut tcp = std::net::TcpStream::connect(address).unwrap();
-    write!(tcp, "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut text = String::new();
-    tcp.read_to_string(&mut text).unwrap();
-    text
-}
 
 fn metric(text: &str, name: &str) -> Option<u64> {
     let line = text.lines().find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))?;

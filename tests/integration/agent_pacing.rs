@@ -12,23 +12,13 @@
 //!     --test integration agent_pacing -- --nocapture
 //! ```
 
-use std::io::{Read as _, Write as _};
 use std::os::unix::fs::MetadataExt as _;
 use std::time::{Duration, Instant};
 
-use crate::procs::{Agent, Server};
+use crate::procs::{Agent, Server, metrics};
 
 fn setting(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-/// The agent's `/metrics` text.
-fn metrics(address: &str) -> String {
-    let mut tcp = std::net::TcpStream::connect(address).unwrap();
-    write!(tcp, "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut text = String::new();
-    tcp.read_to_string(&mut text).unwrap();
-    text
 }
 
 /// The value of the sample `name` (with its labels), 0 when it was never set.

@@ -2,7 +2,7 @@
 //! JSON logs, waited for by the log lines that say they listen, stopped with SIGTERM; and
 //! [`Group`], for a process that starts processes of its own (the helper and its `--cmd`).
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read as _, Write as _};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -248,4 +248,13 @@ impl Drop for Agent {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The `/metrics` text of a health endpoint at `address` (agent or server).
+pub fn metrics(address: &str) -> String {
+    let mut tcp = std::net::TcpStream::connect(address).unwrap();
+    write!(tcp, "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut text = String::new();
+    tcp.read_to_string(&mut text).unwrap();
+    text
 }
