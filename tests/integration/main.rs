@@ -13,6 +13,7 @@ mod grpcio_authority;
 mod helper;
 mod interop;
 mod mtls;
+mod pair;
 mod procs;
 mod py_spiffe;
 mod python;
