@@ -38,8 +38,8 @@ use state::{CachedEntry, State};
 pub use subscribers::Subscription;
 use subscribers::{Change, Registry};
 pub use types::{
-    CacheError, CachedSvid, DueEntry, EntryChanges, EntryView, NewSvid, Snapshot, TrustBundle,
-    WorkloadSvid,
+    CacheError, CachedSvid, DueEntry, EntryChanges, EntryView, NewSvid, Snapshot, SvidKey,
+    TrustBundle, WorkloadSvid,
 };
 
 /// The cache; see the module documentation. Shared as `Arc<SvidCache>`.
@@ -323,7 +323,7 @@ impl SvidCache {
             entry_id: new.entry_id,
             spiffe_id: id,
             chain: new.chain.into(),
-            key: new.key,
+            key: Arc::new(SvidKey::of(&new.key)),
             serial: new.serial,
             issued_at: new.issued_at,
             expires_at,

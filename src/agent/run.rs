@@ -288,6 +288,12 @@ impl RoundObserver for Observer {
         if outcome.is_ok() {
             self.unsaved = false;
         }
+        if let Ok(r) = outcome {
+            let rebuilt = if r.synced_changed { r.entries } else { 0 };
+            if r.issued + r.renewed + r.removed + rebuilt >= trim::TRIM_AFTER {
+                trim::release_free_memory();
+            }
+        }
         let now = self.clock.now();
         let left = match self.status.expires_at().duration_since(now) {
             Ok(d) => d.as_secs() as i64,
@@ -317,6 +323,7 @@ fn health_endpoints(
 }
 
 mod node;
+mod trim;
 mod writer;
 
 use writer::{ToStore, Writer, restore_disk_cache};

@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use keycard_workload_api::{JwtBundle, SpiffeBundle, SpiffeId, X509Bundle};
 use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 
-use crate::ca::SigningKey;
+use crate::ca::{KeyType, SigningKey};
 use crate::selector::SelectorSet;
 
 /// Why the cache refused an update.
@@ -60,6 +60,39 @@ pub enum CacheError {
     KeyMismatch(String),
 }
 
+/// The private key of a cached SVID, kept as the PKCS#8 DER the Workload API hands out.
+/// Once its SVID has been checked against it, the agent never signs with a workload's key,
+/// so the parsed signing state a [`SigningKey`] carries (rcgen's and ring's, about 560
+/// bytes) is dropped: this is a quarter of that. `Debug` shows only the key type.
+pub struct SvidKey {
+    key_type: KeyType,
+    pkcs8: Box<[u8]>,
+}
+
+impl SvidKey {
+    /// The bytes of `key`, to hand out.
+    pub fn of(key: &SigningKey) -> Self {
+        Self { key_type: key.key_type(), pkcs8: key.pkcs8_der().secret_pkcs8_der().into() }
+    }
+
+    /// The key as PKCS#8 DER. Handle with care.
+    pub fn pkcs8_der(&self) -> PrivatePkcs8KeyDer<'_> {
+        PrivatePkcs8KeyDer::from(&self.pkcs8[..])
+    }
+
+    /// The key parsed again, for tests that offer it with another chain.
+    #[cfg(test)]
+    pub(crate) fn signing_key(&self) -> Arc<SigningKey> {
+        Arc::new(SigningKey::from_pkcs8_der(&self.pkcs8).expect("made from a SigningKey"))
+    }
+}
+
+impl std::fmt::Debug for SvidKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SvidKey").field("key_type", &self.key_type).finish_non_exhaustive()
+    }
+}
+
 /// An X.509-SVID held for an entry, with its agent-made key.
 #[derive(Debug)]
 pub struct CachedSvid {
@@ -70,7 +103,7 @@ pub struct CachedSvid {
     /// Leaf first, then intermediates; shared with the callers' SVID sets.
     pub chain: Arc<[CertificateDer<'static>]>,
     /// The private key, made on this agent; never sent anywhere.
-    pub key: Arc<SigningKey>,
+    pub key: Arc<SvidKey>,
     /// Serial number, hex.
     pub serial: String,
     /// When the agent obtained it (the start of its validity as renewal counts it).
@@ -110,8 +143,8 @@ pub struct WorkloadSvid {
     pub spiffe_id: SpiffeId,
     /// Leaf first, then intermediates; shared by every caller set that holds the SVID.
     pub chain: Arc<[CertificateDer<'static>]>,
-    /// The private key (`Debug` shows only its public half).
-    pub key: Arc<SigningKey>,
+    /// The private key (`Debug` shows only its type).
+    pub key: Arc<SvidKey>,
     /// Serial, hex (identifies this issuance).
     pub serial: String,
     /// The leaf's `notAfter`.

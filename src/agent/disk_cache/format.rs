@@ -52,7 +52,7 @@ impl StoredSvid {
         Self {
             entry_id: s.entry_id.clone(),
             chain: s.chain.iter().map(|c| B64.encode(c)).collect(),
-            key: B64.encode(s.key.key_pair().serialize_der()),
+            key: B64.encode(s.key.pkcs8_der().secret_pkcs8_der()),
             serial: s.serial.clone(),
             issued_at: secs(s.issued_at),
             renew_at: secs(s.renew_at),

@@ -94,7 +94,7 @@ async fn a_saved_cache_is_restored_checked_and_expired_svids_are_dropped() {
     for id in ["a", "b"] {
         let (old, new) = (f.cache.svid(id).unwrap(), fresh.svid(id).unwrap());
         assert_eq!(old.chain, new.chain);
-        assert_eq!(old.key.public_key_der(), new.key.public_key_der());
+        assert_eq!(old.key.pkcs8_der(), new.key.pkcs8_der());
         assert_eq!(secs(old.renew_at), secs(new.renew_at));
     }
 

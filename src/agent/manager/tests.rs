@@ -164,13 +164,13 @@ async fn a_bad_svid_is_never_published() {
         renew_at: s.clock.now(),
     };
     let fresh_key = Arc::new(SigningKey::generate(KeyType::EcP256).unwrap());
-    let mut truncated = new(&good_a, good_a.key.clone());
+    let mut truncated = new(&good_a, good_a.key.signing_key());
     truncated.chain[0] = truncated.chain[0][..40].to_vec().into();
-    let mut unknown = new(&good_a, good_a.key.clone());
+    let mut unknown = new(&good_a, good_a.key.signing_key());
     unknown.entry_id = "no-such-entry".into();
     let results = s.cache.update_svids(vec![
         // B's SVID offered for A: wrong SPIFFE ID.
-        new(&good_b, good_b.key.clone()),
+        new(&good_b, good_b.key.signing_key()),
         // A's chain with a key that is not the one it certifies.
         new(&good_a, fresh_key),
         truncated,
@@ -183,7 +183,7 @@ async fn a_bad_svid_is_never_published() {
 
     // An expired SVID (as the agent's clock sees it) is refused too.
     s.clock.set(good_a.expires_at + Duration::from_secs(1));
-    let results = s.cache.update_svids(vec![new(&good_a, good_a.key.clone())]);
+    let results = s.cache.update_svids(vec![new(&good_a, good_a.key.signing_key())]);
     assert!(matches!(results[0], Err(CacheError::BadChain { .. })), "{:?}", results[0]);
 
     assert_eq!(s.cache.svid(&a.id).unwrap().serial, good_a.serial, "the old SVID is kept");

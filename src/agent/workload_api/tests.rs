@@ -16,7 +16,7 @@ use tonic::{Code, Streaming};
 use x509_parser::prelude::{FromDer as _, X509Certificate};
 
 use super::*;
-use crate::agent::cache::NewSvid;
+use crate::agent::cache::{NewSvid, SvidKey};
 use crate::ca::{CaManager, KeyType, SigningKey, SvidRequest};
 use crate::clock::SystemClock;
 use crate::server::agent_api::proto as pb;
@@ -112,7 +112,7 @@ impl Setup {
     }
 
     /// Mints a fresh SVID for the entry and puts it in the cache.
-    pub(super) fn mint(&self, entry_id: &str) -> Arc<SigningKey> {
+    pub(super) fn mint(&self, entry_id: &str) -> Arc<SvidKey> {
         let key = Arc::new(SigningKey::generate(KeyType::EcP256).unwrap());
         let req = SvidRequest {
             public_key: SubjectPublicKeyInfoDer::from(key.public_key_der()),
@@ -125,13 +125,13 @@ impl Setup {
         let results = self.cache.update_svids(vec![NewSvid {
             entry_id: entry_id.into(),
             chain: issued.svid.chain_without_root,
-            key: key.clone(),
+            key,
             serial: hex::encode(issued.svid.serial),
             issued_at: now,
             renew_at: now + Duration::from_secs(300),
         }]);
         results.into_iter().for_each(|r| r.unwrap());
-        key
+        self.cache.svid(entry_id).expect("just cached").key.clone()
     }
 }
 

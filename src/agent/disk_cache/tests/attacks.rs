@@ -77,7 +77,7 @@ fn plant_foreign_ca_and_svid(f: &Fixture, foreign: &CaManager, uid: u32, resign:
         entry_id: "evil".into(),
         spiffe_id: keycard_workload_api::SpiffeId::parse("spiffe://example.org/admin").unwrap(),
         chain: minted.chain.into(),
-        key: minted.key,
+        key: Arc::new(crate::agent::cache::SvidKey::of(&minted.key)),
         serial: minted.serial,
         issued_at: minted.issued_at,
         expires_at: minted.renew_at,
