@@ -74,19 +74,26 @@ impl Setup {
         Setup { dir, server, uid, bundle, bundle_file, token }
     }
 
+    /// The server.
+    pub fn server(&self) -> &Server {
+        &self.server
+    }
+
     /// An entry for workloads of this test's uid under the agent `node/1`.
     pub fn entry(&self, name: &str) -> String {
-        let created = self.server.admin(&[
-            "entry",
-            "create",
-            "--spiffe-id",
-            &format!("spiffe://example.org/workload/{name}"),
-            "--parent-id",
-            "spiffe://example.org/node/1",
-            "--selector",
-            &format!("unix:uid:{}", self.uid),
-        ]);
-        created["id"].as_str().unwrap().to_owned()
+        self.entry_selecting(name, &[format!("unix:uid:{}", self.uid)])
+    }
+
+    /// An entry `spiffe://example.org/workload/<name>` under the agent `node/1` for
+    /// workloads with all of `selectors` (`unix:uid:1000`, ...).
+    pub fn entry_selecting(&self, name: &str, selectors: &[String]) -> String {
+        let id = format!("spiffe://example.org/workload/{name}");
+        let mut args = vec!["entry", "create", "--spiffe-id", &id];
+        args.extend(["--parent-id", "spiffe://example.org/node/1"]);
+        for selector in selectors {
+            args.extend(["--selector", selector.as_str()]);
+        }
+        self.server.admin(&args)["id"].as_str().unwrap().to_owned()
     }
 
     /// Starts an agent that attests with the join token for `node/1` and syncs often.

@@ -241,6 +241,11 @@ impl Agent {
     pub fn stop(mut self) {
         terminate(&mut self.child, "agent");
     }
+
+    /// The agent's PID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for Agent {
@@ -257,4 +262,11 @@ pub fn metrics(address: &str) -> String {
     let mut text = String::new();
     tcp.read_to_string(&mut text).unwrap();
     text
+}
+
+/// The value of the sample `name` (with its labels, as printed) in a `/metrics` text;
+/// `None` when it was never set.
+pub fn metric(text: &str, name: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))?;
+    line.rsplit(' ').next()?.parse().ok()
 }
