@@ -18,8 +18,9 @@ use std::task::{Context, Poll};
 
 use http::HeaderValue;
 
-/// How tonic begins the message of a request over the decoding cap.
-const TONIC_TOO_LARGE: &[u8] = b"Error, decoded message length too large";
+/// How tonic begins the message of a request over the decoding cap, in the
+/// `grpc-message` header (percent-encoded: tonic encodes spaces).
+const TONIC_TOO_LARGE: &[u8] = b"Error,%20decoded%20message%20length%20too%20large";
 /// `OUT_OF_RANGE`, as the `grpc-status` header spells it.
 const OUT_OF_RANGE: &[u8] = b"11";
 /// `RESOURCE_EXHAUSTED`, as the `grpc-status` header spells it.
@@ -80,18 +81,13 @@ pub fn resource_exhausted_if_too_large(headers: &mut http::HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tonic::Status;
     use tower::{Layer as _, ServiceExt as _};
 
-    fn answer(status: &'static str, message: &str) -> http::Response<()> {
-        let mut response = http::Response::new(());
-        response.headers_mut().insert("grpc-status", HeaderValue::from_static(status));
-        let message = HeaderValue::from_str(message).unwrap();
-        response.headers_mut().insert("grpc-message", message);
-        response
-    }
-
     /// `make()`'s response as it leaves a server wrapped in the layer.
-    async fn through(make: fn() -> http::Response<()>) -> http::Response<()> {
+    async fn through(
+        make: fn() -> http::Response<tonic::body::Body>,
+    ) -> http::Response<tonic::body::Body> {
         let inner = tower::service_fn(move |_: http::Request<()>| async move {
             Ok::<_, std::convert::Infallible>(make())
         });
@@ -99,8 +95,9 @@ mod tests {
         service.oneshot(http::Request::new(())).await.unwrap()
     }
 
-    fn status(response: &http::Response<()>) -> &str {
-        response.headers()["grpc-status"].to_str().unwrap()
+    /// The status a client reads from the response headers.
+    fn status(response: &http::Response<tonic::body::Body>) -> Option<Status> {
+        Status::from_header_map(response.headers())
     }
 
     const TOO_LARGE: &str =
@@ -108,20 +105,21 @@ mod tests {
 
     #[tokio::test]
     async fn tonics_too_large_answer_becomes_resource_exhausted() {
-        let out = through(|| answer("11", TOO_LARGE)).await;
-        assert_eq!(status(&out), "8");
-        assert_eq!(out.headers()["grpc-message"], TOO_LARGE, "the message is kept");
+        // Exactly what tonic's server sends when a request is over its cap.
+        let out = status(&through(|| Status::out_of_range(TOO_LARGE).into_http()).await).unwrap();
+        assert_eq!(out.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(out.message(), TOO_LARGE, "the message is kept");
     }
 
     #[tokio::test]
     async fn every_other_answer_is_left_alone() {
         // OUT_OF_RANGE for another reason, another status with tonic's words, and a
-        // response with no status at all (a stream whose status comes in trailers).
-        let other = through(|| answer("11", "page token past the end")).await;
-        assert_eq!(status(&other), "11");
-        let denied = through(|| answer("7", TOO_LARGE)).await;
-        assert_eq!(status(&denied), "7");
-        let streaming = through(|| http::Response::new(())).await;
-        assert!(streaming.headers().get("grpc-status").is_none());
+        // response with no status in its headers (a stream, whose status comes later).
+        let other = through(|| Status::out_of_range("page token past the end").into_http()).await;
+        assert_eq!(status(&other).unwrap().code(), tonic::Code::OutOfRange);
+        let denied = through(|| Status::permission_denied(TOO_LARGE).into_http()).await;
+        assert_eq!(status(&denied).unwrap().code(), tonic::Code::PermissionDenied);
+        let streaming = through(|| http::Response::new(tonic::body::Body::empty())).await;
+        assert!(status(&streaming).is_none());
     }
 }
