@@ -15,6 +15,7 @@ mod forked;
 mod grpcio_authority;
 mod helper;
 mod interop;
+mod limits;
 mod mtls;
 mod procs;
 mod py_spiffe;
