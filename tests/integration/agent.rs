@@ -230,12 +230,7 @@ fn workloads_get_renewed_svids_and_lose_deleted_ones_from_a_real_agent() {
         );
 
         // `keycard agent explain` for this process: both entries match, nothing is missing.
-        let out = keycard()
-            .args(["agent", "explain", "--pid", &std::process::id().to_string()])
-            .arg("--agent-admin-socket")
-            .arg(&agent.admin_socket)
-            .output()
-            .unwrap();
+        let out = agent.explain(std::process::id());
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{out:?}");
         assert!(text.contains("MATCH     spiffe://example.org/workload/a"), "{text}");

@@ -151,14 +151,7 @@ pub fn prepare(kind: Kind, socket: &Path) -> io::Result<Attempt> {
             expect_ready(ready, &format!("{kind:?}"))?;
         }
         Kind::ExitAfterConnect => {
-            let child = fork(&[plan.sock, w], true, || {
-                step(1, ids(r, g))?;
-                step(2, connect(plan.sock, &plan.addr))?;
-                step(3, say(w, b'R'))
-            })?;
-            reaper.0.push(child);
-            drop(ready_w);
-            expect_ready(ready, &format!("{kind:?}"))?;
+            let child = connect_and_exit(&plan, (r, g), &mut reaper)?;
             reaper.wait(child)?;
         }
         Kind::ForkParentExits => {
@@ -188,14 +181,7 @@ pub fn prepare(kind: Kind, socket: &Path) -> io::Result<Attempt> {
         Kind::PidReuse => {
             let (ready2, ready2_w) = pipe()?;
             let w2 = ready2_w.as_raw_fd();
-            let child = fork(&[plan.sock, w], true, || {
-                step(1, ids(NOBODY, NOBODY))?;
-                step(2, connect(plan.sock, &plan.addr))?;
-                step(3, say(w, b'R'))
-            })?;
-            reaper.0.push(child);
-            drop(ready_w);
-            expect_ready(ready, &format!("{kind:?}"))?;
+            let child = connect_and_exit(&plan, (NOBODY, NOBODY), &mut reaper)?;
             let _cycle = PID_CYCLE.lock().unwrap_or_else(|p| p.into_inner());
             reaper.wait(child)?;
             // The kernel gives the next fork the PID after `ns_last_pid` (when it is free
@@ -264,4 +250,20 @@ pub fn prepare(kind: Kind, socket: &Path) -> io::Result<Attempt> {
         }
     }
     Ok(Attempt { conn: UnixStream::from(sock), pid_reused, _reaper: reaper })
+}
+
+/// Forks a connector of `ids` (uid, gid) that connects, says so and exits; returns its
+/// PID once it said so (reap it with [`Reaper::wait`] to free the PID).
+fn connect_and_exit(plan: &Plan, (uid, gid): (u32, u32), reaper: &mut Reaper) -> io::Result<pid_t> {
+    let (ready, ready_w) = pipe()?;
+    let w = ready_w.as_raw_fd();
+    let child = fork(&[plan.sock, w], true, || {
+        step(1, ids(uid, gid))?;
+        step(2, connect(plan.sock, &plan.addr))?;
+        step(3, say(w, b'R'))
+    })?;
+    reaper.0.push(child);
+    drop(ready_w);
+    expect_ready(ready, "a connector that exits")?;
+    Ok(child)
 }

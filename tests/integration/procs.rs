@@ -246,6 +246,16 @@ impl Agent {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// `keycard agent explain --pid PID` over this agent's admin socket.
+    pub fn explain(&self, pid: u32) -> Output {
+        keycard()
+            .args(["agent", "explain", "--pid", &pid.to_string()])
+            .arg("--agent-admin-socket")
+            .arg(&self.admin_socket)
+            .output()
+            .unwrap()
+    }
 }
 
 impl Drop for Agent {
