@@ -11,6 +11,7 @@ mod authority;
 mod cli;
 #[path = "../common/examples.rs"]
 mod examples;
+mod flood;
 mod forked;
 mod grpcio_authority;
 mod helper;
