@@ -30,7 +30,7 @@ use tonic::{Code, Request};
 
 use crate::agent::{PATIENCE, Setup};
 use crate::attackers::{self, Kind, REGISTERED_GID, REGISTERED_UID};
-use crate::procs::{metric, metrics};
+use crate::procs::{is_root, metric, metrics};
 
 /// Callers working side by side (each a thread forking its own processes).
 const WORKERS: usize = 4;
@@ -173,10 +173,6 @@ impl Drop for Subreaper {
         // SAFETY: as above.
         unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 0) };
     }
-}
-
-fn is_root() -> bool {
-    std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0
 }
 
 fn print_table(tallies: &BTreeMap<Kind, Tally>, elapsed: Duration) {

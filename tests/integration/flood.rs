@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::agent::{PATIENCE, Setup, open_stream};
 use crate::forked::{self, Reaper};
-use crate::procs::{metric, metrics};
+use crate::procs::{is_root, metric, metrics};
 
 /// The agent's resident memory, in KiB.
 fn rss_kib(pid: u32) -> u64 {
@@ -24,6 +24,15 @@ fn rss_kib(pid: u32) -> u64 {
 /// Descriptors the agent holds.
 fn fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+}
+
+/// This process, registered, gets its SVID over a new connection to `socket`.
+fn assert_served(runtime: &tokio::runtime::Runtime, socket: &Path) {
+    runtime.block_on(async {
+        let mut stream = open_stream(socket).await;
+        let first = tokio::time::timeout(PATIENCE, stream.message()).await;
+        assert_eq!(first.expect("not served in time").unwrap().unwrap().svids.len(), 1);
+    })
 }
 
 /// A child of uid `uid` that opens `count` connections to `socket`, one after another
@@ -76,8 +85,7 @@ fn flood(socket: &Path, uid: u32, count: usize, hello: &[u8]) -> Reaper {
 
 #[test]
 fn a_connection_flood_from_an_unregistered_uid_leaves_a_registered_caller_served() {
-    let root = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap());
-    if root != 0 {
+    if !is_root() {
         println!("note: not root, cannot connect as another uid; flood test skipped");
         return;
     }
@@ -94,13 +102,7 @@ fn a_connection_flood_from_an_unregistered_uid_leaves_a_registered_caller_served
     let health = agent.health.clone().unwrap();
     let pid = agent.pid();
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let served = || {
-        runtime.block_on(async {
-            let mut stream = open_stream(&agent.socket).await;
-            let first = tokio::time::timeout(PATIENCE, stream.message()).await;
-            assert_eq!(first.expect("not served in time").unwrap().unwrap().svids.len(), 1);
-        })
-    };
+    let served = || assert_served(&runtime, &agent.socket);
     served();
     let (rss_before, fds_before) = (rss_kib(pid), fds(pid));
 
@@ -156,8 +158,7 @@ fn unfinished_header_block(frames: usize) -> Vec<u8> {
 
 #[test]
 fn unfinished_header_blocks_from_an_unregistered_uid_cost_the_agent_little() {
-    let root = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap());
-    if root != 0 {
+    if !is_root() {
         println!("note: not root, cannot connect as another uid; header flood test skipped");
         return;
     }
@@ -166,13 +167,7 @@ fn unfinished_header_blocks_from_an_unregistered_uid_cost_the_agent_little() {
     let agent = setup.agent("");
     let pid = agent.pid();
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let served = || {
-        runtime.block_on(async {
-            let mut stream = open_stream(&agent.socket).await;
-            let first = tokio::time::timeout(PATIENCE, stream.message()).await;
-            assert_eq!(first.expect("not served in time").unwrap().unwrap().svids.len(), 1);
-        })
-    };
+    let served = || assert_served(&runtime, &agent.socket);
     served();
     let before = rss_kib(pid);
     // 200 connections, each sending almost 1 MiB of one header block and holding it open.

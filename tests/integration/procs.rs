@@ -280,3 +280,8 @@ pub fn metric(text: &str, name: &str) -> Option<u64> {
     let line = text.lines().find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))?;
     line.rsplit(' ').next()?.parse().ok()
 }
+
+/// Whether this process runs as root (the owner of its `/proc` entry is its effective uid).
+pub fn is_root() -> bool {
+    std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0
+}
