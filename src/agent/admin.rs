@@ -59,6 +59,7 @@ pub async fn serve_admin(
     tracing::info!(socket = %path.display(), uids = ?listener.allowed_uids(), "agent admin API listening");
     let service = AgentAdminService::new(cache, options);
     let result = tonic::transport::Server::builder()
+        .layer(crate::wire::oversized::OversizedLayer)
         .add_service(pb::agent_admin_server::AgentAdminServer::new(service))
         .serve_with_incoming_shutdown(listener.incoming(), shutdown)
         .await;

@@ -38,6 +38,7 @@ use super::attest::{AttestError, Attested, UnixAttestorOptions};
 use super::cache::{Snapshot, Subscription, SvidCache};
 use super::jwt::JwtMinter;
 use crate::telemetry::AgentMetrics;
+use crate::wire::oversized::OversizedLayer;
 pub use connection::{CallerState, WorkloadConnection, WorkloadPeer};
 use limits::{ConnectionLimiter, ConnectionLimits, RegisteredUids};
 
@@ -49,6 +50,11 @@ pub mod limits;
 /// How often an open stream re-checks its caller even when nothing is sent: a caller that
 /// changed uid or executable is told `PermissionDenied` within this time.
 pub const RECHECK_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How long a stopping Workload API waits for its connections to close. A client that
+/// never answers the HTTP/2 shutdown (a stopped process, or one holding its connection
+/// without reading) would otherwise keep the agent from exiting for as long as it likes.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Serves the Workload API on `listener` from `cache` until `shutdown` completes, with the
 /// default [`ConnectionLimits`]; see [`serve_with_limits`].
@@ -66,7 +72,8 @@ pub async fn serve(
 
 /// Serves the Workload API on `listener` from `cache` until `shutdown` completes, holding
 /// at most `limits` connections; open streams are then ended with `Unavailable` so the
-/// graceful stop does not wait on them.
+/// graceful stop does not wait on them, and connections still open [`SHUTDOWN_GRACE`]
+/// after it are closed.
 pub async fn serve_with_limits(
     listener: UnixListener,
     cache: Arc<SvidCache>,
@@ -78,6 +85,7 @@ pub async fn serve_with_limits(
 ) -> Result<(), tonic::transport::Error> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let limiter = ConnectionLimiter::new(limits, RegisteredUids::of(cache.clone()));
+    let mut stopping = stop_rx.clone();
     let service = WorkloadApiService { cache, jwt, stop: stop_rx };
     let (conn_tx, conn_rx) = mpsc::channel::<Result<WorkloadConnection, io::Error>>(16);
     tokio::spawn(connection::accept_loop(listener, Arc::new(options), limiter, metrics, conn_tx));
@@ -85,10 +93,25 @@ pub async fn serve_with_limits(
         shutdown.await;
         stop_tx.send_replace(true);
     };
-    tonic::transport::Server::builder()
+    let serving = tonic::transport::Server::builder()
+        .layer(OversizedLayer)
         .add_service(SpiffeWorkloadApiServer::new(service))
-        .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), signal)
-        .await
+        .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), signal);
+    let grace_over = async move {
+        // An error means the signal is gone, so the server has already returned.
+        let _ = stopping.wait_for(|stopped| *stopped).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        served = serving => served,
+        () = grace_over => {
+            tracing::warn!(
+                grace = ?SHUTDOWN_GRACE,
+                "Workload API connections still open after the shutdown grace; closing them"
+            );
+            Ok(())
+        }
+    }
 }
 
 /// The one place attestation errors become gRPC statuses: a caller that exited or is no
@@ -337,6 +360,8 @@ impl SpiffeWorkloadApi for WorkloadApiService {
 mod caller_tests;
 #[cfg(test)]
 mod limit_tests;
+#[cfg(test)]
+mod shutdown_tests;
 #[cfg(test)]
 mod stream_tests;
 #[cfg(test)]

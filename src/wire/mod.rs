@@ -14,7 +14,10 @@ pub mod proto {
     tonic::include_proto!("keycard.agent.v1");
 }
 
-/// Largest gRPC message either side decodes (a bigger one gets `OutOfRange`).
+pub mod oversized;
+
+/// Largest gRPC message either side decodes (a bigger one gets `ResourceExhausted`, see
+/// [`oversized`]).
 pub const MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
 /// Most CSRs in one `BatchNewX509Svid` call.
 pub const MAX_BATCH: usize = 500;

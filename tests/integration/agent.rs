@@ -74,19 +74,26 @@ impl Setup {
         Setup { dir, server, uid, bundle, bundle_file, token }
     }
 
+    /// The server.
+    pub fn server(&self) -> &Server {
+        &self.server
+    }
+
     /// An entry for workloads of this test's uid under the agent `node/1`.
     pub fn entry(&self, name: &str) -> String {
-        let created = self.server.admin(&[
-            "entry",
-            "create",
-            "--spiffe-id",
-            &format!("spiffe://example.org/workload/{name}"),
-            "--parent-id",
-            "spiffe://example.org/node/1",
-            "--selector",
-            &format!("unix:uid:{}", self.uid),
-        ]);
-        created["id"].as_str().unwrap().to_owned()
+        self.entry_selecting(name, &[format!("unix:uid:{}", self.uid)])
+    }
+
+    /// An entry `spiffe://example.org/workload/<name>` under the agent `node/1` for
+    /// workloads with all of `selectors` (`unix:uid:1000`, ...).
+    pub fn entry_selecting(&self, name: &str, selectors: &[String]) -> String {
+        let id = format!("spiffe://example.org/workload/{name}");
+        let mut args = vec!["entry", "create", "--spiffe-id", &id];
+        args.extend(["--parent-id", "spiffe://example.org/node/1"]);
+        for selector in selectors {
+            args.extend(["--selector", selector.as_str()]);
+        }
+        self.server.admin(&args)["id"].as_str().unwrap().to_owned()
     }
 
     /// Starts an agent that attests with the join token for `node/1` and syncs often.
@@ -223,12 +230,7 @@ fn workloads_get_renewed_svids_and_lose_deleted_ones_from_a_real_agent() {
         );
 
         // `keycard agent explain` for this process: both entries match, nothing is missing.
-        let out = keycard()
-            .args(["agent", "explain", "--pid", &std::process::id().to_string()])
-            .arg("--agent-admin-socket")
-            .arg(&agent.admin_socket)
-            .output()
-            .unwrap();
+        let out = agent.explain(std::process::id());
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{out:?}");
         assert!(text.contains("MATCH     spiffe://example.org/workload/a"), "{text}");

@@ -7,14 +7,9 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use crate::agent::{PATIENCE, Setup};
-use crate::procs::{keycard, metrics};
+use crate::procs::{keycard, metric, metrics};
 
 const REFUSED: &str = "keycard_agent_workload_api_connections_refused_total{reason=\"uid_limit\"}";
-
-fn metric(text: &str, name: &str) -> Option<u64> {
-    let line = text.lines().find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))?;
-    line.rsplit(' ').next()?.parse().ok()
-}
 
 #[test]
 fn a_real_agent_closes_connections_over_its_per_uid_cap_and_frees_them_on_close() {

@@ -23,11 +23,7 @@ fn setting(name: &str, default: u64) -> u64 {
 
 /// The value of the sample `name` (with its labels), 0 when it was never set.
 fn metric(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    crate::procs::metric(text, name).unwrap_or(0)
 }
 
 #[test]

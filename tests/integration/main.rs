@@ -4,14 +4,19 @@ mod agent;
 mod agent_identity;
 mod agent_limits;
 mod agent_pacing;
+mod attackers;
+mod attacks;
 #[path = "../common/authority.rs"]
 mod authority;
 mod cli;
 #[path = "../common/examples.rs"]
 mod examples;
+mod flood;
+mod forked;
 mod grpcio_authority;
 mod helper;
 mod interop;
+mod limits;
 mod mtls;
 mod pair;
 mod procs;

@@ -241,6 +241,21 @@ impl Agent {
     pub fn stop(mut self) {
         terminate(&mut self.child, "agent");
     }
+
+    /// The agent's PID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `keycard agent explain --pid PID` over this agent's admin socket.
+    pub fn explain(&self, pid: u32) -> Output {
+        keycard()
+            .args(["agent", "explain", "--pid", &pid.to_string()])
+            .arg("--agent-admin-socket")
+            .arg(&self.admin_socket)
+            .output()
+            .unwrap()
+    }
 }
 
 impl Drop for Agent {
@@ -257,4 +272,16 @@ pub fn metrics(address: &str) -> String {
     let mut text = String::new();
     tcp.read_to_string(&mut text).unwrap();
     text
+}
+
+/// The value of the sample `name` (with its labels, as printed) in a `/metrics` text;
+/// `None` when it was never set.
+pub fn metric(text: &str, name: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))?;
+    line.rsplit(' ').next()?.parse().ok()
+}
+
+/// Whether this process runs as root (the owner of its `/proc` entry is its effective uid).
+pub fn is_root() -> bool {
+    std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0
 }

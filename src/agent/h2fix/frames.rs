@@ -16,8 +16,13 @@ const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const TYPE_PUSH_PROMISE: u8 = 0x5;
 
 /// Upper bound on one header block's compressed size, so a client cannot make us buffer
-/// without end. The Workload API's requests carry a few hundred bytes of headers.
-const MAX_HEADER_BLOCK: usize = 1 << 20;
+/// without end. The Workload API's requests carry a few hundred bytes of headers, and
+/// the server behind us accepts at most 16 KiB of them decoded (hyper's
+/// `SETTINGS_MAX_HEADER_LIST_SIZE`); HPACK blocks are smaller than what they decode to
+/// (save for Huffman codes of unusual bytes), so four times that is ample. Every held
+/// connection may buffer up to twice this (the block and its frames): at 1 MiB, 200
+/// connections of one unregistered uid that never ended a block held 400 MiB of the agent.
+pub(super) const MAX_HEADER_BLOCK: usize = 64 * 1024;
 
 /// Where the parser stands in the client's byte stream.
 #[derive(Debug, Clone, Copy)]

@@ -6,7 +6,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::H2FixError;
 use super::block::{FLAG_END_HEADERS, FLAG_END_STREAM, FLAG_PADDED, FLAG_PRIORITY};
-use super::frames::FrameRewriter;
+use super::frames::{FrameRewriter, MAX_HEADER_BLOCK};
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const HEADERS: u8 = 0x1;
@@ -244,6 +244,24 @@ fn a_block_that_grows_past_the_frame_size_is_split() {
     let decoded = server_decode(&mut Decoder::new(), &out);
     assert_eq!(authority(&decoded[0]), b"localhost");
     assert_eq!(decoded[0].last().unwrap().1.len(), 40_000);
+}
+
+#[test]
+fn a_header_block_over_the_cap_is_refused_before_it_is_held_whole() {
+    // A block that never ends, in frames of 16 KiB: the frames up to the cap are held, the
+    // next one is refused.
+    let chunk = vec![0x41; 16_384];
+    let mut r = FrameRewriter::new();
+    let mut out = Vec::new();
+    r.feed(PREFACE, &mut out).unwrap();
+    r.feed(&frame(HEADERS, 0, 1, &chunk), &mut out).unwrap();
+    for _ in 1..MAX_HEADER_BLOCK / chunk.len() {
+        r.feed(&frame(CONTINUATION, 0, 1, &chunk), &mut out).unwrap();
+    }
+    let err = r.feed(&frame(CONTINUATION, 0, 1, &chunk), &mut out);
+    assert!(matches!(err, Err(H2FixError::HeaderBlockTooLarge(MAX_HEADER_BLOCK))), "{err:?}");
+    assert_eq!(out, PREFACE, "nothing of the block was passed on");
+    assert_eq!(MAX_HEADER_BLOCK, 64 * 1024, "four times the 16 KiB the server accepts");
 }
 
 #[test]

@@ -102,6 +102,7 @@ pub async fn serve_on(
     tracing::info!(socket = %path.display(), uids = ?listener.allowed_uids(), "admin API listening");
     let service = AdminService::new(trust_domain, store, ca, metrics, clock);
     let result = tonic::transport::Server::builder()
+        .layer(crate::wire::oversized::OversizedLayer)
         .add_service(
             pb::admin_server::AdminServer::new(service)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)

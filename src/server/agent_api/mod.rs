@@ -82,6 +82,7 @@ pub async fn serve(
         .timeout(options.request_timeout)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .layer(crate::wire::oversized::OversizedLayer)
         .add_service(svc.into_server())
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
