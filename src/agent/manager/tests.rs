@@ -17,6 +17,7 @@ use crate::ca::{KeyType, SigningKey};
 use crate::selector::SelectorSet;
 
 mod bundle;
+mod clock_jump;
 mod harness;
 mod pacing;
 use harness::{selectors, setup, setup_with};
