@@ -1,0 +1,1 @@
+//! Peers that stop answering mid-stream.
