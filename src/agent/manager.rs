@@ -256,8 +256,18 @@ impl Manager {
     }
 
     async fn round_once(&mut self) -> Result<TickReport, ManagerError> {
-        let mut report =
-            TickReport { agent_renewed: self.renew_agent_if_due().await?, ..Default::default() };
+        let agent_renewed = match self.renew_agent_if_due().await {
+            Ok(renewed) => renewed,
+            // The current agent SVID is still valid (an expired one, or one the server no
+            // longer accepts, needs attestation): a failed renewal must not stop the
+            // workload SVIDs from being synced and renewed with it. The next round retries.
+            Err(e) if !e.needs_reattestation() => {
+                tracing::warn!(error = %e, "cannot renew the agent SVID now; the round goes on");
+                false
+            }
+            Err(e) => return Err(e),
+        };
+        let mut report = TickReport { agent_renewed, ..Default::default() };
         self.sync_entries(&mut report).await?;
         // A taint covers the agent's own SVID too: renew it now, while the server still
         // accepts the old one (it will not once the authority is revoked).

@@ -16,6 +16,7 @@ use crate::ca::journal::AuthorityKind;
 use crate::ca::{KeyType, SigningKey};
 use crate::selector::SelectorSet;
 
+mod agent_renewal;
 mod bundle;
 mod clock_jump;
 mod harness;
