@@ -18,6 +18,7 @@ use crate::procs::{Agent, Server};
 
 mod datastore;
 mod kill;
+mod proxy;
 mod stall;
 
 /// SVIDs live 24 s (renewed about every 12 s); the agent's own SVID lives 90 s.
@@ -95,6 +96,11 @@ impl Node {
 
     /// Starts (or restarts) the agent `node/1`, syncing every 300 ms, with its disk cache.
     pub fn agent(&self) -> Agent {
+        self.agent_at(&self.bind)
+    }
+
+    /// [`Node::agent`] reaching the server at `address` (a proxy in front of it).
+    pub fn agent_at(&self, address: &str) -> Agent {
         let config = self.dir.path().join("agent.toml");
         std::fs::write(&config, "sync_interval = \"300ms\"\ndisk_cache = true\n").unwrap();
         let flags = [
@@ -105,7 +111,7 @@ impl Node {
             "--join-token",
             &self.token,
         ];
-        Agent::start(self.dir.path(), &self.bind, &flags, false)
+        Agent::start(self.dir.path(), address, &flags, false)
     }
 }
 
