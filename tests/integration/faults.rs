@@ -165,15 +165,46 @@ async fn served(socket: &std::path::Path, count: usize) -> (X509Source, Duration
     (source, start.elapsed())
 }
 
+/// Whether every SVID of `context` expires later than the one of its ID in `before`.
+fn renewed_since(before: &[(String, SystemTime)], context: &X509Context) -> bool {
+    let now = expiries(context);
+    now.len() == before.len() && now.iter().all(|n| before.iter().all(|b| b.0 != n.0 || b.1 < n.1))
+}
+
+/// A server configured by `config`, the agent with the entries `front` and `back`, the
+/// mTLS pair between them, and a source watching their SVIDs.
+pub struct Pair {
+    /// The state directory and how to (re)start things.
+    pub node: Node,
+    /// The server.
+    pub server: Server,
+    /// The agent `node/1`, with its disk cache.
+    pub agent: Agent,
+    /// A runtime for the test's own async calls.
+    pub runtime: tokio::runtime::Runtime,
+    /// The two workloads doing mTLS.
+    pub load: MtlsLoad,
+    /// Follows `front` and `back` as the agent serves them.
+    pub watch: X509Source,
+}
+
+impl Pair {
+    /// Starts everything; returns once the pair did its first handshake.
+    pub fn start(config: &'static str) -> Pair {
+        let (node, server) = Node::start(config);
+        node.entry(&server, "front");
+        node.entry(&server, "back");
+        let agent = node.agent();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let load = MtlsLoad::start(&agent.socket, FRONT, BACK, Duration::from_millis(20));
+        let (watch, _) = runtime.block_on(served(&agent.socket, 2));
+        Pair { node, server, agent, runtime, load, watch }
+    }
+}
+
 #[test]
 fn mtls_survives_a_server_outage_longer_than_a_half_life_with_the_agent_restarted_meanwhile() {
-    let (node, server) = Node::start(OUTAGE_CONFIG);
-    node.entry(&server, "front");
-    node.entry(&server, "back");
-    let agent = node.agent();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let load = MtlsLoad::start(&agent.socket, FRONT, BACK, Duration::from_millis(20));
-    let (watch, _) = runtime.block_on(served(&agent.socket, 2));
+    let Pair { node, server, agent, runtime, load, watch } = Pair::start(OUTAGE_CONFIG);
 
     // Stop the server when both SVIDs have at least 70 % of their life left: right after
     // the later of two renewals; within one half-life one such moment always comes, as
@@ -210,10 +241,7 @@ fn mtls_survives_a_server_outage_longer_than_a_half_life_with_the_agent_restarte
     // Renewal resumes: both SVIDs rotate, before the old ones expire.
     let (fresh_source, _) = runtime.block_on(served(&agent.socket, 2));
     let mut updates = fresh_source.updated();
-    let rotated = |c: &std::sync::Arc<X509Context>| {
-        let now = expiries(c);
-        now.len() == 2 && now.iter().all(|n| before.iter().all(|b| b.0 != n.0 || b.1 < n.1))
-    };
+    let rotated = |c: &std::sync::Arc<X509Context>| renewed_since(&before, c);
     runtime
         .block_on(async { tokio::time::timeout(TTL, updates.wait_for(rotated)).await })
         .expect("the SVIDs did not rotate after the server returned")

@@ -6,9 +6,10 @@
 
 use std::time::{Duration, Instant};
 
-use super::{BACK, FRONT, Node, assert_none_failed, served};
+use keycard_workload_api::client::X509Context;
+
+use super::{Node, Pair, assert_none_failed, served};
 use crate::agent::{FAST_ROTATION, PATIENCE};
-use crate::pair::MtlsLoad;
 use crate::procs::{Server, keycard};
 
 /// How long the lock is held: longer than an SVID lives with FAST_ROTATION (6 s).
@@ -43,13 +44,7 @@ fn healthcheck(server: &Server) -> (bool, String) {
 
 #[test]
 fn with_the_datastore_locked_workloads_keep_renewing_and_registrations_fail_clearly() {
-    let (node, server) = Node::start(FAST_ROTATION);
-    node.entry(&server, "front");
-    node.entry(&server, "back");
-    let agent = node.agent();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let load = MtlsLoad::start(&agent.socket, FRONT, BACK, Duration::from_millis(20));
-    let (watch, _) = runtime.block_on(served(&agent.socket, 2));
+    let Pair { node, server, agent, runtime, load, watch } = Pair::start(FAST_ROTATION);
     assert!(healthcheck(&server).0, "unhealthy before the fault: {}", healthcheck(&server).1);
 
     // Another process takes SQLite's write lock (the test process, not the server).
@@ -60,10 +55,7 @@ fn with_the_datastore_locked_workloads_keep_renewing_and_registrations_fail_clea
 
     // A registration and a healthcheck, each waiting out the server's busy timeout, while
     // renewals go on: both SVIDs rotate with the lock held.
-    let renewed = |c: &std::sync::Arc<keycard_workload_api::client::X509Context>| {
-        let now = super::expiries(c);
-        now.len() == 2 && now.iter().all(|n| before.iter().all(|b| b.0 != n.0 || b.1 < n.1))
-    };
+    let renewed = |c: &std::sync::Arc<X509Context>| super::renewed_since(&before, c);
     let mut updates = watch.updated();
     let (registered, health, rotated_after) = std::thread::scope(|scope| {
         let registration = scope.spawn(|| register(&node, &server, "late"));

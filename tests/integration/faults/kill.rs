@@ -1,10 +1,11 @@
 //! kill -9 of the server and of the agent at random moments while they write, 200 times
 //! in all: the server while two writers create entries through the admin CLI (one at a
-//! time and in batch files), the agent while it renews 30 short-lived SVIDs and rewrites
-//! its disk cache. The moments come from a seeded RNG whose seed is printed
-//! (`KEYCARD_FAULT_SEED` replays one). Afterwards: every acknowledged entry is there, every
-//! batch is whole or absent, `PRAGMA integrity_check` says ok after every kill, and the
-//! agent's stored files load whole through the agent's own loaders after every kill.
+//! time and in batch files), the agent while it renews 30 SVIDs of 6 s (about ten renewals
+//! a second) and rewrites its disk cache. The moments come from a seeded RNG whose seed is
+//! printed (`KEYCARD_FAULT_SEED` replays one). Afterwards: every acknowledged entry is
+//! there, every batch is whole or absent, `PRAGMA integrity_check` says ok after every
+//! kill, and the agent's stored files load whole through the agent's own loaders after
+//! every kill.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -21,19 +22,12 @@ use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 
 use super::{Node, served};
+use crate::agent::FAST_ROTATION;
 use crate::procs::{Server, keycard};
 
 const SERVER_KILLS: usize = 100;
 const AGENT_KILLS: usize = 100;
 const ENTRIES: usize = 30;
-/// SVIDs live 6 s, so 30 of them renew about ten times a second.
-const BUSY_AGENT: &str = r#"
-trust_domain = "example.org"
-ca_ttl = "10m"
-default_x509_svid_ttl = "6s"
-default_jwt_svid_ttl = "1m"
-agent_svid_ttl = "1m"
-"#;
 
 /// The SPIFFE IDs the writers sent: acknowledged (the CLI said so) or not, and the
 /// batches whose acknowledgement never came (each must be stored whole or not at all).
@@ -177,7 +171,7 @@ fn agent_files_whole(dir: &Path) -> usize {
 /// Kills an agent `AGENT_KILLS` times while it renews and stores SVIDs.
 fn kill_the_agent(seed: u64) -> String {
     let mut rng = StdRng::seed_from_u64(seed);
-    let (node, server) = Node::start(BUSY_AGENT);
+    let (node, server) = Node::start(FAST_ROTATION);
     for i in 0..ENTRIES {
         node.entry(&server, &format!("e{i}"));
     }
