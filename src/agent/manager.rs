@@ -9,8 +9,10 @@
 //! [`Pacer`], bounded) and goes on: pacing is not a failure. SVIDs issued together
 //! get evenly spread first renewals ([`renewal::batch_first_renewal`]); renewals keep their
 //! phase ([`renewal::steady_renewal`]). [`Manager::run`] repeats rounds every
-//! `sync_interval`, backing off exponentially (with jitter) while the server is down; the
-//! cache keeps serving meanwhile. The bundle a sync brings is adopted only when it may
+//! `sync_interval`, backing off exponentially (with jitter) while the server is down, but
+//! never sleeping more than a quarter of the time its soonest-expiring SVID has left; the
+//! cache keeps serving meanwhile. Each round reads the clock afresh, so a forward clock
+//! jump is acted on within one `sync_interval`. The bundle a sync brings is adopted only when it may
 //! replace the one held ([`check_bundle_update`]: not empty, a higher `spiffe_sequence`);
 //! otherwise the round goes on with the held one and reports it. The sync itself is by
 //! cursor ([`sync`]): an idle round sends a few dozen bytes and leaves the cache alone.
@@ -193,7 +195,7 @@ impl Manager {
                     self.options.sync_interval
                 }
                 Err(e) => {
-                    let delay = self.backoff.next_delay();
+                    let delay = self.retry_delay();
                     tracing::warn!(error = %e, retry_in = ?delay, "agent sync round failed");
                     delay
                 }
@@ -208,6 +210,17 @@ impl Manager {
                 }
             }
         }
+    }
+
+    /// The delay after a failed round: the backoff, capped so that the agent tries again
+    /// several times before the soonest of its SVIDs (or its own) expires
+    /// ([`backoff::cap_by_expiry`]).
+    fn retry_delay(&mut self) -> std::time::Duration {
+        let delay = self.backoff.next_delay();
+        let svids = self.cache.svids();
+        let agent = self.client.identity().map(|i| i.expires_at);
+        let expiries = svids.iter().map(|s| s.expires_at).chain(agent);
+        backoff::cap_by_expiry(delay, self.options.backoff_min, self.clock.now(), expiries)
     }
 
     /// Asks the server for a JWT-SVID and answers the Workload API's request.
@@ -243,8 +256,18 @@ impl Manager {
     }
 
     async fn round_once(&mut self) -> Result<TickReport, ManagerError> {
-        let mut report =
-            TickReport { agent_renewed: self.renew_agent_if_due().await?, ..Default::default() };
+        let agent_renewed = match self.renew_agent_if_due().await {
+            Ok(renewed) => renewed,
+            // The current agent SVID is still valid (an expired one, or one the server no
+            // longer accepts, needs attestation): a failed renewal must not stop the
+            // workload SVIDs from being synced and renewed with it. The next round retries.
+            Err(e) if !e.needs_reattestation() => {
+                tracing::warn!(error = %e, "cannot renew the agent SVID now; the round goes on");
+                false
+            }
+            Err(e) => return Err(e),
+        };
+        let mut report = TickReport { agent_renewed, ..Default::default() };
         self.sync_entries(&mut report).await?;
         // A taint covers the agent's own SVID too: renew it now, while the server still
         // accepts the old one (it will not once the authority is revoked).

@@ -11,6 +11,7 @@ mod authority;
 mod cli;
 #[path = "../common/examples.rs"]
 mod examples;
+mod faults;
 mod flood;
 mod forked;
 mod grpcio_authority;

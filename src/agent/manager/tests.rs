@@ -16,7 +16,9 @@ use crate::ca::journal::AuthorityKind;
 use crate::ca::{KeyType, SigningKey};
 use crate::selector::SelectorSet;
 
+mod agent_renewal;
 mod bundle;
+mod clock_jump;
 mod harness;
 mod pacing;
 use harness::{selectors, setup, setup_with};

@@ -4,7 +4,9 @@
 //! crash or power loss, and with foreign keys enforced. Every mutating method runs in one
 //! `IMMEDIATE` transaction: it takes the write lock before reading, so a check and the write
 //! that depends on it (a duplicate check, a join token's single use) cannot interleave with
-//! another writer, even one in another process. The schema is versioned (see `schema.rs`).
+//! another writer, even one in another process. Reads run on a connection of their own, so
+//! a write waiting for another process's lock does not hold them up. The schema is
+//! versioned (see `schema.rs`).
 //!
 //! Times are stored as integer milliseconds since the Unix epoch, durations as milliseconds.
 
@@ -39,9 +41,14 @@ const FILE_MODE: u32 = 0o600;
 /// The embedded SQLite datastore; see the module documentation.
 #[derive(Debug)]
 pub struct SqliteDataStore {
-    /// One connection: SQLite has one writer at a time anyway, and the mutex keeps a
-    /// transaction from being shared between threads.
+    /// The connection that writes: SQLite has one writer at a time anyway, and the mutex
+    /// keeps a transaction from being shared between threads.
     conn: Mutex<Connection>,
+    /// A second connection for reads (files only; a memory database exists only on `conn`).
+    /// A write waiting out another process's lock holds `conn` for up to [`BUSY_TIMEOUT`];
+    /// in WAL mode reads need no lock, so on their own connection they go on meanwhile
+    /// (agents keep syncing and renewing while registrations fail).
+    reader: Option<Mutex<Connection>>,
 }
 
 impl From<rusqlite::Error> for DataStoreError {
@@ -81,7 +88,9 @@ impl SqliteDataStore {
         let mut conn = Connection::open(path)?;
         configure(&conn, true)?;
         schema::migrate(&mut conn, schema::LATEST)?;
-        Ok(Self { conn: Mutex::new(conn) })
+        let reader = Connection::open(path)?;
+        configure(&reader, true)?;
+        Ok(Self { conn: Mutex::new(conn), reader: Some(Mutex::new(reader)) })
     }
 
     /// A private in-memory database (tests and throw-away servers); gone when dropped.
@@ -89,13 +98,21 @@ impl SqliteDataStore {
         let mut conn = Connection::open_in_memory()?;
         configure(&conn, false)?;
         schema::migrate(&mut conn, schema::LATEST)?;
-        Ok(Self { conn: Mutex::new(conn) })
+        Ok(Self { conn: Mutex::new(conn), reader: None })
     }
 
     fn lock(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave a transaction open: rusqlite rolls an
         // unfinished transaction back when it is dropped during unwinding.
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The read connection (the write connection for a memory database).
+    fn lock_reader(&self) -> MutexGuard<'_, Connection> {
+        match &self.reader {
+            Some(reader) => reader.lock().unwrap_or_else(|p| p.into_inner()),
+            None => self.lock(),
+        }
     }
 
     /// Runs `f` in one write transaction, committed only when `f` succeeds.
@@ -115,7 +132,7 @@ impl SqliteDataStore {
         &self,
         f: impl FnOnce(&Transaction<'_>) -> Result<T, DataStoreError>,
     ) -> Result<T, DataStoreError> {
-        let mut conn = self.lock();
+        let mut conn = self.lock_reader();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
         f(&tx)
     }

@@ -96,6 +96,11 @@ impl Server {
         Self { addr, ca, store, stop: Some(stop), task: Some(task), _dir: dir }
     }
 
+    /// The server's SQLite file.
+    pub fn db_path(&self) -> std::path::PathBuf {
+        self._dir.path().join("keycard.db")
+    }
+
     /// Stops the server gracefully and waits until it has let go of its port.
     pub async fn shut_down(&mut self) {
         let _ = self.stop.take().unwrap().send(());

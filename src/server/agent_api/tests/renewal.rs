@@ -11,7 +11,7 @@ use tonic::Code;
 use super::proxy::{Mode, Proxy};
 use super::*;
 use crate::agent::cache::SvidCache;
-use crate::agent::manager::{Manager, ManagerError, ManagerOptions};
+use crate::agent::manager::{Manager, ManagerOptions};
 use crate::agent::storage::{AgentStorage, StoredIdentity};
 use crate::agent::{AgentIdentity, ClientError};
 use crate::clock::ManualClock;
@@ -62,8 +62,9 @@ async fn an_agent_whose_renewal_reply_is_lost_keeps_its_identity() {
         proxy.set(Mode::Forward);
         proxy.cut();
     });
-    let err = round.expect_err("the round cannot finish without the reply");
-    assert!(matches!(err, ManagerError::Server(_)), "{err}");
+    // The renewal failed; the round went on with the old SVID, which is still valid.
+    let report = round.expect("the round goes on when only the agent renewal failed");
+    assert!(!report.agent_renewed, "{report:?}");
     let lost = h.store.get_agent(&old.spiffe_id).unwrap().unwrap().svid_serial;
     assert_eq!(manager.client().identity().unwrap().serial, old.serial);
     assert_eq!(stored_serial(&storage, &h), old.serial);

@@ -1,5 +1,5 @@
 //! The SQLite store as a whole: file setup, persistence across reopening, all-or-nothing
-//! calls, and index use by the hot queries.
+//! calls, reads beside a blocked write, and index use by the hot queries.
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -167,4 +167,33 @@ fn the_hot_queries_use_indexes() {
     for sql in [changes, tombstones, duplicate, by_parent] {
         assert!(!sql.contains("SCAN entries") && !sql.contains("SCAN entry_tombstones"), "{sql}");
     }
+}
+
+#[test]
+fn reads_go_on_while_a_write_waits_for_another_processs_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keycard.db");
+    let store = std::sync::Arc::new(SqliteDataStore::open(&path).unwrap());
+    let a = store.create_entry(&spec("/a", "unix:uid:1"), at(1)).unwrap();
+    // Another process (here: another connection) holds the write lock.
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let writer = {
+        let store = store.clone();
+        std::thread::spawn(move || store.create_entry(&spec("/b", "unix:uid:2"), at(2)))
+    };
+    // Let the write take the store's write connection and start waiting.
+    std::thread::sleep(Duration::from_millis(300));
+    let start = std::time::Instant::now();
+    store.ping().unwrap();
+    assert_eq!(store.get_entry(&a.id).unwrap().map(|e| e.id), Some(a.id.clone()));
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(2), "reads waited {took:?} behind a blocked write");
+    assert!(!writer.is_finished(), "the write did not wait for the lock");
+    let refused = writer.join().unwrap().unwrap_err();
+    assert!(refused.to_string().contains("locked"), "{refused}");
+    other.execute_batch("ROLLBACK").unwrap();
+    // The lock gone, writes work again and reads see them.
+    let b = store.create_entry(&spec("/b", "unix:uid:2"), at(3)).unwrap();
+    assert!(store.get_entry(&b.id).unwrap().is_some());
 }
