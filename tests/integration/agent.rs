@@ -74,6 +74,11 @@ impl Setup {
         Setup { dir, server, uid, bundle, bundle_file, token }
     }
 
+    /// The server process (for admin commands).
+    pub fn server(&self) -> &Server {
+        &self.server
+    }
+
     /// An entry for workloads of this test's uid under the agent `node/1`.
     pub fn entry(&self, name: &str) -> String {
         let created = self.server.admin(&[
