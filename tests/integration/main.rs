@@ -19,5 +19,6 @@ mod procs;
 mod py_spiffe;
 mod python;
 mod rotation_load;
+mod secrets;
 mod server;
 mod startup;
