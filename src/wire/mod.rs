@@ -14,6 +14,8 @@ pub mod proto {
     tonic::include_proto!("keycard.agent.v1");
 }
 
+mod debug;
+
 /// Largest gRPC message either side decodes (a bigger one gets `OutOfRange`).
 pub const MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
 /// Most CSRs in one `BatchNewX509Svid` call.
