@@ -47,7 +47,8 @@ pub struct JwtRequest {
     pub reply: oneshot::Sender<Result<(String, i64), JwtError>>,
 }
 
-#[derive(Debug, Clone)]
+/// A token the agent holds; its `Debug` output (and so the [`JwtMinter`]'s) redacts it.
+#[derive(Clone)]
 struct CachedToken {
     token: String,
     issued_at: SystemTime,
@@ -58,6 +59,17 @@ struct CachedToken {
     /// cannot be taken by another bundle while this is held): the same token and bundle
     /// need no second signature check.
     checked_with: Option<Weak<TrustBundle>>,
+}
+
+impl std::fmt::Debug for CachedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedToken")
+            .field("token", &"<redacted>")
+            .field("kid", &self.kid)
+            .field("issued_at", &self.issued_at)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
 }
 
 impl CachedToken {
@@ -333,6 +345,8 @@ mod tests {
         assert_eq!(minter.cached("e1", &a), None);
         let new_a = minter.token("e1", &a).await.unwrap();
         assert_eq!(kid_of(&new_a).as_deref(), Some("new"));
+        let debug = format!("{minter:?}");
+        assert!(!debug.contains(&new_a) && debug.contains("<redacted>"), "{debug}");
         assert_ne!(minter.token("e1", &b).await.unwrap(), old_b);
         // A token of a tainted key cached after the sync is refused when asked for.
         let late = CachedToken {
