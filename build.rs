@@ -23,6 +23,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    // Messages that carry a secret (a join token, a JWT-SVID) get a hand-written `Debug`
+    // that redacts it (src/wire/debug.rs) instead of prost's, which prints every field.
+    config.skip_debug([
+        ".keycard.agent.v1.JoinTokenAttestation",
+        ".keycard.agent.v1.NewJwtSvidResponse",
+        ".keycard.admin.v1.GenerateJoinTokenResponse",
+    ]);
     let includes = [proto_dir, protoc_bin_vendored::include_path()?];
     tonic_prost_build::configure()
         .build_client(true)

@@ -18,6 +18,7 @@ use keycard_workload_api::TrustDomain;
 use tokio::task::JoinSet;
 
 use crate::agent::config::{AgentArgs, AgentConfig};
+use crate::secret::Secret;
 use crate::server::config::{ServerArgs, ServerConfig};
 use crate::shutdown::Shutdown;
 
@@ -162,7 +163,7 @@ pub async fn run(
                 trust_domain: TrustDomain::new(TRUST_DOMAIN).ok(),
                 server_address: Some(args.server_address.to_string()),
                 trust_bundle: Some(paths.bundle.clone()),
-                join_token: token,
+                join_token: token.map(Secret::from),
                 socket_path: Some(paths.workload_socket.display().to_string()),
                 admin_socket: Some(paths.agent_admin_socket.clone()),
                 data_dir: Some(paths.dir.join("agent")),

@@ -15,6 +15,7 @@
 //! - [`ca`]: signing: key managers (memory, disk), the X.509 authority (self-signed or
 //!   signed by an upstream CA on disk), SVID templates and CSR checks, the JWT authority,
 //!   the authority journal and the rotation manager.
+//! - [`secret`]: `Secret`, a string (a join token, a JWT) that `Debug` never prints.
 //! - [`selector`]: `Selector` (`type:value`) and `SelectorSet` with subset matching.
 //! - [`server`]: the CA daemon: datastore, registration entries, admin and agent APIs.
 //! - [`telemetry`]: Prometheus metrics, health endpoints, audit events.
@@ -33,6 +34,7 @@ pub mod dev;
 pub mod fsutil;
 pub mod helper;
 pub mod pemfile;
+pub mod secret;
 pub mod selector;
 pub mod server;
 pub mod shutdown;

@@ -16,6 +16,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc);
+    // Messages that carry a secret (a private key, a JWT-SVID) get a hand-written `Debug`
+    // that redacts it (src/proto/debug.rs) instead of prost's, which prints every field.
+    config.skip_debug([".X509SVID", ".JWTSVID", ".ValidateJWTSVIDRequest"]);
     // `google.protobuf.*` types map to `::prost_types` (prost-build's default; setting it
     // again is rejected as a duplicate), so `claims` is a `prost_types::Struct`.
 

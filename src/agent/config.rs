@@ -36,6 +36,7 @@ use super::attest::UnixAttestorOptions;
 use crate::ca::KeyType;
 pub use crate::config::ConfigError;
 use crate::config::{load_toml, parse_positive_duration, parse_socket_addr, parse_value};
+use crate::secret::Secret;
 use crate::telemetry::logging::{self, LogFormat};
 use crate::unixsock::MAX_SOCKET_PATH_LEN;
 use file::{FileConfig, FileX509Pop};
@@ -74,7 +75,7 @@ pub struct AgentArgs {
     pub insecure_bootstrap: bool,
     /// Single-use join token for node attestation (key join_token).
     #[arg(long, value_name = "TOKEN", env = "KEYCARD_JOIN_TOKEN", hide_env_values = true)]
-    pub join_token: Option<String>,
+    pub join_token: Option<Secret>,
     /// x509pop node certificate, PEM (key x509pop.cert_file).
     #[arg(long, value_name = "FILE", requires = "x509pop_key")]
     pub x509pop_cert: Option<PathBuf>,
@@ -311,10 +312,10 @@ impl AgentConfig {
                     "choose one node attestor: a join token or an x509pop certificate",
                 ));
             }
-            (Some(t), None) if t.trim().is_empty() => {
+            (Some(t), None) if t.expose().trim().is_empty() => {
                 return Err(invalid("join_token", "must not be empty"));
             }
-            (Some(t), None) => NodeAttestation::JoinToken(t.trim().to_owned()),
+            (Some(t), None) => NodeAttestation::JoinToken(t.expose().trim().to_owned()),
             (None, Some(x)) => {
                 let need = |key: &str, v: Option<PathBuf>| {
                     let key = format!("x509pop.{key}");

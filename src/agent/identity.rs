@@ -103,3 +103,33 @@ pub(super) fn verify_agent_svid(
     let expires_at = SystemTime::UNIX_EPOCH + Duration::from_secs(svid.expires_at.max(0) as u64);
     Ok(AgentIdentity { spiffe_id: id, chain, key, serial: svid.serial.clone(), expires_at })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ca::KeyType;
+
+    #[test]
+    fn debug_of_the_agent_identity_shows_no_key_bytes() {
+        let key = SigningKey::generate(KeyType::EcP256).unwrap();
+        let der = key.pkcs8_der().secret_pkcs8_der().to_vec();
+        let identity = AgentIdentity {
+            spiffe_id: SpiffeId::parse("spiffe://example.org/node").unwrap(),
+            chain: Vec::new(),
+            key: Arc::new(key),
+            serial: "01".into(),
+            expires_at: SystemTime::UNIX_EPOCH,
+        };
+        let debug = format!("{identity:?}");
+        // The private scalar (ECPrivateKey: INTEGER 1, OCTET STRING of 32 bytes), in hex and
+        // as `Debug` of bytes would print any eight of it.
+        let at = der.windows(5).position(|w| w == [2, 1, 1, 4, 32]).unwrap() + 5;
+        let scalar = &der[at..at + 32];
+        let run = |w: &[u8]| w.iter().map(u8::to_string).collect::<Vec<_>>().join(", ");
+        for window in scalar.windows(8) {
+            assert!(!debug.contains(&run(window)), "key bytes in {debug}");
+        }
+        assert!(!debug.contains(&hex::encode(scalar)), "{debug}");
+        assert!(debug.contains("spiffe://example.org/node"), "{debug}");
+    }
+}

@@ -4,9 +4,11 @@
 //! the Workload API does not call the server itself: it asks through a [`JwtMinter`], whose
 //! requests the manager serves between its sync rounds. Tokens are cached per (entry,
 //! audiences) and handed out again until half their lifetime has passed, as SPIRE does:
-//! a busy workload asking for the same token costs the server nothing.
+//! a busy workload asking for the same token costs the server nothing. A token signed by
+//! a JWT authority the server has since tainted is not handed out again: the next caller
+//! gets one signed by the active key ([`JwtMinter::set_tainted`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -45,15 +47,29 @@ pub struct JwtRequest {
     pub reply: oneshot::Sender<Result<(String, i64), JwtError>>,
 }
 
-#[derive(Debug, Clone)]
+/// A token the agent holds; its `Debug` output (and so the [`JwtMinter`]'s) redacts it.
+#[derive(Clone)]
 struct CachedToken {
     token: String,
     issued_at: SystemTime,
     expires_at: SystemTime,
+    /// The `kid` the token was signed with (none if its header does not say).
+    kid: Option<String>,
     /// The bundle the token was last validated against (a `Weak`, so that its address
     /// cannot be taken by another bundle while this is held): the same token and bundle
     /// need no second signature check.
     checked_with: Option<Weak<TrustBundle>>,
+}
+
+impl std::fmt::Debug for CachedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedToken")
+            .field("token", &"<redacted>")
+            .field("kid", &self.kid)
+            .field("issued_at", &self.issued_at)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
 }
 
 impl CachedToken {
@@ -66,11 +82,20 @@ impl CachedToken {
 
 type Key = (String, Vec<String>);
 
+/// The `kid` in the header of a compact JWS, if it has one.
+fn kid_of(token: &str) -> Option<String> {
+    let jws = keycard_workload_api::jws::CompactJws::decode(token).ok()?;
+    jws.header.get("kid")?.as_str().map(str::to_owned)
+}
+
 /// The Workload API's handle for JWT-SVIDs; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct JwtMinter {
     requests: mpsc::Sender<JwtRequest>,
     cache: Arc<Mutex<HashMap<Key, CachedToken>>>,
+    /// IDs of tainted authorities, from the last sync: a cached token signed by one of
+    /// them is not handed out.
+    tainted: Arc<Mutex<HashSet<String>>>,
     clock: Arc<dyn Clock>,
 }
 
@@ -86,14 +111,36 @@ impl JwtMinter {
     /// A minter, and the receiver of its requests (give it to the manager).
     pub fn new(clock: Arc<dyn Clock>) -> (Self, mpsc::Receiver<JwtRequest>) {
         let (requests, rx) = mpsc::channel(64);
-        (Self { requests, cache: Arc::default(), clock }, rx)
+        (Self { requests, cache: Arc::default(), tainted: Arc::default(), clock }, rx)
+    }
+
+    /// Takes the tainted authority IDs of a sync (both kinds: a JWT `kid` never equals an
+    /// X.509 subject key ID) and drops the cached tokens signed by a tainted key.
+    pub fn set_tainted(&self, ids: &[String]) {
+        let ids: HashSet<String> = ids.iter().cloned().collect();
+        {
+            let mut tainted = self.tainted.lock().unwrap_or_else(PoisonError::into_inner);
+            if *tainted == ids {
+                return;
+            }
+            *tainted = ids.clone();
+        }
+        self.lock().retain(|_, c| c.kid.as_ref().is_none_or(|k| !ids.contains(k)));
+    }
+
+    /// Whether a cached token may be handed out at `now`: fresh, and not signed by a
+    /// tainted key (checked here too, for a token minted before a taint and cached after
+    /// the sync that brought it).
+    fn usable(&self, cached: &CachedToken, now: SystemTime) -> bool {
+        let tainted = self.tainted.lock().unwrap_or_else(PoisonError::into_inner);
+        cached.fresh(now) && cached.kid.as_ref().is_none_or(|k| !tainted.contains(k))
     }
 
     /// A token for `entry_id` and `audiences`: from the cache while fresh, else minted.
     pub async fn token(&self, entry_id: &str, audiences: &[String]) -> Result<String, JwtError> {
         let key = (entry_id.to_owned(), normalize_audiences(audiences));
         let now = self.clock.now();
-        if let Some(hit) = self.lock().get(&key).filter(|c| c.fresh(now)) {
+        if let Some(hit) = self.lock().get(&key).filter(|c| self.usable(c, now)) {
             return Ok(hit.token.clone());
         }
         let (reply, answer) = oneshot::channel();
@@ -112,6 +159,7 @@ impl JwtMinter {
             }
         }
         let cached = CachedToken {
+            kid: kid_of(&token),
             token: token.clone(),
             issued_at: self.clock.now(),
             expires_at,
@@ -126,7 +174,7 @@ impl JwtMinter {
     pub fn cached(&self, entry_id: &str, audiences: &[String]) -> Option<String> {
         let key = (entry_id.to_owned(), normalize_audiences(audiences));
         let now = self.clock.now();
-        self.lock().get(&key).filter(|c| c.fresh(now)).map(|c| c.token.clone())
+        self.lock().get(&key).filter(|c| self.usable(c, now)).map(|c| c.token.clone())
     }
 
     /// Whether `token` (the cached one for `entry_id` and `audiences`) was validated
@@ -259,5 +307,57 @@ mod tests {
         drop(rx);
         let err = minter.token("e1", &["a".into()]).await.unwrap_err();
         assert!(matches!(err, JwtError::NoManager), "{err}");
+    }
+
+    /// A compact JWS (unsigned: the minter never checks signatures) with this `kid`.
+    fn token_with_kid(kid: &str, n: u64) -> String {
+        use base64::Engine as _;
+        let b64 = |v: serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+        };
+        let header = b64(serde_json::json!({ "alg": "ES256", "kid": kid }));
+        format!("{header}.{}.AAAA", b64(serde_json::json!({ "n": n })))
+    }
+
+    #[tokio::test]
+    async fn a_token_signed_by_a_tainted_key_is_not_handed_out_again() {
+        let clock = Arc::new(ManualClock::starting_now());
+        let (minter, mut rx) = JwtMinter::new(clock.clone());
+        // The server signs with "old" first, then with "new" (as after an activation).
+        let active = Arc::new(Mutex::new("old"));
+        let signing = active.clone();
+        tokio::spawn(async move {
+            let mut n = 0;
+            while let Some(req) = rx.recv().await {
+                n += 1;
+                let kid = *signing.lock().unwrap();
+                let _ = req.reply.send(Ok((token_with_kid(kid, n), i64::MAX / 2)));
+            }
+        });
+        let (a, b) = (vec!["a".to_string()], vec!["b".to_string()]);
+        let old_a = minter.token("e1", &a).await.unwrap();
+        let old_b = minter.token("e1", &b).await.unwrap();
+        *active.lock().unwrap() = "new";
+        minter.set_tainted(&["0a1b".into()]);
+        assert_eq!(minter.cached("e1", &a).as_deref(), Some(old_a.as_str()), "another key");
+        // The taint drops both cached tokens; new ones are signed by the active key.
+        minter.set_tainted(&["0a1b".into(), "old".into()]);
+        assert_eq!(minter.cached("e1", &a), None);
+        let new_a = minter.token("e1", &a).await.unwrap();
+        assert_eq!(kid_of(&new_a).as_deref(), Some("new"));
+        let debug = format!("{minter:?}");
+        assert!(!debug.contains(&new_a) && debug.contains("<redacted>"), "{debug}");
+        assert_ne!(minter.token("e1", &b).await.unwrap(), old_b);
+        // A token of a tainted key cached after the sync is refused when asked for.
+        let late = CachedToken {
+            token: old_a.clone(),
+            issued_at: clock.now(),
+            expires_at: clock.now() + Duration::from_secs(60),
+            kid: kid_of(&old_a),
+            checked_with: None,
+        };
+        minter.lock().insert(("e2".into(), a.clone()), late);
+        assert_eq!(minter.cached("e2", &a), None);
+        assert_eq!(minter.cached("e1", &a).as_deref(), Some(new_a.as_str()));
     }
 }

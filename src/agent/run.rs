@@ -227,7 +227,8 @@ struct Observer {
     metrics: Arc<AgentMetrics>,
     status: Arc<AgentStatus>,
     clock: Arc<dyn Clock>,
-    /// Cached JWT-SVIDs of entries a sync removed are dropped.
+    /// Cached JWT-SVIDs of entries a sync removed, or signed by a key a sync said is
+    /// tainted, are dropped.
     minter: JwtMinter,
     /// Whether a round changed what the agent holds since the last good round stored it
     /// (true until the first good round).
@@ -268,6 +269,7 @@ impl RoundObserver for Observer {
         };
         let store_entries = outcome.is_ok() && self.unsaved && self.keeps_disk_cache;
         let synced = manager.synced();
+        self.minter.set_tainted(&synced.tainted_authority_ids);
         self.to_store.send_if_modified(|want| {
             let new_bundle = synced.bundle.is_some() && want.bundle != synced.bundle;
             if new_bundle {

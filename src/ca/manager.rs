@@ -316,6 +316,15 @@ impl CaManager {
         let state = self.read();
         state.journal.x509.records.iter().filter(|r| r.tainted).map(|r| r.id.clone()).collect()
     }
+
+    /// IDs of every tainted authority, for agents: X.509 ones (hex subject key IDs, 40
+    /// characters), whose SVIDs they renew, then JWT ones (`kid`s, 32 characters), whose
+    /// cached tokens they stop handing out. The two forms never collide.
+    pub fn tainted_authorities(&self) -> Vec<String> {
+        let state = self.read();
+        let (x509, jwt) = (&state.journal.x509.records, &state.journal.jwt.records);
+        x509.iter().chain(jwt).filter(|r| r.tainted).map(|r| r.id.clone()).collect()
+    }
 }
 
 /// A newly made authority, before it is stored in the manager.

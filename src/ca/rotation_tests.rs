@@ -168,6 +168,7 @@ fn manual_prepare_activate_taint_revoke_cycle() {
         if kind == AuthorityKind::X509 {
             assert_eq!(ca.tainted_x509_authorities(), vec![first.clone()]);
         }
+        assert!(ca.tainted_authorities().contains(&first), "agents are told of the taint");
         let seq1 = sequence(&ca);
         ca.revoke(kind, &first).unwrap();
         assert!(sequence(&ca) > seq1);

@@ -18,6 +18,7 @@ use x509_parser::prelude::{FromDer as _, X509Certificate};
 
 use super::CliError;
 use super::output::{OutputFormat, count_text, emit, time_text};
+use crate::secret::Secret;
 
 /// `keycard api`: flags shared by every Workload API command, and the command.
 #[derive(Debug, Args)]
@@ -84,19 +85,19 @@ pub enum ValidateCommand {
         audience: String,
         /// The token (compact JWS).
         #[arg(long, value_name = "TOKEN", value_parser = non_empty_token)]
-        svid: String,
+        svid: Secret,
     },
 }
 
 /// `--svid` must hold something: an empty value (often an unset shell variable) is a usage
 /// error naming the flag, not a token the agent would call invalid.
-fn non_empty_token(value: &str) -> Result<String, String> {
+fn non_empty_token(value: &str) -> Result<Secret, String> {
     if value.trim().is_empty() {
         Err("the token is empty (is the shell variable you passed set?): give a JWT-SVID, \
              such as one printed by `keycard api fetch jwt --audience AUDIENCE`"
             .into())
     } else {
-        Ok(value.to_owned())
+        Ok(Secret::from(value))
     }
 }
 
@@ -192,7 +193,7 @@ pub async fn execute(args: ApiArgs, out: &mut (dyn Write + Send)) -> Result<(), 
         }
         ApiCommand::Validate(ValidateCommand::Jwt { audience, svid }) => {
             let (id, claims) =
-                client.validate_jwt_svid(&audience, &svid).await.map_err(|e| match e {
+                client.validate_jwt_svid(&audience, svid.expose()).await.map_err(|e| match e {
                     ClientError::Status(s) if s.code() == tonic::Code::InvalidArgument => {
                         CliError::WorkloadApi(format!("the JWT-SVID is not valid: {}", s.message()))
                     }

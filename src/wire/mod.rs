@@ -14,6 +14,7 @@ pub mod proto {
     tonic::include_proto!("keycard.agent.v1");
 }
 
+mod debug;
 pub mod oversized;
 
 /// Largest gRPC message either side decodes (a bigger one gets `ResourceExhausted`, see

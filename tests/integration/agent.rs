@@ -74,7 +74,7 @@ impl Setup {
         Setup { dir, server, uid, bundle, bundle_file, token }
     }
 
-    /// The server.
+    /// The server process (for admin commands).
     pub fn server(&self) -> &Server {
         &self.server
     }

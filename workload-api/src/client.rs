@@ -128,8 +128,9 @@ impl X509Context {
 }
 
 /// A JWT-SVID as the agent handed it out (already validated by the agent; re-validate
-/// with [`crate::validate_jwt_svid`] where it is received).
-#[derive(Debug, Clone)]
+/// with [`crate::validate_jwt_svid`] where it is received). Its `Debug` output redacts the
+/// token, a bearer credential.
+#[derive(Clone)]
 pub struct JwtSvidToken {
     /// The token's subject.
     pub spiffe_id: SpiffeId,
@@ -139,6 +140,17 @@ pub struct JwtSvidToken {
     pub hint: String,
     /// The token's `exp`, when readable.
     pub expires_at: Option<SystemTime>,
+}
+
+impl std::fmt::Debug for JwtSvidToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtSvidToken")
+            .field("spiffe_id", &self.spiffe_id)
+            .field("token", &"<redacted>")
+            .field("hint", &self.hint)
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
 }
 
 /// A Workload API client; see the module documentation.
@@ -335,6 +347,20 @@ impl WorkloadApiClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_jwt_svid_token_redacts_its_token() {
+        let token = JwtSvidToken {
+            spiffe_id: SpiffeId::parse("spiffe://example.org/w").unwrap(),
+            token: "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl".into(),
+            hint: "h".into(),
+            expires_at: None,
+        };
+        for debug in [format!("{token:?}"), format!("{token:#?}")] {
+            assert!(!debug.contains("eyJ") && debug.contains("<redacted>"), "{debug}");
+            assert!(debug.contains("spiffe://example.org/w"), "{debug}");
+        }
+    }
 
     #[test]
     fn endpoints_parse_the_spiffe_way() {

@@ -25,7 +25,7 @@ pub struct SyncedEntries {
     pub entries: BTreeMap<String, pb::Entry>,
     /// The bundle as of the last sync.
     pub bundle: Option<SpiffeBundle>,
-    /// IDs of tainted X.509 authorities.
+    /// IDs of tainted authorities: X.509 ones by hex subject key ID, JWT ones by `kid`.
     pub tainted_authority_ids: Vec<String>,
 }
 

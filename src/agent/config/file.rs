@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use crate::secret::Secret;
+
 /// The top level of the file.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -14,7 +16,7 @@ pub(super) struct FileConfig {
     pub(super) server_address: Option<String>,
     pub(super) trust_bundle_path: Option<PathBuf>,
     pub(super) insecure_bootstrap: Option<bool>,
-    pub(super) join_token: Option<String>,
+    pub(super) join_token: Option<Secret>,
     pub(super) x509pop: Option<FileX509Pop>,
     pub(super) socket_path: Option<String>,
     pub(super) admin_socket: Option<PathBuf>,

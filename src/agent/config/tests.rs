@@ -141,8 +141,11 @@ fn errors_name_the_key_and_the_fix() {
 fn debug_hides_the_join_token() {
     let mut a = args();
     a.join_token = Some("s3cr3t-token".into());
+    assert!(!format!("{a:?}").contains("s3cr3t"), "the arguments");
     let c = toml(&a, "").unwrap();
     assert!(!format!("{c:?}").contains("s3cr3t"));
+    let file: FileConfig = ::toml::from_str("join_token = \"s3cr3t-token\"").unwrap();
+    assert!(!format!("{file:?}").contains("s3cr3t"), "the raw file");
 }
 
 #[test]

@@ -1,4 +1,6 @@
 //! Node calls: join tokens for new agents, and listing, evicting and banning agents.
+//! The reply that carries a new join token prints it as `<redacted>` in `Debug` (prost's
+//! derived `Debug` is off for it, see build.rs).
 
 use std::time::Duration;
 
@@ -17,6 +19,17 @@ fn agent_not_found(id: &SpiffeId) -> impl FnOnce(DataStoreError) -> AdminError {
     move |e| match e {
         DataStoreError::NotFound { .. } => AdminError::AgentNotFound(id),
         other => other.into(),
+    }
+}
+
+impl std::fmt::Debug for pb::GenerateJoinTokenResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GenerateJoinTokenResponse")
+            .field("token", &"<redacted>")
+            .field("token_id", &self.token_id)
+            .field("agent_id", &self.agent_id)
+            .field("expires_at", &self.expires_at)
+            .finish()
     }
 }
 
@@ -102,5 +115,23 @@ impl AdminService {
             caller_uid = caller,
         );
         self.get_agent(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pb;
+
+    #[test]
+    fn a_generated_join_token_is_redacted_in_debug() {
+        let reply = pb::GenerateJoinTokenResponse {
+            token: "s3cr3t-join-token-value".into(),
+            token_id: "id1".into(),
+            agent_id: "spiffe://example.org/node".into(),
+            expires_at: 2,
+        };
+        let debug = format!("{reply:?}");
+        assert!(!debug.contains("s3cr3t") && debug.contains("<redacted>"), "{debug}");
+        assert!(debug.contains("id1") && debug.contains("spiffe://example.org/node"), "{debug}");
     }
 }

@@ -95,7 +95,7 @@ pub fn answer(
     let cursor = Cursor::decode(&req.cursor).filter(|c| c.agent == fingerprint);
     let sync =
         inner.cache.sync_for(&agent.id, &agent.selectors, cursor.map(|c| (c.epoch, c.position)));
-    let tainted = inner.ca.tainted_x509_authorities();
+    let tainted = inner.ca.tainted_authorities();
     let tainted_fp = tainted_fingerprint(&tainted);
     let tainted_included = sync.full || cursor.is_none_or(|c| c.tainted != tainted_fp);
     let bundle = inner.ca.bundle().map_err(AgentApiError::Ca)?;

@@ -92,7 +92,7 @@ impl AgentService {
             complete: true,
             revision: set.revision,
             bundle: self.inner.bundle_json()?,
-            tainted_authority_ids: self.inner.ca.tainted_x509_authorities(),
+            tainted_authority_ids: self.inner.ca.tainted_authorities(),
             ..Default::default()
         });
         Ok(pages)
