@@ -9,6 +9,7 @@ mod authority;
 mod cli;
 #[path = "../common/examples.rs"]
 mod examples;
+mod fuzz_replay;
 mod grpcio_authority;
 mod helper;
 mod interop;
