@@ -84,10 +84,17 @@ pub fn check(data: &[u8]) -> bool {
     let uris = common::uri_sans(std::slice::from_ref(san));
     assert_eq!(uris, [id.to_string()], "URI SANs of an accepted leaf");
 
-    // Basic constraints present, cA false.
+    // Basic constraints present, cA false. The one encoding read leniently on purpose is
+    // an explicit `cA FALSE` (`30 03 01 01 00`), which older keycard servers minted.
     let bc = one("2.5.29.19").expect("accepted a leaf without basic constraints");
-    let bc = BasicConstraints::from_der(bc.extn_value.as_bytes()).expect("BasicConstraints DER");
-    assert!(!bc.ca, "accepted a CA certificate as a leaf");
+    match BasicConstraints::from_der(bc.extn_value.as_bytes()) {
+        Ok(bc) => assert!(!bc.ca, "accepted a CA certificate as a leaf"),
+        Err(e) => assert_eq!(
+            bc.extn_value.as_bytes(),
+            [0x30, 0x03, 0x01, 0x01, 0x00],
+            "accepted basic constraints that are neither DER nor an explicit cA FALSE: {e}"
+        ),
+    }
 
     // Key usage present and critical; digitalSignature, neither keyCertSign nor cRLSign.
     let ku_ext = one("2.5.29.15").expect("accepted a leaf without key usage");
