@@ -84,6 +84,7 @@ pub fn spiffe_id_of(cert: &CertificateDer<'_>) -> Result<SpiffeId, X509SvidError
 pub(crate) fn check_leaf(leaf: &X509Certificate<'_>) -> Result<SpiffeId, X509SvidError> {
     let der_err =
         |e: x509_parser::error::X509Error| X509SvidError::Der { index: 0, reason: e.to_string() };
+    check_rule_extensions(leaf)?;
     let id = uri_san_id(leaf, 0)?.ok_or(X509SvidError::NoUriSan)?;
     if id.is_root() {
         return Err(X509SvidError::RootPathId(id.to_string()));
@@ -120,6 +121,35 @@ pub(crate) fn check_leaf(leaf: &X509Certificate<'_>) -> Result<SpiffeId, X509Svi
         }
     }
     Ok(id)
+}
+
+/// Basic constraints as older keycard servers wrote them for leaves: `cA FALSE` spelled
+/// out, which DER forbids but which is read on purpose so that their SVIDs still validate.
+const EXPLICIT_CA_FALSE: &[u8] = &[0x30, 0x03, 0x01, 0x01, 0x00];
+
+/// Checks that the contents of the leaf extensions the SVID rules read (SAN, basic
+/// constraints, key usage, EKU) are DER, so the rules never judge what x509-parser made of
+/// a malformed value (the x509_svid fuzz target found a key usage tagged `[APPLICATION 3]`
+/// instead of BIT STRING, read as if it were one). The one tolerated exception is
+/// [`EXPLICIT_CA_FALSE`].
+fn check_rule_extensions(leaf: &X509Certificate<'_>) -> Result<(), X509SvidError> {
+    use x509_cert::ext::pkix::{BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAltName};
+    for ext in leaf.extensions() {
+        let value = ext.value;
+        let strict = match ext.oid.to_id_string().as_str() {
+            "2.5.29.17" => SubjectAltName::from_der(value).map(|_| ()),
+            "2.5.29.19" if value == EXPLICIT_CA_FALSE => Ok(()),
+            "2.5.29.19" => BasicConstraints::from_der(value).map(|_| ()),
+            "2.5.29.15" => KeyUsage::from_der(value).map(|_| ()),
+            "2.5.29.37" => ExtendedKeyUsage::from_der(value).map(|_| ()),
+            _ => Ok(()),
+        };
+        strict.map_err(|e| X509SvidError::Der {
+            index: 0,
+            reason: format!("extension {} is not DER: {e}", ext.oid.to_id_string()),
+        })?;
+    }
+    Ok(())
 }
 
 /// Checks a signing (non-leaf) certificate at position `index` of the chain: `cA=true`,

@@ -277,3 +277,24 @@ fn a_uri_san_that_is_not_text_still_counts() {
     let err = spiffe_id_of(&garble(one, b"spiffe://example.org/web")).unwrap_err();
     assert!(matches!(err, X509SvidError::Der { .. }), "{err:?}");
 }
+
+#[test]
+fn rule_extensions_must_be_der() {
+    // The key usage value tagged [APPLICATION 3] instead of BIT STRING: x509-parser reads
+    // it as key usage bits (found by the x509_svid fuzz target).
+    let w = world();
+    let mut der = w.leaf.cert.to_vec();
+    let ku_oid = [0x06, 0x03, 0x55, 0x1d, 0x0f];
+    let at = der.windows(5).position(|x| x == &ku_oid[..]).unwrap();
+    // OID, BOOLEAN critical (3 bytes), OCTET STRING header (2 bytes), then the BIT STRING.
+    assert_eq!(der[at + 10], 0x03);
+    der[at + 10] = 0x43;
+    let chain = [rustls_pki_types::CertificateDer::from(der)];
+    let err = check_certificates(&chain).unwrap_err();
+    assert!(
+        matches!(&err, X509SvidError::Der { reason, .. } if reason.contains("2.5.29.15")),
+        "{err:?}"
+    );
+    // The tolerated explicit cA FALSE is certs-dev's leaf-ca-false-explicit vector, which
+    // certs-dev's validator tests require to pass (test helpers here make only DER).
+}
