@@ -180,8 +180,20 @@ impl DiskCache {
                 return Err(StorageError::Io { path: self.path.display().to_string(), source });
             }
         };
+        self.load_bytes(&bytes, trust_domain, stored_bundle, cache)
+    }
+
+    /// [`DiskCache::load`] with the file's content given: every check is the same, only the
+    /// read is left out (public for the fuzz targets in tests/fuzz).
+    pub fn load_bytes(
+        &self,
+        bytes: &[u8],
+        trust_domain: &TrustDomain,
+        stored_bundle: Option<&SpiffeBundle>,
+        cache: &SvidCache,
+    ) -> Result<Restored, StorageError> {
         let file: Envelope =
-            serde_json::from_slice(&bytes).map_err(|e| self.invalid(e.to_string()))?;
+            serde_json::from_slice(bytes).map_err(|e| self.invalid(e.to_string()))?;
         if file.version != VERSION {
             tracing::warn!(path = %self.path.display(), version = file.version, "ignoring a workload cache file of another version");
             return Ok(Restored::default());

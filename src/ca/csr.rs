@@ -6,6 +6,7 @@
 //! [`VerifiedCsr`] that exposes the public key and nothing else.
 
 use rustls_pki_types::SubjectPublicKeyInfoDer;
+use x509_cert::der::Decode as _;
 use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::oid_registry::{
     OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_PKCS1_RSAENCRYPTION,
@@ -52,12 +53,21 @@ pub fn verify_csr(der: &[u8], max_len: usize) -> Result<VerifiedCsr, CaError> {
     if !rest.is_empty() {
         return Err(CaError::CsrMalformed(format!("{} bytes after the CSR", rest.len())));
     }
+    // x509-parser reads some encodings DER forbids (the csr fuzz target found one with
+    // another outer tag than SEQUENCE): the strict decoder has the last word.
+    x509_cert::request::CertReq::from_der(der)
+        .map_err(|e| CaError::CsrMalformed(format!("not DER: {e}")))?;
+    // A signature or key BIT STRING that ends inside a byte is not one any algorithm we
+    // take produces; x509-parser ignores the count (found by the agent_api fuzz target).
+    let spki = &csr.certification_request_info.subject_pki;
+    if csr.signature_value.unused_bits != 0 || spki.subject_public_key.unused_bits != 0 {
+        return Err(CaError::CsrMalformed("a BIT STRING with unused bits".into()));
+    }
     let sig_alg = &csr.signature_algorithm.algorithm;
     if *sig_alg == OID_PKCS1_SHA1WITHRSA || *sig_alg == OID_SHA1_WITH_RSA {
         return Err(CaError::CsrUnsupportedSignature("SHA-1 with RSA".into()));
     }
     // Check the key first, so a weak key is reported as such rather than as a bad signature.
-    let spki = &csr.certification_request_info.subject_pki;
     check_spki(spki)?;
     csr.verify_signature().map_err(|e| match e {
         x509_parser::error::X509Error::SignatureUnsupportedAlgorithm => {
@@ -176,6 +186,38 @@ mod tests {
         let mut csr = csr_for(&SigningKey::generate(KeyType::EcP256).unwrap());
         csr.push(0);
         assert!(matches!(verify_csr(&csr, 9000), Err(CaError::CsrMalformed(_))));
+    }
+
+    #[test]
+    fn a_csr_that_is_not_der_is_malformed() {
+        // A good CSR whose outer SEQUENCE tag is replaced by [APPLICATION 16]: x509-parser
+        // reads it and the signature still verifies, but it is not DER (found by the csr
+        // fuzz target, tests/fuzz/artifacts/csr/).
+        let mut csr = csr_for(&SigningKey::generate(KeyType::EcP256).unwrap());
+        assert!(verify_csr(&csr, 9000).is_ok());
+        csr[0] = 0x50;
+        let err = verify_csr(&csr, 9000).unwrap_err();
+        assert!(matches!(&err, CaError::CsrMalformed(m) if m.starts_with("not DER")), "{err}");
+    }
+
+    #[test]
+    fn a_signature_with_unused_bits_is_malformed() {
+        // The signature BIT STRING (the CSR's last element) declares its trailing zero bits
+        // unused: still DER, same length, and x509-parser verifies the bytes, but no
+        // signature ends inside a byte (found by the agent_api fuzz target).
+        let csr = loop {
+            let csr = csr_for(&SigningKey::generate(KeyType::Ed25519).unwrap());
+            if csr[csr.len() - 1] & 1 == 0 {
+                break csr;
+            }
+        };
+        let mut bad = csr.clone();
+        let unused_at = bad.len() - 65;
+        assert_eq!(&bad[unused_at - 2..=unused_at], &[0x03, 0x41, 0x00]);
+        bad[unused_at] = 1;
+        assert!(verify_csr(&csr, 9000).is_ok());
+        let err = verify_csr(&bad, 9000).unwrap_err();
+        assert!(matches!(&err, CaError::CsrMalformed(m) if m.contains("unused bits")), "{err}");
     }
 
     #[test]

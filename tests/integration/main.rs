@@ -14,6 +14,7 @@ mod examples;
 mod faults;
 mod flood;
 mod forked;
+mod fuzz_replay;
 mod grpcio_authority;
 mod helper;
 mod interop;

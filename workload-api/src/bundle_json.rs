@@ -307,11 +307,18 @@ fn parse_x509_entry(
         return Ok(None);
     };
     let der = STANDARD.decode(first).map_err(|_| BundleJsonError::X509EntryBadBase64 { index })?;
-    let cert_key = check_ca_cert(index, &der)?;
+    // Every authority must also be one an X509Bundle takes (the bundle_json fuzz target
+    // found a CA that x509-parser reads and webpki refuses as a trust anchor).
+    crate::x509::check_authority(&CertificateDer::from(der.as_slice()), index)
+        .map_err(|e| BundleJsonError::X509EntryBadCert { index, reason: e.to_string() })?;
+    // Refused like `to_json` and `from_parts` refuse it: a bundle is only accepted when it
+    // can be written back (the agent stores and serves what it accepts).
+    let cert_key = check_ca_cert(index, &der)?
+        .map_err(|source| BundleJsonError::UnsupportedKey { index, source })?;
     if entry.params.kty.is_some() {
         match Jwk::from_params(&entry.params) {
             Ok(listed) => {
-                if cert_key.is_ok_and(|k| k != listed) {
+                if cert_key != listed {
                     return Err(BundleJsonError::X509KeyMismatch { index });
                 }
             }

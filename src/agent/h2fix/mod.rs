@@ -92,6 +92,35 @@ pub fn fix_authority<S: AsyncRead + AsyncWrite + Unpin>(stream: S) -> AuthorityF
     }
 }
 
+/// The rewriting [`AuthorityFix`] does, without the I/O: feed it the client's bytes in
+/// pieces of any size, and it appends what the server would read. Public so that the fuzz
+/// targets and their replay test (tests/fuzz) can check the layer's invariants directly.
+pub struct ClientStreamRewriter(FrameRewriter);
+
+impl ClientStreamRewriter {
+    /// A rewriter at the start of a connection (the preface comes first).
+    pub fn new() -> Self {
+        Self(FrameRewriter::new())
+    }
+
+    /// Consumes `input` and appends the bytes to forward to the server to `out`; an error
+    /// means the connection must be closed.
+    pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), H2FixError> {
+        self.0.feed(input, out)
+    }
+
+    /// Whether the client's stream may end here: between frames, no header block open.
+    pub fn at_boundary(&self) -> bool {
+        self.0.at_boundary()
+    }
+}
+
+impl Default for ClientStreamRewriter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl<S> AuthorityFix<S> {
     /// The wrapped stream, for peer credentials and the like.
     pub fn get_ref(&self) -> &S {

@@ -230,6 +230,36 @@ fn writing_refuses_what_parsing_would_refuse() {
 }
 
 #[test]
+fn a_ca_whose_key_has_no_jwk_form_is_refused_when_parsed_as_when_written() {
+    // A P-256 CA with its curve OID turned into prime192v1 (same length): still a CA
+    // certificate, but its key cannot be a JWK, so the bundle could not be written back.
+    // Found by the bundle_json fuzz target (tests/fuzz/artifacts/bundle_json/).
+    let mut der = ca(&rcgen::PKCS_ECDSA_P256_SHA256).to_vec();
+    let p256 = [0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+    let at = der.windows(8).position(|w| w == &p256[..]).unwrap();
+    der[at + 7] = 0x01;
+    let doc = format!(r#"{{"keys":[{{"use":"x509-svid","x5c":["{}"]}}]}}"#, b64(&der));
+    let err = parse(&doc).unwrap_err();
+    assert!(matches!(err, BundleJsonError::UnsupportedKey { index: 0, .. }), "{err}");
+    let mut b = SpiffeBundle::new(td());
+    b.x509_authorities.push(CertificateDer::from(der));
+    assert!(matches!(b.to_json(), Err(BundleJsonError::UnsupportedKey { index: 0, .. })));
+}
+
+#[test]
+fn a_ca_webpki_refuses_as_a_trust_anchor_is_refused() {
+    // The inner signature algorithm changed from ecdsa-with-SHA256 to -SHA384: x509-parser
+    // reads the certificate, webpki refuses it (found by the bundle_json fuzz target).
+    let mut der = ca(&rcgen::PKCS_ECDSA_P256_SHA256).to_vec();
+    let sha256 = [0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02];
+    let at = der.windows(8).position(|w| w == &sha256[..]).unwrap();
+    der[at + 7] = 0x03;
+    let doc = format!(r#"{{"keys":[{{"use":"x509-svid","x5c":["{}"]}}]}}"#, b64(&der));
+    let err = parse(&doc).unwrap_err();
+    assert!(matches!(err, BundleJsonError::X509EntryBadCert { index: 0, .. }), "{err}");
+}
+
+#[test]
 fn jwt_bundle_converts_both_ways() {
     let b = full_bundle();
     let jwt = b.jwt_bundle().unwrap();

@@ -146,7 +146,12 @@ impl fmt::Debug for X509Bundle {
 }
 
 /// Checks that `cert` is DER X.509 that webpki accepts as a trust anchor.
-fn check_authority(cert: &CertificateDer<'_>, index: usize) -> Result<(), X509BundleError> {
+/// Checks that `cert` (at `index`) is one well-formed DER certificate that webpki takes as
+/// a trust anchor: the rule every authority of an [`X509Bundle`] meets.
+pub(crate) fn check_authority(
+    cert: &CertificateDer<'_>,
+    index: usize,
+) -> Result<(), X509BundleError> {
     match x509_parser::parse_x509_certificate(cert.as_ref()) {
         Ok(([], _)) => {}
         Ok(_) => {

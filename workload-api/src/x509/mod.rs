@@ -20,6 +20,7 @@ mod verify;
 
 use rustls_pki_types::CertificateDer;
 
+pub(crate) use bundle::check_authority;
 pub use bundle::{X509Bundle, X509BundleSet};
 pub use error::{X509BundleError, X509SvidError};
 pub use rules::spiffe_id_of;

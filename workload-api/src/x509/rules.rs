@@ -3,6 +3,7 @@
 //! the signing certificates' constraints. Each rule maps to one [`X509SvidError`] variant.
 
 use rustls_pki_types::{CertificateDer, UnixTime};
+use x509_cert::der::Decode as _;
 use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 
@@ -12,7 +13,16 @@ use crate::spiffe_id::SpiffeId;
 /// Parses one DER certificate; `index` is its position in the chain, for the message.
 pub(crate) fn parse_cert(der: &[u8], index: usize) -> Result<X509Certificate<'_>, X509SvidError> {
     match x509_parser::parse_x509_certificate(der) {
-        Ok(([], cert)) => Ok(cert),
+        Ok(([], cert)) => {
+            // x509-parser also reads structures DER does not allow (the x509_svid fuzz
+            // target found a name whose RDN is a SEQUENCE instead of a SET), which strict
+            // decoders such as Python's `cryptography` refuse. The certificate's structure
+            // must be DER; extension contents are read leniently as before, so that SVIDs
+            // with an explicit `cA FALSE` from older keycard servers still validate.
+            x509_cert::Certificate::from_der(der)
+                .map_err(|e| X509SvidError::Der { index, reason: format!("not DER: {e}") })?;
+            Ok(cert)
+        }
         Ok((rest, _)) => Err(X509SvidError::Der {
             index,
             reason: format!("{} bytes of trailing data after the certificate", rest.len()),
@@ -36,13 +46,17 @@ fn uri_san_id(cert: &X509Certificate<'_>, index: usize) -> Result<Option<SpiffeI
     let san = cert
         .subject_alternative_name()
         .map_err(|e| X509SvidError::Der { index, reason: e.to_string() })?;
-    let uris: Vec<&str> = san
+    // Every URI name counts, also one x509-parser could not read as text (it reports
+    // those as `Invalid` with the URI tag, 6): otherwise a leaf with a garbled URI and a
+    // good one would pass as having one (found by the x509_svid fuzz target).
+    let uris: Vec<Option<&str>> = san
         .map(|ext| {
             ext.value
                 .general_names
                 .iter()
                 .filter_map(|n| match n {
-                    GeneralName::URI(uri) => Some(*uri),
+                    GeneralName::URI(uri) => Some(Some(*uri)),
+                    GeneralName::Invalid(tag, _) if tag.0 == 6 => Some(None),
                     _ => None,
                 })
                 .collect()
@@ -50,7 +64,8 @@ fn uri_san_id(cert: &X509Certificate<'_>, index: usize) -> Result<Option<SpiffeI
         .unwrap_or_default();
     match uris.as_slice() {
         [] => Ok(None),
-        [uri] => Ok(Some(SpiffeId::parse(uri)?)),
+        [Some(uri)] => Ok(Some(SpiffeId::parse(uri)?)),
+        [None] => Err(X509SvidError::Der { index, reason: "URI SAN is not IA5 text".into() }),
         more => Err(X509SvidError::MultipleUriSans(more.len())),
     }
 }
@@ -69,6 +84,7 @@ pub fn spiffe_id_of(cert: &CertificateDer<'_>) -> Result<SpiffeId, X509SvidError
 pub(crate) fn check_leaf(leaf: &X509Certificate<'_>) -> Result<SpiffeId, X509SvidError> {
     let der_err =
         |e: x509_parser::error::X509Error| X509SvidError::Der { index: 0, reason: e.to_string() };
+    check_rule_extensions(leaf)?;
     let id = uri_san_id(leaf, 0)?.ok_or(X509SvidError::NoUriSan)?;
     if id.is_root() {
         return Err(X509SvidError::RootPathId(id.to_string()));
@@ -105,6 +121,35 @@ pub(crate) fn check_leaf(leaf: &X509Certificate<'_>) -> Result<SpiffeId, X509Svi
         }
     }
     Ok(id)
+}
+
+/// Basic constraints as older keycard servers wrote them for leaves: `cA FALSE` spelled
+/// out, which DER forbids but which is read on purpose so that their SVIDs still validate.
+const EXPLICIT_CA_FALSE: &[u8] = &[0x30, 0x03, 0x01, 0x01, 0x00];
+
+/// Checks that the contents of the leaf extensions the SVID rules read (SAN, basic
+/// constraints, key usage, EKU) are DER, so the rules never judge what x509-parser made of
+/// a malformed value (the x509_svid fuzz target found a key usage tagged `[APPLICATION 3]`
+/// instead of BIT STRING, read as if it were one). The one tolerated exception is
+/// [`EXPLICIT_CA_FALSE`].
+fn check_rule_extensions(leaf: &X509Certificate<'_>) -> Result<(), X509SvidError> {
+    use x509_cert::ext::pkix::{BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAltName};
+    for ext in leaf.extensions() {
+        let value = ext.value;
+        let strict = match ext.oid.to_id_string().as_str() {
+            "2.5.29.17" => SubjectAltName::from_der(value).map(|_| ()),
+            "2.5.29.19" if value == EXPLICIT_CA_FALSE => Ok(()),
+            "2.5.29.19" => BasicConstraints::from_der(value).map(|_| ()),
+            "2.5.29.15" => KeyUsage::from_der(value).map(|_| ()),
+            "2.5.29.37" => ExtendedKeyUsage::from_der(value).map(|_| ()),
+            _ => Ok(()),
+        };
+        strict.map_err(|e| X509SvidError::Der {
+            index: 0,
+            reason: format!("extension {} is not DER: {e}", ext.oid.to_id_string()),
+        })?;
+    }
+    Ok(())
 }
 
 /// Checks a signing (non-leaf) certificate at position `index` of the chain: `cA=true`,

@@ -233,3 +233,68 @@ fn rules_run_before_time_and_chain() {
     let e = verify_chain(&[l.cert], &world().bundles, now()).unwrap_err();
     assert_eq!(e, X509SvidError::LeafIsCa);
 }
+
+#[test]
+fn a_certificate_whose_structure_is_not_der_is_refused() {
+    // The subject's RDN written as a SEQUENCE instead of a SET: x509-parser reads it,
+    // strict decoders do not (found by the x509_svid fuzz target, whose artifact replays
+    // the same through a full chain check).
+    let w = world();
+    let mut der = w.leaf.cert.to_vec();
+    assert!(spiffe_id_of(&w.leaf.cert).is_ok());
+    // The leaf's subject is its second name; its RDN sets are tagged 0x31 before an
+    // AttributeTypeAndValue SEQUENCE holding an OID (0x30 len 0x06 0x03 0x55 0x04).
+    let rdns: Vec<usize> = der
+        .windows(6)
+        .enumerate()
+        .filter(|(_, w)| w[0] == 0x31 && w[2] == 0x30 && w[4] == 0x06 && w[5] == 0x03)
+        .map(|(i, _)| i)
+        .collect();
+    der[*rdns.last().unwrap()] = 0x30;
+    let mutated = rustls_pki_types::CertificateDer::from(der);
+    let err = spiffe_id_of(&mutated).unwrap_err();
+    assert!(
+        matches!(&err, X509SvidError::Der { reason, .. } if reason.starts_with("not DER")),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn a_uri_san_that_is_not_text_still_counts() {
+    // Two URI SANs, the first made unreadable (0xff bytes): still two URI SANs. Alone, an
+    // unreadable URI SAN is a DER error (found by the x509_svid fuzz target).
+    let garble = |mut der: Vec<u8>, uri: &[u8]| {
+        let at = der.windows(uri.len()).position(|w| w == uri).unwrap();
+        der[at + 9] = 0xff;
+        rustls_pki_types::CertificateDer::from(der)
+    };
+    let mut p = leaf_params(ID);
+    p.subject_alt_names.push(uri("spiffe://example.org/other"));
+    let two = world_with(p).leaf.cert.to_vec();
+    let err = spiffe_id_of(&garble(two, b"spiffe://example.org/web")).unwrap_err();
+    assert!(matches!(err, X509SvidError::MultipleUriSans(2)), "{err:?}");
+    let one = world().leaf.cert.to_vec();
+    let err = spiffe_id_of(&garble(one, b"spiffe://example.org/web")).unwrap_err();
+    assert!(matches!(err, X509SvidError::Der { .. }), "{err:?}");
+}
+
+#[test]
+fn rule_extensions_must_be_der() {
+    // The key usage value tagged [APPLICATION 3] instead of BIT STRING: x509-parser reads
+    // it as key usage bits (found by the x509_svid fuzz target).
+    let w = world();
+    let mut der = w.leaf.cert.to_vec();
+    let ku_oid = [0x06, 0x03, 0x55, 0x1d, 0x0f];
+    let at = der.windows(5).position(|x| x == &ku_oid[..]).unwrap();
+    // OID, BOOLEAN critical (3 bytes), OCTET STRING header (2 bytes), then the BIT STRING.
+    assert_eq!(der[at + 10], 0x03);
+    der[at + 10] = 0x43;
+    let chain = [rustls_pki_types::CertificateDer::from(der)];
+    let err = check_certificates(&chain).unwrap_err();
+    assert!(
+        matches!(&err, X509SvidError::Der { reason, .. } if reason.contains("2.5.29.15")),
+        "{err:?}"
+    );
+    // The tolerated explicit cA FALSE is certs-dev's leaf-ca-false-explicit vector, which
+    // certs-dev's validator tests require to pass (test helpers here make only DER).
+}
