@@ -120,7 +120,9 @@ pub fn check(data: &[u8]) -> bool {
         assert!(svid.expires_at > common::now(), "an expired SVID restored");
         let leaf = x509_cert::Certificate::from_der(&svid.chain[0]).expect("leaf DER");
         let spki = leaf.tbs_certificate.subject_public_key_info.to_der().expect("SPKI");
-        assert_eq!(svid.key.public_key_der(), spki, "a restored key does not match its leaf");
+        let key = keycard::ca::SigningKey::from_pkcs8_der(svid.key.pkcs8_der().secret_pkcs8_der())
+            .expect("a restored key that is not PKCS#8");
+        assert_eq!(key.public_key_der(), spki, "a restored key does not match its leaf");
         let names: BTreeSet<String> = dns_names(&leaf);
         let wanted: BTreeSet<String> =
             entry.dns_names.iter().map(|d| d.to_ascii_lowercase()).collect();
