@@ -39,6 +39,14 @@ pub enum RunError {
         /// What the OS said.
         source: std::io::Error,
     },
+    /// The server ID file could not be read or made.
+    #[error("server ID file {path}: {source}")]
+    ServerId {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        source: std::io::Error,
+    },
     /// The datastore could not be opened.
     #[error("cannot open the datastore: {0}")]
     DataStore(#[from] super::datastore::DataStoreError),
@@ -115,7 +123,8 @@ pub async fn run(config: ServerConfig, shutdown: Shutdown) -> Result<(), RunErro
         None => None,
     };
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let journal = Arc::new(DataStoreJournal(store.clone()));
+    let server_id = server_id(&config.data_dir)?;
+    let journal = Arc::new(DataStoreJournal::new(store.clone(), server_id.clone()));
     let ca_config = config.ca_config(upstream);
     let ca = {
         let (keys, clock) = (keys.clone(), clock.clone());
@@ -181,6 +190,36 @@ pub async fn run(config: ServerConfig, shutdown: Shutdown) -> Result<(), RunErro
     }
     tracing::info!("server stopped");
     outcome
+}
+
+/// File in the data directory that holds the server's ID.
+pub const SERVER_ID_FILE: &str = "server_id";
+
+/// This server's stable ID: read from `<data_dir>/server_id`, made (random, 16 hex digits)
+/// on first start. Servers sharing a datastore tell their journals apart by it, so each
+/// server needs its own data directory (its keys are there too).
+fn server_id(data_dir: &std::path::Path) -> Result<String, RunError> {
+    let path = data_dir.join(SERVER_ID_FILE);
+    let error = |source| RunError::ServerId { path: path.display().to_string(), source };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let id = text.trim();
+            if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+                return Err(error(std::io::Error::other(
+                    "it does not hold a server ID (letters, digits and '-'); delete it to \
+                     make a new one",
+                )));
+            }
+            Ok(id.to_owned())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let id = hex::encode(rand::random::<[u8; 8]>());
+            crate::fsutil::write_private_atomic(&path, format!("{id}\n").as_bytes())
+                .map_err(error)?;
+            Ok(id)
+        }
+        Err(e) => Err(error(e)),
+    }
 }
 
 /// The agent API's options, from the configuration.

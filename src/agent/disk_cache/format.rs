@@ -25,8 +25,11 @@ pub(super) struct Envelope {
     pub(super) mac: String,
 }
 
-/// What the tag covers.
+/// What the tag covers. Exactly these fields: this agent wrote them under this version, so a
+/// field it does not know means the file is not what it wrote (a format change bumps
+/// [`super::VERSION`] instead), and the whole body is refused rather than read in part.
 #[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct Body {
     pub(super) revision: u64,
     /// When it was written (seconds since the epoch), logged on load.
@@ -38,6 +41,7 @@ pub(super) struct Body {
 }
 
 #[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct StoredSvid {
     pub(super) entry_id: String,
     chain: Vec<String>,

@@ -120,6 +120,33 @@ async fn a_damaged_file_is_an_error_naming_it_and_a_missing_one_restores_nothing
 }
 
 #[tokio::test]
+async fn an_authentic_body_with_a_field_the_agent_does_not_write_is_refused() {
+    let f = Fixture::saved().await;
+    let disk = DiskCache::open(&f.storage, f.clock.clone()).unwrap();
+    let file: serde_json::Value = serde_json::from_slice(&std::fs::read(f.file()).unwrap()).unwrap();
+    let body: serde_json::Value = serde_json::from_str(file["body"].as_str().unwrap()).unwrap();
+    let stored = f.storage.load_bundle(&f.td).unwrap();
+    // Unknown keys at the top of the body and inside an SVID, each sealed with the agent's
+    // own key (a fuzzer found an unknown key holding a number no JSON reader can represent).
+    let top = |b: &mut serde_json::Value| b["sentries"] = serde_json::json!([]);
+    let svid = |b: &mut serde_json::Value| b["svids"][0]["saved_at"] = serde_json::json!(1);
+    for edit in [&top as &dyn Fn(&mut serde_json::Value), &svid] {
+        let mut body = body.clone();
+        edit(&mut body);
+        let body = body.to_string();
+        let mac = hex::encode(hmac::sign(&disk.key, body.as_bytes()).as_ref());
+        let sealed = serde_json::json!({"version": VERSION, "body": body, "mac": mac});
+        let fresh = SvidCache::new(f.clock.clone());
+        let e = disk
+            .load_bytes(sealed.to_string().as_bytes(), &f.td, stored.as_ref(), &fresh)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field"), "{e}");
+        assert!(fresh.svids().is_empty());
+    }
+}
+
+#[tokio::test]
 async fn an_svid_whose_dns_names_are_not_its_entrys_is_dropped() {
     let f = Fixture::saved().await;
     // The entry now names a DNS name the SVID lacks (the file is re-saved, so it is this

@@ -193,8 +193,52 @@ pub enum TokenUse {
     Expired,
 }
 
+/// A server of the deployment as it last announced itself: several servers (HA) share one
+/// store, and each reports the others it sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerRecord {
+    /// The server's ID (stable across restarts: kept in its data directory).
+    pub id: String,
+    /// Where its agent API listens, as it sees itself.
+    pub address: String,
+    /// Its last announcement.
+    pub last_seen: SystemTime,
+}
+
+/// An operator's mark on an authority, kept in the store so that every server applies it,
+/// whichever server the operator asked and whichever server owns the authority.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum AuthorityMark {
+    /// Agents renew what it signed early.
+    Tainted,
+    /// Dropped from the bundle (it was tainted first).
+    Revoked,
+}
+
+impl AuthorityMark {
+    /// The stored form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tainted => "tainted",
+            Self::Revoked => "revoked",
+        }
+    }
+
+    /// Reads the stored form.
+    pub fn parse(s: &str) -> Result<Self, DataStoreError> {
+        match s {
+            "tainted" => Ok(Self::Tainted),
+            "revoked" => Ok(Self::Revoked),
+            other => Err(DataStoreError::Corrupt(format!("authority mark {other:?}"))),
+        }
+    }
+}
+
 /// The server's durable state; see the module documentation.
 pub trait DataStore: Send + Sync + fmt::Debug {
+    /// What kind of store this is, for `/ready` and `healthcheck`: `sqlite` or `postgres`.
+    fn kind(&self) -> &'static str;
+
     /// Stores a new entry with a fresh ID and the next revision.
     fn create_entry(&self, spec: &EntrySpec, now: SystemTime) -> Result<Entry, DataStoreError>;
     /// Stores new entries in one transaction, each with a fresh ID and its own revision,
@@ -287,10 +331,28 @@ pub trait DataStore: Send + Sync + fmt::Debug {
     /// Stores or replaces a federated bundle.
     fn set_bundle(&self, trust_domain: &TrustDomain, json: &[u8]) -> Result<(), DataStoreError>;
 
-    /// The CA's authority journal, as last saved.
-    fn load_journal(&self) -> Result<Option<Vec<u8>>, DataStoreError>;
-    /// Replaces the authority journal.
-    fn save_journal(&self, bytes: &[u8]) -> Result<(), DataStoreError>;
+    /// The authority journal of server `server_id`, as last saved. Each server has its
+    /// own (its keys are on its own disk). A store upgraded from before server IDs holds
+    /// one journal without an ID: the first server that asks for a journal it does not
+    /// have claims that one, atomically, so a single server keeps its authorities.
+    fn load_journal(&self, server_id: &str) -> Result<Option<Vec<u8>>, DataStoreError>;
+    /// Replaces the authority journal of server `server_id`.
+    fn save_journal(&self, server_id: &str, bytes: &[u8]) -> Result<(), DataStoreError>;
+    /// Every server's journal, by server ID: what the shared trust bundle is made of.
+    fn list_journals(&self) -> Result<Vec<(String, Vec<u8>)>, DataStoreError>;
+    /// Marks an authority (of any server); a revoked mark is never turned back into a
+    /// tainted one.
+    fn set_authority_mark(
+        &self,
+        authority_id: &str,
+        mark: AuthorityMark,
+    ) -> Result<(), DataStoreError>;
+    /// Every authority mark, by authority ID.
+    fn authority_marks(&self) -> Result<Vec<(String, AuthorityMark)>, DataStoreError>;
+    /// Creates or refreshes a server's announcement.
+    fn announce_server(&self, server: &ServerRecord) -> Result<(), DataStoreError>;
+    /// Every server that ever announced itself, by ID.
+    fn list_servers(&self) -> Result<Vec<ServerRecord>, DataStoreError>;
 
     /// Checks that the store answers (for `/ready`).
     fn ping(&self) -> Result<(), DataStoreError>;

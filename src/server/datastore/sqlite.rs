@@ -22,8 +22,8 @@ use keycard_workload_api::{SpiffeId, TrustDomain};
 use rusqlite::{Connection, OptionalExtension as _, Transaction, TransactionBehavior};
 
 use super::{
-    AgentRecord, DataStore, DataStoreError, EntryChanges, EntryFilter, JoinTokenRecord, Page,
-    PageRequest, TokenUse,
+    AgentRecord, AuthorityMark, DataStore, DataStoreError, EntryChanges, EntryFilter,
+    JoinTokenRecord, Page, PageRequest, ServerRecord, TokenUse,
 };
 use crate::fsutil;
 use crate::server::entry::{Entry, EntrySpec};
@@ -210,6 +210,10 @@ fn spiffe_id_from_db(text: &str) -> Result<SpiffeId, DataStoreError> {
 }
 
 impl DataStore for SqliteDataStore {
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+
     fn create_entry(&self, spec: &EntrySpec, now: SystemTime) -> Result<Entry, DataStoreError> {
         self.write(|tx| entries::create(tx, spec, now))
     }
@@ -350,15 +354,85 @@ impl DataStore for SqliteDataStore {
             .map(drop)
     }
 
-    fn load_journal(&self) -> Result<Option<Vec<u8>>, DataStoreError> {
-        let sql = "SELECT bytes FROM journal WHERE id = 1";
-        self.read(|tx| Ok(tx.query_row(sql, [], |r| r.get(0)).optional()?))
+    fn load_journal(&self, server_id: &str) -> Result<Option<Vec<u8>>, DataStoreError> {
+        let sql = "SELECT bytes FROM server_journals WHERE server_id = ?1";
+        let found = self.read(|tx| Ok(tx.query_row(sql, [server_id], |r| r.get(0)).optional()?))?;
+        if found.is_some() || server_id.is_empty() {
+            return Ok(found);
+        }
+        // None of its own: claim the journal of a single-server database, if there is one.
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE server_journals SET server_id = ?1 WHERE server_id = '' \
+                 AND NOT EXISTS (SELECT 1 FROM server_journals WHERE server_id = ?1)",
+                [server_id],
+            )?;
+            Ok(tx.query_row(sql, [server_id], |r| r.get(0)).optional()?)
+        })
     }
 
-    fn save_journal(&self, bytes: &[u8]) -> Result<(), DataStoreError> {
-        let sql = "INSERT INTO journal (id, bytes) VALUES (1, ?1) \
-                   ON CONFLICT (id) DO UPDATE SET bytes = excluded.bytes";
-        self.write(|tx| Ok(tx.execute(sql, [bytes])?)).map(drop)
+    fn save_journal(&self, server_id: &str, bytes: &[u8]) -> Result<(), DataStoreError> {
+        let sql = "INSERT INTO server_journals (server_id, bytes) VALUES (?1, ?2) \
+                   ON CONFLICT (server_id) DO UPDATE SET bytes = excluded.bytes";
+        self.write(|tx| Ok(tx.execute(sql, rusqlite::params![server_id, bytes])?)).map(drop)
+    }
+
+    fn list_journals(&self) -> Result<Vec<(String, Vec<u8>)>, DataStoreError> {
+        let sql = "SELECT server_id, bytes FROM server_journals ORDER BY server_id";
+        self.read(|tx| {
+            let mut stmt = tx.prepare(sql)?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    fn set_authority_mark(
+        &self,
+        authority_id: &str,
+        mark: AuthorityMark,
+    ) -> Result<(), DataStoreError> {
+        let sql = "INSERT INTO authority_marks (authority_id, mark) VALUES (?1, ?2) \
+                   ON CONFLICT (authority_id) DO UPDATE SET mark = excluded.mark \
+                   WHERE authority_marks.mark <> 'revoked'";
+        self.write(|tx| Ok(tx.execute(sql, [authority_id, mark.as_str()])?)).map(drop)
+    }
+
+    fn authority_marks(&self) -> Result<Vec<(String, AuthorityMark)>, DataStoreError> {
+        let sql = "SELECT authority_id, mark FROM authority_marks ORDER BY authority_id";
+        self.read(|tx| {
+            let mut stmt = tx.prepare(sql)?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+            let mut marks = Vec::new();
+            for row in rows {
+                let (id, mark) = row?;
+                marks.push((id, AuthorityMark::parse(&mark)?));
+            }
+            Ok(marks)
+        })
+    }
+
+    fn announce_server(&self, server: &ServerRecord) -> Result<(), DataStoreError> {
+        let sql = "INSERT INTO servers (id, address, last_seen) VALUES (?1, ?2, ?3) \
+                   ON CONFLICT (id) DO UPDATE SET address = excluded.address, \
+                   last_seen = excluded.last_seen";
+        let params = rusqlite::params![server.id, server.address, time_to_db(server.last_seen)];
+        self.write(|tx| Ok(tx.execute(sql, params)?)).map(drop)
+    }
+
+    fn list_servers(&self) -> Result<Vec<ServerRecord>, DataStoreError> {
+        let sql = "SELECT id, address, last_seen FROM servers ORDER BY id";
+        self.read(|tx| {
+            let mut stmt = tx.prepare(sql)?;
+            let rows = stmt.query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+            })?;
+            let mut servers = Vec::new();
+            for row in rows {
+                let (id, address, seen) = row?;
+                servers.push(ServerRecord { id, address, last_seen: time_from_db(seen)? });
+            }
+            Ok(servers)
+        })
     }
 
     fn ping(&self) -> Result<(), DataStoreError> {

@@ -94,8 +94,29 @@ const V3: &str = "
 ALTER TABLE agents ADD COLUMN previous_svid_serial TEXT;
 ";
 
+/// Version 4 (HA): one authority journal per server (the single journal of a version 3
+/// database keeps an empty server ID until a server claims it), operators' marks on
+/// authorities of any server, and the servers' announcements.
+const V4: &str = "
+CREATE TABLE server_journals (
+    server_id TEXT PRIMARY KEY,
+    bytes BLOB NOT NULL
+);
+INSERT INTO server_journals (server_id, bytes) SELECT '', bytes FROM journal;
+DROP TABLE journal;
+CREATE TABLE authority_marks (
+    authority_id TEXT PRIMARY KEY,
+    mark TEXT NOT NULL CHECK (mark IN ('tainted', 'revoked'))
+);
+CREATE TABLE servers (
+    id TEXT PRIMARY KEY,
+    address TEXT NOT NULL,
+    last_seen INTEGER NOT NULL
+);
+";
+
 /// Every migration step, in order.
-pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3];
+pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 /// The schema version this build writes.
 pub(super) const LATEST: usize = MIGRATIONS.len();
 
@@ -162,9 +183,9 @@ mod tests {
         assert_eq!(entry.spec.x509_ttl, Some(Duration::from_secs(60)));
         assert_eq!(entry.revision, 7);
         assert_eq!(entry.created_at, UNIX_EPOCH + Duration::from_secs(1));
-        assert_eq!(store.load_journal().unwrap(), None);
-        store.save_journal(b"{}").unwrap();
-        assert_eq!(store.load_journal().unwrap().as_deref(), Some(&b"{}"[..]));
+        assert_eq!(store.load_journal("s1").unwrap(), None);
+        store.save_journal("s1", b"{}").unwrap();
+        assert_eq!(store.load_journal("s1").unwrap().as_deref(), Some(&b"{}"[..]));
         drop(store);
         let conn = Connection::open(&path).unwrap();
         assert_eq!(version(&conn).unwrap(), LATEST);
@@ -190,6 +211,22 @@ mod tests {
         assert!(store.renew_agent_svid(&id, "0a", "0b", UNIX_EPOCH, UNIX_EPOCH).unwrap());
         let agent = store.get_agent(&id).unwrap().unwrap();
         assert_eq!(agent.previous_svid_serial.as_deref(), Some("0a"));
+    }
+
+    #[test]
+    fn a_version_3_journal_is_claimed_by_the_first_server_that_asks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v3.db");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            migrate(&mut conn, 3).unwrap();
+            conn.execute_batch("INSERT INTO journal (id, bytes) VALUES (1, x'7b7d');").unwrap();
+        }
+        let store = SqliteDataStore::open(&path).unwrap();
+        assert_eq!(store.list_journals().unwrap(), vec![(String::new(), b"{}".to_vec())]);
+        assert_eq!(store.load_journal("first").unwrap().as_deref(), Some(&b"{}"[..]));
+        assert_eq!(store.load_journal("second").unwrap(), None);
+        assert_eq!(store.list_journals().unwrap(), vec![("first".to_owned(), b"{}".to_vec())]);
     }
 
     #[test]
