@@ -40,6 +40,35 @@ pub enum AuthorityKind {
     Jwt,
 }
 
+/// An operator's mark on an authority, kept in the datastore so that every server applies
+/// it, whichever server the operator asked and whichever server owns the authority.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum AuthorityMark {
+    /// Agents renew what it signed early.
+    Tainted,
+    /// Dropped from the bundle (it was tainted first).
+    Revoked,
+}
+
+impl AuthorityMark {
+    /// The stored form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tainted => "tainted",
+            Self::Revoked => "revoked",
+        }
+    }
+
+    /// Reads the stored form.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "tainted" => Some(Self::Tainted),
+            "revoked" => Some(Self::Revoked),
+            _ => None,
+        }
+    }
+}
+
 /// One authority, as the journal records it. Holds no secret: the key is in the key manager.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuthorityRecord {

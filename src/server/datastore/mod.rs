@@ -20,7 +20,8 @@ use crate::selector::SelectorSet;
 pub mod journal;
 pub mod sqlite;
 
-pub use journal::DataStoreJournal;
+pub use crate::ca::journal::AuthorityMark;
+pub use journal::{DataStoreJournal, parse_journal};
 pub use sqlite::SqliteDataStore;
 
 /// Largest page a list call returns, whatever the caller asks.
@@ -203,35 +204,6 @@ pub struct ServerRecord {
     pub address: String,
     /// Its last announcement.
     pub last_seen: SystemTime,
-}
-
-/// An operator's mark on an authority, kept in the store so that every server applies it,
-/// whichever server the operator asked and whichever server owns the authority.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum AuthorityMark {
-    /// Agents renew what it signed early.
-    Tainted,
-    /// Dropped from the bundle (it was tainted first).
-    Revoked,
-}
-
-impl AuthorityMark {
-    /// The stored form.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Tainted => "tainted",
-            Self::Revoked => "revoked",
-        }
-    }
-
-    /// Reads the stored form.
-    pub fn parse(s: &str) -> Result<Self, DataStoreError> {
-        match s {
-            "tainted" => Ok(Self::Tainted),
-            "revoked" => Ok(Self::Revoked),
-            other => Err(DataStoreError::Corrupt(format!("authority mark {other:?}"))),
-        }
-    }
 }
 
 /// The server's durable state; see the module documentation.

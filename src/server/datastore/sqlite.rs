@@ -356,7 +356,8 @@ impl DataStore for SqliteDataStore {
 
     fn load_journal(&self, server_id: &str) -> Result<Option<Vec<u8>>, DataStoreError> {
         let sql = "SELECT bytes FROM server_journals WHERE server_id = ?1";
-        let found = self.read(|tx| Ok(tx.query_row(sql, [server_id], |r| r.get(0)).optional()?))?;
+        let found =
+            self.read(|tx| Ok(tx.query_row(sql, [server_id], |r| r.get(0)).optional()?))?;
         if found.is_some() || server_id.is_empty() {
             return Ok(found);
         }
@@ -401,11 +402,14 @@ impl DataStore for SqliteDataStore {
         let sql = "SELECT authority_id, mark FROM authority_marks ORDER BY authority_id";
         self.read(|tx| {
             let mut stmt = tx.prepare(sql)?;
-            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+            let rows =
+                stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
             let mut marks = Vec::new();
             for row in rows {
                 let (id, mark) = row?;
-                marks.push((id, AuthorityMark::parse(&mark)?));
+                let mark = AuthorityMark::parse(&mark)
+                    .ok_or_else(|| DataStoreError::Corrupt(format!("authority mark {mark:?}")))?;
+                marks.push((id, mark));
             }
             Ok(marks)
         })

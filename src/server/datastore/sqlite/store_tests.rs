@@ -88,7 +88,7 @@ fn everything_survives_closing_and_reopening() {
         store.upsert_agent(&agent).unwrap();
         store.create_join_token(&token).unwrap();
         store.set_bundle(&td, b"{\"keys\":[]}").unwrap();
-        store.save_journal(b"{\"x509\":{}}").unwrap();
+        store.save_journal("s1", b"{\"x509\":{}}").unwrap();
         let before = store.entry_changes_since(0, 0).unwrap();
         (kept, deleted, before)
     };
@@ -98,7 +98,7 @@ fn everything_survives_closing_and_reopening() {
     assert_eq!(store.entry_changes_since(kept.revision, 0).unwrap().deleted, vec![deleted.id]);
     assert_eq!(store.get_agent(&agent.id).unwrap(), Some(agent));
     assert_eq!(store.get_bundle(&td).unwrap().as_deref(), Some(&b"{\"keys\":[]}"[..]));
-    assert_eq!(store.load_journal().unwrap().as_deref(), Some(&b"{\"x509\":{}}"[..]));
+    assert_eq!(store.load_journal("s1").unwrap().as_deref(), Some(&b"{\"x509\":{}}"[..]));
     assert!(matches!(store.use_join_token(&[3; 32], at(10)).unwrap(), TokenUse::Accepted(_)));
     // The revision counter carries on where it was.
     assert_eq!(store.create_entry(&spec("/new", "unix:uid:3"), at(7)).unwrap().revision, 4);
