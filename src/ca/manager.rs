@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, SystemTime};
 
-use keycard_workload_api::{JwtBundle, SpiffeBundle, SpiffeId, TrustDomain, X509Bundle};
+use keycard_workload_api::{Jwk, JwtBundle, SpiffeBundle, SpiffeId, TrustDomain, X509Bundle};
 use rustls_pki_types::CertificateDer;
 
 use super::journal::{AuthorityKind, AuthorityRecord, Journal, JournalStore, SlotState};
@@ -98,6 +98,8 @@ pub struct CaManager {
     /// Held by a change (rotation, operator command) from its first read of the journal to
     /// its swap, so that two changes cannot interleave, while signers keep reading `state`.
     pub(super) changes: Mutex<()>,
+    /// The other servers' authorities (HA), published next to this server's own.
+    pub(super) peers: RwLock<Peers>,
 }
 
 impl CaManager {
@@ -137,6 +139,7 @@ impl CaManager {
             journal_store,
             state: RwLock::new(state),
             changes: Mutex::new(()),
+            peers: RwLock::new(Peers::default()),
         };
         manager.rotate()?;
         Ok(manager)
@@ -273,11 +276,20 @@ impl CaManager {
         authority.sign_jwt_svid(spiffe_id, audiences, ttl, self.clock.now())
     }
 
+    /// The X.509 roots: the upstream root, or this server's authorities and its peers'.
     pub(super) fn x509_bundle_of(&self, journal: &Journal) -> X509Bundle {
         let mut bundle = X509Bundle::new(self.config.trust_domain.clone());
+        let peers = self.peers.read().unwrap_or_else(|p| p.into_inner());
+        let now = self.clock.now();
         let roots: Vec<CertificateDer<'static>> = match &self.config.upstream {
             Some(up) => vec![up.root().clone()],
-            None => journal.x509.records.iter().map(|r| r.public_der.clone().into()).collect(),
+            None => journal
+                .x509
+                .records
+                .iter()
+                .chain(peers.records(AuthorityKind::X509, now).map(|(_, r)| r))
+                .map(|r| r.public_der.clone().into())
+                .collect(),
         };
         for root in roots {
             // A record's certificate was parsed when it was made or loaded.
@@ -292,8 +304,9 @@ impl CaManager {
         self.x509_bundle_of(&self.read().journal)
     }
 
-    /// The trust domain's bundle: every authority not revoked or expired, with the
-    /// sequence number that rises on every change.
+    /// The trust domain's bundle: every authority not revoked or expired, this server's
+    /// and its peers', with the sequence number that rises on every change (the sum of
+    /// every server's).
     pub fn bundle(&self) -> Result<SpiffeBundle, CaError> {
         let state = self.read();
         let x509 = self.x509_bundle_of(&state.journal);
@@ -302,28 +315,47 @@ impl CaManager {
             jwt.add_authority(kid.clone(), authority.public_key().clone())
                 .map_err(|e| CaError::Signing(e.to_string()))?;
         }
-        SpiffeBundle::from_parts(
-            &x509,
-            &jwt,
-            Some(state.journal.bundle_sequence),
-            Some(self.config.refresh_hint),
-        )
-        .map_err(|e| CaError::Signing(e.to_string()))
+        let peers = self.peers.read().unwrap_or_else(|p| p.into_inner());
+        for (server, record) in peers.records(AuthorityKind::Jwt, self.clock.now()) {
+            match Jwk::from_spki_der(&record.public_der) {
+                Ok(key) => {
+                    jwt.add_authority(record.id.clone(), key)
+                        .map_err(|e| CaError::Signing(e.to_string()))?;
+                }
+                Err(e) => {
+                    tracing::warn!(server, kid = %record.id, error = %e, "a peer's JWT authority has an unreadable key; not published");
+                }
+            }
+        }
+        let sequence = state.journal.bundle_sequence + peers.sequence();
+        SpiffeBundle::from_parts(&x509, &jwt, Some(sequence), Some(self.config.refresh_hint))
+            .map_err(|e| CaError::Signing(e.to_string()))
+    }
+
+    /// IDs of tainted authorities of `kind`, this server's and its peers'.
+    fn tainted_of(&self, kind: AuthorityKind) -> Vec<String> {
+        let state = self.read();
+        let peers = self.peers.read().unwrap_or_else(|p| p.into_inner());
+        let now = self.clock.now();
+        let own = state.journal.set(kind).records.iter();
+        own.chain(peers.records(kind, now).map(|(_, r)| r))
+            .filter(|r| r.tainted)
+            .map(|r| r.id.clone())
+            .collect()
     }
 
     /// IDs of tainted X.509 authorities: agents renew SVIDs they signed.
     pub fn tainted_x509_authorities(&self) -> Vec<String> {
-        let state = self.read();
-        state.journal.x509.records.iter().filter(|r| r.tainted).map(|r| r.id.clone()).collect()
+        self.tainted_of(AuthorityKind::X509)
     }
 
     /// IDs of every tainted authority, for agents: X.509 ones (hex subject key IDs, 40
     /// characters), whose SVIDs they renew, then JWT ones (`kid`s, 32 characters), whose
     /// cached tokens they stop handing out. The two forms never collide.
     pub fn tainted_authorities(&self) -> Vec<String> {
-        let state = self.read();
-        let (x509, jwt) = (&state.journal.x509.records, &state.journal.jwt.records);
-        x509.iter().chain(jwt).filter(|r| r.tainted).map(|r| r.id.clone()).collect()
+        let mut ids = self.tainted_of(AuthorityKind::X509);
+        ids.extend(self.tainted_of(AuthorityKind::Jwt));
+        ids
     }
 }
 
@@ -374,3 +406,8 @@ pub(crate) fn test_ca(trust_domain: TrustDomain) -> Arc<CaManager> {
 mod commands;
 #[cfg(test)]
 mod lock_tests;
+pub mod peers;
+#[cfg(test)]
+mod peers_tests;
+
+pub use peers::Peers;

@@ -21,8 +21,9 @@
 //! | `bundle_refresh_hint` | `5m` | `spiffe_refresh_hint` published with the bundle |
 //! | `svids_per_second_per_agent` | `500` | Workload X.509-SVIDs one agent may have signed per second (bursts of twice that); an agent asking faster is told when to retry |
 //! | `[upstream_authority]` `cert_file`, `key_file` | none | PEM certificate (chain) and PKCS#8 key of an upstream CA; when set, keycard's authorities are its intermediates |
-//! | `[datastore]` `type` | `sqlite` | Datastore kind; only `sqlite` for now |
-//! | `[datastore]` `path` | `<data_dir>/datastore.sqlite3` | SQLite database file |
+//! | `[datastore]` `type` | `sqlite` | Datastore kind: `sqlite` (one server) or `postgres` (several servers, HA) |
+//! | `[datastore]` `path` | `<data_dir>/datastore.sqlite3` | SQLite database file (`type = "sqlite"` only) |
+//! | `[datastore]` `url` | none | PostgreSQL URL `postgres://user[:password]@host:port/db` (`type = "postgres"`, required there; `--datastore-url`, which implies the type) |
 //! | `x509pop_ca_bundle` | none | PEM CA certificates for `x509pop` node attestation; unset disables x509pop |
 //! | `health_address` | none | `ip:port` for `/live`, `/ready` and `/metrics`; unset disables them (`--health-address`) |
 //! | `log_format` | `text` | `text` or `json` (`--log-format`) |
@@ -90,6 +91,10 @@ pub struct ServerArgs {
     /// Admin API Unix socket (key admin_socket).
     #[arg(long, value_name = "PATH")]
     pub admin_socket: Option<PathBuf>,
+    /// PostgreSQL URL, postgres://user@host:port/db; implies datastore type postgres (key
+    /// datastore.url).
+    #[arg(long, value_name = "URL")]
+    pub datastore_url: Option<crate::secret::Secret>,
     /// Address for /live, /ready and /metrics, ip:port (key health_address).
     #[arg(long, value_name = "ADDR")]
     pub health_address: Option<SocketAddr>,
@@ -108,6 +113,11 @@ pub enum DatastoreConfig {
     Sqlite {
         /// The database file.
         path: PathBuf,
+    },
+    /// A PostgreSQL database shared by several servers (`type = "postgres"`).
+    Postgres {
+        /// `postgres://user[:password]@host:port/db` (a secret: it may hold a password).
+        url: crate::secret::Secret,
     },
 }
 
@@ -284,7 +294,8 @@ impl ServerConfig {
             duration("bundle_refresh_hint", f.bundle_refresh_hint, DEFAULT_BUNDLE_REFRESH_HINT)?;
         let svids_per_second_per_agent = svid_rate(f.svids_per_second_per_agent)?;
         let upstream_authority = f.upstream_authority.map(upstream).transpose()?;
-        let datastore = datastore(f.datastore.unwrap_or_default(), &data_dir)?;
+        let datastore =
+            datastore(f.datastore.unwrap_or_default(), args.datastore_url.clone(), &data_dir)?;
         let x509pop_ca_bundle =
             f.x509pop_ca_bundle.map(|p| path("x509pop_ca_bundle", p)).transpose()?;
         let health_address = pick(args.health_address, f.health_address, |v| {
@@ -383,18 +394,71 @@ fn upstream(u: FileUpstream) -> Result<UpstreamAuthorityConfig, ConfigError> {
     })
 }
 
-fn datastore(d: FileDatastore, data_dir: &Path) -> Result<DatastoreConfig, ConfigError> {
-    match d.kind.as_deref().unwrap_or("sqlite") {
-        "sqlite" => Ok(DatastoreConfig::Sqlite {
-            path: match d.path {
-                Some(p) => path("datastore.path", p)?,
-                None => data_dir.join("datastore.sqlite3"),
-            },
-        }),
-        other => {
-            Err(invalid("datastore.type", format!("{other:?} is not supported; use \"sqlite\"")))
-        }
+/// `[datastore]`, with `--datastore-url` (which implies `type = "postgres"`).
+fn datastore(
+    d: FileDatastore,
+    flag_url: Option<crate::secret::Secret>,
+    data_dir: &Path,
+) -> Result<DatastoreConfig, ConfigError> {
+    if let Some(url) = flag_url {
+        return Ok(DatastoreConfig::Postgres { url: postgres_url("--datastore-url", url)? });
     }
+    match d.kind.as_deref().unwrap_or("sqlite") {
+        "sqlite" => {
+            if d.url.is_some() {
+                return Err(conflict(
+                    "datastore.url",
+                    "datastore.type",
+                    "a URL is for type = \"postgres\"; set that type or remove the url",
+                ));
+            }
+            Ok(DatastoreConfig::Sqlite {
+                path: match d.path {
+                    Some(p) => path("datastore.path", p)?,
+                    None => data_dir.join("datastore.sqlite3"),
+                },
+            })
+        }
+        "postgres" => {
+            if d.path.is_some() {
+                return Err(conflict(
+                    "datastore.path",
+                    "datastore.type",
+                    "a path is for type = \"sqlite\"; PostgreSQL takes a url",
+                ));
+            }
+            let url = d.url.ok_or_else(|| {
+                invalid(
+                    "datastore.url",
+                    "is required with type = \"postgres\" (for example \
+                     \"postgres://keycard@127.0.0.1:5432/keycard\"), or pass --datastore-url",
+                )
+            })?;
+            Ok(DatastoreConfig::Postgres { url: postgres_url("datastore.url", url)? })
+        }
+        other => Err(invalid(
+            "datastore.type",
+            format!("{other:?} is not supported; use \"sqlite\" or \"postgres\""),
+        )),
+    }
+}
+
+/// Checks the form of a PostgreSQL URL (the database checks the rest when connecting).
+fn postgres_url(
+    key: &str,
+    url: crate::secret::Secret,
+) -> Result<crate::secret::Secret, ConfigError> {
+    let text = url.expose();
+    let Some(rest) = text.strip_prefix("postgres://").or(text.strip_prefix("postgresql://")) else {
+        return Err(invalid(
+            key,
+            "must start with postgres:// (for example postgres://keycard@127.0.0.1:5432/keycard)",
+        ));
+    };
+    if rest.is_empty() || rest.starts_with('/') && !rest.contains("host=") {
+        return Err(invalid(key, "names no host; write postgres://user@host:port/database"));
+    }
+    Ok(url)
 }
 
 mod file;

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod agent_api;
+pub mod cluster;
 pub mod config;
 pub mod datastore;
 pub mod entry;

@@ -16,6 +16,7 @@ use tokio::task::JoinSet;
 
 use super::admin::{self, AdminOptions};
 use super::agent_api::{self, AgentApiOptions};
+use super::cluster::Cluster;
 use super::config::{DatastoreConfig, ServerConfig};
 use super::datastore::{DataStore, DataStoreJournal, SqliteDataStore};
 use crate::ca::{AuthorityKind, CaManager, DiskKeyManager, SlotState, UpstreamAuthority};
@@ -115,8 +116,7 @@ pub async fn run(config: ServerConfig, shutdown: Shutdown) -> Result<(), RunErro
         path: config.data_dir.display().to_string(),
         source,
     })?;
-    let DatastoreConfig::Sqlite { path } = &config.datastore;
-    let store: Arc<dyn DataStore> = Arc::new(SqliteDataStore::open(path)?);
+    let store = open_datastore(&config.datastore).await?;
     let keys = Arc::new(DiskKeyManager::open(config.data_dir.join("keys"))?);
     let upstream = match &config.upstream_authority {
         Some(up) => Some(Arc::new(UpstreamAuthority::load(&up.cert_file, &up.key_file)?)),
@@ -133,11 +133,27 @@ pub async fn run(config: ServerConfig, shutdown: Shutdown) -> Result<(), RunErro
             .map_err(|e| RunError::Task(e.to_string()))??
     };
     let ca = Arc::new(ca);
+    let cluster = Arc::new(Cluster::new(
+        store.clone(),
+        ca.clone(),
+        clock.clone(),
+        server_id.clone(),
+        address.to_string(),
+    ));
+    {
+        // The peers' authorities before the first agent connects, so that agents whose SVID
+        // another server signed are accepted from the start.
+        let cluster = cluster.clone();
+        tokio::task::spawn_blocking(move || cluster.refresh())
+            .await
+            .map_err(|e| RunError::Task(e.to_string()))??;
+    }
     let metrics = Arc::new(ServerMetrics::new());
     metrics.entries.set(store.count_entries()? as i64);
     metrics.agents.set(store.count_agents()? as i64);
 
-    tracing::info!(%address, trust_domain = %config.trust_domain, "agent API listening");
+    tracing::info!(%address, trust_domain = %config.trust_domain, server_id = %server_id,
+        datastore = store.kind(), peers = cluster.peers().len(), "agent API listening");
 
     let mut tasks: JoinSet<Result<(), RunError>> = JoinSet::new();
     let options = agent_api_options(&config)?;
@@ -153,14 +169,14 @@ pub async fn run(config: ServerConfig, shutdown: Shutdown) -> Result<(), RunErro
     };
     let stop = shutdown.wait();
     tasks.spawn({
-        let (ca, store, metrics, clock) =
-            (ca.clone(), store.clone(), metrics.clone(), clock.clone());
-        async move { Ok(admin::serve(admin_options, store, ca, metrics, clock, stop).await?) }
+        let (cluster, store, metrics, clock) =
+            (cluster.clone(), store.clone(), metrics.clone(), clock.clone());
+        async move { Ok(admin::serve(admin_options, store, cluster, metrics, clock, stop).await?) }
     });
     if let Some(listener) = health_listener {
         let bound = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
         tracing::info!(address = %bound, "health and metrics endpoints listening");
-        let endpoints = health_endpoints(ca.clone(), store.clone(), metrics.clone());
+        let endpoints = health_endpoints(cluster.clone(), store.clone(), metrics.clone());
         let stop = shutdown.wait();
         tasks.spawn(async move {
             health::serve(listener, endpoints, stop).await;
@@ -169,7 +185,7 @@ pub async fn run(config: ServerConfig, shutdown: Shutdown) -> Result<(), RunErro
     }
     let tick = (config.ca_ttl / 100).clamp(Duration::from_millis(100), MAX_ROTATION_TICK);
     tasks.spawn(rotation_ticker(
-        ca.clone(),
+        cluster.clone(),
         metrics.clone(),
         clock.clone(),
         tick,
@@ -190,6 +206,23 @@ pub async fn run(config: ServerConfig, shutdown: Shutdown) -> Result<(), RunErro
     }
     tracing::info!("server stopped");
     outcome
+}
+
+/// Opens the configured datastore (on a blocking thread: it may connect and migrate).
+async fn open_datastore(config: &DatastoreConfig) -> Result<Arc<dyn DataStore>, RunError> {
+    let config = config.clone();
+    tokio::task::spawn_blocking(move || -> Result<Arc<dyn DataStore>, RunError> {
+        Ok(match &config {
+            DatastoreConfig::Sqlite { path } => Arc::new(SqliteDataStore::open(path)?),
+            DatastoreConfig::Postgres { .. } => {
+                return Err(RunError::DataStore(super::datastore::DataStoreError::Backend(
+                    "PostgreSQL support is being merged".into(),
+                )));
+            }
+        })
+    })
+    .await
+    .map_err(|e| RunError::Task(e.to_string()))?
 }
 
 /// File in the data directory that holds the server's ID.
@@ -239,29 +272,49 @@ fn agent_api_options(config: &ServerConfig) -> Result<AgentApiOptions, RunError>
     Ok(options)
 }
 
-/// `/ready` is true with an active X.509 authority and a datastore that answers.
+/// `/ready` is true with an active X.509 authority and a datastore that answers; its
+/// body names the datastore kind and the peers this server sees.
 fn health_endpoints(
-    ca: Arc<CaManager>,
+    cluster: Arc<Cluster>,
     store: Arc<dyn DataStore>,
     metrics: Arc<ServerMetrics>,
 ) -> HealthEndpoints {
     let readiness = Arc::new(move || {
+        let ca = cluster.ca();
         let active =
             ca.authorities(AuthorityKind::X509).iter().any(|a| a.state == SlotState::Active);
         if !active {
             return Readiness::not_ready("no active X.509 authority");
         }
-        match store.ping() {
-            Ok(()) => Readiness::ready(),
-            Err(e) => Readiness::not_ready(format!("datastore: {e}")),
+        if let Err(e) = store.ping() {
+            return Readiness::not_ready(format!("datastore ({}): {e}", store.kind()));
         }
+        Readiness::ready_because(describe_cluster(&cluster))
     });
     HealthEndpoints { readiness, metrics: Arc::new(move || metrics.render()) }
 }
 
-/// Runs the CA's rotation schedule every `tick` and keeps the authority metrics current.
+/// What `/ready` says of the deployment: the server, its datastore and its peers.
+pub fn describe_cluster(cluster: &Cluster) -> String {
+    let peers: Vec<String> = cluster
+        .peers()
+        .iter()
+        .map(|p| {
+            format!("{} at {}{}", p.id, p.address, if p.live { "" } else { " (not seen lately)" })
+        })
+        .collect();
+    let peers = if peers.is_empty() { "none".to_owned() } else { peers.join(", ") };
+    format!(
+        "ready: server {}, datastore {}, peers: {peers}",
+        cluster.server_id,
+        cluster.datastore_kind()
+    )
+}
+
+/// Every `tick`: refreshes this server's view of its peers (HA), runs the CA's rotation
+/// schedule, and keeps the authority metrics current.
 async fn rotation_ticker(
-    ca: Arc<CaManager>,
+    cluster: Arc<Cluster>,
     metrics: Arc<ServerMetrics>,
     clock: Arc<dyn Clock>,
     tick: Duration,
@@ -276,6 +329,14 @@ async fn rotation_ticker(
             _ = &mut stop => return Ok(()),
             _ = interval.tick() => {}
         }
+        let refreshing = cluster.clone();
+        match tokio::task::spawn_blocking(move || refreshing.refresh()).await {
+            Ok(Ok(())) => {}
+            // The peers' authorities stay as last read; the next tick tries again.
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot read the peers' authorities"),
+            Err(e) => return Err(RunError::Task(e.to_string())),
+        }
+        let ca = cluster.ca().clone();
         let before = active_ids(&ca);
         let rotating = ca.clone();
         match tokio::task::spawn_blocking(move || rotating.rotate()).await {

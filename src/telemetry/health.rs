@@ -49,6 +49,11 @@ impl Readiness {
         Self { ready: true, reason: "ready".into() }
     }
 
+    /// Ready to serve, with what the body should say (it starts with "ready").
+    pub fn ready_because(reason: impl Into<String>) -> Self {
+        Self { ready: true, reason: reason.into() }
+    }
+
     /// Not ready, and why (for example "no active X.509 authority").
     pub fn not_ready(reason: impl Into<String>) -> Self {
         Self { ready: false, reason: reason.into() }

@@ -123,7 +123,8 @@ async fn a_damaged_file_is_an_error_naming_it_and_a_missing_one_restores_nothing
 async fn an_authentic_body_with_a_field_the_agent_does_not_write_is_refused() {
     let f = Fixture::saved().await;
     let disk = DiskCache::open(&f.storage, f.clock.clone()).unwrap();
-    let file: serde_json::Value = serde_json::from_slice(&std::fs::read(f.file()).unwrap()).unwrap();
+    let file: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(f.file()).unwrap()).unwrap();
     let body: serde_json::Value = serde_json::from_str(file["body"].as_str().unwrap()).unwrap();
     let stored = f.storage.load_bundle(&f.td).unwrap();
     // Unknown keys at the top of the body and inside an SVID, each sealed with the agent's

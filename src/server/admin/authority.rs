@@ -50,8 +50,22 @@ impl AdminService {
     }
 
     /// The current status of authority `id`, or the journal's "unknown" error.
+    /// Authority `id` of `kind`: this server's, or a peer's (HA).
     fn authority(&self, kind: AuthorityKind, id: &str) -> Result<AuthorityStatus, AdminError> {
-        self.ca.authorities(kind).into_iter().find(|a| a.id == id).ok_or_else(|| {
+        if let Some(own) = self.ca.authorities(kind).into_iter().find(|a| a.id == id) {
+            return Ok(own);
+        }
+        let peers = self.ca.peers();
+        let peer = peers.journals.values().find_map(|j| j.set(kind).get(id));
+        peer.map(|r| AuthorityStatus {
+            kind,
+            id: r.id.clone(),
+            state: r.state,
+            tainted: r.tainted,
+            issued_at: r.issued_at(),
+            not_after: r.not_after(),
+        })
+        .ok_or_else(|| {
             AdminError::Ca(crate::ca::journal::JournalError::Unknown { kind, id: id.into() }.into())
         })
     }
@@ -88,7 +102,7 @@ impl AdminService {
         id: &str,
     ) -> Result<pb::Authority, AdminError> {
         Self::require_id(id)?;
-        self.ca.taint(kind, id)?;
+        self.cluster.taint(kind, id)?;
         Ok(authority_to_pb(&self.authority(kind, id)?))
     }
 
@@ -99,7 +113,7 @@ impl AdminService {
     ) -> Result<pb::RevokeAuthorityResponse, AdminError> {
         Self::require_id(id)?;
         let before = self.authority(kind, id)?;
-        self.ca.revoke(kind, id)?;
+        self.cluster.revoke(kind, id)?;
         Ok(pb::RevokeAuthorityResponse { authority: Some(authority_to_pb(&before)) })
     }
 
@@ -134,6 +148,19 @@ impl AdminService {
             datastore_error,
             active_x509_authority,
             active_jwt_authority,
+            datastore_kind: self.cluster.datastore_kind().to_owned(),
+            server_id: self.cluster.server_id.clone(),
+            peers: self
+                .cluster
+                .peers()
+                .into_iter()
+                .map(|p| pb::ServerPeer {
+                    id: p.id,
+                    address: p.address,
+                    last_seen_unix: crate::server::admin::convert::unix_secs(p.last_seen),
+                    live: p.live,
+                })
+                .collect(),
         }
     }
 }

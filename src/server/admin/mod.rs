@@ -17,8 +17,8 @@ use std::sync::Arc;
 
 use keycard_workload_api::TrustDomain;
 
-use crate::ca::CaManager;
 use crate::clock::Clock;
+use crate::server::cluster::Cluster;
 use crate::server::datastore::DataStore;
 use crate::telemetry::ServerMetrics;
 
@@ -79,13 +79,13 @@ pub enum ServeError {
 pub async fn serve(
     options: AdminOptions,
     store: Arc<dyn DataStore>,
-    ca: Arc<CaManager>,
+    cluster: Arc<Cluster>,
     metrics: Arc<ServerMetrics>,
     clock: Arc<dyn Clock>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let listener = AdminListener::bind(&options.socket_path, &options.allowed_uids)?;
-    serve_on(listener, options.trust_domain, store, ca, metrics, clock, shutdown).await
+    serve_on(listener, options.trust_domain, store, cluster, metrics, clock, shutdown).await
 }
 
 /// Serves on an already bound listener (tests bind first to learn the path).
@@ -93,14 +93,14 @@ pub async fn serve_on(
     listener: AdminListener,
     trust_domain: TrustDomain,
     store: Arc<dyn DataStore>,
-    ca: Arc<CaManager>,
+    cluster: Arc<Cluster>,
     metrics: Arc<ServerMetrics>,
     clock: Arc<dyn Clock>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let path = listener.path().to_path_buf();
     tracing::info!(socket = %path.display(), uids = ?listener.allowed_uids(), "admin API listening");
-    let service = AdminService::new(trust_domain, store, ca, metrics, clock);
+    let service = AdminService::new(trust_domain, store, cluster, metrics, clock);
     let result = tonic::transport::Server::builder()
         .layer(crate::wire::oversized::OversizedLayer)
         .add_service(

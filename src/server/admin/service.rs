@@ -13,6 +13,7 @@ use super::pb::admin_server::Admin;
 use super::status::AdminError;
 use crate::ca::CaManager;
 use crate::clock::Clock;
+use crate::server::cluster::Cluster;
 use crate::server::datastore::DataStore;
 use crate::server::entry::SERVER_PATH;
 use crate::telemetry::ServerMetrics;
@@ -25,6 +26,9 @@ pub struct AdminService {
     pub(super) server_id: SpiffeId,
     pub(super) store: Arc<dyn DataStore>,
     pub(super) ca: Arc<CaManager>,
+    /// This server among the others on the datastore (taint and revoke of their
+    /// authorities, the peers `Health` reports).
+    pub(super) cluster: Arc<Cluster>,
     pub(super) metrics: Arc<ServerMetrics>,
     pub(super) clock: Arc<dyn Clock>,
 }
@@ -41,13 +45,14 @@ impl AdminService {
     pub fn new(
         trust_domain: TrustDomain,
         store: Arc<dyn DataStore>,
-        ca: Arc<CaManager>,
+        cluster: Arc<Cluster>,
         metrics: Arc<ServerMetrics>,
         clock: Arc<dyn Clock>,
     ) -> Self {
+        let ca = cluster.ca().clone();
         // The server path is a constant valid path; fall back to the trust domain's ID.
         let server_id = trust_domain.spiffe_id(SERVER_PATH).unwrap_or_else(|_| trust_domain.id());
-        Self { trust_domain, server_id, store, ca, metrics, clock }
+        Self { trust_domain, server_id, store, ca, cluster, metrics, clock }
     }
 
     /// Runs `work` on a blocking thread with a clone of the service.

@@ -150,6 +150,15 @@ fn ca_code(e: &CaError) -> Code {
     }
 }
 
+impl From<crate::server::cluster::MarkError> for AdminError {
+    fn from(e: crate::server::cluster::MarkError) -> Self {
+        match e {
+            crate::server::cluster::MarkError::Ca(e) => Self::Ca(e),
+            crate::server::cluster::MarkError::DataStore(e) => Self::DataStore(e),
+        }
+    }
+}
+
 impl From<AdminError> for Status {
     fn from(e: AdminError) -> Self {
         // A datastore duplicate is reported with the existing entry's ID and the fix.

@@ -85,10 +85,17 @@ impl Harness {
             allowed_uids,
         };
         let (stop, stopped) = oneshot::channel::<()>();
+        let cluster = Arc::new(crate::server::cluster::Cluster::new(
+            store.clone(),
+            ca.clone(),
+            Arc::new(clock.clone()),
+            "test-server".into(),
+            "127.0.0.1:0".into(),
+        ));
         let task = tokio::spawn(serve(
             options,
             store.clone(),
-            ca.clone(),
+            cluster,
             metrics.clone(),
             Arc::new(clock.clone()),
             async move {

@@ -46,4 +46,5 @@ pub(super) struct FileDatastore {
     #[serde(rename = "type")]
     pub(super) kind: Option<String>,
     pub(super) path: Option<PathBuf>,
+    pub(super) url: Option<crate::secret::Secret>,
 }

@@ -173,6 +173,23 @@ fn flags_alone_are_enough() {
 }
 
 #[test]
+fn postgres_from_the_file_or_the_flag_and_its_url_is_never_printed() {
+    let url = "postgres://keycard:hunter2@db.example:5432/keycard";
+    let text = format!(
+        "trust_domain = \"example.org\"\n[datastore]\ntype = \"postgres\"\nurl = \"{url}\"\n"
+    );
+    let c = from(&text).unwrap();
+    assert!(matches!(&c.datastore, DatastoreConfig::Postgres { url: u } if u.expose() == url));
+    assert!(!format!("{c:?}").contains("hunter2"), "the password is in Debug");
+    let flag = args(&["--trust-domain", "example.org", "--datastore-url", url]);
+    let c = ServerConfig::load(&flag).unwrap();
+    assert!(matches!(&c.datastore, DatastoreConfig::Postgres { url: u } if u.expose() == url));
+    let bad = args(&["--trust-domain", "example.org", "--datastore-url", "db.example"]);
+    let e = ServerConfig::load(&bad).unwrap_err().to_string();
+    assert!(e.contains("--datastore-url") && e.contains("postgres://"), "{e}");
+}
+
+#[test]
 fn missing_file_and_missing_trust_domain() {
     let e = ServerConfig::load(&args(&["--config", "/nonexistent/server.toml"])).unwrap_err();
     assert!(matches!(e, ConfigError::Read { .. }), "{e}");
@@ -228,7 +245,15 @@ fn bad_values_name_the_key() {
         ("log_level = \"info,h2=loud\"", "log_level"),
         ("data_dir = \"\"", "data_dir"),
         ("x509pop_ca_bundle = \"\"", "x509pop_ca_bundle"),
-        ("[datastore]\ntype = \"postgres\"", "datastore.type"),
+        ("[datastore]\ntype = \"postgres\"", "datastore.url"),
+        ("[datastore]\ntype = \"mysql\"", "datastore.type"),
+        ("[datastore]\ntype = \"postgres\"\nurl = \"mysql://x\"", "datastore.url"),
+        ("[datastore]\ntype = \"postgres\"\nurl = \"postgres://\"", "datastore.url"),
+        (
+            "[datastore]\ntype = \"postgres\"\npath = \"x\"\nurl = \"postgres://h/d\"",
+            "datastore.path",
+        ),
+        ("[datastore]\nurl = \"postgres://h/d\"", "datastore.url"),
         ("[datastore]\npath = 3", "datastore.path"),
         ("[upstream_authority]\ncert_file = \"a.pem\"", "upstream_authority.key_file"),
         ("[upstream_authority]\nkey_file = \"a.pem\"", "upstream_authority.cert_file"),
@@ -319,6 +344,8 @@ fn example_file_is_valid_and_documents_every_key() {
         "datastore",
         "type",
         "path",
+        "url",
+        "postgres",
         "x509pop_ca_bundle",
         "health_address",
         "log_format",

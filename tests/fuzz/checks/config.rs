@@ -75,8 +75,15 @@ fn server_values(c: &ServerConfig) {
     assert!(!c.data_dir.as_os_str().is_empty(), "empty data_dir");
     let socket = c.admin_socket.as_os_str().len();
     assert!((1..=MAX_SOCKET_PATH).contains(&socket), "admin_socket of {socket} bytes");
-    let DatastoreConfig::Sqlite { path } = &c.datastore;
-    assert!(!path.as_os_str().is_empty(), "empty datastore path");
+    match &c.datastore {
+        DatastoreConfig::Sqlite { path } => {
+            assert!(!path.as_os_str().is_empty(), "empty datastore path");
+        }
+        DatastoreConfig::Postgres { url } => {
+            let url = url.expose();
+            assert!(url.starts_with("postgres://") || url.starts_with("postgresql://"), "{url}");
+        }
+    }
     if let Some(p) = &c.x509pop_ca_bundle {
         assert!(!p.as_os_str().is_empty(), "empty x509pop_ca_bundle");
     }
