@@ -18,7 +18,7 @@ use super::admin::{self, AdminOptions};
 use super::agent_api::{self, AgentApiOptions};
 use super::cluster::Cluster;
 use super::config::{DatastoreConfig, ServerConfig};
-use super::datastore::{DataStore, DataStoreJournal, SqliteDataStore};
+use super::datastore::{DataStore, DataStoreJournal, MeteredDataStore, SqliteDataStore};
 use crate::ca::{AuthorityKind, CaManager, DiskKeyManager, SlotState, UpstreamAuthority};
 use crate::clock::{Clock, SystemClock};
 use crate::shutdown::Shutdown;
@@ -116,7 +116,9 @@ pub async fn run(config: ServerConfig, shutdown: Shutdown) -> Result<(), RunErro
         path: config.data_dir.display().to_string(),
         source,
     })?;
-    let store = open_datastore(&config.datastore).await?;
+    let metrics = Arc::new(ServerMetrics::new());
+    let store: Arc<dyn DataStore> =
+        Arc::new(MeteredDataStore::new(open_datastore(&config.datastore).await?, metrics.clone()));
     let keys = Arc::new(DiskKeyManager::open(config.data_dir.join("keys"))?);
     let upstream = match &config.upstream_authority {
         Some(up) => Some(Arc::new(UpstreamAuthority::load(&up.cert_file, &up.key_file)?)),
@@ -148,7 +150,6 @@ pub async fn run(config: ServerConfig, shutdown: Shutdown) -> Result<(), RunErro
             .await
             .map_err(|e| RunError::Task(e.to_string()))??;
     }
-    let metrics = Arc::new(ServerMetrics::new());
     metrics.entries.set(store.count_entries()? as i64);
     metrics.agents.set(store.count_agents()? as i64);
 

@@ -50,6 +50,13 @@ pub struct AuthorityLabels {
     pub kind: String,
 }
 
+/// Labels of datastore metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DatastoreLabels {
+    /// The datastore method, such as `create_entry` or `entry_changes_since`.
+    pub op: &'static str,
+}
+
 /// Every metric the server exports.
 pub struct ServerMetrics {
     registry: Mutex<Registry>,
@@ -69,6 +76,11 @@ pub struct ServerMetrics {
     pub authority_expiry_seconds: Family<AuthorityLabels, Gauge>,
     /// Authority activations (scheduled or manual).
     pub rotations: Family<AuthorityLabels, Counter>,
+    /// Time of each datastore call, by operation.
+    pub datastore_latency: Family<DatastoreLabels, Histogram>,
+    /// Datastore calls that failed (the database refused or did not answer), by
+    /// operation; answers such as "not found" or "duplicate" are not failures.
+    pub datastore_errors: Family<DatastoreLabels, Counter>,
 }
 
 impl fmt::Debug for ServerMetrics {
@@ -113,6 +125,20 @@ impl ServerMetrics {
         );
         let rotations = Family::<AuthorityLabels, Counter>::default();
         registry.register("rotations", "Authority activations", rotations.clone());
+        let datastore_latency = Family::<DatastoreLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0, 5.0])
+        });
+        registry.register(
+            "datastore_latency_seconds",
+            "Time of each datastore call",
+            datastore_latency.clone(),
+        );
+        let datastore_errors = Family::<DatastoreLabels, Counter>::default();
+        registry.register(
+            "datastore_errors",
+            "Datastore calls that failed",
+            datastore_errors.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             svids_issued,
@@ -123,6 +149,8 @@ impl ServerMetrics {
             agents,
             authority_expiry_seconds,
             rotations,
+            datastore_latency,
+            datastore_errors,
         }
     }
 

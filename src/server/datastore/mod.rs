@@ -18,10 +18,12 @@ use super::entry::{Entry, EntrySpec};
 use crate::selector::SelectorSet;
 
 pub mod journal;
+pub mod metered;
 pub mod sqlite;
 
 pub use crate::ca::journal::AuthorityMark;
 pub use journal::{DataStoreJournal, parse_journal};
+pub use metered::MeteredDataStore;
 pub use sqlite::SqliteDataStore;
 
 /// Largest page a list call returns, whatever the caller asks.
