@@ -34,13 +34,31 @@ pub(super) async fn run(conn: &Connection, out: &mut dyn Write) -> Result<(), Cl
             "datastore_error": reply.datastore_error,
             "active_x509_authority": reply.active_x509_authority,
             "active_jwt_authority": reply.active_jwt_authority,
+            "datastore_kind": reply.datastore_kind,
+            "server_id": reply.server_id,
+            "peers": reply.peers.iter().map(|p| json!({
+                "id": p.id,
+                "address": p.address,
+                "last_seen_unix": p.last_seen_unix,
+                "live": p.live,
+            })).collect::<Vec<_>>(),
         });
         emit(out, conn.output, String::new, || doc)?;
     }
     if !reply.healthy {
         return Err(CliError::Unhealthy(problems(&reply)));
     }
-    let text = || format!("Server is healthy (trust domain {}).\n", reply.trust_domain);
+    let text = || {
+        let mut text = format!(
+            "Server is healthy (trust domain {}, server {}, datastore {}).\n",
+            reply.trust_domain, reply.server_id, reply.datastore_kind
+        );
+        for p in &reply.peers {
+            let seen = if p.live { "live" } else { "not seen in the last 30 s" };
+            text.push_str(&format!("Peer {} at {} ({seen}).\n", p.id, p.address));
+        }
+        text
+    };
     if conn.output == super::OutputFormat::Text {
         emit(out, conn.output, text, || json!(null))?;
     }

@@ -150,16 +150,19 @@ pub fn authority_json(a: &pb::Authority) -> Value {
         "tainted": a.tainted,
         "issued_at": a.issued_at,
         "not_after": a.not_after,
+        "server_id": a.server_id,
     })
 }
 
 /// The text form of authorities: one row each under a header.
 pub fn authorities_text(list: &[pb::Authority]) -> String {
-    let mut text = format!("{:<42} {:<9} {:<8} {}\n", "ID", "STATE", "TAINTED", "EXPIRES");
+    let mut text =
+        format!("{:<42} {:<9} {:<8} {:<25} {}\n", "ID", "STATE", "TAINTED", "EXPIRES", "SERVER");
     for a in list {
         let tainted = if a.tainted { "yes" } else { "no" };
         let expires = time_text(a.not_after);
-        text += &format!("{:<42} {:<9} {:<8} {expires}\n", a.id, a.state, tainted);
+        text +=
+            &format!("{:<42} {:<9} {:<8} {expires:<25} {}\n", a.id, a.state, tainted, a.server_id);
     }
     text
 }
@@ -227,10 +230,13 @@ mod tests {
             tainted: false,
             issued_at: 0,
             not_after: 86_400,
+            server_id: "3f2a9c01d4e5b6a7".into(),
         };
         let text = authorities_text(std::slice::from_ref(&a));
         assert!(text.starts_with("ID "), "{text}");
         assert!(text.contains("kid1") && text.contains("active") && text.contains("1970-01-02"));
+        assert!(text.lines().nth(1).unwrap().ends_with(" 3f2a9c01d4e5b6a7"), "{text}");
         assert_eq!(authority_json(&a)["kind"], "jwt");
+        assert_eq!(authority_json(&a)["server_id"], "3f2a9c01d4e5b6a7");
     }
 }

@@ -45,27 +45,27 @@ impl AdminService {
         &self,
         kind: AuthorityKind,
     ) -> Result<pb::ListAuthoritiesResponse, AdminError> {
-        let authorities = self.ca.authorities(kind).iter().map(authority_to_pb).collect();
+        let own = &self.cluster.server_id;
+        let mut authorities: Vec<pb::Authority> =
+            self.ca.authorities(kind).iter().map(|a| authority_to_pb(a, own)).collect();
+        let peers = self.ca.peers();
+        for (server, journal) in &peers.journals {
+            for r in &journal.set(kind).records {
+                authorities.push(authority_to_pb(&status_of(kind, r), server));
+            }
+        }
         Ok(pb::ListAuthoritiesResponse { authorities })
     }
 
-    /// The current status of authority `id`, or the journal's "unknown" error.
-    /// Authority `id` of `kind`: this server's, or a peer's (HA).
-    fn authority(&self, kind: AuthorityKind, id: &str) -> Result<AuthorityStatus, AdminError> {
+    /// The current status of authority `id` (this server's, or a peer's) and its owner,
+    /// or the journal's "unknown" error.
+    fn authority(&self, kind: AuthorityKind, id: &str) -> Result<pb::Authority, AdminError> {
         if let Some(own) = self.ca.authorities(kind).into_iter().find(|a| a.id == id) {
-            return Ok(own);
+            return Ok(authority_to_pb(&own, &self.cluster.server_id));
         }
         let peers = self.ca.peers();
-        let peer = peers.journals.values().find_map(|j| j.set(kind).get(id));
-        peer.map(|r| AuthorityStatus {
-            kind,
-            id: r.id.clone(),
-            state: r.state,
-            tainted: r.tainted,
-            issued_at: r.issued_at(),
-            not_after: r.not_after(),
-        })
-        .ok_or_else(|| {
+        let peer = peers.journals.iter().find_map(|(s, j)| Some((s, j.set(kind).get(id)?)));
+        peer.map(|(server, r)| authority_to_pb(&status_of(kind, r), server)).ok_or_else(|| {
             AdminError::Ca(crate::ca::journal::JournalError::Unknown { kind, id: id.into() }.into())
         })
     }
@@ -79,7 +79,7 @@ impl AdminService {
         kind: AuthorityKind,
     ) -> Result<pb::Authority, AdminError> {
         let id = self.ca.prepare(kind)?;
-        Ok(authority_to_pb(&self.authority(kind, &id)?))
+        self.authority(kind, &id)
     }
 
     pub(super) fn activate_authority(
@@ -93,7 +93,7 @@ impl AdminService {
             .rotations
             .get_or_create(&AuthorityLabels { kind: kind_label(kind).into() })
             .inc();
-        Ok(authority_to_pb(&self.authority(kind, id)?))
+        self.authority(kind, id)
     }
 
     pub(super) fn taint_authority(
@@ -103,7 +103,7 @@ impl AdminService {
     ) -> Result<pb::Authority, AdminError> {
         Self::require_id(id)?;
         self.cluster.taint(kind, id)?;
-        Ok(authority_to_pb(&self.authority(kind, id)?))
+        self.authority(kind, id)
     }
 
     pub(super) fn revoke_authority(
@@ -114,7 +114,7 @@ impl AdminService {
         Self::require_id(id)?;
         let before = self.authority(kind, id)?;
         self.cluster.revoke(kind, id)?;
-        Ok(pb::RevokeAuthorityResponse { authority: Some(authority_to_pb(&before)) })
+        Ok(pb::RevokeAuthorityResponse { authority: Some(before) })
     }
 
     /// Healthy when the datastore answers reads and takes writes ([`super::probe`]) and
@@ -162,5 +162,17 @@ impl AdminService {
                 })
                 .collect(),
         }
+    }
+}
+
+/// An authority record of a peer's journal as operators see it.
+fn status_of(kind: AuthorityKind, r: &crate::ca::journal::AuthorityRecord) -> AuthorityStatus {
+    AuthorityStatus {
+        kind,
+        id: r.id.clone(),
+        state: r.state,
+        tainted: r.tainted,
+        issued_at: r.issued_at(),
+        not_after: r.not_after(),
     }
 }

@@ -139,7 +139,7 @@ fn kind_to_pb(kind: AuthorityKind) -> pb::AuthorityKind {
 }
 
 /// The wire form of an authority.
-pub fn authority_to_pb(a: &AuthorityStatus) -> pb::Authority {
+pub fn authority_to_pb(a: &AuthorityStatus, server_id: &str) -> pb::Authority {
     let state = match a.state {
         SlotState::Prepared => "prepared",
         SlotState::Active => "active",
@@ -152,6 +152,7 @@ pub fn authority_to_pb(a: &AuthorityStatus) -> pb::Authority {
         tainted: a.tainted,
         issued_at: unix_secs(a.issued_at),
         not_after: unix_secs(a.not_after),
+        server_id: server_id.to_owned(),
     }
 }
 
