@@ -5,7 +5,7 @@
 use std::time::SystemTime;
 
 use keycard_workload_api::proto::{Jwtsvid, JwtsvidRequest, JwtsvidResponse};
-use keycard_workload_api::{JwtBundleSet, validate_jwt_svid};
+use keycard_workload_api::{JwtBundleSet, JwtSvidError, validate_jwt_svid};
 use tonic::Status;
 
 use super::no_identity;
@@ -71,6 +71,18 @@ pub(super) async fn fetch(
                     minter.forget(&e.entry_id, &req.audience);
                     tracing::error!(entry_id = %e.entry_id, got = %svid.spiffe_id, "server minted a JWT-SVID for the wrong ID");
                     return Err(Status::unavailable("the server sent an unusable JWT-SVID"));
+                }
+                Err(JwtSvidError::UnknownKid { kid, .. }) => {
+                    // Not a bad token: the server signs with an authority activated before
+                    // this agent's last sync brought it (an operator's prepare and
+                    // activate in quick succession). The next sync does; the caller
+                    // retries.
+                    minter.forget(&e.entry_id, &req.audience);
+                    tracing::warn!(entry_id = %e.entry_id, %kid, "the server signed a JWT-SVID with an authority this agent's bundle does not hold yet; it comes with the next sync");
+                    return Err(Status::unavailable(format!(
+                        "the JWT-SVID is signed by authority {kid}, which this agent has not \
+                         synced yet; retry in a few seconds"
+                    )));
                 }
                 Err(err) => {
                     minter.forget(&e.entry_id, &req.audience);

@@ -332,6 +332,26 @@ async fn fetch_jwt_svid_refuses_callers_without_entries_and_bad_tokens_from_the_
 }
 
 #[tokio::test]
+async fn a_token_from_an_authority_the_agent_has_not_synced_yet_is_retried_not_reported_bad() {
+    let mut s = Setup::start().await;
+    let mine = s.my_selector();
+    s.sync(vec![entry("e1", "spiffe://example.org/me", &mine)]);
+    let mut c = client(&s.socket).await;
+    assert!(c.fetch_jwtsvid(jwt_request(&["db"], "")).await.is_ok());
+    // An operator prepares and activates a JWT authority at once: the server signs with a
+    // key the agent's bundle gets only at its next sync.
+    let next = s.ca.prepare(crate::ca::AuthorityKind::Jwt).unwrap();
+    s.ca.activate(crate::ca::AuthorityKind::Jwt, &next).unwrap();
+    let err = c.fetch_jwtsvid(jwt_request(&["other"], "")).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains(&next) && err.message().contains("retry"), "{err:?}");
+    let entries: Vec<_> = s.entries.values().cloned().collect();
+    s.sync(entries);
+    let ok = c.fetch_jwtsvid(jwt_request(&["other"], "")).await.unwrap().into_inner();
+    assert_eq!(ok.svids.len(), 1);
+}
+
+#[tokio::test]
 async fn validate_jwt_svid_checks_signature_audience_and_form() {
     let mut s = Setup::start().await;
     let mine = s.my_selector();
