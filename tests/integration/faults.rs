@@ -30,8 +30,8 @@ default_jwt_svid_ttl = "1m"
 agent_svid_ttl = "90s"
 "#;
 const TTL: Duration = Duration::from_secs(24);
-const FRONT: &str = "spiffe://example.org/workload/front";
-const BACK: &str = "spiffe://example.org/workload/back";
+pub(crate) const FRONT: &str = "spiffe://example.org/workload/front";
+pub(crate) const BACK: &str = "spiffe://example.org/workload/back";
 
 /// A server on a fixed loopback port (so that it can come back on the same address), and
 /// what it takes to start and restart an agent against it.
@@ -126,7 +126,7 @@ fn assert_none_failed(failures: &[String], handshakes: u64, when: &str) {
 }
 
 /// The notAfter of each SVID of `context`, by SPIFFE ID.
-fn expiries(context: &X509Context) -> Vec<(String, SystemTime)> {
+pub(crate) fn expiries(context: &X509Context) -> Vec<(String, SystemTime)> {
     context
         .svids
         .iter()
@@ -150,7 +150,7 @@ fn least_left(context: &X509Context) -> Duration {
 
 /// A new `X509Source` on `socket` holding `count` SVIDs (at least); returns how long that
 /// took.
-async fn served(socket: &std::path::Path, count: usize) -> (X509Source, Duration) {
+pub(crate) async fn served(socket: &std::path::Path, count: usize) -> (X509Source, Duration) {
     let start = Instant::now();
     let endpoint = format!("unix://{}", socket.display());
     let source = tokio::time::timeout(PATIENCE, X509Source::new(Some(&endpoint)))
@@ -166,7 +166,7 @@ async fn served(socket: &std::path::Path, count: usize) -> (X509Source, Duration
 }
 
 /// Whether every SVID of `context` expires later than the one of its ID in `before`.
-fn renewed_since(before: &[(String, SystemTime)], context: &X509Context) -> bool {
+pub(crate) fn renewed_since(before: &[(String, SystemTime)], context: &X509Context) -> bool {
     let now = expiries(context);
     now.len() == before.len() && now.iter().all(|n| before.iter().all(|b| b.0 != n.0 || b.1 < n.1))
 }
