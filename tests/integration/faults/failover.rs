@@ -30,7 +30,7 @@ const AGENT_EXTRA: &str = "server_request_timeout = \"2s\"\nhealth_address = \"1
 /// issued again.
 const LONG_SVIDS: &str = r#"
 trust_domain = "example.org"
-ca_ttl = "1h"
+ca_ttl = "3h"
 default_x509_svid_ttl = "10m"
 default_jwt_svid_ttl = "1m"
 agent_svid_ttl = "30m"
