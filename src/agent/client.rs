@@ -234,8 +234,8 @@ impl ServerClient {
     }
 
     /// Passes `result` on; when it says the server is gone, first moves to the next
-    /// server ([`ServerClient::fail_over`]): with an agent SVID the next call dials it.
-    /// Without one (during attestation) the caller connects again.
+    /// server ([`ServerClient::fail_over`]): the next call dials it. During attestation
+    /// (no agent SVID yet) the caller connects again.
     async fn checked<T>(&mut self, result: Result<T, ClientError>) -> Result<T, ClientError> {
         if let Err(e) = &result {
             self.fail_over(e).await;

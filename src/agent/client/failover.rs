@@ -170,11 +170,14 @@ impl ServerClient {
     }
 
     /// After a failed call: if `error` means the server is gone ([`failover_reason`]),
-    /// moves to the next server (with one server: the same one, after a timeout only) and,
-    /// with an agent SVID, opens a new connection to it (lazily: no dial yet). Without an
-    /// agent SVID (during attestation) the caller dials again ([`ServerClient::dial`]).
+    /// moves to the next server (with one server: the same one, after a timeout only) and
+    /// opens a new connection to it (lazily: no dial yet). Without an agent SVID (during
+    /// attestation) it does nothing: the caller dials the next server itself
+    /// ([`ServerClient::dial`]).
     pub(super) async fn fail_over(&mut self, error: &ClientError) {
         let Some(reason) = failover_reason(error) else { return };
+        // Attesting: the caller drops this client and dials the next server itself.
+        let Some(identity) = self.identity.clone() else { return };
         if self.servers.len() > 1 {
             let from = self.servers.current().to_owned();
             let to = self.servers.advance().to_owned();
@@ -189,13 +192,11 @@ impl ServerClient {
             // One server: the channel dials it again by itself on the next call.
             return;
         }
-        if let Some(identity) = &self.identity {
-            let (addr, td) = (self.servers.current(), &self.trust_domain);
-            let within = connect_timeout(self.request_timeout);
-            match open_channel_within(addr, td, &self.trust, Some(identity), within).await {
-                Ok(grpc) => self.grpc = grpc,
-                Err(e) => tracing::warn!(error = %e, "cannot set up a new connection"),
-            }
+        let (addr, td) = (self.servers.current(), &self.trust_domain);
+        let within = connect_timeout(self.request_timeout);
+        match open_channel_within(addr, td, &self.trust, Some(&identity), within).await {
+            Ok(grpc) => self.grpc = grpc,
+            Err(e) => tracing::warn!(error = %e, "cannot set up a new connection"),
         }
     }
 }

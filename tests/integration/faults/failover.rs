@@ -72,7 +72,7 @@ fn an_agent_attests_past_a_refusing_and_a_silent_address_within_a_deadline_each(
     );
     // One deadline for the silent address, none for the refusing one, plus start-up.
     assert!(listening >= DEADLINE, "the silent address was not waited for: {listening:?}");
-    assert!(listening < DEADLINE + Duration::from_secs(3), "took {listening:?}");
+    assert!(listening < DEADLINE + Duration::from_secs(5), "took {listening:?}");
 
     let text = metrics(agent.health.as_deref().unwrap());
     assert_eq!(metric(&text, "keycard_agent_server_failovers_total"), Some(2), "{text}");
