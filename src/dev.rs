@@ -161,7 +161,7 @@ pub async fn run(
         Some(Ok(token)) => {
             let agent_config = AgentConfig::load(&AgentArgs {
                 trust_domain: TrustDomain::new(TRUST_DOMAIN).ok(),
-                server_address: Some(args.server_address.to_string()),
+                server_address: vec![args.server_address.to_string()],
                 trust_bundle: Some(paths.bundle.clone()),
                 join_token: token.map(Secret::from),
                 socket_path: Some(paths.workload_socket.display().to_string()),

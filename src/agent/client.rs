@@ -14,7 +14,8 @@
 //!
 //! Every call has a deadline ([`REQUEST_TIMEOUT`] unless set otherwise): a server or a
 //! connection that stops answering fails the call, and the connection is dropped so that
-//! the next call dials again instead of waiting on a half-open one.
+//! the next call dials again instead of waiting on a half-open one. With several servers
+//! configured the next call dials the next one ([`failover`]).
 
 use std::future::Future;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -30,13 +31,16 @@ use super::identity::{chain_of, csr_for, verify_agent_svid};
 use super::server_tls::TrustCell;
 use super::storage::AgentStorage;
 use crate::ca::{KeyType, SigningKey};
+use crate::telemetry::AgentMetrics;
 use crate::wire::REQUEST_TIMEOUT;
 use crate::wire::proto as pb;
 use crate::wire::proto::agent_client::AgentClient;
 
 mod attest;
+mod failover;
 mod sync;
 
+pub use failover::{ServerAddresses, failover_reason};
 pub use sync::{SyncDelta, SyncedEntries};
 
 /// The outcome of attestation.
@@ -62,7 +66,8 @@ pub struct IssuedX509Svid {
 /// A client of the agent API; see the module documentation.
 #[derive(Debug)]
 pub struct ServerClient {
-    addr: String,
+    /// The servers, and the one in use ([`failover`]).
+    servers: ServerAddresses,
     trust_domain: TrustDomain,
     /// The bundle trusted for the server, shared with the open channel's verifier.
     trust: TrustCell,
@@ -72,6 +77,10 @@ pub struct ServerClient {
     storage: Option<AgentStorage>,
     /// The deadline of every call (a stream's whole exchange included).
     request_timeout: Duration,
+    /// Where switches between servers are counted, when set.
+    metrics: Option<Arc<AgentMetrics>>,
+    /// Whether the client moved to another server since [`Self::take_switched`] was asked.
+    switched: bool,
 }
 
 /// Runs `call` (named `name`) within `after`; one out of time, whether our timer or
@@ -129,19 +138,22 @@ fn item_result(r: pb::X509SvidResult) -> Result<IssuedX509Svid, tonic::Status> {
 impl ServerClient {
     /// A client with no agent SVID yet, over an open channel.
     fn unattested(
-        addr: &str,
+        servers: ServerAddresses,
         trust_domain: TrustDomain,
         trust: TrustCell,
         grpc: AgentClient<Channel>,
+        request_timeout: Duration,
     ) -> Self {
         Self {
-            addr: addr.to_owned(),
+            servers,
             trust_domain,
             trust,
             identity: None,
             grpc,
             storage: None,
-            request_timeout: REQUEST_TIMEOUT,
+            request_timeout,
+            metrics: None,
+            switched: false,
         }
     }
 
@@ -152,9 +164,7 @@ impl ServerClient {
         trust_domain: TrustDomain,
         bootstrap: X509Bundle,
     ) -> Result<Self, ClientError> {
-        let trust = Arc::new(RwLock::new(bootstrap));
-        let grpc = super::open_channel(addr, &trust_domain, &trust, None).await?;
-        Ok(Self::unattested(addr, trust_domain, trust, grpc))
+        Self::dial(ServerAddresses::one(addr), trust_domain, Some(bootstrap), REQUEST_TIMEOUT).await
     }
 
     /// Connects without a client certificate and WITHOUT authenticating the server's chain
@@ -164,15 +174,7 @@ impl ServerClient {
         addr: &str,
         trust_domain: TrustDomain,
     ) -> Result<Self, ClientError> {
-        tracing::warn!(
-            server = addr,
-            "INSECURE BOOTSTRAP: the server is not authenticated until the agent has attested; \
-             anyone who can intercept this connection can impersonate the server. \
-             Use trust_bundle_path outside development."
-        );
-        let grpc = super::server_tls::open_insecure_channel(addr, &trust_domain).await?;
-        let trust = Arc::new(RwLock::new(X509Bundle::new(trust_domain.clone())));
-        Ok(Self::unattested(addr, trust_domain, trust, grpc))
+        Self::dial(ServerAddresses::one(addr), trust_domain, None, REQUEST_TIMEOUT).await
     }
 
     /// Connects with an agent SVID obtained earlier (after a restart).
@@ -182,17 +184,33 @@ impl ServerClient {
         bundle: X509Bundle,
         identity: AgentIdentity,
     ) -> Result<Self, ClientError> {
+        let servers = ServerAddresses::one(addr);
+        Self::with_identity_at(servers, trust_domain, bundle, identity, REQUEST_TIMEOUT).await
+    }
+
+    /// Connects with an agent SVID obtained earlier to the current server of `servers`.
+    /// The connection is made on first use, so this does not wait for any server: a call
+    /// that finds it gone moves to the next one.
+    pub async fn with_identity_at(
+        servers: ServerAddresses,
+        trust_domain: TrustDomain,
+        bundle: X509Bundle,
+        identity: AgentIdentity,
+        request_timeout: Duration,
+    ) -> Result<Self, ClientError> {
         let trust = Arc::new(RwLock::new(bundle));
-        let grpc = super::open_channel(addr, &trust_domain, &trust, Some(&identity)).await?;
-        Ok(Self {
-            addr: addr.to_owned(),
-            trust_domain,
-            trust,
-            identity: Some(identity),
-            grpc,
-            storage: None,
-            request_timeout: REQUEST_TIMEOUT,
-        })
+        let within = failover::connect_timeout(request_timeout);
+        let grpc = super::server_tls::open_channel_within(
+            servers.current(),
+            &trust_domain,
+            &trust,
+            Some(&identity),
+            within,
+        )
+        .await?;
+        let mut client = Self::unattested(servers, trust_domain, trust, grpc, request_timeout);
+        client.identity = Some(identity);
+        Ok(client)
     }
 
     /// Stores every new agent SVID (attestation, renewal) in `storage` before using it.
@@ -201,7 +219,8 @@ impl ServerClient {
         self
     }
 
-    /// Gives every call `after` to complete instead of [`REQUEST_TIMEOUT`].
+    /// Gives every call `after` to complete instead of [`REQUEST_TIMEOUT`] (a dial made
+    /// from now on too, when that is shorter than [`super::server_tls::CONNECT_TIMEOUT`]).
     pub fn with_request_timeout(mut self, after: Duration) -> Self {
         self.request_timeout = after;
         self
@@ -214,19 +233,12 @@ impl ServerClient {
         request
     }
 
-    /// Passes `result` on; after a timeout, first drops the connection (it may be
-    /// half-open): with an agent SVID the next call dials a new one. Without one (during
-    /// attestation) the caller connects again.
+    /// Passes `result` on; when it says the server is gone, first moves to the next
+    /// server ([`ServerClient::fail_over`]): the next call dials it. During attestation
+    /// (no agent SVID yet) the caller connects again.
     async fn checked<T>(&mut self, result: Result<T, ClientError>) -> Result<T, ClientError> {
-        if let Err(ClientError::Timeout { call, after }) = &result {
-            tracing::warn!(call, ?after, "the server did not answer in time; reconnecting");
-            if let Some(identity) = &self.identity {
-                let (addr, td) = (&self.addr, &self.trust_domain);
-                match super::open_channel(addr, td, &self.trust, Some(identity)).await {
-                    Ok(grpc) => self.grpc = grpc,
-                    Err(e) => tracing::warn!(error = %e, "cannot set up a new connection"),
-                }
-            }
+        if let Err(e) = &result {
+            self.fail_over(e).await;
         }
         result
     }
@@ -282,8 +294,10 @@ impl ServerClient {
         bundle: X509Bundle,
     ) -> Result<(), ClientError> {
         self.set_bundle(bundle);
+        let within = failover::connect_timeout(self.request_timeout);
+        let (addr, td) = (self.servers.current(), &self.trust_domain);
         self.grpc =
-            super::open_channel(&self.addr, &self.trust_domain, &self.trust, Some(&identity))
+            super::server_tls::open_channel_within(addr, td, &self.trust, Some(&identity), within)
                 .await?;
         self.identity = Some(identity);
         Ok(())

@@ -8,7 +8,8 @@
 //! | Key | Default | Meaning |
 //! |-----|---------|---------|
 //! | `trust_domain` | required | Trust domain of the server, e.g. `example.org` (`--trust-domain`) |
-//! | `server_address` | required | The server's agent API, `host:port` (`--server-address`) |
+//! | `server_address` | required | The server's agent API, `host:port`, or a list of servers sharing one datastore (`["10.0.0.1:8081", "10.0.0.2:8081"]`): the agent talks to one and moves to the next when it stops answering (`--server-address`, repeatable) |
+//! | `server_request_timeout` | `30s` | Deadline of each call to the server (and of each dial); a server that does not answer within it is left for the next one listed |
 //! | `trust_bundle_path` | none | PEM file of the server's trust bundle, used to authenticate the server until the agent has the bundle from the server itself (`--trust-bundle`) |
 //! | `insecure_bootstrap` | `false` | Trust whatever server answers on the first connection (no bundle needed); logs a warning. Development only (`--insecure-bootstrap`) |
 //! | `join_token` | none | Single-use join token for node attestation (`--join-token`) |
@@ -64,9 +65,10 @@ pub struct AgentArgs {
     /// Trust domain, such as example.org (key trust_domain).
     #[arg(long, value_name = "NAME")]
     pub trust_domain: Option<TrustDomain>,
-    /// The server's agent API, host:port (key server_address).
+    /// The server's agent API, host:port; repeat it to list several servers, tried in
+    /// order when one stops answering (key server_address).
     #[arg(long, value_name = "HOST:PORT")]
-    pub server_address: Option<String>,
+    pub server_address: Vec<String>,
     /// PEM trust bundle that authenticates the server at first contact (key trust_bundle_path).
     #[arg(long, value_name = "FILE")]
     pub trust_bundle: Option<PathBuf>,
@@ -149,8 +151,12 @@ impl fmt::Debug for NodeAttestation {
 pub struct AgentConfig {
     /// The trust domain of the server and of every SVID.
     pub trust_domain: TrustDomain,
-    /// The server's agent API, `host:port`.
-    pub server_address: String,
+    /// The servers' agent API, `host:port` each, at least one, none twice: the agent talks
+    /// to one at a time, starting with the first, and moves to the next when it stops
+    /// answering.
+    pub server_addresses: Vec<String>,
+    /// Deadline of each call to the server, and of each dial.
+    pub server_request_timeout: Duration,
     /// How the server is authenticated at first contact.
     pub bootstrap: Bootstrap,
     /// How the node attests.
@@ -233,24 +239,6 @@ fn check_socket_len(key: &str, path: &Path) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Checks `host:port`: a non-empty host and a port number.
-fn server_address(value: &str) -> Result<String, ConfigError> {
-    let value = value.trim();
-    let bad = || {
-        invalid(
-            "server_address",
-            format!(
-                "{value:?} is not host:port, such as \"127.0.0.1:8081\" or \"keycard.example:8081\""
-            ),
-        )
-    };
-    let (host, port) = value.rsplit_once(':').ok_or_else(bad)?;
-    if host.is_empty() || host.contains('/') || port.parse::<u16>().map_or(true, |p| p == 0) {
-        return Err(bad());
-    }
-    Ok(value.to_owned())
-}
-
 impl AgentConfig {
     /// Reads `args.config` (when given), applies the flags over it, fills in defaults and
     /// checks every rule.
@@ -281,9 +269,14 @@ impl AgentConfig {
             }
             (None, None) => return Err(missing("trust_domain", "--trust-domain")),
         };
-        let server_address = match args.server_address.clone().or(f.server_address) {
-            Some(v) => server_address(&v)?,
-            None => return Err(missing("server_address", "--server-address")),
+        let Some(server_addresses) =
+            servers::server_addresses(&args.server_address, f.server_address)?
+        else {
+            return Err(missing("server_address", "--server-address"));
+        };
+        let server_request_timeout = match f.server_request_timeout {
+            Some(v) => parse_positive_duration(CONFIG, "server_request_timeout", &v)?,
+            None => crate::wire::REQUEST_TIMEOUT,
         };
         let insecure = args.insecure_bootstrap || f.insecure_bootstrap.unwrap_or(false);
         let bootstrap = match (args.trust_bundle.clone().or(f.trust_bundle_path), insecure) {
@@ -377,7 +370,8 @@ impl AgentConfig {
         logging::parse_level(&log_level).map_err(|e| invalid("log_level", e.to_string()))?;
         Ok(AgentConfig {
             trust_domain,
-            server_address,
+            server_addresses,
+            server_request_timeout,
             bootstrap,
             attestation,
             socket_path,
@@ -397,5 +391,6 @@ impl AgentConfig {
 
 mod file;
 pub mod limits;
+mod servers;
 #[cfg(test)]
 mod tests;

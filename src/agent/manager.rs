@@ -246,6 +246,8 @@ impl Manager {
                 tracing::warn!(error = %e, "the agent SVID is no longer usable; attesting again");
                 if let Some(reattest) = self.reattest.as_mut() {
                     self.client = reattest().await?;
+                    // Maybe another server's: sync everything once.
+                    self.cursor.clear();
                 }
                 let mut report = self.round_once().await?;
                 report.reattested = true;

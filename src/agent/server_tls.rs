@@ -86,13 +86,29 @@ pub async fn open_channel(
     trust: &TrustCell,
     identity: Option<&AgentIdentity>,
 ) -> Result<AgentClient<Channel>, ClientError> {
+    open_channel_within(addr, trust_domain, trust, identity, CONNECT_TIMEOUT).await
+}
+
+/// Longest a dial (TCP and the TLS handshake) may take by default.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Like [`open_channel`], giving each dial `connect_timeout` instead of [`CONNECT_TIMEOUT`]:
+/// an agent that lists several servers leaves one that accepts TCP but never finishes the
+/// handshake within it.
+pub async fn open_channel_within(
+    addr: &str,
+    trust_domain: &TrustDomain,
+    trust: &TrustCell,
+    identity: Option<&AgentIdentity>,
+    connect_timeout: Duration,
+) -> Result<AgentClient<Channel>, ClientError> {
     let trust = trust.clone();
     let bundles = move || -> X509BundleSet {
         let bundle = trust.read().unwrap_or_else(PoisonError::into_inner).clone();
         [bundle].into_iter().collect()
     };
     let verifier = SpiffePeerVerifier::new(bundles, Authorizer::Exact(server_id(trust_domain)));
-    open_with_verifier(addr, verifier, identity).await
+    open_with_verifier(addr, verifier, identity, connect_timeout).await
 }
 
 /// Like [`open_channel`] without checking the server's chain (only its SPIFFE ID), and
@@ -100,16 +116,18 @@ pub async fn open_channel(
 pub async fn open_insecure_channel(
     addr: &str,
     trust_domain: &TrustDomain,
+    connect_timeout: Duration,
 ) -> Result<AgentClient<Channel>, ClientError> {
     let verifier =
         SpiffePeerVerifier::dangerous_without_chain(Authorizer::Exact(server_id(trust_domain)));
-    open_with_verifier(addr, verifier, None).await
+    open_with_verifier(addr, verifier, None, connect_timeout).await
 }
 
 async fn open_with_verifier(
     addr: &str,
     verifier: SpiffePeerVerifier,
     identity: Option<&AgentIdentity>,
+    connect_timeout: Duration,
 ) -> Result<AgentClient<Channel>, ClientError> {
     let fail = |reason: String| ClientError::Connect { addr: addr.to_owned(), reason };
     let verifier = Arc::new(verifier);
@@ -131,7 +149,7 @@ async fn open_with_verifier(
     config.alpn_protocols = vec![b"h2".to_vec()];
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| fail(e.to_string()))?
-        .connect_timeout(Duration::from_secs(10))
+        .connect_timeout(connect_timeout)
         // PINGs, idle or not, so that a half-open connection is closed (and dialled again)
         // rather than holding the agent's calls until their deadlines.
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)

@@ -36,9 +36,23 @@ pub struct RefusedLabels {
     pub reason: String,
 }
 
+/// Labels of the server-in-use gauge.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerLabels {
+    /// The server's `host:port`, as configured.
+    pub address: String,
+}
+
 /// Every metric the agent exports.
 pub struct AgentMetrics {
     registry: Mutex<Registry>,
+    /// The address [`AgentMetrics::server`] shows as in use (set to 0 when another is).
+    server_in_use: Mutex<Option<String>>,
+    /// Switches from one configured server to the next because the one in use stopped
+    /// answering.
+    pub server_failovers: Counter,
+    /// 1 for the server the agent talks to now, 0 for those it talked to before.
+    pub server: Family<ServerLabels, Gauge>,
     /// Entries the agent holds for its workloads.
     pub cache_entries: Gauge,
     /// Workload X.509-SVIDs in the cache.
@@ -131,8 +145,19 @@ impl AgentMetrics {
             "Workload API connections closed unserved: over a cap or idle",
             workload_connections_refused.clone(),
         );
+        let server_failovers = Counter::default();
+        registry.register(
+            "server_failovers",
+            "Switches to the next server because the one in use stopped answering",
+            server_failovers.clone(),
+        );
+        let server = Family::<ServerLabels, Gauge>::default();
+        registry.register("server", "1 for the server in use, by address", server.clone());
         Self {
             registry: Mutex::new(registry),
+            server_in_use: Mutex::new(None),
+            server_failovers,
+            server,
             cache_entries,
             cache_svids,
             svids,
@@ -152,6 +177,24 @@ impl AgentMetrics {
     pub fn workload_refused(&self, reason: &str) {
         let labels = RefusedLabels { reason: reason.into() };
         self.workload_connections_refused.get_or_create(&labels).inc();
+    }
+
+    /// Shows `address` as the server in use (and the one before as no longer).
+    pub fn server_in_use(&self, address: &str) {
+        let mut current = self.server_in_use.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = current.as_deref()
+            && old != address
+        {
+            self.server.get_or_create(&ServerLabels { address: old.into() }).set(0);
+        }
+        self.server.get_or_create(&ServerLabels { address: address.into() }).set(1);
+        *current = Some(address.to_owned());
+    }
+
+    /// Counts a switch to the server at `to`, and shows it as in use.
+    pub fn server_failover(&self, to: &str) {
+        self.server_failovers.inc();
+        self.server_in_use(to);
     }
 
     /// Counts workload SVIDs with `outcome` (`issued`, `renewed`, `failed`).
@@ -204,6 +247,8 @@ mod tests {
         m.workload_connections.inc();
         m.workload_connections_open.set(1);
         m.workload_refused("uid_limit");
+        m.server_in_use("10.0.0.1:8081");
+        m.server_failover("10.0.0.2:8081");
         let text = m.render();
         for needle in [
             "keycard_agent_cache_entries 2",
@@ -218,6 +263,9 @@ mod tests {
             "keycard_agent_workload_api_connections_total 1",
             "keycard_agent_workload_api_connections_open 1",
             "keycard_agent_workload_api_connections_refused_total{reason=\"uid_limit\"} 1",
+            "keycard_agent_server_failovers_total 1",
+            "keycard_agent_server{address=\"10.0.0.1:8081\"} 0",
+            "keycard_agent_server{address=\"10.0.0.2:8081\"} 1",
             "# EOF",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in:\n{text}");

@@ -1,6 +1,8 @@
 //! Faults while two workloads do mTLS through keycard: the server down for longer than an
 //! SVID half-life with the agent restarted meanwhile (here), kill -9 while writing
-//! ([`kill`]), a failing datastore ([`datastore`]), peers that stop answering ([`stall`]).
+//! ([`kill`]), a failing datastore ([`datastore`]), peers that stop answering ([`stall`]),
+//! an agent listing several server addresses of which some are dead or silent
+//! ([`failover`]).
 //! A forward clock jump is tested at the agent-loop level, on the manual clock
 //! (`agent::manager::tests::clock_jump`): a real process cannot be shown a jump cheaply.
 
@@ -17,6 +19,7 @@ use crate::pair::MtlsLoad;
 use crate::procs::{Agent, Server};
 
 mod datastore;
+mod failover;
 mod kill;
 mod proxy;
 mod stall;
@@ -97,6 +100,22 @@ impl Node {
     /// Starts (or restarts) the agent `node/1`, syncing every 300 ms, with its disk cache.
     pub fn agent(&self) -> Agent {
         self.agent_at(&self.bind)
+    }
+
+    /// [`Node::agent`] listing the servers `addresses` in order (the first given as the
+    /// agent's first `--server-address`), with `extra` TOML (a health address, a short
+    /// request deadline) in its config file.
+    pub fn agent_over(&self, addresses: &[&str], extra: &str) -> Agent {
+        let config = self.dir.path().join("agent.toml");
+        let text = format!("sync_interval = \"300ms\"\ndisk_cache = true\n{extra}");
+        std::fs::write(&config, text).unwrap();
+        let mut flags = vec!["--config", config.to_str().unwrap()];
+        flags.extend(["--trust-bundle", self.bundle_file.to_str().unwrap()]);
+        flags.extend(["--join-token", &self.token]);
+        for address in &addresses[1..] {
+            flags.extend(["--server-address", address]);
+        }
+        Agent::start(self.dir.path(), addresses[0], &flags, extra.contains("health_address"))
     }
 
     /// [`Node::agent`] reaching the server at `address` (a proxy in front of it).

@@ -13,7 +13,9 @@ use crate::secret::Secret;
 #[serde(deny_unknown_fields)]
 pub(super) struct FileConfig {
     pub(super) trust_domain: Option<String>,
-    pub(super) server_address: Option<String>,
+    /// A string or an array of strings: checked by `super::servers`.
+    pub(super) server_address: Option<toml::Value>,
+    pub(super) server_request_timeout: Option<String>,
     pub(super) trust_bundle_path: Option<PathBuf>,
     pub(super) insecure_bootstrap: Option<bool>,
     pub(super) join_token: Option<Secret>,

@@ -3,7 +3,7 @@ use super::*;
 fn args() -> AgentArgs {
     AgentArgs {
         trust_domain: Some(TrustDomain::new("example.org").unwrap()),
-        server_address: Some("127.0.0.1:8081".into()),
+        server_address: vec!["127.0.0.1:8081".into()],
         ..Default::default()
     }
 }
@@ -19,7 +19,8 @@ fn err(args: &AgentArgs, text: &str) -> String {
 #[test]
 fn defaults() {
     let c = toml(&args(), "").unwrap();
-    assert_eq!(c.server_address, "127.0.0.1:8081");
+    assert_eq!(c.server_addresses, vec!["127.0.0.1:8081"]);
+    assert_eq!(c.server_request_timeout, crate::wire::REQUEST_TIMEOUT);
     assert_eq!(c.bootstrap, Bootstrap::Stored);
     assert_eq!(c.attestation, NodeAttestation::None);
     assert_eq!(c.socket_path, PathBuf::from(DEFAULT_SOCKET_PATH));
@@ -35,6 +36,7 @@ fn every_file_key_is_read() {
     let text = r#"
         trust_domain = "example.com"
         server_address = "keycard.example:9000"
+        server_request_timeout = "4s"
         trust_bundle_path = "/etc/keycard/bundle.pem"
         socket_path = "unix:///run/keycard/api.sock"
         admin_socket = "/run/keycard-admin/admin.sock"
@@ -53,7 +55,8 @@ fn every_file_key_is_read() {
     "#;
     let c = toml(&AgentArgs::default(), text).unwrap();
     assert_eq!(c.trust_domain.to_string(), "example.com");
-    assert_eq!(c.server_address, "keycard.example:9000");
+    assert_eq!(c.server_addresses, vec!["keycard.example:9000"]);
+    assert_eq!(c.server_request_timeout, Duration::from_secs(4));
     assert_eq!(c.bootstrap, Bootstrap::Bundle("/etc/keycard/bundle.pem".into()));
     assert_eq!(c.socket_path, PathBuf::from("/run/keycard/api.sock"));
     assert_eq!(c.admin_socket, PathBuf::from("/run/keycard-admin/admin.sock"));
@@ -80,7 +83,7 @@ fn flags_override_the_file() {
     a.join_token = Some("tok".into());
     a.insecure_bootstrap = true;
     let c = toml(&a, "server_address = \"10.0.0.1:1\"\nsocket_path = \"/tmp/y.sock\"").unwrap();
-    assert_eq!(c.server_address, "127.0.0.1:8081");
+    assert_eq!(c.server_addresses, vec!["127.0.0.1:8081"]);
     assert_eq!(c.socket_path, PathBuf::from("/tmp/x/api.sock"));
     assert_eq!(c.bootstrap, Bootstrap::Insecure);
     assert_eq!(c.attestation, NodeAttestation::JoinToken("tok".into()));
@@ -179,4 +182,74 @@ fn workload_api_connection_caps() {
     assert!(e.contains("first_request_timeout"), "{e}");
     let e = err(&args(), "[workload_api]\nmax_conections = 5\n");
     assert!(e.contains("max_conections"), "{e}");
+}
+
+#[test]
+fn server_address_is_one_server_or_a_list() {
+    let only_td = AgentArgs { trust_domain: args().trust_domain, ..Default::default() };
+    let c = toml(&only_td, "server_address = \" 10.0.0.1:8081 \"").unwrap();
+    assert_eq!(c.server_addresses, vec!["10.0.0.1:8081"]);
+    let c = toml(&only_td, "server_address = [\"10.0.0.1:8081\", \"b.example:8081\"]").unwrap();
+    assert_eq!(c.server_addresses, vec!["10.0.0.1:8081", "b.example:8081"]);
+    let c = toml(&only_td, "server_address = [\"[::1]:8081\"]").unwrap();
+    assert_eq!(c.server_addresses, vec!["[::1]:8081"]);
+
+    // The flag, repeated, replaces the file's list as a whole.
+    let mut flags = only_td.clone();
+    flags.server_address = vec!["127.0.0.1:1".into(), "127.0.0.1:2".into()];
+    let c = toml(&flags, "server_address = [\"10.0.0.1:8081\"]").unwrap();
+    assert_eq!(c.server_addresses, vec!["127.0.0.1:1", "127.0.0.1:2"]);
+}
+
+#[test]
+fn the_server_address_flag_repeats_on_the_command_line() {
+    use clap::Parser as _;
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        agent: AgentArgs,
+    }
+    let cli = Cli::try_parse_from([
+        "agent",
+        "--trust-domain",
+        "example.org",
+        "--server-address",
+        "127.0.0.1:1",
+        "--server-address",
+        "127.0.0.1:2",
+    ])
+    .unwrap();
+    let c = toml(&cli.agent, "").unwrap();
+    assert_eq!(c.server_addresses, vec!["127.0.0.1:1", "127.0.0.1:2"]);
+}
+
+#[test]
+fn bad_server_addresses_are_named_with_the_fix() {
+    let only_td = AgentArgs { trust_domain: args().trust_domain, ..Default::default() };
+    let e = err(&only_td, "server_address = []");
+    assert!(e.contains("\"server_address\"") && e.contains("empty") && e.contains("host"), "{e}");
+    let e = err(&only_td, "server_address = [\"a:1\", \"b\"]");
+    assert!(e.contains("item 2 of 2") && e.contains("\"b\"") && e.contains("host:port"), "{e}");
+    let e = err(&only_td, "server_address = [\"a:1\", \"b:2\", \" a:1\"]");
+    assert!(e.contains("item 3 of 3") && e.contains("\"a:1\" is listed twice"), "{e}");
+    let e = err(&only_td, "server_address = [\"a:1\", 8081]");
+    assert!(e.contains("item 2") && e.contains("integer") && e.contains("host:port"), "{e}");
+    let e = err(&only_td, "server_address = 8081");
+    assert!(e.contains("server_address") && e.contains("integer") && e.contains("list"), "{e}");
+    let e = err(&only_td, "server_address = \"\"");
+    assert!(e.contains("server_address") && e.contains("host:port"), "{e}");
+
+    let mut flags = only_td.clone();
+    flags.server_address = vec!["127.0.0.1:1".into(), "nope".into()];
+    let e = err(&flags, "");
+    assert!(
+        e.contains("--server-address") && e.contains("item 2 of 2") && e.contains("\"nope\""),
+        "{e}"
+    );
+    flags.server_address = vec!["127.0.0.1:1".into(), "127.0.0.1:1".into()];
+    let e = err(&flags, "");
+    assert!(e.contains("--server-address") && e.contains("twice"), "{e}");
+
+    let e = err(&args(), "server_request_timeout = \"0s\"");
+    assert!(e.contains("server_request_timeout") && e.contains("longer than zero"), "{e}");
 }

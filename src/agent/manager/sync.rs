@@ -8,12 +8,21 @@ use crate::agent::client::SyncedEntries;
 
 impl Manager {
     /// Syncs by cursor and hands the cache the result only when something changed (a full
-    /// answer, an entry, the tainted list or the bundle). If the cache refuses it, the
-    /// cursor is dropped so that the next round syncs everything again.
+    /// answer, an entry, the tainted list or the bundle). If the cache refuses it, or the
+    /// client moved to another server, the cursor is dropped so that the round syncs
+    /// everything (the cache keeps the SVIDs of entries the full answer still holds).
     pub(super) async fn sync_entries(
         &mut self,
         report: &mut TickReport,
     ) -> Result<(), ManagerError> {
+        // A cursor means something only to the server that handed it out.
+        if self.client.take_switched() && !self.cursor.is_empty() {
+            tracing::info!(
+                server = self.client.servers().current(),
+                "another server: syncing everything once"
+            );
+            self.cursor.clear();
+        }
         let held = self.held_bundle();
         let held_sequence = held.as_ref().and_then(|b| b.sequence).unwrap_or(0);
         let delta =

@@ -19,6 +19,7 @@ use crate::selector::SelectorSet;
 mod agent_renewal;
 mod bundle;
 mod clock_jump;
+mod failover;
 mod harness;
 mod pacing;
 use harness::{selectors, setup, setup_with};

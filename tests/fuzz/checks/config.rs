@@ -98,7 +98,11 @@ fn server_values(c: &ServerConfig) {
 
 fn agent_values(c: &AgentConfig) {
     trust_domain_ok(&c.trust_domain);
-    assert!(!c.server_address.is_empty(), "empty server_address");
+    assert!(!c.server_addresses.is_empty(), "no server_address");
+    for (i, a) in c.server_addresses.iter().enumerate() {
+        assert!(!a.is_empty() && a.trim() == a, "server_address {a:?} not trimmed");
+        assert!(!c.server_addresses[..i].contains(a), "server_address {a:?} twice");
+    }
     match &c.attestation {
         NodeAttestation::JoinToken(t) => {
             assert!(!t.is_empty() && t.trim() == t, "join token {:?} not trimmed", t.len());

@@ -118,6 +118,12 @@ impl Server {
         .await
     }
 
+    /// Another server on a port of its own over the same CA and store: what an agent that
+    /// lists several servers of one trust domain sees (they share the datastore).
+    pub async fn sibling(&self) -> Self {
+        Self::start_on("127.0.0.1:0", self.ca.clone(), self.store.clone(), self._dir.clone()).await
+    }
+
     /// A server over `ca` and a fresh store.
     pub async fn start_with_ca(ca: Arc<CaManager>) -> Self {
         let dir = Arc::new(tempfile::tempdir().unwrap());
