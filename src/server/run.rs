@@ -18,7 +18,9 @@ use super::admin::{self, AdminOptions};
 use super::agent_api::{self, AgentApiOptions};
 use super::cluster::Cluster;
 use super::config::{DatastoreConfig, ServerConfig};
-use super::datastore::{DataStore, DataStoreJournal, MeteredDataStore, SqliteDataStore};
+use super::datastore::{
+    DataStore, DataStoreJournal, MeteredDataStore, PostgresDataStore, SqliteDataStore,
+};
 use crate::ca::{AuthorityKind, CaManager, DiskKeyManager, SlotState, UpstreamAuthority};
 use crate::clock::{Clock, SystemClock};
 use crate::shutdown::Shutdown;
@@ -215,11 +217,7 @@ async fn open_datastore(config: &DatastoreConfig) -> Result<Arc<dyn DataStore>, 
     tokio::task::spawn_blocking(move || -> Result<Arc<dyn DataStore>, RunError> {
         Ok(match &config {
             DatastoreConfig::Sqlite { path } => Arc::new(SqliteDataStore::open(path)?),
-            DatastoreConfig::Postgres { .. } => {
-                return Err(RunError::DataStore(super::datastore::DataStoreError::Backend(
-                    "PostgreSQL support is being merged".into(),
-                )));
-            }
+            DatastoreConfig::Postgres { url } => Arc::new(PostgresDataStore::open(url.expose())?),
         })
     })
     .await

@@ -16,6 +16,7 @@ mod flood;
 mod forked;
 mod fuzz_replay;
 mod grpcio_authority;
+mod ha;
 mod helper;
 mod interop;
 mod jwt_load;

@@ -17,13 +17,16 @@ use serde::{Deserialize, Serialize};
 use super::entry::{Entry, EntrySpec};
 use crate::selector::SelectorSet;
 
+mod codec;
 pub mod journal;
 pub mod metered;
+pub mod postgres;
 pub mod sqlite;
 
 pub use crate::ca::journal::AuthorityMark;
 pub use journal::{DataStoreJournal, parse_journal};
 pub use metered::MeteredDataStore;
+pub use postgres::PostgresDataStore;
 pub use sqlite::SqliteDataStore;
 
 /// Largest page a list call returns, whatever the caller asks.

@@ -8,19 +8,21 @@
 //! a write waiting for another process's lock does not hold them up. The schema is
 //! versioned (see `schema.rs`).
 //!
-//! Times are stored as integer milliseconds since the Unix epoch, durations as milliseconds.
+//! Values are encoded as `codec.rs` says (times as integer milliseconds since the epoch).
 
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use keycard_workload_api::{SpiffeId, TrustDomain};
 use rusqlite::{Connection, OptionalExtension as _, Transaction, TransactionBehavior};
 
+use super::codec::{
+    duration_from_db, duration_to_db, page_after, page_token, spiffe_id_from_db, time_from_db,
+    time_to_db, u64_from_db,
+};
 use super::{
     AgentRecord, AuthorityMark, DataStore, DataStoreError, EntryChanges, EntryFilter,
     JoinTokenRecord, Page, PageRequest, ServerRecord, TokenUse,
@@ -151,62 +153,6 @@ fn configure(conn: &Connection, wal: bool) -> Result<(), DataStoreError> {
     }
     conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
     Ok(())
-}
-
-/// A time as stored: milliseconds since the Unix epoch (earlier times clamp to 0).
-fn time_to_db(t: SystemTime) -> i64 {
-    let ms = t.duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
-    i64::try_from(ms).unwrap_or(i64::MAX)
-}
-
-/// A stored time back; a negative value means the row is corrupt.
-fn time_from_db(ms: i64) -> Result<SystemTime, DataStoreError> {
-    let ms = u64::try_from(ms)
-        .map_err(|_| DataStoreError::Corrupt(format!("negative timestamp {ms}")))?;
-    Ok(UNIX_EPOCH + Duration::from_millis(ms))
-}
-
-/// A duration as stored: whole milliseconds.
-fn duration_to_db(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
-/// A stored duration back.
-fn duration_from_db(ms: i64) -> Result<Duration, DataStoreError> {
-    let ms =
-        u64::try_from(ms).map_err(|_| DataStoreError::Corrupt(format!("negative TTL {ms}")))?;
-    Ok(Duration::from_millis(ms))
-}
-
-/// A stored revision or count back.
-fn u64_from_db(n: i64, what: &str) -> Result<u64, DataStoreError> {
-    u64::try_from(n).map_err(|_| DataStoreError::Corrupt(format!("negative {what} {n}")))
-}
-
-/// The page token that continues after the item with key `last`: the key, base64url.
-fn page_token(last: &str) -> String {
-    URL_SAFE_NO_PAD.encode(last)
-}
-
-/// The key a page starts after: the empty string (before every key) for the first page,
-/// which an empty token also asks for (protobuf cannot tell an empty string from none).
-fn page_after(page: &PageRequest) -> Result<String, DataStoreError> {
-    let token = match page.token.as_deref() {
-        None | Some("") => return Ok(String::new()),
-        Some(token) => token,
-    };
-    URL_SAFE_NO_PAD
-        .decode(token)
-        .ok()
-        .and_then(|bytes| String::from_utf8(bytes).ok())
-        .filter(|key| !key.is_empty())
-        .ok_or_else(|| DataStoreError::BadPageToken(token.to_owned()))
-}
-
-/// A stored SPIFFE ID back.
-fn spiffe_id_from_db(text: &str) -> Result<SpiffeId, DataStoreError> {
-    SpiffeId::parse(text)
-        .map_err(|e| DataStoreError::Corrupt(format!("stored SPIFFE ID {text:?}: {e}")))
 }
 
 impl DataStore for SqliteDataStore {

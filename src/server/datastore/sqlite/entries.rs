@@ -83,11 +83,7 @@ impl Raw {
     }
 }
 
-/// The canonical text of a selector set: a JSON array in sorted order, so that the same
-/// selectors given in any order have the same key.
-pub(super) fn selectors_key(selectors: &SelectorSet) -> Result<String, DataStoreError> {
-    serde_json::to_string(selectors).map_err(|e| DataStoreError::Backend(e.to_string()))
-}
+pub(super) use crate::server::datastore::codec::{dns_names_json, selectors_key};
 
 /// Raises the store's revision counter and returns the new value.
 fn next_revision(tx: &Transaction<'_>) -> Result<i64, DataStoreError> {
@@ -119,10 +115,6 @@ fn insert_selectors(
         stmt.execute(params![id, s.kind(), s.value()])?;
     }
     Ok(())
-}
-
-pub(super) fn dns_names_json(spec: &EntrySpec) -> Result<String, DataStoreError> {
-    serde_json::to_string(&spec.dns_names).map_err(|e| DataStoreError::Backend(e.to_string()))
 }
 
 /// Stores one entry: a batch of one ([`super::batch::create_all`]), so both paths insert
