@@ -19,7 +19,7 @@ use crate::procs::{Agent, Server, keycard, metric, metrics};
 fn config(url: &str) -> String {
     format!(
         "trust_domain = \"example.org\"\nca_ttl = \"10m\"\ndefault_x509_svid_ttl = \"20s\"\n\
-         agent_svid_ttl = \"60s\"\n[datastore]\ntype = \"postgres\"\nurl = \"{url}\"\n"
+         agent_svid_ttl = \"60s\"\ndefault_jwt_svid_ttl = \"1m\"\n[datastore]\ntype = \"postgres\"\nurl = \"{url}\"\n"
     )
 }
 const TTL: Duration = Duration::from_secs(20);
@@ -43,8 +43,10 @@ impl Deployment {
         let text = config(db.url());
         // Both at once on the empty database: both migrate it (one waits for the other).
         let (a, b) = std::thread::scope(|s| {
-            let a = s.spawn(|| Server::start_with(&dir.path().join("a"), "127.0.0.1:0", Some(&text)));
-            let b = s.spawn(|| Server::start_with(&dir.path().join("b"), "127.0.0.1:0", Some(&text)));
+            let a =
+                s.spawn(|| Server::start_with(&dir.path().join("a"), "127.0.0.1:0", Some(&text)));
+            let b =
+                s.spawn(|| Server::start_with(&dir.path().join("b"), "127.0.0.1:0", Some(&text)));
             (a.join().unwrap(), b.join().unwrap())
         });
         let d = Deployment { _db: db, dir, a, b, uid };
