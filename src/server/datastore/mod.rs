@@ -21,6 +21,8 @@ mod codec;
 pub mod journal;
 pub mod postgres;
 pub mod sqlite;
+#[cfg(test)]
+mod suite;
 
 pub use crate::ca::journal::AuthorityMark;
 pub use journal::{DataStoreJournal, parse_journal};

@@ -446,3 +446,6 @@ impl DataStore for PostgresDataStore {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;
