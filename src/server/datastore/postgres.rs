@@ -159,8 +159,7 @@ impl DataStore for PostgresDataStore {
         page: &PageRequest,
     ) -> Result<Page<Entry>, DataStoreError> {
         let (filter, page) = (filter.clone(), page.clone());
-        self.pool
-            .read(move |tx| Box::pin(async move { entries::list(tx, &filter, &page).await }))
+        self.pool.read(move |tx| Box::pin(async move { entries::list(tx, &filter, &page).await }))
     }
 
     fn count_entries(&self) -> Result<u64, DataStoreError> {
@@ -442,7 +441,9 @@ impl DataStore for PostgresDataStore {
 
     fn ping(&self) -> Result<(), DataStoreError> {
         self.pool.call(|client| {
-            Box::pin(async move { client.simple_query("SELECT 1").await.map_err(pg_error).map(drop) })
+            Box::pin(
+                async move { client.simple_query("SELECT 1").await.map_err(pg_error).map(drop) },
+            )
         })
     }
 }

@@ -218,11 +218,9 @@ pub(super) async fn delete_all(
         };
         tx.execute("DELETE FROM entries WHERE id = $1", &[id]).await.map_err(pg_error)?;
         let revision = u64_to_db(first + index as u64);
-        tx.execute("INSERT INTO entry_tombstones (id, revision) VALUES ($1, $2)", &[
-            id, &revision,
-        ])
-        .await
-        .map_err(pg_error)?;
+        tx.execute("INSERT INTO entry_tombstones (id, revision) VALUES ($1, $2)", &[id, &revision])
+            .await
+            .map_err(pg_error)?;
         deleted.push(entry);
     }
     if refused.is_empty() { Ok(deleted) } else { Err(DataStoreError::BatchRefused(refused)) }

@@ -138,9 +138,9 @@ impl Pool {
         });
         // The task answers within `limit`; the margin covers a runtime that is slow to
         // schedule it, so that even then the caller is not held forever.
-        receive.recv_timeout(limit + Duration::from_secs(1)).unwrap_or_else(|_| {
-            Err(self.shared.too_slow())
-        })
+        receive
+            .recv_timeout(limit + Duration::from_secs(1))
+            .unwrap_or_else(|_| Err(self.shared.too_slow()))
     }
 
     /// Runs `f` in one read-write transaction, committed only when `f` succeeds.

@@ -45,7 +45,8 @@ pub(super) async fn count(
     tx: &Transaction<'_>,
     table: &'static str,
 ) -> Result<u64, DataStoreError> {
-    let row = tx.query_one(&format!("SELECT COUNT(*) FROM {table}"), &[]).await.map_err(pg_error)?;
+    let row =
+        tx.query_one(&format!("SELECT COUNT(*) FROM {table}"), &[]).await.map_err(pg_error)?;
     crate::server::datastore::codec::u64_from_db(get(&row, 0)?, "count")
 }
 

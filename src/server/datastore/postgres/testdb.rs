@@ -94,7 +94,9 @@ fn admin(url: &str, sql: String) -> Result<(), String> {
                 tokio::time::timeout(std::time::Duration::from_secs(10), connecting)
                     .await
                     .map_err(|_| format!("no answer from PostgreSQL at {shown}"))?
-                    .map_err(|e| format!("connecting to PostgreSQL at {shown}: {}", describe(&e)))?;
+                    .map_err(|e| {
+                        format!("connecting to PostgreSQL at {shown}: {}", describe(&e))
+                    })?;
             let driver = tokio::spawn(connection);
             let result = client.batch_execute(&sql).await;
             drop(client);

@@ -45,7 +45,10 @@ const SHORT: Limits =
 #[test]
 fn passwords_never_show() {
     assert_eq!(redact_url("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
-    assert_eq!(redact_url("postgres://u@h/db?password=secret&x=1"), "postgres://u@h/db?password=***&x=1");
+    assert_eq!(
+        redact_url("postgres://u@h/db?password=secret&x=1"),
+        "postgres://u@h/db?password=***&x=1"
+    );
     assert_eq!(redact_url("postgres://u@/db?host=/run/pg"), "postgres://u@/db?host=/run/pg");
     let message = backend_error(PostgresDataStore::open("postgres://u:secret@h/db?bogus=1"));
     assert!(message.contains("postgres://u:***@h/db?bogus=1"), "{message}");
@@ -55,7 +58,8 @@ fn passwords_never_show() {
 
 #[test]
 fn tls_is_refused_with_the_fix() {
-    let message = backend_error(PostgresDataStore::open("postgres://u@127.0.0.1/db?sslmode=require"));
+    let message =
+        backend_error(PostgresDataStore::open("postgres://u@127.0.0.1/db?sslmode=require"));
     assert!(message.contains("sslmode=require") && message.contains("Unix socket"), "{message}");
 }
 
@@ -73,7 +77,8 @@ fn a_database_that_is_down_fails_fast() {
 fn a_database_that_never_answers_times_out() {
     // The kernel completes the TCP handshake; nothing ever speaks.
     let silent = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("postgres://keycard@127.0.0.1:{}/keycard", silent.local_addr().unwrap().port());
+    let url =
+        format!("postgres://keycard@127.0.0.1:{}/keycard", silent.local_addr().unwrap().port());
     let start = Instant::now();
     let message = backend_error(PostgresDataStore::open_with(&url, SHORT));
     let took = start.elapsed();
@@ -104,7 +109,8 @@ fn a_call_held_up_by_a_lock_fails_within_its_limit_and_the_store_recovers() {
     let holder = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
-            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+            let (client, conn) =
+                tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
             let driver = tokio::spawn(conn);
             client.batch_execute("BEGIN; LOCK TABLE store_revision;").await.unwrap();
             locked_send.send(()).unwrap();
@@ -183,9 +189,16 @@ fn a_unix_socket_url_works() {
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
-            let (client, conn) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls).await.unwrap();
+            let (client, conn) =
+                tokio_postgres::connect(&admin_url, tokio_postgres::NoTls).await.unwrap();
             tokio::spawn(conn);
-            let row = client.query_one("SELECT current_database(), current_setting('unix_socket_directories')", &[]).await.unwrap();
+            let row = client
+                .query_one(
+                    "SELECT current_database(), current_setting('unix_socket_directories')",
+                    &[],
+                )
+                .await
+                .unwrap();
             send.send((row.get::<_, String>(0), row.get::<_, String>(1))).unwrap();
         });
     })

@@ -134,7 +134,8 @@ pub(super) fn concurrent_writers_are_followed_revision_by_revision(backend: &dyn
             let mut revisions = Vec::new();
             for round in 0..ROUNDS {
                 if round % 3 == 0 {
-                    let batch = [spec(&format!("/w{w}/r{round}/a")), spec(&format!("/w{w}/r{round}/b"))];
+                    let batch =
+                        [spec(&format!("/w{w}/r{round}/a")), spec(&format!("/w{w}/r{round}/b"))];
                     let created = store.create_entries(&batch, at(1)).unwrap();
                     revisions.extend(created.iter().map(|e| e.revision));
                 } else {
@@ -150,7 +151,11 @@ pub(super) fn concurrent_writers_are_followed_revision_by_revision(backend: &dyn
     let made: BTreeSet<u64> = made.into_iter().flatten().collect();
     let total = (WRITERS * (ROUNDS + ROUNDS.div_ceil(3))) as u64;
     assert_eq!(made, (1..=total).collect(), "every revision handed out once");
-    assert_eq!(seen, (1..=total).collect::<Vec<_>>(), "the reader saw each revision once, in order");
+    assert_eq!(
+        seen,
+        (1..=total).collect::<Vec<_>>(),
+        "the reader saw each revision once, in order"
+    );
 }
 
 pub(super) fn racing_duplicates_store_exactly_one(backend: &dyn Backend) {

@@ -76,9 +76,8 @@ impl Backend for Postgres {
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async {
-                let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                    .await
-                    .unwrap();
+                let (client, conn) =
+                    tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
                 let driver = tokio::spawn(conn);
                 client.batch_execute(&sql).await.unwrap();
                 drop(client);

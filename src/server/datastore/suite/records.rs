@@ -86,7 +86,9 @@ pub(super) fn agents_are_stored_replaced_listed_banned_and_deleted(backend: &dyn
     assert_eq!(store.count_agents().unwrap(), 24);
 }
 
-pub(super) fn a_renewal_keeps_the_previous_serial_until_the_new_one_is_confirmed(backend: &dyn Backend) {
+pub(super) fn a_renewal_keeps_the_previous_serial_until_the_new_one_is_confirmed(
+    backend: &dyn Backend,
+) {
     let store = backend.open();
     store.upsert_agent(&agent(1)).unwrap();
     let id = agent_id(1);
