@@ -229,3 +229,58 @@ async fn the_store_works_on_a_single_threaded_runtime() {
     store.ping().unwrap();
     drop(store);
 }
+
+/// PostgreSQL's plans for `queries` (sequential scans disabled, so that a tiny table still
+/// shows whether an index can serve the query).
+fn plans(url: &str, queries: &[&str]) -> Vec<String> {
+    let url = url.to_owned();
+    let queries: Vec<String> = queries.iter().map(|q| q.to_string()).collect();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let (client, conn) =
+                tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(conn);
+            client.batch_execute("SET enable_seqscan = off").await.unwrap();
+            let mut plans = Vec::new();
+            for q in queries {
+                let rows = client.query(&format!("EXPLAIN {q}"), &[]).await.unwrap();
+                plans.push(
+                    rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>().join("\n"),
+                );
+            }
+            plans
+        })
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+fn the_hot_queries_use_indexes() {
+    let pg = Postgres::new();
+    drop(pg.open());
+    let found = plans(
+        pg.url(),
+        &[
+            "SELECT id FROM entries WHERE revision > 5 ORDER BY revision",
+            "SELECT id FROM entry_tombstones WHERE revision > 1 AND revision <= 9",
+            "SELECT id FROM entries WHERE identity_hash = '\\x00' AND id <> 'd'",
+            "SELECT id FROM entries WHERE parent_id = 'b' ORDER BY id",
+            "SELECT 1 FROM entries WHERE spiffe_id = 'a'",
+            "SELECT 1 FROM join_tokens WHERE agent_id = 'a'",
+        ],
+    );
+    let indexes = [
+        "entries_by_revision",
+        "entry_tombstones_by_revision",
+        "entries_by_identity",
+        "entries_by_parent",
+        "entries_by_spiffe_id",
+        "join_tokens_by_agent",
+    ];
+    for (plan, index) in found.iter().zip(indexes) {
+        assert!(plan.contains(index), "expected {index}:\n{plan}");
+        assert!(!plan.contains("Seq Scan"), "{plan}");
+    }
+}
