@@ -22,6 +22,8 @@ pub mod journal;
 pub mod metered;
 pub mod postgres;
 pub mod sqlite;
+#[cfg(test)]
+mod suite;
 
 pub use crate::ca::journal::AuthorityMark;
 pub use journal::{DataStoreJournal, parse_journal};

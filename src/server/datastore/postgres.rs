@@ -447,3 +447,6 @@ impl DataStore for PostgresDataStore {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

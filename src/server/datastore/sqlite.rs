@@ -391,8 +391,4 @@ impl DataStore for SqliteDataStore {
 }
 
 #[cfg(test)]
-mod entry_tests;
-#[cfg(test)]
-mod record_tests;
-#[cfg(test)]
 mod store_tests;

@@ -1,16 +1,15 @@
-//! The SQLite store as a whole: file setup, persistence across reopening, all-or-nothing
-//! calls, reads beside a blocked write, and index use by the hot queries.
+//! What is particular to the SQLite store: file setup, loosely typed columns, all-or-nothing
+//! calls (failures injected with triggers), reads beside a blocked write, and index use by
+//! the hot queries. What every store does is in the shared suite (`datastore/suite`).
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use keycard_workload_api::{SpiffeId, TrustDomain};
+use keycard_workload_api::SpiffeId;
 
 use super::{SqliteDataStore, entries};
 use crate::selector::Selector;
-use crate::server::datastore::{
-    AgentRecord, DataStore, DataStoreError, EntryFilter, JoinTokenRecord, PageRequest, TokenUse,
-};
+use crate::server::datastore::{AgentRecord, DataStore, DataStoreError, EntryFilter, PageRequest};
 use crate::server::entry::EntrySpec;
 
 fn at(secs: u64) -> SystemTime {
@@ -57,51 +56,25 @@ fn the_file_is_private_durable_and_in_wal_mode() {
 }
 
 #[test]
-fn everything_survives_closing_and_reopening() {
+fn a_value_of_the_wrong_type_is_corrupt() {
+    // SQLite stores any type in any column (PostgreSQL refuses such an update).
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("keycard.db");
-    let td = TrustDomain::new("other.org").unwrap();
+    let store = SqliteDataStore::open(&dir.path().join("keycard.db")).unwrap();
     let agent = AgentRecord {
-        id: SpiffeId::parse("spiffe://example.org/keycard/agent/join_token/ab").unwrap(),
-        attestation_type: "join_token".into(),
-        selectors: [Selector::parse("join_token:ab").unwrap()].into_iter().collect(),
+        id: SpiffeId::parse("spiffe://example.org/keycard/agent/x").unwrap(),
+        attestation_type: "x509pop".into(),
+        selectors: Default::default(),
         svid_serial: "01".into(),
         previous_svid_serial: None,
         svid_expires_at: at(900),
-        banned: true,
-        can_reattest: false,
+        banned: false,
+        can_reattest: true,
         created_at: at(1),
         updated_at: at(2),
     };
-    let token = JoinTokenRecord {
-        hash: [3; 32],
-        token_id: "0303030303030303".into(),
-        agent_id: None,
-        expires_at: at(1000),
-        used_at: None,
-    };
-    let (kept, deleted, before) = {
-        let store = SqliteDataStore::open(&path).unwrap();
-        let kept = store.create_entry(&spec("/kept", "unix:uid:1"), at(5)).unwrap();
-        let deleted = store.create_entry(&spec("/gone", "unix:uid:2"), at(6)).unwrap();
-        store.delete_entry(&deleted.id).unwrap();
-        store.upsert_agent(&agent).unwrap();
-        store.create_join_token(&token).unwrap();
-        store.set_bundle(&td, b"{\"keys\":[]}").unwrap();
-        store.save_journal("s1", b"{\"x509\":{}}").unwrap();
-        let before = store.entry_changes_since(0, 0).unwrap();
-        (kept, deleted, before)
-    };
-    let store = SqliteDataStore::open(&path).unwrap();
-    assert_eq!(store.get_entry(&kept.id).unwrap(), Some(kept.clone()));
-    assert_eq!(store.entry_changes_since(0, 0).unwrap(), before);
-    assert_eq!(store.entry_changes_since(kept.revision, 0).unwrap().deleted, vec![deleted.id]);
-    assert_eq!(store.get_agent(&agent.id).unwrap(), Some(agent));
-    assert_eq!(store.get_bundle(&td).unwrap().as_deref(), Some(&b"{\"keys\":[]}"[..]));
-    assert_eq!(store.load_journal("s1").unwrap().as_deref(), Some(&b"{\"x509\":{}}"[..]));
-    assert!(matches!(store.use_join_token(&[3; 32], at(10)).unwrap(), TokenUse::Accepted(_)));
-    // The revision counter carries on where it was.
-    assert_eq!(store.create_entry(&spec("/new", "unix:uid:3"), at(7)).unwrap().revision, 4);
+    store.upsert_agent(&agent).unwrap();
+    store.lock().execute("UPDATE agents SET created_at = 'text'", []).unwrap();
+    assert!(matches!(store.list_agents(&PageRequest::default()), Err(DataStoreError::Corrupt(_))));
 }
 
 #[test]

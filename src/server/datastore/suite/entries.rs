@@ -1,21 +1,15 @@
-//! Entries in the SQLite store: revisions, tombstones, duplicates, paging, filters and the
-//! incremental change feed, on real database files.
+//! Entries: revisions, tombstones, duplicates, paging, filters, batches and the incremental
+//! change feed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use keycard_workload_api::SpiffeId;
 
-use super::SqliteDataStore;
+use super::Backend;
 use crate::selector::{Selector, SelectorSet};
 use crate::server::datastore::{DataStore, DataStoreError, EntryFilter, PageRequest};
 use crate::server::entry::{Entry, EntrySpec};
-
-fn store() -> (tempfile::TempDir, SqliteDataStore) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteDataStore::open(&dir.path().join("keycard.db")).unwrap();
-    (dir, store)
-}
 
 fn id(path: &str) -> SpiffeId {
     SpiffeId::parse(&format!("spiffe://example.org{path}")).unwrap()
@@ -42,7 +36,7 @@ fn at(secs: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(secs)
 }
 
-fn all_entries(store: &SqliteDataStore, filter: &EntryFilter, size: u32) -> Vec<Entry> {
+fn all_entries(store: &dyn DataStore, filter: &EntryFilter, size: u32) -> Vec<Entry> {
     let mut page = PageRequest { token: None, size };
     let mut out = Vec::new();
     loop {
@@ -56,9 +50,8 @@ fn all_entries(store: &SqliteDataStore, filter: &EntryFilter, size: u32) -> Vec<
     }
 }
 
-#[test]
-fn entries_are_created_read_updated_and_deleted_with_revisions() {
-    let (_dir, store) = store();
+pub(super) fn entries_are_created_read_updated_and_deleted_with_revisions(backend: &dyn Backend) {
+    let store = backend.open();
     let a = store.create_entry(&spec("/web", "/agent", &["unix:uid:1"]), at(10)).unwrap();
     let b = store.create_entry(&spec("/db", "/agent", &["unix:uid:2"]), at(11)).unwrap();
     assert_eq!((a.revision, b.revision), (1, 2));
@@ -94,9 +87,8 @@ fn entries_are_created_read_updated_and_deleted_with_revisions() {
     assert_eq!(c.revision, 5);
 }
 
-#[test]
-fn duplicates_are_refused_whatever_the_selector_order() {
-    let (_dir, store) = store();
+pub(super) fn duplicates_are_refused_whatever_the_selector_order(backend: &dyn Backend) {
+    let store = backend.open();
     let first = store.create_entry(&spec("/web", "/agent", &["unix:uid:1", "k8s:ns:a"]), at(1));
     let first = first.unwrap();
     let same = spec("/web", "/agent", &["k8s:ns:a", "unix:uid:1"]);
@@ -119,9 +111,8 @@ fn duplicates_are_refused_whatever_the_selector_order() {
     assert_eq!(store.count_entries().unwrap(), 4);
 }
 
-#[test]
-fn paging_returns_every_entry_exactly_once() {
-    let (_dir, store) = store();
+pub(super) fn paging_returns_every_entry_exactly_once(backend: &dyn Backend) {
+    let store = backend.open();
     let mut made = BTreeSet::new();
     for n in 0..250 {
         let e = store.create_entry(&spec(&format!("/w{n}"), "/agent", &["unix:uid:1"]), at(n));
@@ -151,16 +142,15 @@ fn paging_returns_every_entry_exactly_once() {
     }
 }
 
-#[test]
-fn filters_narrow_the_listing() {
-    let (_dir, store) = store();
+pub(super) fn filters_narrow_the_listing(backend: &dyn Backend) {
+    let store = backend.open();
     let web_a = store.create_entry(&spec("/web", "/a", &["unix:uid:1", "unix:gid:1"]), at(1));
     let web_a = web_a.unwrap();
     let web_b = store.create_entry(&spec("/web", "/b", &["unix:uid:1"]), at(2)).unwrap();
     let db_a = store.create_entry(&spec("/db", "/a", &["unix:uid:1"]), at(3)).unwrap();
     let ids = |filter: EntryFilter| {
         let got: BTreeSet<String> =
-            all_entries(&store, &filter, 1).into_iter().map(|e| e.id).collect();
+            all_entries(&*store, &filter, 1).into_iter().map(|e| e.id).collect();
         got
     };
     let set = |list: &[&Entry]| list.iter().map(|e| e.id.clone()).collect::<BTreeSet<_>>();
@@ -195,9 +185,8 @@ impl Lcg {
     }
 }
 
-#[test]
-fn an_incremental_cache_follows_the_store() {
-    let (_dir, store) = store();
+pub(super) fn an_incremental_cache_follows_the_store(backend: &dyn Backend) {
+    let store = backend.open();
     let mut cache: BTreeMap<String, Entry> = BTreeMap::new();
     let mut revision = 0;
     let mut rng = Lcg(7);
@@ -238,7 +227,7 @@ fn an_incremental_cache_follows_the_store() {
                 break;
             }
         }
-        let listed: BTreeMap<String, Entry> = all_entries(&store, &EntryFilter::default(), 7)
+        let listed: BTreeMap<String, Entry> = all_entries(&*store, &EntryFilter::default(), 7)
             .into_iter()
             .map(|e| (e.id.clone(), e))
             .collect();
@@ -251,9 +240,8 @@ fn an_incremental_cache_follows_the_store() {
     assert_eq!(full.revision, revision);
 }
 
-#[test]
-fn a_cut_feed_stops_at_the_last_entry_it_returns() {
-    let (_dir, store) = store();
+pub(super) fn a_cut_feed_stops_at_the_last_entry_it_returns(backend: &dyn Backend) {
+    let store = backend.open();
     let a = store.create_entry(&spec("/a", "/agent", &["unix:uid:1"]), at(1)).unwrap();
     let b = store.create_entry(&spec("/b", "/agent", &["unix:uid:1"]), at(1)).unwrap();
     store.delete_entry(&a.id).unwrap(); // revision 3
@@ -266,4 +254,46 @@ fn a_cut_feed_stops_at_the_last_entry_it_returns() {
     assert_eq!(first.deleted, vec![a.id.clone()], "only tombstones up to revision 4");
     let second = store.entry_changes_since(first.revision, 1).unwrap();
     assert_eq!((second.changed, second.deleted, second.revision), (vec![], vec![b.id], 5));
+}
+
+pub(super) fn batches_are_stored_or_refused_whole(backend: &dyn Backend) {
+    let store = backend.open();
+    let existing = store.create_entry(&spec("/web", "/agent", &["unix:uid:1"]), at(1)).unwrap();
+    let batch = [
+        spec("/a", "/agent", &["unix:uid:2"]),
+        spec("/web", "/agent", &["unix:uid:1"]),
+        spec("/b", "/agent", &["unix:uid:3"]),
+        spec("/a", "/agent", &["unix:uid:2"]),
+    ];
+    match store.create_entries(&batch, at(2)) {
+        Err(DataStoreError::BatchRefused(refused)) => {
+            let indexes: Vec<usize> = refused.iter().map(|r| r.index).collect();
+            assert_eq!(indexes, vec![1, 3], "{refused:?}");
+            let first = &refused[0].error;
+            assert!(matches!(first, DataStoreError::DuplicateEntry(id) if *id == existing.id));
+        }
+        other => panic!("expected a refused batch, got {other:?}"),
+    }
+    assert_eq!(store.count_entries().unwrap(), 1, "nothing of a refused batch is stored");
+    assert_eq!(store.entry_changes_since(0, 0).unwrap().revision, 1, "no revision consumed");
+
+    let created = store.create_entries(&batch[2..3], at(3)).unwrap();
+    let created = [created, store.create_entries(&batch[..1], at(3)).unwrap()].concat();
+    assert_eq!(created.iter().map(|e| e.revision).collect::<Vec<_>>(), vec![2, 3]);
+    assert_eq!(store.create_entries(&[], at(3)).unwrap(), vec![]);
+
+    let ids = vec![created[0].id.clone(), "missing".to_owned(), created[0].id.clone()];
+    match store.delete_entries(&ids) {
+        Err(DataStoreError::BatchRefused(refused)) => {
+            let indexes: Vec<usize> = refused.iter().map(|r| r.index).collect();
+            assert_eq!(indexes, vec![1, 2], "a missing ID and one listed twice: {refused:?}");
+        }
+        other => panic!("expected a refused batch, got {other:?}"),
+    }
+    assert_eq!(store.count_entries().unwrap(), 3, "nothing of a refused batch is deleted");
+    let ids = vec![created[0].id.clone(), existing.id.clone()];
+    let deleted = store.delete_entries(&ids).unwrap();
+    assert_eq!(deleted.iter().map(|e| e.id.clone()).collect::<Vec<_>>(), ids);
+    let changes = store.entry_changes_since(3, 0).unwrap();
+    assert_eq!((changes.deleted, changes.revision), (ids, 5));
 }

@@ -1,21 +1,16 @@
-//! Agents, join tokens and bundles in the SQLite store, on real database files.
+//! Agents, join tokens and bundles, damaged rows, and persistence across reopening.
 
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use keycard_workload_api::{SpiffeId, TrustDomain};
 
-use super::SqliteDataStore;
+use super::Backend;
 use crate::selector::Selector;
 use crate::server::datastore::{
     AgentRecord, DataStore, DataStoreError, JoinTokenRecord, PageRequest, TokenUse,
 };
-
-fn store() -> (tempfile::TempDir, SqliteDataStore) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteDataStore::open(&dir.path().join("keycard.db")).unwrap();
-    (dir, store)
-}
+use crate::server::entry::EntrySpec;
 
 fn at(secs: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(secs)
@@ -50,9 +45,8 @@ fn token(n: u8, agent: Option<SpiffeId>, expires_at: SystemTime) -> JoinTokenRec
     }
 }
 
-#[test]
-fn agents_are_stored_replaced_listed_banned_and_deleted() {
-    let (_dir, store) = store();
+pub(super) fn agents_are_stored_replaced_listed_banned_and_deleted(backend: &dyn Backend) {
+    let store = backend.open();
     assert_eq!(store.get_agent(&agent_id(1)).unwrap(), None);
     for n in 0..25 {
         store.upsert_agent(&agent(n)).unwrap();
@@ -92,9 +86,10 @@ fn agents_are_stored_replaced_listed_banned_and_deleted() {
     assert_eq!(store.count_agents().unwrap(), 24);
 }
 
-#[test]
-fn a_renewal_keeps_the_previous_serial_until_the_new_one_is_confirmed() {
-    let (_dir, store) = store();
+pub(super) fn a_renewal_keeps_the_previous_serial_until_the_new_one_is_confirmed(
+    backend: &dyn Backend,
+) {
+    let store = backend.open();
     store.upsert_agent(&agent(1)).unwrap();
     let id = agent_id(1);
     let renew = |presented: &str, new: &str| {
@@ -119,9 +114,8 @@ fn a_renewal_keeps_the_previous_serial_until_the_new_one_is_confirmed() {
     assert!(matches!(err, DataStoreError::NotFound { kind: "agent", .. }), "{err:?}");
 }
 
-#[test]
-fn join_tokens_are_single_use_and_expire() {
-    let (_dir, store) = store();
+pub(super) fn join_tokens_are_single_use_and_expire(backend: &dyn Backend) {
+    let store = backend.open();
     let reserved = agent_id(7);
     store.create_join_token(&token(1, Some(reserved.clone()), at(1000))).unwrap();
     store.create_join_token(&token(2, None, at(1000))).unwrap();
@@ -150,14 +144,10 @@ fn join_tokens_are_single_use_and_expire() {
     assert!(matches!(store.use_join_token(&[3; 32], at(12)).unwrap(), TokenUse::Accepted(_)));
 }
 
-#[test]
-fn racing_stores_accept_a_token_exactly_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("keycard.db");
-    SqliteDataStore::open(&path).unwrap().create_join_token(&token(5, None, at(1000))).unwrap();
-    // Eight connections to one file, as eight server processes would have.
-    let stores: Vec<SqliteDataStore> =
-        (0..8).map(|_| SqliteDataStore::open(&path).unwrap()).collect();
+pub(super) fn racing_stores_accept_a_token_exactly_once(backend: &dyn Backend) {
+    backend.open().create_join_token(&token(5, None, at(1000))).unwrap();
+    // Eight stores on one database, as eight server processes would have.
+    let stores: Vec<Arc<dyn DataStore>> = (0..8).map(|_| backend.open()).collect();
     let barrier = Arc::new(Barrier::new(stores.len()));
     let results: Vec<TokenUse> = std::thread::scope(|s| {
         let handles: Vec<_> = stores
@@ -177,9 +167,8 @@ fn racing_stores_accept_a_token_exactly_once() {
     assert_eq!((accepted, refused), (1, 7), "{results:?}");
 }
 
-#[test]
-fn bundles_are_stored_and_replaced_per_trust_domain() {
-    let (_dir, store) = store();
+pub(super) fn bundles_are_stored_and_replaced_per_trust_domain(backend: &dyn Backend) {
+    let store = backend.open();
     let a = TrustDomain::new("a.org").unwrap();
     let b = TrustDomain::new("b.org").unwrap();
     assert_eq!(store.get_bundle(&a).unwrap(), None);
@@ -190,15 +179,61 @@ fn bundles_are_stored_and_replaced_per_trust_domain() {
     assert_eq!(store.get_bundle(&b).unwrap().as_deref(), Some(&b"{}"[..]));
 }
 
-#[test]
-fn an_agent_row_that_does_not_decode_is_corrupt() {
-    let (_dir, store) = store();
+pub(super) fn an_agent_row_that_does_not_decode_is_corrupt(backend: &dyn Backend) {
+    let store = backend.open();
     store.upsert_agent(&agent(1)).unwrap();
-    store.lock().execute("UPDATE agents SET selectors = 'nonsense'", []).unwrap();
+    backend.execute("UPDATE agents SET selectors = 'nonsense'");
     let err = store.get_agent(&agent_id(1)).unwrap_err();
     assert!(matches!(err, DataStoreError::Corrupt(_)), "{err:?}");
-    store.lock().execute("UPDATE agents SET selectors = '[]', created_at = -5", []).unwrap();
+    backend.execute("UPDATE agents SET selectors = '[]', created_at = -5");
     assert!(matches!(store.get_agent(&agent_id(1)), Err(DataStoreError::Corrupt(_))));
-    store.lock().execute("UPDATE agents SET created_at = 'text'", []).unwrap();
     assert!(matches!(store.list_agents(&PageRequest::default()), Err(DataStoreError::Corrupt(_))));
+}
+
+pub(super) fn everything_survives_closing_and_reopening(backend: &dyn Backend) {
+    let td = TrustDomain::new("other.org").unwrap();
+    let agent = AgentRecord {
+        id: SpiffeId::parse("spiffe://example.org/keycard/agent/join_token/ab").unwrap(),
+        attestation_type: "join_token".into(),
+        selectors: [Selector::parse("join_token:ab").unwrap()].into_iter().collect(),
+        svid_serial: "01".into(),
+        previous_svid_serial: Some("00".into()),
+        svid_expires_at: at(900),
+        banned: true,
+        can_reattest: false,
+        created_at: at(1),
+        updated_at: at(2),
+    };
+    let spec = |path: &str, selector: &str| EntrySpec {
+        spiffe_id: SpiffeId::parse(&format!("spiffe://example.org{path}")).unwrap(),
+        parent_id: SpiffeId::parse("spiffe://example.org/keycard/server").unwrap(),
+        selectors: [Selector::parse(selector).unwrap()].into_iter().collect(),
+        x509_ttl: None,
+        jwt_ttl: Some(Duration::from_secs(300)),
+        dns_names: vec![],
+        hint: String::new(),
+        admin: true,
+    };
+    let (kept, deleted, before) = {
+        let store = backend.open();
+        let kept = store.create_entry(&spec("/kept", "unix:uid:1"), at(5)).unwrap();
+        let deleted = store.create_entry(&spec("/gone", "unix:uid:2"), at(6)).unwrap();
+        store.delete_entry(&deleted.id).unwrap();
+        store.upsert_agent(&agent).unwrap();
+        store.create_join_token(&token(3, None, at(1000))).unwrap();
+        store.set_bundle(&td, b"{\"keys\":[]}").unwrap();
+        store.save_journal("s1", b"{\"x509\":{}}").unwrap();
+        let before = store.entry_changes_since(0, 0).unwrap();
+        (kept, deleted, before)
+    };
+    let store = backend.open();
+    assert_eq!(store.get_entry(&kept.id).unwrap(), Some(kept.clone()));
+    assert_eq!(store.entry_changes_since(0, 0).unwrap(), before);
+    assert_eq!(store.entry_changes_since(kept.revision, 0).unwrap().deleted, vec![deleted.id]);
+    assert_eq!(store.get_agent(&agent.id).unwrap(), Some(agent));
+    assert_eq!(store.get_bundle(&td).unwrap().as_deref(), Some(&b"{\"keys\":[]}"[..]));
+    assert_eq!(store.load_journal("s1").unwrap().as_deref(), Some(&b"{\"x509\":{}}"[..]));
+    assert!(matches!(store.use_join_token(&[3; 32], at(10)).unwrap(), TokenUse::Accepted(_)));
+    // The revision counter carries on where it was.
+    assert_eq!(store.create_entry(&spec("/new", "unix:uid:3"), at(7)).unwrap().revision, 4);
 }
