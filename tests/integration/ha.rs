@@ -111,6 +111,8 @@ impl Deployment {
             bundle.display().to_string(),
             "--join-token".to_owned(),
             token,
+            "--health-address".to_owned(),
+            "127.0.0.1:0".to_owned(),
         ];
         for extra in &addresses[1..] {
             flags.extend(["--server-address".to_owned(), (*extra).to_owned()]);

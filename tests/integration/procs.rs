@@ -33,12 +33,15 @@ fn spawn_and_wait(
         }
     });
     let mut found: Vec<Option<Value>> = vec![None; wanted.len()];
+    // A total deadline: a process that keeps logging other lines must not hold the test.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while found.iter().any(Option::is_none) {
-        let line = match rx.recv_timeout(Duration::from_secs(30)) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = match rx.recv_timeout(left) {
             Ok(line) => line,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 let _ = child.kill();
-                panic!("{name} did not log {wanted:?} within 30 s");
+                panic!("{name} did not log {wanted:?} within 60 s");
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 let status = child.wait().unwrap();
