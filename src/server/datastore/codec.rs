@@ -9,7 +9,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use keycard_workload_api::SpiffeId;
 
-use super::{DataStoreError, PageRequest};
+use super::{DataStoreError, EntryFilter, PageRequest};
 use crate::selector::SelectorSet;
 use crate::server::entry::EntrySpec;
 
@@ -83,4 +83,22 @@ pub(super) fn selectors_key(selectors: &SelectorSet) -> Result<String, DataStore
 /// An entry's DNS names as stored: a JSON array.
 pub(super) fn dns_names_json(spec: &EntrySpec) -> Result<String, DataStoreError> {
     serde_json::to_string(&spec.dns_names).map_err(|e| DataStoreError::Backend(e.to_string()))
+}
+
+/// The `column = value` conditions an entry filter sets, in a fixed order (each store
+/// writes its own placeholders).
+pub(super) fn filter_conditions(
+    filter: &EntryFilter,
+) -> Result<Vec<(&'static str, String)>, DataStoreError> {
+    let mut conditions = Vec::new();
+    if let Some(id) = &filter.spiffe_id {
+        conditions.push(("spiffe_id", id.to_string()));
+    }
+    if let Some(id) = &filter.parent_id {
+        conditions.push(("parent_id", id.to_string()));
+    }
+    if let Some(selectors) = &filter.selectors {
+        conditions.push(("selectors_key", selectors_key(selectors)?));
+    }
+    Ok(conditions)
 }

@@ -19,8 +19,8 @@ use tokio_postgres::{Row, Transaction};
 use super::{DataStoreError, get, pg_error};
 use crate::selector::{Selector, SelectorSet};
 use crate::server::datastore::codec::{
-    dns_names_json, duration_from_db, duration_to_db, page_after, page_token, selectors_key,
-    spiffe_id_from_db, time_from_db, time_to_db, u64_from_db, u64_to_db,
+    dns_names_json, duration_from_db, duration_to_db, filter_conditions, page_after, page_token,
+    selectors_key, spiffe_id_from_db, time_from_db, time_to_db, u64_from_db, u64_to_db,
 };
 use crate::server::datastore::{BatchRefusal, EntryChanges, EntryFilter, Page, PageRequest};
 use crate::server::entry::{Entry, EntrySpec, new_entry_id};
@@ -302,18 +302,9 @@ pub(super) async fn list(
 ) -> Result<Page<Entry>, DataStoreError> {
     let mut sql = format!("{SELECT} WHERE e.id > $1");
     let mut args = vec![page_after(page)?];
-    let mut add = |column: &str, value: String| {
+    for (column, value) in filter_conditions(filter)? {
         args.push(value);
         sql.push_str(&format!(" AND e.{column} = ${}", args.len()));
-    };
-    if let Some(id) = &filter.spiffe_id {
-        add("spiffe_id", id.to_string());
-    }
-    if let Some(id) = &filter.parent_id {
-        add("parent_id", id.to_string());
-    }
-    if let Some(selectors) = &filter.selectors {
-        add("selectors_key", selectors_key(selectors)?);
     }
     let size = page.effective_size() as usize;
     sql.push_str(&format!(" ORDER BY e.id LIMIT {}", size + 1));

@@ -83,7 +83,9 @@ impl Raw {
     }
 }
 
-pub(super) use crate::server::datastore::codec::{dns_names_json, selectors_key};
+pub(super) use crate::server::datastore::codec::{
+    dns_names_json, filter_conditions, selectors_key,
+};
 
 /// Raises the store's revision counter and returns the new value.
 fn next_revision(tx: &Transaction<'_>) -> Result<i64, DataStoreError> {
@@ -202,18 +204,9 @@ pub(super) fn list(
 ) -> Result<Page<Entry>, DataStoreError> {
     let mut sql = format!("SELECT {COLUMNS} FROM entries WHERE id > ?1");
     let mut args = vec![page_after(page)?];
-    let mut add = |column: &str, value: String| {
+    for (column, value) in filter_conditions(filter)? {
         args.push(value);
         sql.push_str(&format!(" AND {column} = ?{}", args.len()));
-    };
-    if let Some(id) = &filter.spiffe_id {
-        add("spiffe_id", id.to_string());
-    }
-    if let Some(id) = &filter.parent_id {
-        add("parent_id", id.to_string());
-    }
-    if let Some(selectors) = &filter.selectors {
-        add("selectors_key", selectors_key(selectors)?);
     }
     let size = page.effective_size() as usize;
     sql.push_str(&format!(" ORDER BY id LIMIT {}", size + 1));
