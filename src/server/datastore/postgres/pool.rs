@@ -220,8 +220,14 @@ impl Shared {
             _ => self.connect().await?,
         };
         let result = f(&mut client).await;
-        if !client.is_closed() {
-            self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(client);
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if client.is_closed() {
+            // What closed this connection (a server restart, an operator ending backends)
+            // has most likely closed the idle ones too: drop them all, so that the next
+            // call connects afresh instead of failing on each of them in turn.
+            idle.clear();
+        } else {
+            idle.push(client);
         }
         result
     }
