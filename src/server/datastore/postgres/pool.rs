@@ -122,8 +122,20 @@ impl Pool {
             + Send
             + 'static,
     {
+        self.call_noting_reuse(f).0
+    }
+
+    /// [`Self::call`], and whether it failed on a pooled connection that turned out to be
+    /// closed.
+    fn call_noting_reuse<T, F>(&self, f: F) -> (Result<T, DataStoreError>, bool)
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut Client) -> BoxFuture<'c, Result<T, DataStoreError>>
+            + Send
+            + 'static,
+    {
         let Some(runtime) = &self.runtime else {
-            return Err(DataStoreError::Backend("the PostgreSQL store is closed".into()));
+            return (Err(DataStoreError::Backend("the PostgreSQL store is closed".into())), false);
         };
         let shared = self.shared.clone();
         let limit = shared.limits.call;
@@ -131,7 +143,7 @@ impl Pool {
         runtime.spawn(async move {
             let result = match tokio::time::timeout(limit, shared.run(f)).await {
                 Ok(result) => result,
-                Err(_) => Err(shared.too_slow()),
+                Err(_) => (Err(shared.too_slow()), false),
             };
             // The caller may have given up already; then nobody needs the answer.
             let _ = send.send(result);
@@ -140,7 +152,7 @@ impl Pool {
         // schedule it, so that even then the caller is not held forever.
         receive
             .recv_timeout(limit + Duration::from_secs(1))
-            .unwrap_or_else(|_| Err(self.shared.too_slow()))
+            .unwrap_or_else(|_| (Err(self.shared.too_slow()), false))
     }
 
     /// Runs `f` in one read-write transaction, committed only when `f` succeeds.
@@ -161,27 +173,50 @@ impl Pool {
         })
     }
 
-    /// Runs `f` in one read-only transaction that sees a single snapshot.
+    /// Runs `f` in one read-only transaction that sees a single snapshot. A read that
+    /// fails because the connection it reused turned out to be closed (the server
+    /// restarted, or ended it) is run once more on a new connection: it changed nothing.
     pub(super) fn read<T, F>(&self, f: F) -> Result<T, DataStoreError>
     where
         T: Send + 'static,
         F: for<'t> FnOnce(&'t Transaction<'t>) -> BoxFuture<'t, Result<T, DataStoreError>>
+            + Clone
             + Send
             + 'static,
     {
-        self.call(move |client| {
-            Box::pin(async move {
-                let tx = client
-                    .build_transaction()
-                    .isolation_level(IsolationLevel::RepeatableRead)
-                    .read_only(true)
-                    .start()
-                    .await
-                    .map_err(pg_error)?;
-                let value = f(&tx).await?;
-                tx.commit().await.map_err(pg_error)?;
-                Ok(value)
-            })
+        let again = f.clone();
+        match self.call_noting_reuse(read_only(f)) {
+            (Err(e), true) => {
+                tracing::debug!(error = %e, "a pooled PostgreSQL connection was closed; reading again");
+                self.call(read_only(again))
+            }
+            (result, _) => result,
+        }
+    }
+}
+
+/// `f` in a read-only, repeatable-read transaction.
+fn read_only<T, F>(
+    f: F,
+) -> impl for<'c> FnOnce(&'c mut Client) -> BoxFuture<'c, Result<T, DataStoreError>> + Send + 'static
+where
+    T: Send + 'static,
+    F: for<'t> FnOnce(&'t Transaction<'t>) -> BoxFuture<'t, Result<T, DataStoreError>>
+        + Send
+        + 'static,
+{
+    move |client| {
+        Box::pin(async move {
+            let tx = client
+                .build_transaction()
+                .isolation_level(IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await
+                .map_err(pg_error)?;
+            let value = f(&tx).await?;
+            tx.commit().await.map_err(pg_error)?;
+            Ok(value)
         })
     }
 }
@@ -194,6 +229,9 @@ impl Drop for Pool {
     }
 }
 
+/// How [`pg_error`] begins the message of an error that ends the connection.
+const FATAL: &str = "PostgreSQL: FATAL:";
+
 impl Shared {
     fn too_slow(&self) -> DataStoreError {
         DataStoreError::Backend(format!(
@@ -204,24 +242,31 @@ impl Shared {
     }
 
     /// Takes a connection (an idle one, or a new one), runs `f` on it, and keeps the
-    /// connection for the next call if it still works.
-    async fn run<T, F>(&self, f: F) -> Result<T, DataStoreError>
+    /// connection for the next call if it still works. Also says whether `f` failed on an
+    /// idle connection that turned out to be closed.
+    async fn run<T, F>(&self, f: F) -> (Result<T, DataStoreError>, bool)
     where
         F: for<'c> FnOnce(&'c mut Client) -> BoxFuture<'c, Result<T, DataStoreError>>,
     {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| DataStoreError::Backend("the PostgreSQL store is closed".into()))?;
+        let Ok(_permit) = self.permits.acquire().await else {
+            return (Err(DataStoreError::Backend("the PostgreSQL store is closed".into())), false);
+        };
         let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let mut client = match idle {
-            Some(client) if !client.is_closed() => client,
-            _ => self.connect().await?,
+        let (mut client, reused) = match idle {
+            Some(client) if !client.is_closed() => (client, true),
+            _ => match self.connect().await {
+                Ok(client) => (client, false),
+                Err(e) => return (Err(e), false),
+            },
         };
         let result = f(&mut client).await;
+        // The server ended the connection: it is closed, or it is closing with a FATAL
+        // error (an administrator's command, a shutdown) that arrives before the close.
+        let ended = client.is_closed()
+            || matches!(&result, Err(DataStoreError::Backend(m)) if m.starts_with(FATAL));
+        let reused_closed = reused && result.is_err() && ended;
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if client.is_closed() {
+        if ended {
             // What closed this connection (a server restart, an operator ending backends)
             // has most likely closed the idle ones too: drop them all, so that the next
             // call connects afresh instead of failing on each of them in turn.
@@ -229,7 +274,7 @@ impl Shared {
         } else {
             idle.push(client);
         }
-        result
+        (result, reused_closed)
     }
 
     async fn connect(&self) -> Result<Client, DataStoreError> {
