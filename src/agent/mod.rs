@@ -22,6 +22,7 @@ pub mod manager;
 pub mod renewal;
 pub mod run;
 pub mod server_tls;
+pub mod sds;
 pub mod storage;
 pub mod workload_api;
 
