@@ -21,8 +21,8 @@ pub mod jwt;
 pub mod manager;
 pub mod renewal;
 pub mod run;
-pub mod server_tls;
 pub mod sds;
+pub mod server_tls;
 pub mod storage;
 pub mod workload_api;
 

@@ -212,7 +212,11 @@ enum Asked {
 }
 
 impl StreamState {
-    fn on_request(&mut self, req: DiscoveryRequest, metrics: &AgentMetrics) -> Result<Asked, Status> {
+    fn on_request(
+        &mut self,
+        req: DiscoveryRequest,
+        metrics: &AgentMetrics,
+    ) -> Result<Asked, Status> {
         check_type_url(&req.type_url)?;
         if let Some(node) = &req.node {
             self.spiffe = render::spiffe_validation(Some(node));
@@ -275,7 +279,6 @@ impl StreamState {
 
 impl SdsService {
     /// Runs one stream: see the module documentation.
-    #[allow(clippy::too_many_lines)]
     async fn run_stream(
         self,
         state: Arc<CallerState>,
@@ -285,8 +288,13 @@ impl SdsService {
         _permit: StreamPermit,
     ) {
         let Ok(attested) = attested_of(&state) else { return };
-        let mut stream =
-            StreamState { names: None, spiffe: true, version: 0, last_nonce: String::new(), last_sent: None };
+        let mut stream = StreamState {
+            names: None,
+            spiffe: true,
+            version: 0,
+            last_nonce: String::new(),
+            last_sent: None,
+        };
         let mut stop = self.stop.clone();
         let start = tokio::time::Instant::now() + RECHECK_INTERVAL;
         let mut recheck = tokio::time::interval_at(start, RECHECK_INTERVAL);
@@ -332,9 +340,8 @@ impl SdsService {
         tx: &mpsc::Sender<Result<DiscoveryResponse, Status>>,
     ) -> Option<Status> {
         let snapshot = updates.borrow_and_update().clone();
-        if stream.names.is_none() {
-            return None;
-        }
+        // Nothing is sent before the first request names the resources.
+        stream.names.as_ref()?;
         if snapshot.svids.is_empty() {
             return Some(no_identity(attested));
         }
@@ -377,7 +384,8 @@ impl SecretDiscoveryService for SdsService {
     ) -> Result<Response<Self::StreamSecretsStream>, Status> {
         let started = async {
             let (state, updates) = self.subscribe(&request).await?;
-            let permit = self.streams.acquire(attested_of(&state)?, self.config.max_streams_per_caller)?;
+            let permit =
+                self.streams.acquire(attested_of(&state)?, self.config.max_streams_per_caller)?;
             Ok::<_, Status>((state, updates, permit))
         };
         let (state, updates, permit) = match started.await {

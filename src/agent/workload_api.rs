@@ -411,4 +411,4 @@ mod shutdown_tests;
 #[cfg(test)]
 mod stream_tests;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

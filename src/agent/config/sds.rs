@@ -35,18 +35,24 @@ pub(super) fn apis(
     for (key, value, slot) in names {
         let Some(value) = value else { continue };
         if value.is_empty() {
-            return Err(invalid(key, "must not be empty (an empty name list means every resource)"));
+            return Err(invalid(
+                key,
+                "must not be empty (an empty name list means every resource)",
+            ));
         }
         if value.starts_with("spiffe://") {
             return Err(invalid(
                 key,
-                format!("{value:?} would hide the SPIFFE ID or trust domain of that name; pick a name without spiffe://"),
+                format!(
+                    "{value:?} would hide the SPIFFE ID or trust domain of that name; pick a name without spiffe://"
+                ),
             ));
         }
         *slot = value;
     }
-    let SdsConfig { default_svid_name: a, default_bundle_name: b, default_all_bundles_name: c, .. } =
-        &config;
+    let SdsConfig {
+        default_svid_name: a, default_bundle_name: b, default_all_bundles_name: c, ..
+    } = &config;
     if a == b || a == c || b == c {
         return Err(invalid(
             "sds",

@@ -20,8 +20,8 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::spiffe_cert_
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, Secret, SpiffeCertValidatorConfig, TlsCertificate, secret,
 };
-use envoy_types::pb::google::protobuf::value::Kind;
 use envoy_types::pb::google::protobuf::Any;
+use envoy_types::pb::google::protobuf::value::Kind;
 use envoy_types::util::pack_any;
 use keycard_workload_api::{SpiffeId, X509Bundle};
 use tonic::Status;
@@ -151,7 +151,11 @@ pub fn secrets(
         .map(|name| {
             let n = name.as_str();
             if n == config.default_svid_name {
-                return snapshot.svids.first().map(|s| tls_secret(n, s)).ok_or_else(|| unknown(n, config));
+                return snapshot
+                    .svids
+                    .first()
+                    .map(|s| tls_secret(n, s))
+                    .ok_or_else(|| unknown(n, config));
             }
             if n == config.default_bundle_name {
                 return own.map(|b| trusted_ca(n, [b])).ok_or_else(|| unknown(n, config));
