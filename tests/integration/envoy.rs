@@ -219,7 +219,6 @@ fn envoy_gets_its_certificate_and_validation_from_the_agent_over_sds() {
     }
     let names: Vec<&str> = secrets.iter().map(|(n, _)| n.as_str()).collect();
     assert!(names.contains(&"default") && names.contains(&"ALL"), "{secrets:?}");
-
     let ok = requests(envoy.port, &ca, client_pem.to_str().unwrap(), 1, 0);
     let id = "spiffe://example.org/workload/envoy";
     assert!(ok[0].starts_with("ok 200 ") && ok[0].ends_with(id), "{ok:?}");

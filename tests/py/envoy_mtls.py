@@ -11,7 +11,6 @@ Prints one line per request: `ok <status> <server leaf serial hex> <server SPIFF
 import datetime
 import http.client
 import os
-import socket
 import ssl
 import sys
 import tempfile
@@ -73,21 +72,20 @@ def request(port, ca, client):
     ctx.load_verify_locations(ca)
     if client is not None:
         ctx.load_cert_chain(client)
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
-        with ctx.wrap_socket(raw) as tls:
-            der = tls.getpeercert(binary_form=True)
-            tls.sendall(b"GET / HTTP/1.1\r\nHost: envoy\r\nConnection: close\r\n\r\n")
-            data = b""
-            while True:
-                chunk = tls.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
-    status = data.split(b"\r\n", 1)[0].decode()
+    # The response is read by its length: Envoy closes its side only after a delay.
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=5)
+    try:
+        conn.request("GET", "/")
+        der = conn.sock.getpeercert(binary_form=True)
+        response = conn.getresponse()
+        response.read()
+        status = response.status
+    finally:
+        conn.close()
     cert = x509.load_der_x509_certificate(der)
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     uri = san.value.get_values_for_type(x509.UniformResourceIdentifier)[0]
-    return f"{status.split(' ')[1]} {cert.serial_number:x} {uri}"
+    return f"{status} {cert.serial_number:x} {uri}"
 
 
 def main():
