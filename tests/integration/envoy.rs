@@ -219,6 +219,23 @@ fn envoy_gets_its_certificate_and_validation_from_the_agent_over_sds() {
     }
     let names: Vec<&str> = secrets.iter().map(|(n, _)| n.as_str()).collect();
     assert!(names.contains(&"default") && names.contains(&"ALL"), "{secrets:?}");
+    // What the operator sees: the same secrets, decoded, keys withheld.
+    let cli = crate::procs::keycard()
+        .args(["api", "fetch", "sds", "--name", "ALL", "--name", "default", "--output", "json"])
+        .arg("--socket")
+        .arg(&agent.socket)
+        .output()
+        .unwrap();
+    assert!(cli.status.success(), "{}", String::from_utf8_lossy(&cli.stderr));
+    let shown: Value = serde_json::from_slice(&cli.stdout).unwrap();
+    let by_name =
+        |n: &str| shown["secrets"].as_array().unwrap().iter().find(|s| s["name"] == n).cloned();
+    let all = by_name("ALL").expect("ALL shown");
+    assert_eq!(all["validation_context"]["trust_domains"][0]["trust_domain"], "example.org");
+    let default = by_name("default").expect("default shown");
+    let chain = &default["tls_certificate"]["chain"];
+    assert_eq!(chain[0]["spiffe_id"], "spiffe://example.org/workload/envoy", "{shown}");
+    assert!(!String::from_utf8_lossy(&cli.stdout).contains("PRIVATE KEY"));
     let ok = requests(envoy.port, &ca, client_pem.to_str().unwrap(), 1, 0);
     let id = "spiffe://example.org/workload/envoy";
     assert!(ok[0].starts_with("ok 200 ") && ok[0].ends_with(id), "{ok:?}");
