@@ -22,6 +22,10 @@
 //! | `disk_cache` | `false` | Keep workload SVIDs on disk (`<data_dir>/cache`), so that an agent restarted while the server is down still serves them |
 //! | `unix_sha256` | `false` | Add `unix:sha256:<hex>` of each caller's executable to its selectors |
 //! | `unix_sha256_max_size` | `67108864` | Largest executable hashed for `unix:sha256`, in bytes |
+//! | `[workload_api]` `enabled` | `true` | Serve the SPIFFE Workload API on `socket_path`; `false` leaves only SDS there (calls get `Unimplemented`) |
+//! | `[sds]` `enabled` | `true` | Serve Envoy's Secret Discovery Service (SDS v3) on `socket_path`, attested like the Workload API, without its security header ([`sds`](crate::agent::sds)) |
+//! | `[sds]` `default_svid_name`, `default_bundle_name`, `default_all_bundles_name` | `default`, `ROOTCA`, `ALL` | SDS resource names of the caller's first SVID, of the own trust bundle, and of every bundle as one SPIFFE validator (SPIRE's names and keys); none may start with `spiffe://` |
+//! | `[sds]` `max_streams_per_caller` | `256` | SDS streams one process may hold open (Envoy opens one per secret name) |
 //! | `[workload_api]` `max_connections`, `max_connections_per_uid`, `first_request_timeout` | `8192`, `512`, `10s` | Caps on Workload API connections, in all and per uid, and the time a connection has to make its first request ([`limits`]) |
 //! | `health_address` | none | `ip:port` for `/live`, `/ready` and `/metrics` (`--health-address`) |
 //! | `log_format` | `text` | `text` or `json` (`--log-format`) |
@@ -177,6 +181,8 @@ pub struct AgentConfig {
     pub unix: UnixAttestorOptions,
     /// Caps on Workload API connections (`[workload_api]`).
     pub workload_limits: super::workload_api::limits::ConnectionLimits,
+    /// The APIs served on the socket (`[workload_api] enabled`, `[sds]`).
+    pub apis: super::workload_api::Apis,
     /// Health and metrics address; `None` disables the endpoints.
     pub health_address: Option<SocketAddr>,
     /// Log format.
@@ -381,6 +387,7 @@ impl AgentConfig {
             workload_key_type,
             disk_cache: f.disk_cache.unwrap_or(false),
             unix,
+            apis: sds::apis(f.workload_api.as_ref(), f.sds)?,
             workload_limits: limits::connection_limits(f.workload_api)?,
             health_address,
             log_format,
@@ -391,6 +398,7 @@ impl AgentConfig {
 
 mod file;
 pub mod limits;
+mod sds;
 mod servers;
 #[cfg(test)]
 mod tests;

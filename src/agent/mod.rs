@@ -21,6 +21,7 @@ pub mod jwt;
 pub mod manager;
 pub mod renewal;
 pub mod run;
+pub mod sds;
 pub mod server_tls;
 pub mod storage;
 pub mod workload_api;

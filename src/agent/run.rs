@@ -130,7 +130,12 @@ pub async fn run(config: AgentConfig, shutdown: Shutdown) -> Result<(), RunError
     // and cap connections to what that can hold.
     let limits = config.workload_limits.fitted_to(limits::raise_fd_limit());
     let listener = crate::unixsock::bind_workload_socket(&config.socket_path)?;
-    tracing::info!(socket = %config.socket_path.display(), "Workload API listening");
+    tracing::info!(
+        socket = %config.socket_path.display(),
+        workload_api = config.apis.workload_api,
+        sds = config.apis.sds.is_some(),
+        "Workload API listening"
+    );
     let mut tasks: JoinSet<Result<(), RunError>> = JoinSet::new();
     let unix = config.unix.clone();
     let (minter, jwt_requests) = JwtMinter::new(clock.clone());
@@ -138,9 +143,10 @@ pub async fn run(config: AgentConfig, shutdown: Shutdown) -> Result<(), RunError
         let (cache, unix, metrics, stop) =
             (cache.clone(), unix.clone(), metrics.clone(), shutdown.wait());
         let jwt = Some(minter.clone());
+        let apis = config.apis.clone();
         async move {
-            let serve = super::workload_api::serve_with_limits;
-            Ok(serve(listener, cache, unix, limits, metrics, jwt, stop).await?)
+            let serve = super::workload_api::serve_apis;
+            Ok(serve(listener, cache, unix, limits, metrics, jwt, apis, stop).await?)
         }
     });
     tasks.spawn({

@@ -37,6 +37,7 @@ use tonic::{Request, Response, Status};
 use super::attest::{AttestError, Attested, UnixAttestorOptions};
 use super::cache::{Snapshot, Subscription, SvidCache};
 use super::jwt::JwtMinter;
+use super::sds::{SdsConfig, SdsService, SecretDiscoveryServiceServer};
 use crate::telemetry::AgentMetrics;
 use crate::wire::oversized::OversizedLayer;
 pub use connection::{CallerState, WorkloadConnection, WorkloadPeer};
@@ -83,10 +84,48 @@ pub async fn serve_with_limits(
     jwt: Option<JwtMinter>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    let apis = Apis::default();
+    serve_apis(listener, cache, options, limits, metrics, jwt, apis, shutdown).await
+}
+
+/// Which APIs the socket serves: the Workload API and Envoy's SDS (both by default).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Apis {
+    /// Serve the SPIFFE Workload API.
+    pub workload_api: bool,
+    /// Serve SDS with these settings; `None` turns it off.
+    pub sds: Option<SdsConfig>,
+}
+
+impl Default for Apis {
+    fn default() -> Self {
+        Self { workload_api: true, sds: Some(SdsConfig::default()) }
+    }
+}
+
+/// [`serve_with_limits`] with a choice of `apis`; a call to an API turned off is answered
+/// `Unimplemented`.
+#[allow(clippy::too_many_arguments)]
+pub async fn serve_apis(
+    listener: UnixListener,
+    cache: Arc<SvidCache>,
+    options: UnixAttestorOptions,
+    limits: ConnectionLimits,
+    metrics: Arc<AgentMetrics>,
+    jwt: Option<JwtMinter>,
+    apis: Apis,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let limiter = ConnectionLimiter::new(limits, RegisteredUids::of(cache.clone()));
     let mut stopping = stop_rx.clone();
-    let service = WorkloadApiService { cache, jwt, stop: stop_rx };
+    let sds = apis.sds.map(|config| {
+        let sds = SdsService::new(cache.clone(), config, metrics.clone(), stop_rx.clone());
+        SecretDiscoveryServiceServer::new(sds)
+    });
+    let workload = apis
+        .workload_api
+        .then(|| SpiffeWorkloadApiServer::new(WorkloadApiService { cache, jwt, stop: stop_rx }));
     let (conn_tx, conn_rx) = mpsc::channel::<Result<WorkloadConnection, io::Error>>(16);
     tokio::spawn(connection::accept_loop(listener, Arc::new(options), limiter, metrics, conn_tx));
     let signal = async move {
@@ -95,7 +134,8 @@ pub async fn serve_with_limits(
     };
     let serving = tonic::transport::Server::builder()
         .layer(OversizedLayer)
-        .add_service(SpiffeWorkloadApiServer::new(service))
+        .add_optional_service(workload)
+        .add_optional_service(sds)
         .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), signal);
     let grace_over = async move {
         // An error means the signal is gone, so the server has already returned.
@@ -148,6 +188,12 @@ fn check_header<T>(request: &Request<T>) -> Result<(), Status> {
 /// request), re-checked as unchanged.
 async fn caller_of<T>(request: &Request<T>) -> Result<Arc<CallerState>, Status> {
     check_header(request)?;
+    attested_caller(request).await
+}
+
+/// The caller's attestation (made at the connection's first request), re-checked as
+/// unchanged, without the header check: for SDS, whose clients (Envoy) never send it.
+pub(crate) async fn attested_caller<T>(request: &Request<T>) -> Result<Arc<CallerState>, Status> {
     let peer = request
         .extensions()
         .get::<WorkloadPeer>()
@@ -158,11 +204,11 @@ async fn caller_of<T>(request: &Request<T>) -> Result<Arc<CallerState>, Status> 
 }
 
 /// The attested caller of a state [`caller_of`] returned.
-fn attested_of(state: &CallerState) -> Result<&Attested, Status> {
+pub(crate) fn attested_of(state: &CallerState) -> Result<&Attested, Status> {
     state.get().ok_or_else(|| Status::unavailable("workload attestation failed"))
 }
 
-fn no_identity(attested: &Attested) -> Status {
+pub(crate) fn no_identity(attested: &Attested) -> Status {
     tracing::warn!(
         pid = attested.caller.pid(),
         uid = attested.caller.uid(),
@@ -365,4 +411,4 @@ mod shutdown_tests;
 #[cfg(test)]
 mod stream_tests;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

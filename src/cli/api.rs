@@ -73,6 +73,14 @@ pub enum FetchCommand {
     },
     /// The X.509 and JWT bundles.
     Bundles,
+    /// What the agent would send Envoy over SDS for these resource names, decoded (keys
+    /// withheld).
+    Sds {
+        /// A resource name: a SPIFFE ID, spiffe://<trust domain>, default, ROOTCA or ALL
+        /// (repeat for several; none: everything).
+        #[arg(long, value_name = "NAME")]
+        name: Vec<String>,
+    },
 }
 
 /// `keycard api validate ...`.
@@ -136,6 +144,9 @@ fn advice(error: ClientError) -> CliError {
 pub async fn execute(args: ApiArgs, out: &mut (dyn Write + Send)) -> Result<(), CliError> {
     let format = args.output;
     let started = Instant::now();
+    if let ApiCommand::Fetch(FetchCommand::Sds { name }) = args.command {
+        return sds::fetch(args.socket.as_deref(), name, format, out).await;
+    }
     let mut client = WorkloadApiClient::connect(args.socket.as_deref()).await.map_err(advice)?;
     match args.command {
         ApiCommand::Fetch(FetchCommand::X509 { write }) => {
@@ -156,6 +167,7 @@ pub async fn execute(args: ApiArgs, out: &mut (dyn Write + Send)) -> Result<(), 
                 client.fetch_jwt_svids(&audience, spiffe_id.as_ref()).await.map_err(advice)?;
             emit(out, format, || jwt_text(&svids), || jwt_json(&svids))?;
         }
+        ApiCommand::Fetch(FetchCommand::Sds { .. }) => unreachable!("answered above"),
         ApiCommand::Fetch(FetchCommand::Bundles) => {
             let x509 = client.fetch_x509_bundles().await.map_err(advice)?;
             let jwt = client.fetch_jwt_bundles().await.map_err(advice)?;
@@ -355,3 +367,5 @@ fn value_json(v: &prost_types::Value) -> Value {
 
 #[cfg(test)]
 mod tests;
+
+mod sds;

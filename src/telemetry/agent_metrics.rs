@@ -43,6 +43,16 @@ pub struct ServerLabels {
     pub address: String,
 }
 
+/// Labels of SDS requests.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SdsLabels {
+    /// `StreamSecrets`, `FetchSecrets` or `DeltaSecrets`.
+    pub rpc: String,
+    /// `request` (new resource names), `ack`, `nack`, `stale_nonce` (ignored), `ok` (a
+    /// fetch answered), or `error` (refused: unknown name, no identity, over the cap).
+    pub outcome: String,
+}
+
 /// Every metric the agent exports.
 pub struct AgentMetrics {
     registry: Mutex<Registry>,
@@ -78,6 +88,10 @@ pub struct AgentMetrics {
     /// Workload API connections closed by the agent before serving them: over a cap, or no
     /// request in time.
     pub workload_connections_refused: Family<RefusedLabels, Counter>,
+    /// SDS requests from Envoy, by RPC and outcome.
+    pub sds_requests: Family<SdsLabels, Counter>,
+    /// SDS responses sent, by RPC.
+    pub sds_responses: Family<SdsLabels, Counter>,
 }
 
 impl fmt::Debug for AgentMetrics {
@@ -145,6 +159,14 @@ impl AgentMetrics {
             "Workload API connections closed unserved: over a cap or idle",
             workload_connections_refused.clone(),
         );
+        let sds_requests = Family::<SdsLabels, Counter>::default();
+        registry.register(
+            "sds_requests",
+            "SDS requests, by RPC and outcome (request, ack, nack, stale_nonce, ok, error)",
+            sds_requests.clone(),
+        );
+        let sds_responses = Family::<SdsLabels, Counter>::default();
+        registry.register("sds_responses", "SDS responses sent, by RPC", sds_responses.clone());
         let server_failovers = Counter::default();
         registry.register(
             "server_failovers",
@@ -170,7 +192,21 @@ impl AgentMetrics {
             workload_connections,
             workload_connections_open,
             workload_connections_refused,
+            sds_requests,
+            sds_responses,
         }
+    }
+
+    /// Counts one SDS request of `rpc` with `outcome`.
+    pub fn sds_request(&self, rpc: &str, outcome: &str) {
+        let labels = SdsLabels { rpc: rpc.into(), outcome: outcome.into() };
+        self.sds_requests.get_or_create(&labels).inc();
+    }
+
+    /// Counts one SDS response sent on `rpc`.
+    pub fn sds_response(&self, rpc: &str) {
+        let labels = SdsLabels { rpc: rpc.into(), outcome: "sent".into() };
+        self.sds_responses.get_or_create(&labels).inc();
     }
 
     /// Counts one Workload API connection closed unserved, by reason.

@@ -9,6 +9,7 @@ mod attacks;
 #[path = "../common/authority.rs"]
 mod authority;
 mod cli;
+mod envoy;
 #[path = "../common/examples.rs"]
 mod examples;
 mod faults;

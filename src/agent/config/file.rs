@@ -32,12 +32,25 @@ pub(super) struct FileConfig {
     pub(super) log_format: Option<String>,
     pub(super) log_level: Option<String>,
     pub(super) workload_api: Option<FileWorkloadApi>,
+    pub(super) sds: Option<FileSds>,
+}
+
+/// `[sds]`: Envoy's Secret Discovery Service on the Workload API socket.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileSds {
+    pub(super) enabled: Option<bool>,
+    pub(super) default_svid_name: Option<String>,
+    pub(super) default_bundle_name: Option<String>,
+    pub(super) default_all_bundles_name: Option<String>,
+    pub(super) max_streams_per_caller: Option<usize>,
 }
 
 /// `[workload_api]`: caps on Workload API connections.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct FileWorkloadApi {
+    pub(super) enabled: Option<bool>,
     pub(super) max_connections: Option<usize>,
     pub(super) max_connections_per_uid: Option<usize>,
     pub(super) first_request_timeout: Option<String>,

@@ -185,6 +185,42 @@ fn workload_api_connection_caps() {
 }
 
 #[test]
+fn sds_and_workload_api_switches_and_names() {
+    use crate::agent::sds::SdsConfig;
+    use crate::agent::workload_api::Apis;
+    assert_eq!(toml(&args(), "").unwrap().apis, Apis::default());
+    let c = toml(
+        &args(),
+        "[sds]\ndefault_svid_name = \"svid\"\ndefault_bundle_name = \"ca\"\n\
+         default_all_bundles_name = \"every\"\nmax_streams_per_caller = 8\n",
+    )
+    .unwrap();
+    let want = SdsConfig {
+        default_svid_name: "svid".into(),
+        default_bundle_name: "ca".into(),
+        default_all_bundles_name: "every".into(),
+        max_streams_per_caller: 8,
+    };
+    assert_eq!(c.apis, Apis { workload_api: true, sds: Some(want) });
+    let c = toml(&args(), "[sds]\nenabled = false\n").unwrap();
+    assert_eq!(c.apis, Apis { workload_api: true, sds: None });
+    let c = toml(&args(), "[workload_api]\nenabled = false\n").unwrap();
+    assert_eq!(c.apis, Apis { workload_api: false, sds: Some(SdsConfig::default()) });
+    let e = err(&args(), "[workload_api]\nenabled = false\n[sds]\nenabled = false\n");
+    assert!(e.contains("sds.enabled") && e.contains("serve nothing"), "{e}");
+    let e = err(&args(), "[sds]\ndefault_bundle_name = \"spiffe://example.org\"\n");
+    assert!(e.contains("sds.default_bundle_name") && e.contains("spiffe://"), "{e}");
+    let e = err(&args(), "[sds]\ndefault_svid_name = \"ALL\"\n");
+    assert!(e.contains("must differ"), "{e}");
+    let e = err(&args(), "[sds]\ndefault_svid_name = \"\"\n");
+    assert!(e.contains("default_svid_name") && e.contains("empty"), "{e}");
+    let e = err(&args(), "[sds]\nmax_streams_per_caller = 0\n");
+    assert!(e.contains("max_streams_per_caller"), "{e}");
+    let e = err(&args(), "[sds]\ndisable_spiffe_cert_validation = true\n");
+    assert!(e.contains("disable_spiffe_cert_validation"), "{e}");
+}
+
+#[test]
 fn server_address_is_one_server_or_a_list() {
     let only_td = AgentArgs { trust_domain: args().trust_domain, ..Default::default() };
     let c = toml(&only_td, "server_address = \" 10.0.0.1:8081 \"").unwrap();

@@ -21,18 +21,18 @@ use crate::ca::{CaManager, KeyType, SigningKey, SvidRequest};
 use crate::clock::SystemClock;
 use crate::server::agent_api::proto as pb;
 
-pub(super) struct Setup {
-    pub(super) dir: tempfile::TempDir,
-    pub(super) socket: PathBuf,
-    pub(super) uid: u32,
-    pub(super) ca: Arc<CaManager>,
-    pub(super) cache: Arc<SvidCache>,
+pub(crate) struct Setup {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) socket: PathBuf,
+    pub(crate) uid: u32,
+    pub(crate) ca: Arc<CaManager>,
+    pub(crate) cache: Arc<SvidCache>,
     entries: BTreeMap<String, pb::Entry>,
-    pub(super) metrics: Arc<AgentMetrics>,
+    pub(crate) metrics: Arc<AgentMetrics>,
     _stop: oneshot::Sender<()>,
 }
 
-pub(super) fn entry(id: &str, spiffe_id: &str, selector: &str) -> pb::Entry {
+pub(crate) fn entry(id: &str, spiffe_id: &str, selector: &str) -> pb::Entry {
     pb::Entry {
         id: id.into(),
         spiffe_id: spiffe_id.into(),
@@ -63,7 +63,7 @@ fn jwt_minter(ca: Arc<CaManager>, cache: Arc<SvidCache>, wrong_id: bool) -> JwtM
 }
 
 impl Setup {
-    pub(super) async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         Self::start_full(false, ConnectionLimits::default()).await
     }
 
@@ -72,7 +72,16 @@ impl Setup {
     }
 
     /// A service with these connection caps, on a socket every local user may connect to.
-    pub(super) async fn start_full(wrong_jwt_id: bool, limits: ConnectionLimits) -> Self {
+    pub(crate) async fn start_full(wrong_jwt_id: bool, limits: ConnectionLimits) -> Self {
+        Self::start_apis(wrong_jwt_id, limits, Apis::default()).await
+    }
+
+    /// A service serving `apis`, with these connection caps.
+    pub(crate) async fn start_apis(
+        wrong_jwt_id: bool,
+        limits: ConnectionLimits,
+        apis: Apis,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let uid = std::fs::metadata(dir.path()).unwrap().uid();
         let ca = crate::ca::manager::test_ca(TrustDomain::new("example.org").unwrap());
@@ -85,13 +94,14 @@ impl Setup {
         let (stop, stopped) = oneshot::channel::<()>();
         let options = UnixAttestorOptions::default();
         let metrics = Arc::new(AgentMetrics::new());
-        tokio::spawn(serve_with_limits(
+        tokio::spawn(serve_apis(
             listener,
             cache.clone(),
             options,
             limits,
             metrics.clone(),
             Some(jwt_minter(ca.clone(), cache.clone(), wrong_jwt_id)),
+            apis,
             async move {
                 let _ = stopped.await;
             },
@@ -100,19 +110,19 @@ impl Setup {
         Self { dir, socket, uid, ca, cache, entries, metrics, _stop: stop }
     }
 
-    pub(super) fn my_selector(&self) -> String {
+    pub(crate) fn my_selector(&self) -> String {
         format!("unix:uid:{}", self.uid)
     }
 
     /// Puts the entries in the cache (with the CA's bundle).
-    pub(super) fn sync(&mut self, entries: Vec<pb::Entry>) {
+    pub(crate) fn sync(&mut self, entries: Vec<pb::Entry>) {
         self.entries = entries.into_iter().map(|e| (e.id.clone(), e)).collect();
         let bundle = self.ca.bundle().unwrap();
         self.cache.set_entries(&self.entries, Some(&bundle), &[]).unwrap();
     }
 
     /// Mints a fresh SVID for the entry and puts it in the cache.
-    pub(super) fn mint(&self, entry_id: &str) -> Arc<SvidKey> {
+    pub(crate) fn mint(&self, entry_id: &str) -> Arc<SvidKey> {
         let key = Arc::new(SigningKey::generate(KeyType::EcP256).unwrap());
         let req = SvidRequest {
             public_key: SubjectPublicKeyInfoDer::from(key.public_key_der()),
@@ -135,17 +145,17 @@ impl Setup {
     }
 }
 
-pub(super) async fn client(path: &Path) -> SpiffeWorkloadApiClient<Channel> {
+pub(crate) async fn client(path: &Path) -> SpiffeWorkloadApiClient<Channel> {
     SpiffeWorkloadApiClient::new(keycard_workload_api::client::unix_channel(path).await.unwrap())
 }
 
-pub(super) fn with_header<T>(msg: T) -> Request<T> {
+pub(crate) fn with_header<T>(msg: T) -> Request<T> {
     let mut req = Request::new(msg);
     req.metadata_mut().insert(SECURITY_HEADER, SECURITY_HEADER_VALUE.parse().unwrap());
     req
 }
 
-pub(super) async fn open_x509(s: &Setup) -> Streaming<X509svidResponse> {
+pub(crate) async fn open_x509(s: &Setup) -> Streaming<X509svidResponse> {
     let mut c = client(&s.socket).await;
     c.fetch_x509svid(with_header(X509svidRequest {})).await.unwrap().into_inner()
 }
@@ -260,7 +270,7 @@ async fn fetch_x509_bundles_keys_the_bundle_by_trust_domain_id() {
     assert_eq!(parsed.jwt_bundle().unwrap(), s.ca.bundle().unwrap().jwt_bundle().unwrap());
 }
 
-pub(super) fn jwt_request(audience: &[&str], spiffe_id: &str) -> Request<JwtsvidRequest> {
+pub(crate) fn jwt_request(audience: &[&str], spiffe_id: &str) -> Request<JwtsvidRequest> {
     with_header(JwtsvidRequest {
         audience: audience.iter().map(|a| (*a).to_owned()).collect(),
         spiffe_id: spiffe_id.into(),
