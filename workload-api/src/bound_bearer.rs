@@ -88,8 +88,9 @@ impl BoundBearer {
             Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
             _ => return Err("the Authorization header is not `Bearer <JWT-SVID>`".into()),
         };
-        let svid = validate_jwt_svid(token, &(self.bundles)(), &[&self.audience], SystemTime::now())
-            .map_err(|e| format!("the JWT-SVID is not valid here: {e}"))?;
+        let svid =
+            validate_jwt_svid(token, &(self.bundles)(), &[&self.audience], SystemTime::now())
+                .map_err(|e| format!("the JWT-SVID is not valid here: {e}"))?;
         check_binding(&svid, peer_leaf, self.unbound).map_err(|e| e.to_string())?;
         Ok(svid)
     }
@@ -120,8 +121,11 @@ pub struct BoundBearerService<S> {
 /// The response to a refused request: 401, the reason as the body.
 fn refusal<B: From<String>>(reason: &str) -> Response<B> {
     // A header value cannot hold quotes or control characters: the body has the details.
-    let description: String =
-        reason.chars().filter(|c| c.is_ascii_graphic() || *c == ' ').filter(|c| *c != '"').collect();
+    let description: String = reason
+        .chars()
+        .filter(|c| c.is_ascii_graphic() || *c == ' ')
+        .filter(|c| *c != '"')
+        .collect();
     let challenge = format!("Bearer error=\"invalid_token\", error_description=\"{description}\"");
     let mut response = Response::new(B::from(format!("{reason}\n")));
     *response.status_mut() = StatusCode::UNAUTHORIZED;

@@ -127,7 +127,10 @@ mod tests {
     fn the_thumbprint_is_rfc_8705s() {
         // RFC 4648 test vector: SHA-256("abc"), base64url without padding.
         assert_eq!(x5t_s256(b"abc"), "ungWv48Bz-pBQUDeXa4iI7ADYaOWF3qctBD_YfIAFa0");
-        assert_eq!(cnf_for(b"abc"), json!({"x5t#S256": "ungWv48Bz-pBQUDeXa4iI7ADYaOWF3qctBD_YfIAFa0"}));
+        assert_eq!(
+            cnf_for(b"abc"),
+            json!({"x5t#S256": "ungWv48Bz-pBQUDeXa4iI7ADYaOWF3qctBD_YfIAFa0"})
+        );
     }
 
     #[test]

@@ -21,16 +21,16 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod bound_bearer;
 pub mod bundle_json;
 pub mod bundle_set;
 pub mod client;
 pub mod jwk;
 pub mod jws;
+pub mod jwt_binding;
 pub mod jwt_bundle;
 pub mod jwt_source;
 pub mod jwt_svid;
-pub mod jwt_binding;
-pub mod bound_bearer;
 pub mod proto;
 pub mod source;
 pub mod spiffe_id;
@@ -42,9 +42,9 @@ pub use bundle_set::{BundleSet, TrustDomainBundle};
 pub use client::{ClientError, WorkloadApiClient, X509Context};
 pub use jwk::{EcCurve, Jwk, JwkError, JwkParams};
 pub use jws::{Es256Signer, JwsAlg, JwsError, JwsSigner};
+pub use jwt_binding::{BindingError, Unbound, check_binding, x5t_s256};
 pub use jwt_bundle::{JwtBundle, JwtBundleError, JwtBundleSet};
 pub use jwt_source::JwtSource;
-pub use jwt_binding::{BindingError, Unbound, check_binding, x5t_s256};
 pub use jwt_svid::{JwtSvid, JwtSvidError, encode_jwt_svid, validate_jwt_svid};
 pub use source::X509Source;
 pub use spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain};

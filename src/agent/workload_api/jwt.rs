@@ -10,9 +10,7 @@
 use std::time::SystemTime;
 
 use keycard_workload_api::proto::{Jwtsvid, JwtsvidRequest, JwtsvidResponse};
-use keycard_workload_api::{
-    JwtBundleSet, JwtSvidError, Unbound, check_binding, validate_jwt_svid,
-};
+use keycard_workload_api::{JwtBundleSet, JwtSvidError, Unbound, check_binding, validate_jwt_svid};
 use tonic::Status;
 
 use super::no_identity;
@@ -99,7 +97,9 @@ pub(super) async fn fetch(
                         if let Err(err) = check_binding(&svid, Some(leaf), Unbound::Refuse) {
                             minter.forget(&e.entry_id, &req.audience, serial);
                             tracing::error!(entry_id = %e.entry_id, error = %err, "server minted a wrongly bound JWT-SVID");
-                            return Err(Status::unavailable("the server sent an unusable JWT-SVID"));
+                            return Err(Status::unavailable(
+                                "the server sent an unusable JWT-SVID",
+                            ));
                         }
                     }
                     minter.mark_checked(&e.entry_id, &req.audience, serial, &token, &bundle);

@@ -228,17 +228,16 @@ fn binding_thumbprint(
     entry: &Entry,
     chain: &[Vec<u8>],
 ) -> Result<String, AgentApiError> {
-    let refuse = |why: String| AgentApiError::BadBindingCertificate {
-        entry_id: entry.id.clone(),
-        why,
-    };
+    let refuse =
+        |why: String| AgentApiError::BadBindingCertificate { entry_id: entry.id.clone(), why };
     if chain.is_empty() {
         return Err(refuse("no X.509-SVID was sent".into()));
     }
     if chain.len() > MAX_BINDING_CHAIN {
         return Err(refuse(format!("the chain sent has {} certificates", chain.len())));
     }
-    let certs: Vec<CertificateDer<'_>> = chain.iter().map(|c| CertificateDer::from(&c[..])).collect();
+    let certs: Vec<CertificateDer<'_>> =
+        chain.iter().map(|c| CertificateDer::from(&c[..])).collect();
     let bundles: X509BundleSet = [inner.ca.x509_bundle()].into_iter().collect();
     let now = UnixTime::since_unix_epoch(
         inner.clock.now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default(),
