@@ -98,8 +98,10 @@ async fn serve(listen: &str, audience: &str) -> Result<Infallible, String> {
             let hyper_service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let mut service = service.clone();
                 async move {
-                    std::future::poll_fn(|cx| Service::<Request<Incoming>>::poll_ready(&mut service, cx))
-                        .await?;
+                    std::future::poll_fn(|cx| {
+                        Service::<Request<Incoming>>::poll_ready(&mut service, cx)
+                    })
+                    .await?;
                     service.call(req).await
                 }
             });

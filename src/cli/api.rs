@@ -111,11 +111,11 @@ fn check_bound_to(path: &Path, id: &SpiffeId, claims: &Value) -> Result<String, 
     };
     keycard_workload_api::check_binding(&svid, Some(leaf), keycard_workload_api::Unbound::Refuse)
         .map_err(|e| {
-            CliError::WorkloadApi(format!(
-                "the JWT-SVID is valid but refused for the certificate in {}: {e}",
-                path.display()
-            ))
-        })?;
+        CliError::WorkloadApi(format!(
+            "the JWT-SVID is valid but refused for the certificate in {}: {e}",
+            path.display()
+        ))
+    })?;
     Ok(keycard_workload_api::x5t_s256(leaf))
 }
 
