@@ -93,14 +93,12 @@ pub(super) async fn fetch(
                 Ok(svid) => {
                     // A bound token must name exactly the certificate it was asked for.
                     let leaf = binding.as_ref().and_then(|b| b.chain.first());
-                    if let Some(leaf) = leaf {
-                        if let Err(err) = check_binding(&svid, Some(leaf), Unbound::Refuse) {
-                            minter.forget(&e.entry_id, &req.audience, serial);
-                            tracing::error!(entry_id = %e.entry_id, error = %err, "server minted a wrongly bound JWT-SVID");
-                            return Err(Status::unavailable(
-                                "the server sent an unusable JWT-SVID",
-                            ));
-                        }
+                    if let Some(Err(err)) =
+                        leaf.map(|leaf| check_binding(&svid, Some(leaf), Unbound::Refuse))
+                    {
+                        minter.forget(&e.entry_id, &req.audience, serial);
+                        tracing::error!(entry_id = %e.entry_id, error = %err, "server minted a wrongly bound JWT-SVID");
+                        return Err(Status::unavailable("the server sent an unusable JWT-SVID"));
                     }
                     minter.mark_checked(&e.entry_id, &req.audience, serial, &token, &bundle);
                 }
