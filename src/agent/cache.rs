@@ -193,6 +193,7 @@ impl SvidCache {
                 hint: e.hint.clone(),
                 dns_names: e.dns_names.clone(),
                 x509_ttl_seconds: e.x509_ttl_seconds,
+                jwt_bound: e.jwt_svid_binding == "x509",
                 stale: false,
                 svid: None,
                 served: None,
@@ -355,6 +356,7 @@ impl SvidCache {
             selectors: e.selectors.clone(),
             hint: e.hint.clone(),
             svid_expires_at: e.svid.as_ref().map(|s| s.expires_at),
+            jwt_bound: e.jwt_bound,
         }
     }
 }

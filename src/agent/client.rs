@@ -347,8 +347,22 @@ impl ServerClient {
         entry_id: &str,
         audiences: &[String],
     ) -> Result<(String, i64), ClientError> {
-        let req =
-            pb::NewJwtSvidRequest { entry_id: entry_id.to_owned(), audiences: audiences.to_vec() };
+        self.new_bound_jwt_svid(entry_id, audiences, Vec::new()).await
+    }
+
+    /// [`ServerClient::new_jwt_svid`] for an entry bound to X.509: `x509_svid` is the chain
+    /// (leaf first, DER) of the X.509-SVID the token is to be bound to.
+    pub async fn new_bound_jwt_svid(
+        &mut self,
+        entry_id: &str,
+        audiences: &[String],
+        x509_svid: Vec<Vec<u8>>,
+    ) -> Result<(String, i64), ClientError> {
+        let req = pb::NewJwtSvidRequest {
+            entry_id: entry_id.to_owned(),
+            audiences: audiences.to_vec(),
+            x509_svid,
+        };
         let request = self.request(req);
         let call = async { Ok(self.grpc.new_jwt_svid(request).await?.into_inner()) };
         let reply = bounded(self.request_timeout, "NewJwtSvid", call).await;

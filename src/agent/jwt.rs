@@ -7,6 +7,11 @@
 //! a busy workload asking for the same token costs the server nothing. A token signed by
 //! a JWT authority the server has since tainted is not handed out again: the next caller
 //! gets one signed by the active key ([`JwtMinter::set_tainted`]).
+//!
+//! For an entry whose JWT-SVIDs are bound to X.509 (RFC 8705 `cnf`), the request carries
+//! the X.509-SVID the caller holds for the entry ([`Binding`]), and the cache key includes
+//! that SVID's serial: once the X.509-SVID rotates, the next caller gets a token bound to
+//! the new certificate.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
@@ -36,6 +41,15 @@ pub enum JwtError {
     Server(String),
 }
 
+/// The X.509-SVID a bound token is bound to.
+#[derive(Debug, Clone)]
+pub struct Binding {
+    /// The SVID's serial (hex): part of the cache key.
+    pub serial: String,
+    /// Leaf first, then intermediates, DER each: sent to the server.
+    pub chain: Vec<Vec<u8>>,
+}
+
 /// One request for the manager: mint a token for `entry_id` and `audiences`.
 #[derive(Debug)]
 pub struct JwtRequest {
@@ -43,6 +57,8 @@ pub struct JwtRequest {
     pub entry_id: String,
     /// The audiences, sorted and without duplicates.
     pub audiences: Vec<String>,
+    /// For entries bound to X.509: the caller's X.509-SVID chain; empty otherwise.
+    pub x509_svid: Vec<Vec<u8>>,
     /// Where the token (and its `exp`, seconds since the epoch) goes.
     pub reply: oneshot::Sender<Result<(String, i64), JwtError>>,
 }
@@ -80,7 +96,12 @@ impl CachedToken {
     }
 }
 
-type Key = (String, Vec<String>);
+/// (entry ID, audiences, serial of the X.509-SVID the token is bound to).
+type Key = (String, Vec<String>, Option<String>);
+
+fn key(entry_id: &str, audiences: &[String], serial: Option<&str>) -> Key {
+    (entry_id.to_owned(), normalize_audiences(audiences), serial.map(str::to_owned))
+}
 
 /// The `kid` in the header of a compact JWS, if it has one.
 fn kid_of(token: &str) -> Option<String> {
@@ -136,15 +157,26 @@ impl JwtMinter {
         cached.fresh(now) && cached.kid.as_ref().is_none_or(|k| !tainted.contains(k))
     }
 
-    /// A token for `entry_id` and `audiences`: from the cache while fresh, else minted.
-    pub async fn token(&self, entry_id: &str, audiences: &[String]) -> Result<String, JwtError> {
-        let key = (entry_id.to_owned(), normalize_audiences(audiences));
+    /// A token for `entry_id` and `audiences` (bound to `binding`'s certificate if given):
+    /// from the cache while fresh, else minted.
+    pub async fn token(
+        &self,
+        entry_id: &str,
+        audiences: &[String],
+        binding: Option<&Binding>,
+    ) -> Result<String, JwtError> {
+        let key = key(entry_id, audiences, binding.map(|b| b.serial.as_str()));
         let now = self.clock.now();
         if let Some(hit) = self.lock().get(&key).filter(|c| self.usable(c, now)) {
             return Ok(hit.token.clone());
         }
         let (reply, answer) = oneshot::channel();
-        let request = JwtRequest { entry_id: key.0.clone(), audiences: key.1.clone(), reply };
+        let request = JwtRequest {
+            entry_id: key.0.clone(),
+            audiences: key.1.clone(),
+            x509_svid: binding.map(|b| b.chain.clone()).unwrap_or_default(),
+            reply,
+        };
         self.requests.send(request).await.map_err(|_| JwtError::NoManager)?;
         let (token, exp) = tokio::time::timeout(MINT_TIMEOUT, answer)
             .await
@@ -169,10 +201,15 @@ impl JwtMinter {
         Ok(token)
     }
 
-    /// The cached token for `entry_id` and `audiences` while it is fresh, without asking
-    /// the server.
-    pub fn cached(&self, entry_id: &str, audiences: &[String]) -> Option<String> {
-        let key = (entry_id.to_owned(), normalize_audiences(audiences));
+    /// The cached token for `entry_id` and `audiences` (bound to the X.509-SVID of serial
+    /// `serial`, if given) while it is fresh, without asking the server.
+    pub fn cached(
+        &self,
+        entry_id: &str,
+        audiences: &[String],
+        serial: Option<&str>,
+    ) -> Option<String> {
+        let key = key(entry_id, audiences, serial);
         let now = self.clock.now();
         self.lock().get(&key).filter(|c| self.usable(c, now)).map(|c| c.token.clone())
     }
@@ -183,10 +220,11 @@ impl JwtMinter {
         &self,
         entry_id: &str,
         audiences: &[String],
+        serial: Option<&str>,
         token: &str,
         bundle: &Arc<TrustBundle>,
     ) -> bool {
-        let key = (entry_id.to_owned(), normalize_audiences(audiences));
+        let key = key(entry_id, audiences, serial);
         self.lock().get(&key).is_some_and(|c| {
             c.token == token
                 && c.checked_with.as_ref().is_some_and(|w| w.ptr_eq(&Arc::downgrade(bundle)))
@@ -198,23 +236,24 @@ impl JwtMinter {
         &self,
         entry_id: &str,
         audiences: &[String],
+        serial: Option<&str>,
         token: &str,
         bundle: &Arc<TrustBundle>,
     ) {
-        let key = (entry_id.to_owned(), normalize_audiences(audiences));
+        let key = key(entry_id, audiences, serial);
         if let Some(c) = self.lock().get_mut(&key).filter(|c| c.token == token) {
             c.checked_with = Some(Arc::downgrade(bundle));
         }
     }
 
     /// Forgets the cached token of `entry_id` and `audiences` (it failed validation).
-    pub fn forget(&self, entry_id: &str, audiences: &[String]) {
-        self.lock().remove(&(entry_id.to_owned(), normalize_audiences(audiences)));
+    pub fn forget(&self, entry_id: &str, audiences: &[String], serial: Option<&str>) {
+        self.lock().remove(&key(entry_id, audiences, serial));
     }
 
     /// Drops the tokens of entries not in `keep` (entries removed by a sync).
     pub fn retain_entries(&self, keep: &dyn Fn(&str) -> bool) {
-        self.lock().retain(|(entry, _), _| keep(entry));
+        self.lock().retain(|(entry, _, _), _| keep(entry));
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, CachedToken>> {
@@ -252,21 +291,21 @@ mod tests {
         let clock = Arc::new(ManualClock::starting_now());
         let (minter, rx) = JwtMinter::new(clock.clone());
         let minted = serve(rx, clock.clone());
-        let a = minter.token("e1", &["b".into(), "a".into(), "a".into()]).await.unwrap();
+        let a = minter.token("e1", &["b".into(), "a".into(), "a".into()], None).await.unwrap();
         assert_eq!(a, "e1:a,b:1");
         // Same audiences in another order: the cached token.
-        assert_eq!(minter.token("e1", &["a".into(), "b".into()]).await.unwrap(), a);
+        assert_eq!(minter.token("e1", &["a".into(), "b".into()], None).await.unwrap(), a);
         // Another audience or entry: a new token.
-        assert_eq!(minter.token("e1", &["a".into()]).await.unwrap(), "e1:a:2");
-        assert_eq!(minter.token("e2", &["a".into()]).await.unwrap(), "e2:a:3");
+        assert_eq!(minter.token("e1", &["a".into()], None).await.unwrap(), "e1:a:2");
+        assert_eq!(minter.token("e2", &["a".into()], None).await.unwrap(), "e2:a:3");
         clock.advance(Duration::from_secs(29));
-        assert_eq!(minter.token("e1", &["a".into(), "b".into()]).await.unwrap(), a);
+        assert_eq!(minter.token("e1", &["a".into(), "b".into()], None).await.unwrap(), a);
         clock.advance(Duration::from_secs(2));
-        assert_eq!(minter.token("e1", &["a".into(), "b".into()]).await.unwrap(), "e1:a,b:4");
-        minter.forget("e1", &["a".into(), "b".into()]);
-        assert_eq!(minter.token("e1", &["b".into(), "a".into()]).await.unwrap(), "e1:a,b:5");
+        assert_eq!(minter.token("e1", &["a".into(), "b".into()], None).await.unwrap(), "e1:a,b:4");
+        minter.forget("e1", &["a".into(), "b".into()], None);
+        assert_eq!(minter.token("e1", &["b".into(), "a".into()], None).await.unwrap(), "e1:a,b:5");
         minter.retain_entries(&|e| e != "e2");
-        assert_eq!(minter.token("e2", &["a".into()]).await.unwrap(), "e2:a:6");
+        assert_eq!(minter.token("e2", &["a".into()], None).await.unwrap(), "e2:a:6");
         assert_eq!(*minted.lock().unwrap(), 6);
     }
 
@@ -283,29 +322,56 @@ mod tests {
         let (minter, rx) = JwtMinter::new(clock.clone());
         serve(rx, clock.clone());
         let aud = vec!["a".to_string()];
-        assert_eq!(minter.cached("e1", &aud), None, "nothing minted yet");
-        let token = minter.token("e1", &aud).await.unwrap();
-        assert_eq!(minter.cached("e1", &aud).as_deref(), Some(token.as_str()));
+        assert_eq!(minter.cached("e1", &aud, None), None, "nothing minted yet");
+        let token = minter.token("e1", &aud, None).await.unwrap();
+        assert_eq!(minter.cached("e1", &aud, None).as_deref(), Some(token.as_str()));
         let (first, second) = (trust_bundle(), trust_bundle());
-        assert!(!minter.is_checked("e1", &aud, &token, &first), "never checked");
-        minter.mark_checked("e1", &aud, &token, &first);
-        assert!(minter.is_checked("e1", &aud, &token, &first));
-        assert!(!minter.is_checked("e1", &aud, &token, &second), "another bundle");
-        assert!(!minter.is_checked("e1", &aud, "another token", &first));
-        assert!(!minter.is_checked("e2", &aud, &token, &first), "another entry");
+        assert!(!minter.is_checked("e1", &aud, None, &token, &first), "never checked");
+        minter.mark_checked("e1", &aud, None, &token, &first);
+        assert!(minter.is_checked("e1", &aud, None, &token, &first));
+        assert!(!minter.is_checked("e1", &aud, None, &token, &second), "another bundle");
+        assert!(!minter.is_checked("e1", &aud, None, "another token", &first));
+        assert!(!minter.is_checked("e2", &aud, None, &token, &first), "another entry");
         // Past half its life the token is minted again, and not checked yet.
         clock.advance(Duration::from_secs(31));
-        assert_eq!(minter.cached("e1", &aud), None);
-        let fresh = minter.token("e1", &aud).await.unwrap();
+        assert_eq!(minter.cached("e1", &aud, None), None);
+        let fresh = minter.token("e1", &aud, None).await.unwrap();
         assert_ne!(fresh, token);
-        assert!(!minter.is_checked("e1", &aud, &fresh, &first));
+        assert!(!minter.is_checked("e1", &aud, None, &fresh, &first));
+    }
+
+    #[tokio::test]
+    async fn bound_tokens_are_cached_per_x509_svid_serial_and_send_its_chain() {
+        let clock = Arc::new(ManualClock::starting_now());
+        let (minter, mut rx) = JwtMinter::new(clock.clone());
+        tokio::spawn(async move {
+            let mut n = 0;
+            while let Some(req) = rx.recv().await {
+                n += 1;
+                let leaf = req.x509_svid.first().map(|c| String::from_utf8_lossy(c).into_owned());
+                let token = format!("{}:{n}", leaf.unwrap_or_default());
+                let _ = req.reply.send(Ok((token, i64::MAX / 2)));
+            }
+        });
+        let aud = vec!["a".to_string()];
+        let first = Binding { serial: "01".into(), chain: vec![b"leaf-1".to_vec()] };
+        let second = Binding { serial: "02".into(), chain: vec![b"leaf-2".to_vec()] };
+        assert_eq!(minter.token("e1", &aud, Some(&first)).await.unwrap(), "leaf-1:1");
+        assert_eq!(minter.token("e1", &aud, Some(&first)).await.unwrap(), "leaf-1:1", "cached");
+        assert_eq!(minter.cached("e1", &aud, None), None, "an unbound token is another key");
+        // The X.509-SVID rotated: a token bound to the new certificate.
+        assert_eq!(minter.cached("e1", &aud, Some("02")), None);
+        assert_eq!(minter.token("e1", &aud, Some(&second)).await.unwrap(), "leaf-2:2");
+        assert_eq!(minter.token("e1", &aud, None).await.unwrap(), ":3", "unbound: no chain");
+        minter.retain_entries(&|e| e != "e1");
+        assert_eq!(minter.cached("e1", &aud, Some("02")), None);
     }
 
     #[tokio::test]
     async fn without_a_manager_the_call_fails_at_once() {
         let (minter, rx) = JwtMinter::new(Arc::new(ManualClock::starting_now()));
         drop(rx);
-        let err = minter.token("e1", &["a".into()]).await.unwrap_err();
+        let err = minter.token("e1", &["a".into()], None).await.unwrap_err();
         assert!(matches!(err, JwtError::NoManager), "{err}");
     }
 
@@ -335,19 +401,19 @@ mod tests {
             }
         });
         let (a, b) = (vec!["a".to_string()], vec!["b".to_string()]);
-        let old_a = minter.token("e1", &a).await.unwrap();
-        let old_b = minter.token("e1", &b).await.unwrap();
+        let old_a = minter.token("e1", &a, None).await.unwrap();
+        let old_b = minter.token("e1", &b, None).await.unwrap();
         *active.lock().unwrap() = "new";
         minter.set_tainted(&["0a1b".into()]);
-        assert_eq!(minter.cached("e1", &a).as_deref(), Some(old_a.as_str()), "another key");
+        assert_eq!(minter.cached("e1", &a, None).as_deref(), Some(old_a.as_str()), "another key");
         // The taint drops both cached tokens; new ones are signed by the active key.
         minter.set_tainted(&["0a1b".into(), "old".into()]);
-        assert_eq!(minter.cached("e1", &a), None);
-        let new_a = minter.token("e1", &a).await.unwrap();
+        assert_eq!(minter.cached("e1", &a, None), None);
+        let new_a = minter.token("e1", &a, None).await.unwrap();
         assert_eq!(kid_of(&new_a).as_deref(), Some("new"));
         let debug = format!("{minter:?}");
         assert!(!debug.contains(&new_a) && debug.contains("<redacted>"), "{debug}");
-        assert_ne!(minter.token("e1", &b).await.unwrap(), old_b);
+        assert_ne!(minter.token("e1", &b, None).await.unwrap(), old_b);
         // A token of a tainted key cached after the sync is refused when asked for.
         let late = CachedToken {
             token: old_a.clone(),
@@ -356,8 +422,8 @@ mod tests {
             kid: kid_of(&old_a),
             checked_with: None,
         };
-        minter.lock().insert(("e2".into(), a.clone()), late);
-        assert_eq!(minter.cached("e2", &a), None);
-        assert_eq!(minter.cached("e1", &a).as_deref(), Some(new_a.as_str()));
+        minter.lock().insert(("e2".into(), a.clone(), None), late);
+        assert_eq!(minter.cached("e2", &a, None), None);
+        assert_eq!(minter.cached("e1", &a, None).as_deref(), Some(new_a.as_str()));
     }
 }

@@ -225,10 +225,10 @@ impl Manager {
 
     /// Asks the server for a JWT-SVID and answers the Workload API's request.
     async fn mint_jwt(&mut self, request: JwtRequest) {
-        let JwtRequest { entry_id, audiences, reply } = request;
+        let JwtRequest { entry_id, audiences, x509_svid, reply } = request;
         let result = self
             .client
-            .new_jwt_svid(&entry_id, &audiences)
+            .new_bound_jwt_svid(&entry_id, &audiences, x509_svid)
             .await
             .map_err(|e| JwtError::Server(e.to_string()));
         // The caller may have given up waiting; nothing to do then.

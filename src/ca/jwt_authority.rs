@@ -122,6 +122,20 @@ impl JwtAuthority {
         ttl: Duration,
         now: SystemTime,
     ) -> Result<MintedJwtSvid, CaError> {
+        self.sign_bound_jwt_svid(spiffe_id, audiences, ttl, now, None)
+    }
+
+    /// [`JwtAuthority::sign_jwt_svid`] with, when `x5t_s256` is given, the RFC 8705
+    /// confirmation claim `cnf: {"x5t#S256": x5t_s256}` binding the token to the
+    /// certificate of that thumbprint. The standard claims are the same either way.
+    pub fn sign_bound_jwt_svid(
+        &self,
+        spiffe_id: &SpiffeId,
+        audiences: &[String],
+        ttl: Duration,
+        now: SystemTime,
+        x5t_s256: Option<&str>,
+    ) -> Result<MintedJwtSvid, CaError> {
         if spiffe_id.is_root() {
             return Err(CaError::RootPathId(spiffe_id.to_string()));
         }
@@ -148,6 +162,9 @@ impl JwtAuthority {
         claims.insert("aud".into(), json!(audiences));
         claims.insert("exp".into(), json!(exp));
         claims.insert("iat".into(), json!(iat));
+        if let Some(thumbprint) = x5t_s256 {
+            claims.insert("cnf".into(), json!({ "x5t#S256": thumbprint }));
+        }
         let token = encode_jwt_svid(&claims, &self.kid, self)
             .map_err(|e| CaError::Signing(e.to_string()))?;
         Ok(MintedJwtSvid { token, expiry: UNIX_EPOCH + Duration::from_secs(exp) })
@@ -209,6 +226,24 @@ mod tests {
             assert_eq!(svid.expiry, minted.expiry);
             assert!(!format!("{minted:?}").contains(&minted.token));
         }
+    }
+
+    #[test]
+    fn a_bound_token_carries_cnf_and_the_same_standard_claims() {
+        let now = SystemTime::now();
+        let a = authority(KeyType::EcP256, now);
+        let ttl = Duration::from_secs(300);
+        let thumbprint = keycard_workload_api::x5t_s256(b"leaf");
+        let bound = a.sign_bound_jwt_svid(&id(), &["db".into()], ttl, now, Some(&thumbprint));
+        let plain = a.sign_jwt_svid(&id(), &["db".into()], ttl, now).unwrap();
+        let set = bundles(&[&a]);
+        let bound = validate_jwt_svid(&bound.unwrap().token, &set, &["db"], now).unwrap();
+        let plain = validate_jwt_svid(&plain.token, &set, &["db"], now).unwrap();
+        assert_eq!(bound.claims["cnf"], json!({ "x5t#S256": thumbprint }));
+        assert_eq!(plain.claims.get("cnf"), None);
+        let mut without_cnf = bound.claims.clone();
+        without_cnf.remove("cnf");
+        assert_eq!(without_cnf, plain.claims);
     }
 
     #[test]

@@ -270,10 +270,22 @@ impl CaManager {
         audiences: &[String],
         ttl: Duration,
     ) -> Result<MintedJwtSvid, CaError> {
+        self.sign_bound_jwt_svid(spiffe_id, audiences, ttl, None)
+    }
+
+    /// [`CaManager::sign_jwt_svid`], bound to a certificate when `x5t_s256` (its RFC 8705
+    /// thumbprint) is given: the token carries `cnf: {"x5t#S256": ...}`.
+    pub fn sign_bound_jwt_svid(
+        &self,
+        spiffe_id: &SpiffeId,
+        audiences: &[String],
+        ttl: Duration,
+        x5t_s256: Option<&str>,
+    ) -> Result<MintedJwtSvid, CaError> {
         let state = self.read();
         let active = state.journal.jwt.active().ok_or(CaError::NoActiveAuthority)?;
         let authority = state.jwt.get(&active.id).ok_or(CaError::NoActiveAuthority)?;
-        authority.sign_jwt_svid(spiffe_id, audiences, ttl, self.clock.now())
+        authority.sign_bound_jwt_svid(spiffe_id, audiences, ttl, self.clock.now(), x5t_s256)
     }
 
     /// The X.509 roots: the upstream root, or this server's authorities and its peers'.

@@ -94,7 +94,37 @@ pub enum ValidateCommand {
         /// The token (compact JWS).
         #[arg(long, value_name = "TOKEN", value_parser = non_empty_token)]
         svid: Secret,
+        /// Also require the token to be bound (RFC 8705 `cnf`, `--jwt-svid-binding x509`)
+        /// to this certificate: a PEM file whose first certificate is the client's leaf, as
+        /// a resource server would see it on the TLS connection.
+        #[arg(long, value_name = "CERT.pem")]
+        bound_to: Option<PathBuf>,
     },
+}
+
+/// Checks that the validated token (`id`, `claims`) is bound to the leaf in `path`;
+/// returns the leaf's thumbprint.
+fn check_bound_to(path: &Path, id: &SpiffeId, claims: &Value) -> Result<String, CliError> {
+    let certs = crate::pemfile::read_certificates(path)
+        .map_err(|e| CliError::WorkloadApi(format!("--bound-to {}: {e}", path.display())))?;
+    let leaf = certs.first().ok_or_else(|| {
+        CliError::WorkloadApi(format!("--bound-to {}: no certificate in the file", path.display()))
+    })?;
+    let svid = keycard_workload_api::JwtSvid {
+        spiffe_id: id.clone(),
+        audience: Vec::new(),
+        expiry: SystemTime::now(),
+        claims: claims.as_object().cloned().unwrap_or_default(),
+        token: String::new(),
+    };
+    keycard_workload_api::check_binding(&svid, Some(leaf), keycard_workload_api::Unbound::Refuse)
+        .map_err(|e| {
+        CliError::WorkloadApi(format!(
+            "the JWT-SVID is valid but refused for the certificate in {}: {e}",
+            path.display()
+        ))
+    })?;
+    Ok(keycard_workload_api::x5t_s256(leaf))
 }
 
 /// `--svid` must hold something: an empty value (often an unset shell variable) is a usage
@@ -203,7 +233,7 @@ pub async fn execute(args: ApiArgs, out: &mut (dyn Write + Send)) -> Result<(), 
             };
             emit(out, format, text, json)?;
         }
-        ApiCommand::Validate(ValidateCommand::Jwt { audience, svid }) => {
+        ApiCommand::Validate(ValidateCommand::Jwt { audience, svid, bound_to }) => {
             let (id, claims) =
                 client.validate_jwt_svid(&audience, svid.expose()).await.map_err(|e| match e {
                     ClientError::Status(s) if s.code() == tonic::Code::InvalidArgument => {
@@ -212,11 +242,23 @@ pub async fn execute(args: ApiArgs, out: &mut (dyn Write + Send)) -> Result<(), 
                     other => advice(other),
                 })?;
             let claims = struct_json(&claims);
+            let bound = bound_to.as_deref().map(|p| check_bound_to(p, &id, &claims)).transpose()?;
             let text = || {
                 let pretty = serde_json::to_string_pretty(&claims).unwrap_or_default();
-                format!("The JWT-SVID is valid.\nSPIFFE ID: {id}\nClaims:    {pretty}\n")
+                let mut t = format!("The JWT-SVID is valid.\nSPIFFE ID: {id}\n");
+                if let Some(thumbprint) = &bound {
+                    t += &format!("Bound to:  x5t#S256={thumbprint} (the certificate given)\n");
+                }
+                t + &format!("Claims:    {pretty}\n")
             };
-            emit(out, format, text, || json!({"spiffe_id": id.to_string(), "claims": claims}))?;
+            let json = || {
+                let mut doc = json!({"spiffe_id": id.to_string(), "claims": claims});
+                if let Some(thumbprint) = &bound {
+                    doc["bound_to"] = json!({ "x5t#S256": thumbprint });
+                }
+                doc
+            };
+            emit(out, format, text, json)?;
         }
         ApiCommand::Watch { max_updates } => {
             let mut stream = client.watch_x509().await.map_err(advice)?;

@@ -12,6 +12,7 @@ use super::output::{count_text, emit, entry_json, entry_text};
 use super::{CliError, Connection, client, entry_file, parse_ttl};
 use crate::selector::Selector;
 use crate::server::admin::pb;
+use crate::server::entry::JwtSvidBinding;
 
 /// What to do with entries.
 #[derive(Debug, Subcommand)]
@@ -42,12 +43,12 @@ pub enum EntryCommand {
 pub struct CreateArgs {
     /// Create every entry of this JSON file (`-`: standard input) in one call: an array of
     /// objects with the keys spiffe_id, parent_id, selectors and optionally dns_names,
-    /// x509_ttl_seconds, jwt_ttl_seconds, hint, admin (`entry show --output json` output
+    /// x509_ttl_seconds, jwt_ttl_seconds, hint, admin, jwt_svid_binding (`entry show --output json` output
     /// reads back). Nothing is created when any entry breaks a rule.
     #[arg(
         long,
         value_name = "PATH",
-        conflicts_with_all = ["spiffe_id", "parent_id", "selectors", "x509_ttl", "jwt_ttl", "dns_names", "hint", "admin"]
+        conflicts_with_all = ["spiffe_id", "parent_id", "selectors", "x509_ttl", "jwt_ttl", "dns_names", "hint", "admin", "jwt_svid_binding"]
     )]
     pub file: Option<PathBuf>,
     /// The SPIFFE ID the workload gets, for example spiffe://example.org/web.
@@ -74,6 +75,16 @@ pub struct CreateArgs {
     /// Whether the holder may call the admin API.
     #[arg(long)]
     pub admin: bool,
+    /// Bind the entry's JWT-SVIDs to the holder's X.509-SVID: `x509` puts a `cnf` claim
+    /// (RFC 8705 `x5t#S256`) in every token, so that a copied token is refused on any TLS
+    /// connection not authenticated by that certificate; `none` (default): bearer tokens.
+    #[arg(long, value_parser = parse_binding, value_name = "none|x509")]
+    pub jwt_svid_binding: Option<JwtSvidBinding>,
+}
+
+/// Parses `--jwt-svid-binding`.
+fn parse_binding(s: &str) -> Result<JwtSvidBinding, String> {
+    JwtSvidBinding::parse(s).map_err(|e| e.to_string())
 }
 
 /// `entry show` flags.
@@ -135,6 +146,9 @@ pub struct UpdateArgs {
     /// Forbid the holder to call the admin API.
     #[arg(long)]
     pub no_admin: bool,
+    /// New JWT-SVID binding: `x509` (tokens bound to the holder's X.509-SVID) or `none`.
+    #[arg(long, value_parser = parse_binding, value_name = "none|x509")]
+    pub jwt_svid_binding: Option<JwtSvidBinding>,
 }
 
 fn strings<T: ToString>(items: &[T]) -> Vec<String> {
@@ -152,6 +166,7 @@ pub fn create_spec(args: &CreateArgs) -> pb::EntrySpec {
         dns_names: args.dns_names.clone(),
         hint: args.hint.clone().unwrap_or_default(),
         admin: args.admin,
+        jwt_svid_binding: args.jwt_svid_binding.unwrap_or_default().as_str().to_owned(),
     }
 }
 
@@ -184,6 +199,9 @@ pub fn apply_update(args: &UpdateArgs, current: pb::EntrySpec) -> Result<pb::Ent
     if args.admin || args.no_admin {
         spec.admin = args.admin;
     }
+    if let Some(binding) = args.jwt_svid_binding {
+        spec.jwt_svid_binding = binding.as_str().to_owned();
+    }
     let any_flag = args.spiffe_id.is_some()
         || args.parent_id.is_some()
         || !args.selectors.is_empty()
@@ -193,7 +211,8 @@ pub fn apply_update(args: &UpdateArgs, current: pb::EntrySpec) -> Result<pb::Ent
         || !args.dns_names.is_empty()
         || args.hint.is_some()
         || args.admin
-        || args.no_admin;
+        || args.no_admin
+        || args.jwt_svid_binding.is_some();
     if !any_flag {
         return Err(CliError::NothingToUpdate);
     }

@@ -30,7 +30,8 @@ async fn run(h: &Harness, args: &[&str]) -> Result<String, String> {
 const FILE: &str = r#"[
   {"spiffe_id": "spiffe://example.org/web", "parent_id": "spiffe://example.org/keycard/agent/x509pop/a1",
    "selectors": ["unix:uid:1000", "unix:gid:50"], "dns_names": ["web.example.org"],
-   "x509_ttl_seconds": 3600, "jwt_ttl_seconds": 300, "hint": "blue", "admin": true},
+   "x509_ttl_seconds": 3600, "jwt_ttl_seconds": 300, "hint": "blue", "admin": true,
+   "jwt_svid_binding": "x509"},
   {"spiffe_id": "spiffe://example.org/db", "parent_id": "spiffe://example.org/keycard/agent/x509pop/a1",
    "selectors": ["unix:uid:1001"]}
 ]"#;
@@ -73,6 +74,10 @@ async fn show_output_creates_the_same_entries_on_a_fresh_server_and_deletes_them
     assert_eq!(wanted.len(), 2);
     assert_eq!(wanted[1]["dns_names"][0], "web.example.org");
     assert_eq!(wanted[1]["hint"], "blue");
+    assert_eq!(
+        (&wanted[0]["jwt_svid_binding"], &wanted[1]["jwt_svid_binding"]),
+        (&"none".into(), &"x509".into())
+    );
 
     let fresh = Harness::start(vec![]).await;
     let dump = write(tmp.path(), "dump.json", &shown);

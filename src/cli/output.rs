@@ -58,6 +58,11 @@ fn ttl_text(secs: u64) -> String {
     }
 }
 
+/// The binding mode as shown: the wire's empty string is the default, `none`.
+fn binding_text(binding: &str) -> &str {
+    if binding.is_empty() { "none" } else { binding }
+}
+
 /// The JSON form of an entry.
 pub fn entry_json(entry: &pb::Entry) -> Value {
     let spec = entry.spec.clone().unwrap_or_default();
@@ -71,6 +76,7 @@ pub fn entry_json(entry: &pb::Entry) -> Value {
         "dns_names": spec.dns_names,
         "hint": spec.hint,
         "admin": spec.admin,
+        "jwt_svid_binding": binding_text(&spec.jwt_svid_binding),
         "revision": entry.revision,
         "created_at": entry.created_at,
         "updated_at": entry.updated_at,
@@ -100,6 +106,9 @@ pub fn entry_text(entry: &pb::Entry) -> String {
     }
     if spec.admin {
         lines.push("Admin            : true".into());
+    }
+    if binding_text(&spec.jwt_svid_binding) != "none" {
+        lines.push(format!("JWT-SVID binding : {}", spec.jwt_svid_binding));
     }
     lines.push(format!("Updated          : {}", time_text(entry.updated_at)));
     lines.join("\n") + "\n\n"

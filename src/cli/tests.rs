@@ -147,6 +147,11 @@ fn update_keeps_what_is_not_given_and_needs_one_flag() {
     assert_eq!(spec.spiffe_id, current.spiffe_id);
     let spec = update(&["--x509-ttl", "0s"]).unwrap();
     assert_eq!(spec.x509_ttl_seconds, 0);
+    assert_eq!(spec.jwt_svid_binding, "", "kept");
+    let spec = update(&["--jwt-svid-binding", "x509"]).unwrap();
+    assert_eq!((spec.jwt_svid_binding.as_str(), spec.admin), ("x509", true));
+    let err = parse(&["entry", "update", "--id", "e", "--jwt-svid-binding", "mtls"]).unwrap_err();
+    assert!(err.to_string().contains("use none (bearer tokens) or x509"), "{err}");
     assert!(matches!(update(&[]), Err(CliError::NothingToUpdate)));
 }
 

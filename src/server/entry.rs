@@ -42,6 +42,47 @@ pub struct EntrySpec {
     pub hint: String,
     /// Whether the holder may call the admin API with this SVID.
     pub admin: bool,
+    /// Whether the entry's JWT-SVIDs are bound to the holder's X.509-SVID (`cnf`).
+    #[serde(default)]
+    pub jwt_svid_binding: JwtSvidBinding,
+}
+
+/// What an entry's JWT-SVIDs are bound to (RFC 8705 `cnf` claim).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JwtSvidBinding {
+    /// Plain bearer tokens, as the JWT-SVID spec has them.
+    #[default]
+    None,
+    /// Every token carries `cnf: {"x5t#S256": ...}`, the thumbprint of the X.509-SVID the
+    /// same caller holds for the same SPIFFE ID: a resource server accepts it only over a
+    /// TLS connection authenticated by that certificate.
+    X509,
+}
+
+impl JwtSvidBinding {
+    /// The name used on the command line, in batch files, the admin API and the stores.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::X509 => "x509",
+        }
+    }
+
+    /// Parses [`JwtSvidBinding::as_str`]; the error names the accepted values.
+    pub fn parse(s: &str) -> Result<Self, EntryError> {
+        match s {
+            "none" | "" => Ok(Self::None),
+            "x509" => Ok(Self::X509),
+            other => Err(EntryError::BadJwtSvidBinding(other.to_owned())),
+        }
+    }
+}
+
+impl std::fmt::Display for JwtSvidBinding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A stored entry.
@@ -118,6 +159,11 @@ pub enum EntryError {
     /// The hint is too long.
     #[error("hint is {0} bytes; the limit is {MAX_HINT_LEN}")]
     HintTooLong(usize),
+    /// An unknown JWT-SVID binding mode.
+    #[error(
+        "JWT-SVID binding {0:?} is not known: use none (bearer tokens) or x509 (bound to the holder's X.509-SVID)"
+    )]
+    BadJwtSvidBinding(String),
     /// A TTL of zero.
     #[error("{0} TTL must be greater than zero")]
     ZeroTtl(&'static str),
@@ -152,6 +198,7 @@ impl EntrySpec {
             dns_names: Vec::new(),
             hint: String::new(),
             admin: false,
+            jwt_svid_binding: JwtSvidBinding::None,
         }
     }
 
@@ -266,6 +313,7 @@ mod tests {
             dns_names: vec!["web.example.org".into(), "*.web.internal".into()],
             hint: String::new(),
             admin: false,
+            jwt_svid_binding: JwtSvidBinding::None,
         }
     }
 

@@ -8,6 +8,7 @@ mod attackers;
 mod attacks;
 #[path = "../common/authority.rs"]
 mod authority;
+mod bound_jwt;
 mod cli;
 mod envoy;
 #[path = "../common/examples.rs"]

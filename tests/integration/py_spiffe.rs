@@ -52,8 +52,22 @@ fn facts(output: &Output) -> BTreeMap<String, String> {
 
 #[test]
 fn py_spiffe_fetches_svids_bundles_and_jwts_from_our_agent() {
+    py_spiffe_against_an_entry(false);
+}
+
+/// A JWT-SVID bound to the caller's X.509-SVID (`--jwt-svid-binding x509`, issue 21) keeps
+/// the standard claims: py-spiffe validates its signature and audience unchanged.
+#[test]
+fn py_spiffe_validates_a_bound_jwt_svid_unchanged() {
+    py_spiffe_against_an_entry(true);
+}
+
+fn py_spiffe_against_an_entry(bound: bool) {
     let setup = Setup::start("127.0.0.1:0");
-    setup.entry("py");
+    let entry = setup.entry("py");
+    if bound {
+        setup.server().admin(&["entry", "update", "--id", &entry, "--jwt-svid-binding", "x509"]);
+    }
     let agent = setup.agent("");
     let endpoint = format!("unix://{}", agent.socket.display());
     assert!(endpoint.starts_with("unix:///"), "{endpoint}");
@@ -88,6 +102,12 @@ fn py_spiffe_fetches_svids_bundles_and_jwts_from_our_agent() {
     assert_eq!(get("client_jwt_validated"), id);
     assert!(get("client_jwt_wrong_audience").starts_with("refused"), "{facts:#?}");
     assert_eq!(get("client_jwt_local"), id);
+    let cnf = get("client_jwt_cnf");
+    if bound {
+        assert!(cnf.starts_with(r#"{"x5t#S256": ""#), "{facts:#?}");
+    } else {
+        assert_eq!(cnf, "null", "{facts:#?}");
+    }
     assert_eq!(get("source_jwt_id"), id);
     assert_eq!(get("source_jwt_audience"), "cache,db");
     assert_eq!(get("done"), "");

@@ -8,6 +8,8 @@ JwtSource. Prints one `key value` line per fact for the Rust test to check, and 
 with `error <step> <exception>` at the first step that fails. Every call has a deadline.
 """
 
+import base64
+import json
 import sys
 import traceback
 
@@ -75,6 +77,9 @@ def main():
     jwt_bundle = jwt_bundles.get_bundle_for_trust_domain(TRUST_DOMAIN)
     local = run("parse_and_validate", lambda: JwtSvid.parse_and_validate(jwt.token, jwt_bundle, {"db"}))
     print(f"client_jwt_local {local.spiffe_id}")
+    # The confirmation claim (RFC 8705 cnf) as the token carries it: py-spiffe ignores it.
+    payload = json.loads(base64.urlsafe_b64decode(jwt.token.split(".")[1] + "=="))
+    print(f"client_jwt_cnf {json.dumps(payload.get('cnf'))}")
 
     x509_source = run("X509Source", lambda: X509Source(socket_path=endpoint, timeout_in_seconds=TIMEOUT))
     context = run("X509Source.get_x509_context", x509_source.get_x509_context)

@@ -9,6 +9,9 @@
 //! - [`jwt_bundle`]: `JwtBundle` (JWT authorities by `kid`) and `JwtBundleSet` (by trust domain).
 //! - [`bundle_json`]: `SpiffeBundle`, the SPIFFE bundle JWK Set format, both ways.
 //! - [`jwt_svid`]: JWT-SVID validation against a `JwtBundleSet`, and signing.
+//! - [`jwt_binding`]: JWT-SVIDs bound to an X.509-SVID (RFC 8705 `cnf` / `x5t#S256`).
+//! - [`bound_bearer`]: a tower layer for HTTP resource servers behind the rustls server
+//!   config: the `Authorization` bearer token must be bound to the connection's client cert.
 //! - [`proto`]: the Workload API wire types and tonic stubs (service `SpiffeWorkloadAPI`).
 //! - [`client`]: `WorkloadApiClient`, the Workload API over a Unix socket, answers checked.
 //! - [`jwt_source`]: `JwtSource`, JWT-SVIDs on demand and JWT bundles for local validation.
@@ -18,11 +21,13 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod bound_bearer;
 pub mod bundle_json;
 pub mod bundle_set;
 pub mod client;
 pub mod jwk;
 pub mod jws;
+pub mod jwt_binding;
 pub mod jwt_bundle;
 pub mod jwt_source;
 pub mod jwt_svid;
@@ -37,6 +42,7 @@ pub use bundle_set::{BundleSet, TrustDomainBundle};
 pub use client::{ClientError, WorkloadApiClient, X509Context};
 pub use jwk::{EcCurve, Jwk, JwkError, JwkParams};
 pub use jws::{Es256Signer, JwsAlg, JwsError, JwsSigner};
+pub use jwt_binding::{BindingError, Unbound, check_binding, x5t_s256};
 pub use jwt_bundle::{JwtBundle, JwtBundleError, JwtBundleSet};
 pub use jwt_source::JwtSource;
 pub use jwt_svid::{JwtSvid, JwtSvidError, encode_jwt_svid, validate_jwt_svid};

@@ -355,6 +355,28 @@ pub fn server_config_from(
     Ok(config)
 }
 
+/// [`server_config`] that also lets clients without a certificate complete the handshake
+/// (a certificate that is sent is verified in full): for servers that answer such clients
+/// themselves, such as a resource server explaining that its bearer tokens are bound to a
+/// client certificate ([`crate::bound_bearer`]).
+pub fn server_config_optional_client(
+    source: &X509Source,
+    own_id: Option<SpiffeId>,
+    authorizer: Authorizer,
+) -> Result<ServerConfig, TlsError> {
+    let updates = source.updated();
+    let verifier = SpiffePeerVerifier::from_updates(updates.clone(), authorizer.clone());
+    let verifier = Arc::new(verifier.optional_client_auth());
+    let (provider, resolver, _) = parts(updates, own_id, authorizer);
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(resolver);
+    config.session_storage = Arc::new(NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    Ok(config)
+}
+
 /// A client config presenting the source's SVID (`own_id`, or the default one) and
 /// accepting a server SVID the `authorizer` accepts. The server name given to the
 /// connector is not checked (SPIFFE IDs are); any valid name will do.

@@ -27,6 +27,8 @@ pub(super) struct CachedEntry {
     pub(super) hint: String,
     pub(super) dns_names: Vec<String>,
     pub(super) x509_ttl_seconds: i64,
+    /// Whether the entry's JWT-SVIDs are bound to its X.509-SVID (`jwt_svid_binding`).
+    pub(super) jwt_bound: bool,
     /// Set when the entry changed in a way its SVID must follow (DNS names, TTL).
     pub(super) stale: bool,
     pub(super) svid: Option<Arc<CachedSvid>>,
@@ -62,6 +64,7 @@ impl CachedEntry {
         !self.serves_differently_from(other)
             && self.dns_names == other.dns_names
             && self.x509_ttl_seconds == other.x509_ttl_seconds
+            && self.jwt_bound == other.jwt_bound
             && self.stale == other.stale
     }
 

@@ -246,4 +246,6 @@ pub struct EntryView {
     pub hint: String,
     /// The `notAfter` of the entry's current SVID, if it has one.
     pub svid_expires_at: Option<SystemTime>,
+    /// Whether the entry's JWT-SVIDs are bound to its X.509-SVID.
+    pub jwt_bound: bool,
 }

@@ -152,6 +152,7 @@ async fn validate_jwt_accepts_a_good_token_and_explains_a_bad_one() {
     let ok = ApiCommand::Validate(ValidateCommand::Jwt {
         audience: "db".into(),
         svid: minted.token.clone().into(),
+        bound_to: None,
     });
     let text = agent.run(OutputFormat::Text, ok).await.unwrap();
     assert!(
@@ -161,10 +162,31 @@ async fn validate_jwt_accepts_a_good_token_and_explains_a_bad_one() {
     assert!(text.contains("\"aud\""), "{text}");
     let wrong = ApiCommand::Validate(ValidateCommand::Jwt {
         audience: "other".into(),
-        svid: minted.token.into(),
+        svid: minted.token.clone().into(),
+        bound_to: None,
     });
     let err = agent.run(OutputFormat::Text, wrong).await.unwrap_err().to_string();
     assert!(err.contains("the JWT-SVID is not valid"), "{err}");
+
+    // --bound-to: the token's cnf must name the certificate in the file.
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["a".into()]).unwrap().cert;
+    let path = dir.path().join("cert.pem");
+    std::fs::write(&path, cert.pem()).unwrap();
+    let thumbprint = keycard_workload_api::x5t_s256(cert.der());
+    let ttl = Duration::from_secs(60);
+    let bound = agent.ca.sign_bound_jwt_svid(&id, &["db".to_owned()], ttl, Some(&thumbprint));
+    let validate = |token: &str| {
+        ApiCommand::Validate(ValidateCommand::Jwt {
+            audience: "db".into(),
+            svid: token.to_owned().into(),
+            bound_to: Some(path.clone()),
+        })
+    };
+    let text = agent.run(OutputFormat::Text, validate(&bound.unwrap().token)).await.unwrap();
+    assert!(text.contains(&format!("Bound to:  x5t#S256={thumbprint}")), "{text}");
+    let err = agent.run(OutputFormat::Text, validate(&minted.token)).await.unwrap_err();
+    assert!(err.to_string().contains("not bound to a certificate (no cnf claim)"), "{err}");
 }
 
 /// `keycard api ...` as the command line parses it.

@@ -12,7 +12,7 @@ use super::status::AdminError;
 use crate::ca::{AuthorityKind, AuthorityStatus, SlotState};
 use crate::selector::{Selector, SelectorSet};
 use crate::server::datastore::{AgentRecord, EntryFilter, PageRequest};
-use crate::server::entry::{Entry, EntrySpec};
+use crate::server::entry::{Entry, EntrySpec, JwtSvidBinding};
 
 /// Seconds since the Unix epoch (negative before it).
 pub fn unix_secs(t: SystemTime) -> i64 {
@@ -60,6 +60,7 @@ pub fn spec_from_pb(spec: Option<pb::EntrySpec>) -> Result<EntrySpec, AdminError
         dns_names: spec.dns_names,
         hint: spec.hint,
         admin: spec.admin,
+        jwt_svid_binding: JwtSvidBinding::parse(&spec.jwt_svid_binding)?,
     })
 }
 
@@ -74,6 +75,7 @@ pub fn spec_to_pb(spec: &EntrySpec) -> pb::EntrySpec {
         dns_names: spec.dns_names.clone(),
         hint: spec.hint.clone(),
         admin: spec.admin,
+        jwt_svid_binding: spec.jwt_svid_binding.as_str().to_owned(),
     }
 }
 
@@ -170,6 +172,7 @@ mod tests {
             dns_names: vec!["web.example.org".into()],
             hint: "h".into(),
             admin: true,
+            jwt_svid_binding: "x509".into(),
         }
     }
 

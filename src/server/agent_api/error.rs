@@ -102,6 +102,17 @@ pub enum AgentApiError {
     /// No entry with this ID.
     #[error("entry {0} not found")]
     UnknownEntry(String),
+    /// A JWT-SVID of an entry bound to X.509 was asked for without a usable X.509-SVID.
+    #[error(
+        "entry {entry_id} binds its JWT-SVIDs to the caller's X.509-SVID, and {why}; the agent \
+         must send the X.509-SVID its workload holds for the entry"
+    )]
+    BadBindingCertificate {
+        /// The entry.
+        entry_id: String,
+        /// What is wrong with the certificate sent.
+        why: String,
+    },
     /// The entry exists but is not authorized for the calling agent.
     #[error("entry {0} is not authorized for this agent")]
     EntryNotAuthorized(String),

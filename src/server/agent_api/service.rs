@@ -113,6 +113,7 @@ pub fn entry_to_proto(e: &crate::server::entry::Entry) -> pb::Entry {
         hint: e.spec.hint.clone(),
         admin: e.spec.admin,
         revision: e.revision,
+        jwt_svid_binding: e.spec.jwt_svid_binding.as_str().to_owned(),
     }
 }
 

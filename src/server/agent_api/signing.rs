@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use keycard_workload_api::SpiffeId;
-use rustls_pki_types::SubjectPublicKeyInfoDer;
+use keycard_workload_api::{X509BundleSet, verify_chain, x5t_s256};
+use rustls_pki_types::{CertificateDer, SubjectPublicKeyInfoDer, UnixTime};
 use tonic::{Code, Request};
 
 use super::csr_check::check_csr;
@@ -17,7 +18,7 @@ use super::state::{Inner, blocking};
 use super::status::code_of;
 use crate::ca::{IssuedX509Svid, SvidRequest};
 use crate::server::datastore::AgentRecord;
-use crate::server::entry::Entry;
+use crate::server::entry::{Entry, JwtSvidBinding};
 use crate::telemetry::AUDIT_TARGET;
 use crate::wire::MAX_BATCH;
 
@@ -218,6 +219,43 @@ pub async fn batch_new_x509_svid(
     Ok(pb::BatchNewX509SvidResponse { results })
 }
 
+/// The RFC 8705 thumbprint of the X.509-SVID an agent sent to bind a JWT-SVID of `entry`
+/// to, once it is shown to chain to this trust domain's bundle, to name the entry's SPIFFE
+/// ID and to be valid now: so an agent cannot bind a token to a certificate its workload
+/// does not hold (it would need a certificate the CA issued for that ID).
+fn binding_thumbprint(
+    inner: &Inner,
+    entry: &Entry,
+    chain: &[Vec<u8>],
+) -> Result<String, AgentApiError> {
+    let refuse =
+        |why: String| AgentApiError::BadBindingCertificate { entry_id: entry.id.clone(), why };
+    if chain.is_empty() {
+        return Err(refuse("no X.509-SVID was sent".into()));
+    }
+    if chain.len() > MAX_BINDING_CHAIN {
+        return Err(refuse(format!("the chain sent has {} certificates", chain.len())));
+    }
+    let certs: Vec<CertificateDer<'_>> =
+        chain.iter().map(|c| CertificateDer::from(&c[..])).collect();
+    let bundles: X509BundleSet = [inner.ca.x509_bundle()].into_iter().collect();
+    let now = UnixTime::since_unix_epoch(
+        inner.clock.now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default(),
+    );
+    let id = verify_chain(&certs, &bundles, now)
+        .map_err(|e| refuse(format!("the X.509-SVID sent is refused: {e}")))?;
+    if id != entry.spec.spiffe_id {
+        return Err(refuse(format!(
+            "the X.509-SVID sent is for {id}, not the entry's {}",
+            entry.spec.spiffe_id
+        )));
+    }
+    Ok(x5t_s256(&chain[0]))
+}
+
+/// Most certificates accepted in a binding chain (leaf and intermediates).
+const MAX_BINDING_CHAIN: usize = 8;
+
 /// `NewJwtSvid`: a JWT-SVID with the entry's ID and TTL for the given audiences.
 pub async fn new_jwt_svid(
     inner: &Inner,
@@ -229,12 +267,16 @@ pub async fn new_jwt_svid(
         return Err(AgentApiError::BadRequest(problem));
     }
     let entry = authorized_entry(inner, &agent, &req.entry_id).await?;
+    let thumbprint = match entry.spec.jwt_svid_binding {
+        JwtSvidBinding::None => None,
+        JwtSvidBinding::X509 => Some(binding_thumbprint(inner, &entry, &req.x509_svid)?),
+    };
     take_one_sign_token(inner, &agent.id)?;
     let ttl = entry.spec.jwt_ttl.unwrap_or(inner.options.default_jwt_ttl);
     let started = Instant::now();
     let minted = inner
         .ca
-        .sign_jwt_svid(&entry.spec.spiffe_id, &req.audiences, ttl)
+        .sign_bound_jwt_svid(&entry.spec.spiffe_id, &req.audiences, ttl, thumbprint.as_deref())
         .map_err(AgentApiError::Ca)?;
     inner.metrics.issued("jwt", "workload", started.elapsed());
     tracing::info!(
@@ -244,6 +286,7 @@ pub async fn new_jwt_svid(
         audience_count = req.audiences.len(),
         first_audience = req.audiences.first().map_or("", String::as_str),
         expiry = unix_secs(minted.expiry),
+        bound_to = thumbprint.as_deref().unwrap_or(""),
         agent = %agent.id,
     );
     Ok(pb::NewJwtSvidResponse {

@@ -25,7 +25,8 @@ pub fn code_of(err: &AgentApiError) -> Code {
         | E::CannotReattest(_)
         | E::X509PopCertificate(_)
         | E::X509PopSignature
-        | E::EntryNotAuthorized(_) => Code::PermissionDenied,
+        | E::EntryNotAuthorized(_)
+        | E::BadBindingCertificate { .. } => Code::PermissionDenied,
         E::X509PopDisabled => Code::FailedPrecondition,
         E::BadRequest(_)
         | E::Csr(_)

@@ -11,7 +11,7 @@ use keycard_workload_api::SpiffeId;
 
 use super::{DataStoreError, EntryFilter, PageRequest};
 use crate::selector::SelectorSet;
-use crate::server::entry::EntrySpec;
+use crate::server::entry::{EntrySpec, JwtSvidBinding};
 
 /// A time as stored: milliseconds since the Unix epoch (earlier times clamp to 0).
 pub(super) fn time_to_db(t: SystemTime) -> i64 {
@@ -78,6 +78,12 @@ pub(super) fn spiffe_id_from_db(text: &str) -> Result<SpiffeId, DataStoreError> 
 /// selectors given in any order have the same key.
 pub(super) fn selectors_key(selectors: &SelectorSet) -> Result<String, DataStoreError> {
     serde_json::to_string(selectors).map_err(|e| DataStoreError::Backend(e.to_string()))
+}
+
+/// A stored JWT-SVID binding mode back (`id` names the entry in the error).
+pub(super) fn binding_from_db(text: &str, id: &str) -> Result<JwtSvidBinding, DataStoreError> {
+    JwtSvidBinding::parse(text)
+        .map_err(|e| DataStoreError::Corrupt(format!("JWT-SVID binding of entry {id}: {e}")))
 }
 
 /// An entry's DNS names as stored: a JSON array.

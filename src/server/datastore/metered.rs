@@ -135,7 +135,7 @@ mod tests {
             .unwrap()
             .execute_batch(
                 "INSERT INTO entries VALUES ('bad', 'not an id', 'not an id', '[]', NULL, NULL,
-                     '[]', '', 0, 99, 0, 0);",
+                     '[]', '', 0, 99, 0, 0, 'none');",
             )
             .unwrap();
         let e = store.get_entry("bad").unwrap_err();

@@ -20,8 +20,8 @@ use keycard_workload_api::{SpiffeId, TrustDomain};
 use rusqlite::{Connection, OptionalExtension as _, Transaction, TransactionBehavior};
 
 use super::codec::{
-    duration_from_db, duration_to_db, page_after, page_token, spiffe_id_from_db, time_from_db,
-    time_to_db, u64_from_db,
+    binding_from_db, duration_from_db, duration_to_db, page_after, page_token, spiffe_id_from_db,
+    time_from_db, time_to_db, u64_from_db,
 };
 use super::{
     AgentRecord, AuthorityMark, DataStore, DataStoreError, EntryChanges, EntryFilter,

@@ -250,7 +250,14 @@ fn agent_api_seeds() -> Vec<Vec<u8>> {
         tagged(0, &challenge),
         tagged(1, &pb::RenewAgentRequest { csr: p256.clone() }),
         tagged(2, &batch),
-        tagged(3, &pb::NewJwtSvidRequest { entry_id: "e1".into(), audiences: vec!["a".into()] }),
+        tagged(
+            3,
+            &pb::NewJwtSvidRequest {
+                entry_id: "e1".into(),
+                audiences: vec!["a".into()],
+                x509_svid: vec![],
+            },
+        ),
         tagged(
             4,
             &pb::SyncEntriesRequest { since_revision: 3, by_cursor: true, ..Default::default() },

@@ -25,6 +25,7 @@ fn entry(n: usize, parent: &SpiffeId, selector: &str) -> Entry {
             dns_names: Vec::new(),
             hint: String::new(),
             admin: false,
+            jwt_svid_binding: crate::server::entry::JwtSvidBinding::None,
         },
         revision: n as u64 + 1,
         created_at: SystemTime::UNIX_EPOCH,

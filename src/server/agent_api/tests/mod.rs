@@ -22,6 +22,7 @@ use crate::server::join_token;
 use crate::telemetry::metrics::ServerMetrics;
 
 mod attest;
+mod binding;
 mod cursor;
 mod deadlines;
 mod matrix;

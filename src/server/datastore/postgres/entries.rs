@@ -19,8 +19,9 @@ use tokio_postgres::{Row, Transaction};
 use super::{DataStoreError, get, pg_error};
 use crate::selector::{Selector, SelectorSet};
 use crate::server::datastore::codec::{
-    dns_names_json, duration_from_db, duration_to_db, filter_conditions, page_after, page_token,
-    selectors_key, spiffe_id_from_db, time_from_db, time_to_db, u64_from_db, u64_to_db,
+    binding_from_db, dns_names_json, duration_from_db, duration_to_db, filter_conditions,
+    page_after, page_token, selectors_key, spiffe_id_from_db, time_from_db, time_to_db,
+    u64_from_db, u64_to_db,
 };
 use crate::server::datastore::{BatchRefusal, EntryChanges, EntryFilter, Page, PageRequest};
 use crate::server::entry::{Entry, EntrySpec, new_entry_id};
@@ -32,12 +33,14 @@ const SELECT: &str = "SELECT e.id, e.spiffe_id, e.parent_id, e.x509_ttl_ms, e.jw
     ARRAY(SELECT s.type FROM entry_selectors s WHERE s.entry_id = e.id \
           ORDER BY s.type, s.value), \
     ARRAY(SELECT s.value FROM entry_selectors s WHERE s.entry_id = e.id \
-          ORDER BY s.type, s.value) \
+          ORDER BY s.type, s.value), \
+    e.jwt_svid_binding \
     FROM entries e";
 
 const INSERT_ENTRY: &str = "INSERT INTO entries (id, spiffe_id, parent_id, selectors_key, \
     identity_hash, x509_ttl_ms, jwt_ttl_ms, dns_names, hint, admin, revision, created_at, \
-    updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12)";
+    updated_at, jwt_svid_binding) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, $13)";
 const INSERT_SELECTORS: &str = "INSERT INTO entry_selectors (entry_id, type, value) \
     SELECT $1, t, v FROM unnest($2::text[], $3::text[]) AS s (t, v)";
 
@@ -63,6 +66,7 @@ fn decode(row: &Row) -> Result<Entry, DataStoreError> {
         dns_names,
         hint: get(row, 6)?,
         admin: get(row, 7)?,
+        jwt_svid_binding: binding_from_db(&get::<String>(row, 13)?, &id)?,
     };
     Ok(Entry {
         revision: u64_from_db(get(row, 8)?, "revision")?,
@@ -154,7 +158,8 @@ pub(super) async fn create_all(
         }
         let id = new_entry_id();
         let revision = first + index as u64;
-        let params: [&(dyn ToSql + Sync); 12] = [
+        let binding = spec.jwt_svid_binding.as_str();
+        let params: [&(dyn ToSql + Sync); 13] = [
             &id,
             &spec.spiffe_id.to_string(),
             &spec.parent_id.to_string(),
@@ -167,6 +172,7 @@ pub(super) async fn create_all(
             &spec.admin,
             &u64_to_db(revision),
             &now_db,
+            &binding,
         ];
         tx.execute(&insert, &params).await.map_err(insert_error)?;
         insert_selectors(tx, &id, &spec.selectors).await?;
@@ -266,7 +272,8 @@ pub(super) async fn update(
     if let Some(existing) = duplicate_of(tx, &hash, id).await? {
         return Err(DataStoreError::DuplicateEntry(existing));
     }
-    let params: [&(dyn ToSql + Sync); 12] = [
+    let binding = spec.jwt_svid_binding.as_str();
+    let params: [&(dyn ToSql + Sync); 13] = [
         &id,
         &spec.spiffe_id.to_string(),
         &spec.parent_id.to_string(),
@@ -279,11 +286,13 @@ pub(super) async fn update(
         &spec.admin,
         &u64_to_db(revision),
         &time_to_db(now),
+        &binding,
     ];
     tx.execute(
         "UPDATE entries SET spiffe_id = $2, parent_id = $3, selectors_key = $4, \
          identity_hash = $5, x509_ttl_ms = $6, jwt_ttl_ms = $7, dns_names = $8, hint = $9, \
-         admin = $10, revision = $11, updated_at = $12 WHERE id = $1",
+         admin = $10, revision = $11, updated_at = $12, \
+         jwt_svid_binding = $13 WHERE id = $1",
         &params,
     )
     .await

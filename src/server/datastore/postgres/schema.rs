@@ -108,8 +108,14 @@ CREATE TABLE servers (
 );
 "#;
 
+/// Version 2: what an entry's JWT-SVIDs are bound to ('none' or 'x509'), as SQLite's
+/// version 5.
+const V2: &str = "
+ALTER TABLE entries ADD COLUMN jwt_svid_binding TEXT NOT NULL DEFAULT 'none';
+";
+
 /// Every migration step, in order.
-pub(super) const MIGRATIONS: &[&str] = &[V1];
+pub(super) const MIGRATIONS: &[&str] = &[V1, V2];
 /// The schema version this build writes.
 pub(super) const LATEST: usize = MIGRATIONS.len();
 

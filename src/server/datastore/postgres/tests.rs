@@ -29,6 +29,7 @@ fn spec(path: &str, selector: &str) -> EntrySpec {
         dns_names: vec![],
         hint: String::new(),
         admin: false,
+        jwt_svid_binding: crate::server::entry::JwtSvidBinding::None,
     }
 }
 

@@ -16,8 +16,8 @@ use crate::server::entry::{Entry, EntrySpec, new_entry_id};
 
 const INSERT_ENTRY: &str = "INSERT INTO entries (id, spiffe_id, parent_id, selectors_key, \
                             x509_ttl_ms, jwt_ttl_ms, dns_names, hint, admin, revision, \
-                            created_at, updated_at) \
-                            VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)";
+                            created_at, updated_at, jwt_svid_binding) \
+                            VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12)";
 const INSERT_SELECTOR: &str =
     "INSERT INTO entry_selectors (entry_id, type, value) VALUES (?1, ?2, ?3)";
 
@@ -71,6 +71,7 @@ pub(super) fn create_all(
             spec.admin,
             revision_to_db(revision),
             now_db,
+            spec.jwt_svid_binding.as_str(),
         ])?;
         for s in spec.selectors.iter() {
             insert_selector.execute(params![id, s.kind(), s.value()])?;

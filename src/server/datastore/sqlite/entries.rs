@@ -6,8 +6,8 @@ use std::time::SystemTime;
 use rusqlite::{OptionalExtension as _, Row, Transaction, params, params_from_iter};
 
 use super::{
-    duration_from_db, duration_to_db, page_after, page_token, spiffe_id_from_db, time_from_db,
-    time_to_db, u64_from_db,
+    binding_from_db, duration_from_db, duration_to_db, page_after, page_token, spiffe_id_from_db,
+    time_from_db, time_to_db, u64_from_db,
 };
 use crate::selector::{Selector, SelectorSet};
 use crate::server::datastore::{DataStoreError, EntryChanges, EntryFilter, Page, PageRequest};
@@ -15,7 +15,7 @@ use crate::server::entry::{Entry, EntrySpec};
 
 /// The columns every entry query reads, in the order [`Raw::from_row`] expects.
 const COLUMNS: &str = "id, spiffe_id, parent_id, x509_ttl_ms, jwt_ttl_ms, dns_names, hint, \
-                       admin, revision, created_at, updated_at";
+                       admin, revision, created_at, updated_at, jwt_svid_binding";
 
 /// An entry row as SQLite returns it, before the values are checked.
 struct Raw {
@@ -30,6 +30,7 @@ struct Raw {
     revision: i64,
     created_at: i64,
     updated_at: i64,
+    jwt_svid_binding: String,
 }
 
 impl Raw {
@@ -46,6 +47,7 @@ impl Raw {
             revision: r.get(8)?,
             created_at: r.get(9)?,
             updated_at: r.get(10)?,
+            jwt_svid_binding: r.get(11)?,
         })
     }
 
@@ -72,6 +74,7 @@ impl Raw {
             dns_names,
             hint: self.hint,
             admin: self.admin,
+            jwt_svid_binding: binding_from_db(&self.jwt_svid_binding, &self.id)?,
         };
         Ok(Entry {
             id: self.id,
@@ -166,7 +169,7 @@ pub(super) fn update(
     tx.execute(
         "UPDATE entries SET spiffe_id = ?2, parent_id = ?3, selectors_key = ?4, \
          x509_ttl_ms = ?5, jwt_ttl_ms = ?6, dns_names = ?7, hint = ?8, admin = ?9, \
-         revision = ?10, updated_at = ?11 WHERE id = ?1",
+         revision = ?10, updated_at = ?11, jwt_svid_binding = ?12 WHERE id = ?1",
         params![
             id,
             spec.spiffe_id.to_string(),
@@ -179,6 +182,7 @@ pub(super) fn update(
             spec.admin,
             revision,
             time_to_db(now),
+            spec.jwt_svid_binding.as_str(),
         ],
     )?;
     tx.execute("DELETE FROM entry_selectors WHERE entry_id = ?1", [id])?;

@@ -115,8 +115,13 @@ CREATE TABLE servers (
 );
 ";
 
+/// Version 5: what an entry's JWT-SVIDs are bound to ('none' or 'x509').
+const V5: &str = "
+ALTER TABLE entries ADD COLUMN jwt_svid_binding TEXT NOT NULL DEFAULT 'none';
+";
+
 /// Every migration step, in order.
-pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
+pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
 /// The schema version this build writes.
 pub(super) const LATEST: usize = MIGRATIONS.len();
 

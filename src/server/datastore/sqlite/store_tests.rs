@@ -26,6 +26,7 @@ fn spec(path: &str, selector: &str) -> EntrySpec {
         dns_names: vec![],
         hint: String::new(),
         admin: true,
+        jwt_svid_binding: crate::server::entry::JwtSvidBinding::None,
     }
 }
 

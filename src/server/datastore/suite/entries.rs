@@ -9,7 +9,7 @@ use keycard_workload_api::SpiffeId;
 use super::Backend;
 use crate::selector::{Selector, SelectorSet};
 use crate::server::datastore::{DataStore, DataStoreError, EntryFilter, PageRequest};
-use crate::server::entry::{Entry, EntrySpec};
+use crate::server::entry::{Entry, EntrySpec, JwtSvidBinding};
 
 fn id(path: &str) -> SpiffeId {
     SpiffeId::parse(&format!("spiffe://example.org{path}")).unwrap()
@@ -29,6 +29,7 @@ fn spec(path: &str, parent: &str, sels: &[&str]) -> EntrySpec {
         dns_names: vec!["web.example.org".into()],
         hint: "internal".into(),
         admin: false,
+        jwt_svid_binding: JwtSvidBinding::None,
     }
 }
 
@@ -53,7 +54,12 @@ fn all_entries(store: &dyn DataStore, filter: &EntryFilter, size: u32) -> Vec<En
 pub(super) fn entries_are_created_read_updated_and_deleted_with_revisions(backend: &dyn Backend) {
     let store = backend.open();
     let a = store.create_entry(&spec("/web", "/agent", &["unix:uid:1"]), at(10)).unwrap();
-    let b = store.create_entry(&spec("/db", "/agent", &["unix:uid:2"]), at(11)).unwrap();
+    let bound = EntrySpec {
+        jwt_svid_binding: JwtSvidBinding::X509,
+        ..spec("/db", "/agent", &["unix:uid:2"])
+    };
+    let b = store.create_entry(&bound, at(11)).unwrap();
+    assert_eq!(store.get_entry(&b.id).unwrap().unwrap().spec, bound, "the binding is stored");
     assert_eq!((a.revision, b.revision), (1, 2));
     assert_eq!((a.created_at, a.updated_at), (at(10), at(10)));
     assert_eq!(store.get_entry(&a.id).unwrap(), Some(a.clone()));
@@ -64,6 +70,7 @@ pub(super) fn entries_are_created_read_updated_and_deleted_with_revisions(backen
     let mut changed = spec("/web", "/agent", &["unix:uid:1", "unix:gid:5"]);
     changed.jwt_ttl = Some(Duration::from_millis(1500));
     changed.admin = true;
+    changed.jwt_svid_binding = JwtSvidBinding::X509;
     let a2 = store.update_entry(&a.id, &changed, at(20)).unwrap();
     assert_eq!((a2.revision, a2.created_at, a2.updated_at), (3, at(10), at(20)));
     assert_eq!(a2.spec, changed);

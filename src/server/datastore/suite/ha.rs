@@ -26,6 +26,7 @@ fn spec(path: &str) -> EntrySpec {
         dns_names: vec![],
         hint: String::new(),
         admin: false,
+        jwt_svid_binding: crate::server::entry::JwtSvidBinding::None,
     }
 }
 

@@ -213,6 +213,7 @@ pub(super) fn everything_survives_closing_and_reopening(backend: &dyn Backend) {
         dns_names: vec![],
         hint: String::new(),
         admin: true,
+        jwt_svid_binding: crate::server::entry::JwtSvidBinding::None,
     };
     let (kept, deleted, before) = {
         let store = backend.open();
