@@ -30,6 +30,9 @@ pub struct LoadReport {
     pub client_leaves: BTreeSet<Vec<u8>>,
     /// The SPIFFE IDs the server workload saw its clients present (empty string: none).
     pub client_ids: BTreeSet<String>,
+    /// Why the server workload refused a connection (its side of a failed handshake, such
+    /// as a client certificate it did not accept), to explain a client's failure.
+    pub accept_errors: Vec<String>,
 }
 
 /// A client workload (`front`) connecting to a server workload (`back`) over mTLS every
@@ -148,7 +151,13 @@ async fn serve(
     while let Ok((tcp, _)) = listener.accept().await {
         let (acceptor, report) = (acceptor.clone(), report.clone());
         tokio::spawn(async move {
-            let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+            let mut tls = match acceptor.accept(tcp).await {
+                Ok(tls) => tls,
+                Err(e) => {
+                    report.lock().unwrap().accept_errors.push(format!("accept: {e}"));
+                    return;
+                }
+            };
             let (_, conn) = tls.get_ref();
             let peer = peer_spiffe_id(conn).map(|i| i.to_string()).unwrap_or_default();
             let leaf = conn.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec());
