@@ -291,7 +291,7 @@ impl CaManager {
     /// The X.509 roots: the upstream root, or this server's authorities and its peers'.
     pub(super) fn x509_bundle_of(&self, journal: &Journal) -> X509Bundle {
         let mut bundle = X509Bundle::new(self.config.trust_domain.clone());
-        let peers = self.peers.read().unwrap_or_else(|p| p.into_inner());
+        let peers = self.read_peers();
         let now = self.clock.now();
         let roots: Vec<CertificateDer<'static>> = match &self.config.upstream {
             Some(up) => vec![up.root().clone()],
@@ -327,7 +327,7 @@ impl CaManager {
             jwt.add_authority(kid.clone(), authority.public_key().clone())
                 .map_err(|e| CaError::Signing(e.to_string()))?;
         }
-        let peers = self.peers.read().unwrap_or_else(|p| p.into_inner());
+        let peers = self.read_peers();
         for (server, record) in peers.records(AuthorityKind::Jwt, self.clock.now()) {
             match Jwk::from_spki_der(&record.public_der) {
                 Ok(key) => {
@@ -347,7 +347,7 @@ impl CaManager {
     /// IDs of tainted authorities of `kind`, this server's and its peers'.
     fn tainted_of(&self, kind: AuthorityKind) -> Vec<String> {
         let state = self.read();
-        let peers = self.peers.read().unwrap_or_else(|p| p.into_inner());
+        let peers = self.read_peers();
         let now = self.clock.now();
         let own = state.journal.set(kind).records.iter();
         own.chain(peers.records(kind, now).map(|(_, r)| r))

@@ -346,6 +346,16 @@ pub fn server_config_from(
     authorizer: Authorizer,
 ) -> Result<ServerConfig, TlsError> {
     let (provider, resolver, verifier) = parts(updates, own_id, authorizer);
+    spiffe_server_config(provider, verifier, resolver)
+}
+
+/// A server config with these parts, TLS 1.3 and 1.2, and no session resumption (a
+/// resumed handshake would skip verifying a rotated peer certificate).
+fn spiffe_server_config(
+    provider: Arc<CryptoProvider>,
+    verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    resolver: Arc<SvidResolver>,
+) -> Result<ServerConfig, TlsError> {
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_client_cert_verifier(verifier)
@@ -368,13 +378,7 @@ pub fn server_config_optional_client(
     let verifier = SpiffePeerVerifier::from_updates(updates.clone(), authorizer.clone());
     let verifier = Arc::new(verifier.optional_client_auth());
     let (provider, resolver, _) = parts(updates, own_id, authorizer);
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_client_cert_verifier(verifier)
-        .with_cert_resolver(resolver);
-    config.session_storage = Arc::new(NoServerSessionStorage {});
-    config.send_tls13_tickets = 0;
-    Ok(config)
+    spiffe_server_config(provider, verifier, resolver)
 }
 
 /// A client config presenting the source's SVID (`own_id`, or the default one) and

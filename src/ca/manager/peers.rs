@@ -109,7 +109,12 @@ impl CaManager {
 
     /// The peers' view as last set.
     pub fn peers(&self) -> Peers {
-        self.peers.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.read_peers().clone()
+    }
+
+    /// The peers' view, borrowed (bundle and tainted lists are built under it).
+    pub(super) fn read_peers(&self) -> std::sync::RwLockReadGuard<'_, Peers> {
+        self.peers.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Applies operators' marks to this server's own authorities that do not carry them
