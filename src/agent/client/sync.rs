@@ -125,6 +125,7 @@ impl ServerClient {
             by_cursor: true,
             cursor: cursor.to_vec(),
             bundle_sequence,
+            federated_digest: Vec::new(),
         };
         let sent = message.encoded_len();
         let request = self.request(message);

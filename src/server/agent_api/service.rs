@@ -114,6 +114,7 @@ pub fn entry_to_proto(e: &crate::server::entry::Entry) -> pb::Entry {
         admin: e.spec.admin,
         revision: e.revision,
         jwt_svid_binding: e.spec.jwt_svid_binding.as_str().to_owned(),
+        federates_with: Vec::new(),
     }
 }
 
