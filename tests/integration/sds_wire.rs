@@ -188,18 +188,25 @@ fn sds_wire_rules_hold_for_a_grpcio_client_with_xds_protos() {
     }
     let (ok, output) = run_script(&args);
     assert!(ok, "sds_wire.py failed:\n{output}\n--- agent log ---\n{}", agent.log_text());
+    eprintln!("sds_wire.py:\n{output}");
     for check in CHECKS {
         let line = format!("ok {check}: ");
         assert!(output.lines().any(|l| l.starts_with(&line)), "no `{line}`:\n{output}");
     }
 
-    // The NACK was logged with the message Envoy sent.
+    // The NACK was logged, with the message Envoy sent in a field of its own (a JSON reader
+    // keeps one `message` key: the event's).
     let events = agent.events();
+    let names_nack = |e: &&Value| {
+        let fields = e["fields"].as_object();
+        fields.is_some_and(|f| f.iter().any(|(k, v)| k != "message" && v == nack.as_str()))
+    };
     let logged: Vec<&Value> =
-        events.iter().filter(|e| e.to_string().contains(NACK_LOGGED)).collect();
+        events.iter().filter(|e| e["fields"]["message"] == NACK_LOGGED).collect();
     assert!(
-        logged.iter().any(|e| e.to_string().contains(&nack)),
-        "no NACK log line names {nack:?}: {logged:#?}"
+        logged.iter().any(names_nack),
+        "no `{NACK_LOGGED}` event has a field {nack:?}; the agent log:\n{}",
+        agent.log_text()
     );
 
     // ACKs, NACKs and stale nonces are counted as such.
