@@ -78,8 +78,9 @@ def request(names, nonce="", version="", envoy=None, error=None):
 
 
 class Stream:
-    """One StreamSecrets call: requests go in through a queue, responses (or the call's
-    error, or END) come out through another, read by a thread so waits are bounded."""
+    """One StreamSecrets call (a context manager that ends it): requests go in through a
+    queue, responses (or the call's error, or END) come out through another, read by a thread
+    so that every wait is bounded."""
 
     def __init__(self, stub, metadata=()):
         self._requests = queue.Queue()
@@ -127,9 +128,18 @@ class Stream:
         expect(isinstance(got, grpc.RpcError), f"the stream to fail after {what}", show(got))
         return got
 
-    def close(self):
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_):
         self._requests.put(None)
         self._call.cancel()
+
+
+def expect_invalid(e, name):
+    """`e` is INVALID_ARGUMENT with a message naming `name`."""
+    expect(e.code() == grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", show(e))
+    expect(name in e.details(), f"a message naming {name}", e.details())
 
 
 def show(got):
@@ -167,9 +177,13 @@ def uri_san(cert):
 
 
 class Checker:
-    """The expectations: the caller's IDs and the trust domain's bundle."""
+    """The channel and SDS stub to check through, and the expectations: the caller's IDs, the
+    trust domain's bundle, and the message to NACK with."""
 
-    def __init__(self, ids, bundle_pem):
+    def __init__(self, channel, ids, bundle_pem, nack_message):
+        self.channel = channel
+        self.stub = sds_pb2_grpc.SecretDiscoveryServiceStub(channel)
+        self.nack_message = nack_message
         self.ids = ids
         self.bundle = certificates(bundle_pem)
         self.trust_domain = ids[0].split("/")[2]
@@ -224,9 +238,8 @@ class Checker:
         return {n: self.kind(s, n if n in self.ids else None) for n, s in secrets(response).items()}
 
 
-def check_empty_names(stub, c):
-    stream = Stream(stub)
-    try:
+def check_empty_names(c):
+    with Stream(c.stub) as stream:
         stream.send(request([]))
         r = stream.response("empty resource_names")
         expect(r.type_url == SECRET_TYPE, SECRET_TYPE, r.type_url)
@@ -234,9 +247,7 @@ def check_empty_names(stub, c):
         expect(has_both, "a version and a nonce", (r.version_info, r.nonce))
         got = c.kinds(r)
         expect(got == c.everything(), c.everything(), got)
-    finally:
-        stream.close()
-    f = stub.FetchSecrets(request([]), timeout=PATIENCE_SECONDS)
+    f = c.stub.FetchSecrets(request([]), timeout=PATIENCE_SECONDS)
     has_both = f.version_info != "" and f.nonce != ""
     expect(has_both, "a version and a nonce", (f.version_info, f.nonce))
     got = c.kinds(f)
@@ -244,50 +255,40 @@ def check_empty_names(stub, c):
     return f"StreamSecrets and FetchSecrets give {sorted(got.items())}"
 
 
-def check_default_name(stub, c):
-    f = stub.FetchSecrets(request(["default", c.ids[-1]]), timeout=PATIENCE_SECONDS)
+def check_default_name(c):
+    f = c.stub.FetchSecrets(request(["default", c.ids[-1]]), timeout=PATIENCE_SECONDS)
     got = c.kinds(f)
     want = {"default": "tls_certificate", c.ids[-1]: "tls_certificate"}
     expect(got == want, want, got)
     return "default and a named SVID are tls_certificates of the caller"
 
 
-def check_unknown_name(stub, c):
+def check_unknown_name(c):
     unknown = f"spiffe://{c.trust_domain}/not-mine"
     for names in ([unknown], [c.ids[0], unknown], ["no-such-secret"]):
         bad = names[-1]
-        stream = Stream(stub)
-        try:
+        with Stream(c.stub) as stream:
             stream.send(request(names))
             e = stream.error(f"asking for {names}")
-            expect(e.code() == grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", show(e))
-            expect(bad in e.details(), f"a message naming {bad}", e.details())
-        finally:
-            stream.close()
+            expect_invalid(e, bad)
         try:
-            stub.FetchSecrets(request(names), timeout=PATIENCE_SECONDS)
+            c.stub.FetchSecrets(request(names), timeout=PATIENCE_SECONDS)
             raise Failure(f"FetchSecrets {names}: INVALID_ARGUMENT", "an answer")
         except grpc.RpcError as e:
-            expect(e.code() == grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", show(e))
-            expect(bad in e.details(), f"a message naming {bad}", e.details())
+            expect_invalid(e, bad)
     # An unknown name added later on an open stream ends it the same way.
-    stream = Stream(stub)
-    try:
+    with Stream(c.stub) as stream:
         stream.send(request([c.ids[0]]))
         r = stream.response("a known name")
         stream.send(request([c.ids[0], unknown], nonce=r.nonce, version=r.version_info))
         e = stream.error("adding an unknown name")
-        expect(e.code() == grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", show(e))
-        expect(unknown in e.details(), f"a message naming {unknown}", e.details())
-    finally:
-        stream.close()
+        expect_invalid(e, unknown)
     return f"INVALID_ARGUMENT naming it, first or later, on both RPCs ({e.details()!r})"
 
 
-def check_ack_and_stale_nonce(stub, c):
+def check_ack_and_stale_nonce(c):
     me = c.ids[0]
-    stream = Stream(stub)
-    try:
+    with Stream(c.stub) as stream:
         stream.send(request([me]))
         r1 = stream.response("the first request")
         stream.send(request([me], nonce=r1.nonce, version=r1.version_info))
@@ -307,27 +308,21 @@ def check_ack_and_stale_nonce(stub, c):
         stream.send(request([me], nonce=r2.nonce, version=r2.version_info))
         r3 = stream.response("new names with the last nonce")
         expect(sorted(secrets(r3)) == [me], [me], sorted(secrets(r3)))
-    finally:
-        stream.close()
     # Reconnecting: a new stream's first request echoes the old stream's nonce; it is answered.
-    stream = Stream(stub)
-    try:
+    with Stream(c.stub) as stream:
         stream.send(request([me], nonce=r3.nonce, version=r3.version_info))
         r = stream.response("a reconnect echoing the previous stream's nonce")
         expect(sorted(secrets(r)) == [me], [me], sorted(secrets(r)))
-    finally:
-        stream.close()
     versions = " < ".join(r.version_info for r in (r1, r2, r3))
     return f"ACK and stale nonces ignored; versions {versions}"
 
 
-def check_nack(stub, c, message):
+def check_nack(c):
     me = c.ids[0]
-    stream = Stream(stub)
-    try:
+    with Stream(c.stub) as stream:
         stream.send(request([me]))
         r1 = stream.response("the first request")
-        error = status_pb2.Status(code=3, message=message)
+        error = status_pb2.Status(code=3, message=c.nack_message)
         stream.send(request([me], nonce=r1.nonce, version="", error=error))
         stream.silent("a NACK")
         stream.send(request([me, "ALL"], nonce=r1.nonce, version=""))
@@ -337,13 +332,11 @@ def check_nack(stub, c, message):
         expect(got == want, want, got)
         stream.send(request([me, "ALL"], nonce=r2.nonce, version=r2.version_info))
         stream.silent("the ACK after the NACK")
-    finally:
-        stream.close()
     return "the stream stayed open and answered the next name change"
 
 
-def check_delta(stub, c):
-    call = stub.DeltaSecrets(
+def check_delta_secrets(c):
+    call = c.stub.DeltaSecrets(
         iter([discovery_pb2.DeltaDiscoveryRequest(type_url=SECRET_TYPE, node=node())]),
         timeout=PATIENCE_SECONDS,
     )
@@ -355,12 +348,12 @@ def check_delta(stub, c):
     return "UNIMPLEMENTED"
 
 
-def check_header_rule(channel, stub, c):
+def check_header_rule(c):
     for metadata, what in (((), "without"), ((HEADER,), "with")):
-        f = stub.FetchSecrets(request([c.ids[0]]), metadata=metadata, timeout=PATIENCE_SECONDS)
+        f = c.stub.FetchSecrets(request([c.ids[0]]), metadata=metadata, timeout=PATIENCE_SECONDS)
         got = sorted(secrets(f))
         expect(got == [c.ids[0]], f"SDS {what} the header: {c.ids[0]}", got)
-    fetch = channel.unary_stream(
+    fetch = c.channel.unary_stream(
         "/SpiffeWorkloadAPI/FetchX509SVID",
         request_serializer=lambda r: r,
         response_deserializer=lambda raw: raw,
@@ -382,7 +375,7 @@ def check_header_rule(channel, stub, c):
     return "SDS answers with and without it; FetchX509SVID needs it (INVALID_ARGUMENT without)"
 
 
-def check_plain_trusted_ca(stub, c):
+def check_plain_trusted_ca(c):
     disable = "disable_spiffe_cert_validation"
     nodes = [
         (f"{disable}: true", node(metadata={disable: True}), "trusted_ca"),
@@ -392,17 +385,26 @@ def check_plain_trusted_ca(stub, c):
     ]
     for what, envoy, all_kind in nodes:
         want = {"ALL": all_kind, "ROOTCA": "trusted_ca"}
-        f = stub.FetchSecrets(request(["ALL", "ROOTCA"], envoy=envoy), timeout=PATIENCE_SECONDS)
+        f = c.stub.FetchSecrets(request(["ALL", "ROOTCA"], envoy=envoy), timeout=PATIENCE_SECONDS)
         got = c.kinds(f)
         expect(got == want, f"FetchSecrets for {what}: {want}", got)
-        stream = Stream(stub)
-        try:
+        with Stream(c.stub) as stream:
             stream.send(request(["ALL"], envoy=envoy))
             got = c.kinds(stream.response(f"ALL for {what}"))
             expect(got == {"ALL": all_kind}, f"StreamSecrets for {what}: ALL as {all_kind}", got)
-        finally:
-            stream.close()
     return f"ALL is plain trusted_ca for Envoy < 1.17 or {disable}, else the SPIFFE validator"
+
+
+CHECKS = (
+    check_empty_names,
+    check_default_name,
+    check_unknown_name,
+    check_ack_and_stale_nonce,
+    check_nack,
+    check_delta_secrets,
+    check_header_rule,
+    check_plain_trusted_ca,
+)
 
 
 def main():
@@ -413,23 +415,14 @@ def main():
     parser.add_argument("--id", action="append", required=True)
     args = parser.parse_args()
     with open(args.bundle, "rb") as f:
-        c = Checker(args.id, f.read())
+        bundle = f.read()
     options = [("grpc.enable_http_proxy", 0)]
     with grpc.insecure_channel("unix:" + args.socket, options=options) as channel:
-        stub = sds_pb2_grpc.SecretDiscoveryServiceStub(channel)
-        checks = [
-            ("empty_names", lambda: check_empty_names(stub, c)),
-            ("default_name", lambda: check_default_name(stub, c)),
-            ("unknown_name", lambda: check_unknown_name(stub, c)),
-            ("ack_and_stale_nonce", lambda: check_ack_and_stale_nonce(stub, c)),
-            ("nack", lambda: check_nack(stub, c, args.nack_message)),
-            ("delta_secrets", lambda: check_delta(stub, c)),
-            ("header_rule", lambda: check_header_rule(channel, stub, c)),
-            ("plain_trusted_ca", lambda: check_plain_trusted_ca(stub, c)),
-        ]
-        for name, check in checks:
+        c = Checker(channel, args.id, bundle, args.nack_message)
+        for check in CHECKS:
+            name = check.__name__.removeprefix("check_")
             try:
-                print(f"ok {name}: {check()}", flush=True)
+                print(f"ok {name}: {check(c)}", flush=True)
             except Failure as failure:
                 print(f"FAIL {name}: {failure}", flush=True)
                 sys.exit(1)
