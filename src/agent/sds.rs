@@ -233,7 +233,7 @@ impl StreamState {
                 version = %req.version_info,
                 names = ?req.resource_names,
                 code = error.code,
-                message = %error.message,
+                error_message = %error.message,
                 "Envoy rejected the secrets sent over SDS (NACK)"
             );
             return Ok(Asked::Nothing);

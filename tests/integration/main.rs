@@ -29,6 +29,7 @@ mod procs;
 mod py_spiffe;
 mod python;
 mod rotation_load;
+mod sds_wire;
 mod secrets;
 mod server;
 mod startup;
