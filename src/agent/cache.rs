@@ -1,5 +1,6 @@
 //! The agent's workload SVID cache: the entries the server authorized for this agent, the
-//! current X.509-SVID of each, and the trust bundle.
+//! current X.509-SVID of each, the trust bundle, and the bundles of foreign trust domains
+//! (federation) that entries name in `federates_with`.
 //!
 //! The [`Manager`](super::manager::Manager) fills it; the Workload API reads it with
 //! [`SvidCache::svids_for`] and follows it with [`SvidCache::subscribe`], which wakes a
@@ -20,7 +21,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
-use keycard_workload_api::{SpiffeBundle, SpiffeId, X509BundleSet};
+use keycard_workload_api::{SpiffeBundle, SpiffeId, TrustDomain, X509BundleSet};
 use rustls_pki_types::UnixTime;
 use x509_parser::prelude::{FromDer as _, ParsedExtension, X509Certificate};
 
@@ -38,8 +39,8 @@ use state::{CachedEntry, State};
 pub use subscribers::Subscription;
 use subscribers::{Change, Registry};
 pub use types::{
-    CacheError, CachedSvid, DueEntry, EntryChanges, EntryView, NewSvid, Snapshot, SvidKey,
-    TrustBundle, WorkloadSvid,
+    CacheError, CachedSvid, DueEntry, EntryChanges, EntryView, FederatedBundles, NewSvid,
+    Snapshot, SvidKey, TrustBundle, WorkloadSvid, same_federated,
 };
 
 /// The cache; see the module documentation. Shared as `Arc<SvidCache>`.
@@ -63,6 +64,25 @@ fn parse_entry(e: &pb::Entry) -> Option<(SpiffeId, SelectorSet)> {
     let selectors: Result<SelectorSet, _> =
         e.selectors.iter().map(|s| Selector::parse(s)).collect();
     Some((id, selectors.ok()?))
+}
+
+/// The entry's `federates_with` as trust domains, sorted and without duplicates; a name
+/// that is not a trust domain is skipped (and logged), the rest kept.
+fn parse_federates_with(e: &pb::Entry) -> Vec<TrustDomain> {
+    let mut out: Vec<TrustDomain> = e
+        .federates_with
+        .iter()
+        .filter_map(|name| match TrustDomain::new(name) {
+            Ok(td) => Some(td),
+            Err(err) => {
+                tracing::warn!(entry_id = %e.id, federates_with = %name, error = %err, "skipping a federated trust domain the agent cannot parse");
+                None
+            }
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 fn unix_time(t: SystemTime) -> UnixTime {
@@ -122,6 +142,18 @@ impl SvidCache {
         self.current().bundle.clone()
     }
 
+    /// Every foreign bundle held, by trust domain.
+    pub fn federated(&self) -> Arc<FederatedBundles> {
+        self.current().federated.clone()
+    }
+
+    /// The foreign bundles a caller with `selectors` may have: those of the trust domains
+    /// the entries it holds SVIDs of federate with, among the ones held.
+    pub fn federated_for(&self, selectors: &SelectorSet) -> FederatedBundles {
+        let state = self.current();
+        state.federated_for(&state.svids_in(selectors))
+    }
+
     /// The cached SVID of one entry.
     pub fn svid(&self, entry_id: &str) -> Option<Arc<CachedSvid>> {
         self.current().entry(entry_id).and_then(|e| e.svid.clone())
@@ -158,22 +190,32 @@ impl SvidCache {
         lock(&self.subscribers).evaluations()
     }
 
-    /// Replaces the entries, bundle and tainted authorities with a sync's result. SVIDs
-    /// of entries that are gone (or now name another SPIFFE ID) are dropped at once. A
-    /// bundle without X.509 authorities is refused (nothing changes).
+    /// Replaces the entries, bundle and tainted authorities with a sync's result; the
+    /// federated bundles stay. See [`SvidCache::set_synced`].
     pub fn set_entries(
         &self,
         entries: &BTreeMap<String, pb::Entry>,
         bundle: Option<&SpiffeBundle>,
         tainted: &[String],
     ) -> Result<EntryChanges, CacheError> {
+        self.set_synced(entries, bundle, tainted, None)
+    }
+
+    /// Replaces the entries, bundle and tainted authorities with a sync's result, and the
+    /// federated bundles with `federated` when given (the whole set: a trust domain left
+    /// out is no longer served), in one publish. SVIDs of entries that are gone (or now
+    /// name another SPIFFE ID) are dropped at once. A bundle without X.509 authorities is
+    /// refused (nothing changes).
+    pub fn set_synced(
+        &self,
+        entries: &BTreeMap<String, pb::Entry>,
+        bundle: Option<&SpiffeBundle>,
+        tainted: &[String],
+        federated: Option<FederatedBundles>,
+    ) -> Result<EntryChanges, CacheError> {
         let bundle = match bundle {
             Some(b) if b.x509_authorities.is_empty() => return Err(CacheError::EmptyBundle),
-            Some(b) => Some(Arc::new(TrustBundle {
-                spiffe: b.clone(),
-                x509: b.x509_bundle().map_err(|e| CacheError::BadBundle(e.to_string()))?,
-                jwt: b.jwt_bundle().map_err(|e| CacheError::BadBundle(e.to_string()))?,
-            })),
+            Some(b) => Some(Arc::new(TrustBundle::of(b)?)),
             None => None,
         };
         let _writer = lock(&self.writer);
@@ -194,6 +236,7 @@ impl SvidCache {
                 dns_names: e.dns_names.clone(),
                 x509_ttl_seconds: e.x509_ttl_seconds,
                 jwt_bound: e.jwt_svid_binding == "x509",
+                federates_with: parse_federates_with(e),
                 stale: false,
                 svid: None,
                 served: None,
@@ -232,6 +275,10 @@ impl SvidCache {
             }
         }
         next.bundle = current.bundle.clone();
+        next.federated = match federated {
+            Some(set) => Self::keep_shared(&current.federated, set),
+            None => current.federated.clone(),
+        };
         if let Some(bundle) = bundle
             && current.bundle.as_deref() != Some(&*bundle)
         {
@@ -241,6 +288,22 @@ impl SvidCache {
         next.reindex_selectors();
         self.install(&current, next, changed);
         Ok(changes)
+    }
+
+    /// `set`, sharing what is unchanged with `held`: the same `Arc` when nothing differs
+    /// (so that publishes see no change), and each unchanged bundle's `Arc` otherwise.
+    fn keep_shared(held: &Arc<FederatedBundles>, set: FederatedBundles) -> Arc<FederatedBundles> {
+        if same_federated(held, &set) {
+            return held.clone();
+        }
+        let set = set
+            .into_iter()
+            .map(|(td, bundle)| match held.get(&td) {
+                Some(old) if **old == *bundle => (td, old.clone()),
+                _ => (td, bundle),
+            })
+            .collect();
+        Arc::new(set)
     }
 
     /// Marks for replacement every SVID that no longer chains to `bundle` (its authority
@@ -370,3 +433,5 @@ pub(crate) use test_support::test_svid;
 mod subscriber_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod federation_tests;
