@@ -127,7 +127,7 @@ mod tests {
         let next = update(&[
             ("example.com", b"{not json".to_vec()),
             ("example.net", bundle_json("example.net")),
-            ("bad.example", br#"{"keys":[{"use":"x509-svid","kty":"EC"}]}"#.to_vec()),
+            ("bad.example", br#"{"keys":[{"use":"x509-svid","x5c":["not base64!"]}]}"#.to_vec()),
             ("Not A Domain!", bundle_json("example.net")),
         ]);
         let merged = merge(&own, &first, &next);

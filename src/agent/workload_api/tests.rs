@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use keycard_workload_api::proto::{SpiffeWorkloadApiClient, X509svidResponse};
-use keycard_workload_api::{SpiffeId, TrustDomain, X509Bundle};
+use keycard_workload_api::{SpiffeBundle, SpiffeId, TrustDomain, X509Bundle};
 use rustls_pki_types::SubjectPublicKeyInfoDer;
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
