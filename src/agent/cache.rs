@@ -39,8 +39,8 @@ use state::{CachedEntry, State};
 pub use subscribers::Subscription;
 use subscribers::{Change, Registry};
 pub use types::{
-    CacheError, CachedSvid, DueEntry, EntryChanges, EntryView, FederatedBundles, NewSvid,
-    Snapshot, SvidKey, TrustBundle, WorkloadSvid, same_federated,
+    CacheError, CachedSvid, DueEntry, EntryChanges, EntryView, FederatedBundles, NewSvid, Snapshot,
+    SvidKey, TrustBundle, WorkloadSvid, same_federated,
 };
 
 /// The cache; see the module documentation. Shared as `Arc<SvidCache>`.
@@ -430,8 +430,8 @@ pub(crate) mod test_support;
 pub(crate) use test_support::test_svid;
 
 #[cfg(test)]
+mod federation_tests;
+#[cfg(test)]
 mod subscriber_tests;
 #[cfg(test)]
 mod tests;
-#[cfg(test)]
-mod federation_tests;

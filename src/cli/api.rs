@@ -346,15 +346,12 @@ fn x509_json(context: &X509Context) -> Value {
             })
         })
         .collect();
-    let bundle = |b: &keycard_workload_api::X509Bundle, federated: bool| {
-        json!({"trust_domain": b.trust_domain().to_string(), "federated": federated, "pem": b.to_pem()})
-    };
+    let bundle = |b: &keycard_workload_api::X509Bundle, federated: bool| json!({"trust_domain": b.trust_domain().to_string(), "federated": federated, "pem": b.to_pem()});
     let own = files::own_bundles(context).into_iter().map(|b| bundle(b, false));
     let federated = files::federated_bundles(context).into_iter().map(|b| bundle(b, true));
     let bundles: Vec<Value> = own.chain(federated).collect();
     json!({"svids": svids, "bundles": bundles})
 }
-
 
 fn jwt_text(svids: &[JwtSvidToken]) -> String {
     svids

@@ -49,14 +49,19 @@ impl Fixture {
         let ca = crate::ca::manager::test_ca(td("example.org"));
         let cache = SvidCache::new(Arc::new(crate::clock::SystemClock));
         let entries = BTreeMap::from([
-            ("web".to_string(), entry("web", "spiffe://example.org/web", "unix:uid:1", &[
-                "example.com",
-            ])),
-            ("db".to_string(), entry("db", "spiffe://example.org/db", "unix:uid:2", &[
-                "example.net",
-                "spiffe://example.com",
-                "not a domain",
-            ])),
+            (
+                "web".to_string(),
+                entry("web", "spiffe://example.org/web", "unix:uid:1", &["example.com"]),
+            ),
+            (
+                "db".to_string(),
+                entry(
+                    "db",
+                    "spiffe://example.org/db",
+                    "unix:uid:2",
+                    &["example.net", "spiffe://example.com", "not a domain"],
+                ),
+            ),
         ]);
         let f = Self { ca, cache, entries };
         f.sync(None).unwrap();
@@ -90,10 +95,7 @@ fn a_caller_gets_the_bundles_its_entries_federate_with_among_those_held() {
     let web = f.cache.subscribe(sel("unix:uid:1"));
     assert_eq!(names(&web.borrow().federated), ["example.com"]);
     f.sync(Some(set(&[&com, &net, &edu]))).unwrap();
-    assert_eq!(names(&f.cache.federated_for(&sel("unix:uid:2"))), [
-        "example.com",
-        "example.net"
-    ]);
+    assert_eq!(names(&f.cache.federated_for(&sel("unix:uid:2"))), ["example.com", "example.net"]);
 }
 
 #[test]

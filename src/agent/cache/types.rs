@@ -202,9 +202,9 @@ pub type FederatedBundles = BTreeMap<TrustDomain, Arc<TrustBundle>>;
 /// from one cache state share their bundles).
 pub fn same_federated(a: &FederatedBundles, b: &FederatedBundles) -> bool {
     a.len() == b.len()
-        && a.iter().zip(b.iter()).all(|((ta, ba), (tb, bb))| {
-            ta == tb && (Arc::ptr_eq(ba, bb) || ba == bb)
-        })
+        && a.iter()
+            .zip(b.iter())
+            .all(|((ta, ba), (tb, bb))| ta == tb && (Arc::ptr_eq(ba, bb) || ba == bb))
 }
 
 /// What one caller set is entitled to: the value of its subscription, shared by every

@@ -107,10 +107,10 @@ mod tests {
             ("example.org", bundle_json("example.org")),
         ]);
         let merged = merge(&own, &FederatedBundles::new(), &set);
-        assert_eq!(merged.keys().map(TrustDomain::name).collect::<Vec<_>>(), [
-            "example.com",
-            "example.net"
-        ]);
+        assert_eq!(
+            merged.keys().map(TrustDomain::name).collect::<Vec<_>>(),
+            ["example.com", "example.net"]
+        );
         let com = &merged[&td("example.com")];
         assert_eq!(com.x509.trust_domain(), &td("example.com"));
         assert!(!com.jwt.is_empty(), "the JWT form is made too");

@@ -56,7 +56,9 @@ fn names(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
 
-fn validation(secret: &envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret) -> &CertificateValidationContext {
+fn validation(
+    secret: &envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret,
+) -> &CertificateValidationContext {
     match &secret.r#type {
         Some(Type::ValidationContext(v)) => v,
         other => panic!("not a validation context: {other:?}"),
@@ -106,12 +108,15 @@ fn all_and_the_empty_name_list_include_the_federated_domains() {
 
     let everything = secrets(&config, &snapshot, &[], true).unwrap();
     let got: Vec<&str> = everything.iter().map(|s| s.name.as_str()).collect();
-    assert_eq!(got, [
-        "ROOTCA",
-        "ALL",
-        "spiffe://example.com",
-        "spiffe://example.org",
-        "spiffe://example.org/web"
-    ]);
+    assert_eq!(
+        got,
+        [
+            "ROOTCA",
+            "ALL",
+            "spiffe://example.com",
+            "spiffe://example.org",
+            "spiffe://example.org/web"
+        ]
+    );
     assert_eq!(validator_domains(validation(&everything[1])), ["example.com", "example.org"]);
 }

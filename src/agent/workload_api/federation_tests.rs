@@ -48,7 +48,8 @@ struct Fed {
 impl Fed {
     async fn start() -> Self {
         let mut s = Setup::start().await;
-        let (com, net, (_, edu)) = (foreign("example.com"), foreign("example.net"), foreign("example.edu"));
+        let (com, net, (_, edu)) =
+            (foreign("example.com"), foreign("example.net"), foreign("example.edu"));
         let held = set(&[&com.1, &net.1, &edu]);
         s.sync_federated(Self::entries(&s, &["example.com"]), Some(held));
         s.mint("e1");
@@ -106,11 +107,8 @@ async fn fetch_x509_svid_sends_the_federated_bundles_of_the_callers_entries() {
 async fn the_bundle_streams_carry_own_and_federated_bundles() {
     let mut f = Fed::start().await;
     let mut c = client(&f.s.socket).await;
-    let mut x509 = c
-        .fetch_x509_bundles(with_header(X509BundlesRequest {}))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut x509 =
+        c.fetch_x509_bundles(with_header(X509BundlesRequest {})).await.unwrap().into_inner();
     let first = x509.message().await.unwrap().unwrap();
     let mut keys: Vec<&String> = first.bundles.keys().collect();
     keys.sort();

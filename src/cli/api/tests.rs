@@ -146,10 +146,7 @@ async fn fetch_x509_writes_and_lists_the_federated_bundles() {
     let fetch = ApiCommand::Fetch(FetchCommand::X509 { write: Some(dir.clone()) });
     let text = agent.run(OutputFormat::Text, fetch).await.unwrap();
     assert!(text.contains("Bundles:           example.org (1 CA)\n"), "{text}");
-    assert!(
-        text.contains("Federated bundles: example.com (1 CA), example.net (1 CA)"),
-        "{text}"
-    );
+    assert!(text.contains("Federated bundles: example.com (1 CA), example.net (1 CA)"), "{text}");
     // SPIRE's names: SVID 0, federated trust domains in name order.
     for (j, (_, b)) in held.iter().enumerate() {
         let written = std::fs::read_to_string(dir.join(format!("federated_bundle.0.{j}.pem")));
@@ -172,11 +169,14 @@ async fn fetch_x509_writes_and_lists_the_federated_bundles() {
         .iter()
         .map(|b| (b["trust_domain"].as_str().unwrap().to_owned(), b["federated"] == true))
         .collect();
-    assert_eq!(listed, [
-        ("example.org".to_owned(), false),
-        ("example.com".to_owned(), true),
-        ("example.net".to_owned(), true)
-    ]);
+    assert_eq!(
+        listed,
+        [
+            ("example.org".to_owned(), false),
+            ("example.com".to_owned(), true),
+            ("example.net".to_owned(), true)
+        ]
+    );
 }
 
 #[tokio::test]

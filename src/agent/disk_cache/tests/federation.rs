@@ -44,10 +44,10 @@ async fn the_federated_bundles_survive_a_restart() {
     let (fresh, restored) = f.load();
     assert_eq!(restored.unwrap(), Restored { entries: 2, svids: 2, dropped: 0 });
     let held = fresh.federated();
-    assert_eq!(held.keys().map(TrustDomain::name).collect::<Vec<_>>(), [
-        "example.com",
-        "example.net"
-    ]);
+    assert_eq!(
+        held.keys().map(TrustDomain::name).collect::<Vec<_>>(),
+        ["example.com", "example.net"]
+    );
     for (td, bundle) in &synced.federated {
         assert_eq!(&held[td].spiffe, bundle);
     }

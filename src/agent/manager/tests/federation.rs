@@ -104,7 +104,8 @@ impl Agent for Federating {
         let pages = pages.map(move |page| {
             page.map(|mut p| {
                 for e in &mut p.entries {
-                    e.federates_with = federates_with.get(&e.spiffe_id).cloned().unwrap_or_default();
+                    e.federates_with =
+                        federates_with.get(&e.spiffe_id).cloned().unwrap_or_default();
                 }
                 if p.complete && sent != digest {
                     p.federated_included = true;
@@ -185,8 +186,7 @@ async fn start() -> Fed {
     let agent_id = client.identity().unwrap().spiffe_id.clone();
     let manual = ManualClock::starting_now();
     let cache = Arc::new(SvidCache::new(Arc::new(manual.clone())));
-    let manager =
-        Manager::new(client, cache.clone(), Arc::new(manual), ManagerOptions::default());
+    let manager = Manager::new(client, cache.clone(), Arc::new(manual), ManagerOptions::default());
     Fed { manager, cache, store, agent_id, federation, _stop: stop, _dir: dir }
 }
 
@@ -260,7 +260,11 @@ async fn the_agent_sends_its_digest_and_takes_the_set_only_when_it_differs() {
     // bundle for the agent's own trust domain slips in. The round does not fail.
     let net = bundle_json("example.net");
     let own = bundle_json("example.org");
-    f.set(&[("example.com", b"{\"keys\": 7}".to_vec()), ("example.net", net), ("example.org", own)]);
+    f.set(&[
+        ("example.com", b"{\"keys\": 7}".to_vec()),
+        ("example.net", net),
+        ("example.org", own),
+    ]);
     let report = f.manager.tick().await.unwrap();
     assert!(report.synced_changed);
     assert_eq!(held(&f.cache), ["example.com", "example.net"], "own domain ignored");
