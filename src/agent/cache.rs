@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
-use keycard_workload_api::{SpiffeBundle, SpiffeId, TrustDomain, X509BundleSet};
+use keycard_workload_api::{SpiffeBundle, SpiffeId, X509BundleSet};
 use rustls_pki_types::UnixTime;
 use x509_parser::prelude::{FromDer as _, ParsedExtension, X509Certificate};
 
@@ -30,17 +30,19 @@ use crate::selector::{Selector, SelectorSet};
 use crate::wire::proto as pb;
 
 mod bundle_rule;
+mod federated;
 mod state;
 mod subscribers;
 mod types;
 
 pub use bundle_rule::check_bundle_update;
+pub use federated::{FederatedBundles, same_federated};
 use state::{CachedEntry, State};
 pub use subscribers::Subscription;
 use subscribers::{Change, Registry};
 pub use types::{
-    CacheError, CachedSvid, DueEntry, EntryChanges, EntryView, FederatedBundles, NewSvid, Snapshot,
-    SvidKey, TrustBundle, WorkloadSvid, same_federated,
+    CacheError, CachedSvid, DueEntry, EntryChanges, EntryView, NewSvid, Snapshot, SvidKey,
+    TrustBundle, WorkloadSvid,
 };
 
 /// The cache; see the module documentation. Shared as `Arc<SvidCache>`.
@@ -64,25 +66,6 @@ fn parse_entry(e: &pb::Entry) -> Option<(SpiffeId, SelectorSet)> {
     let selectors: Result<SelectorSet, _> =
         e.selectors.iter().map(|s| Selector::parse(s)).collect();
     Some((id, selectors.ok()?))
-}
-
-/// The entry's `federates_with` as trust domains, sorted and without duplicates; a name
-/// that is not a trust domain is skipped (and logged), the rest kept.
-fn parse_federates_with(e: &pb::Entry) -> Vec<TrustDomain> {
-    let mut out: Vec<TrustDomain> = e
-        .federates_with
-        .iter()
-        .filter_map(|name| match TrustDomain::new(name) {
-            Ok(td) => Some(td),
-            Err(err) => {
-                tracing::warn!(entry_id = %e.id, federates_with = %name, error = %err, "skipping a federated trust domain the agent cannot parse");
-                None
-            }
-        })
-        .collect();
-    out.sort();
-    out.dedup();
-    out
 }
 
 fn unix_time(t: SystemTime) -> UnixTime {
@@ -236,7 +219,7 @@ impl SvidCache {
                 dns_names: e.dns_names.clone(),
                 x509_ttl_seconds: e.x509_ttl_seconds,
                 jwt_bound: e.jwt_svid_binding == "x509",
-                federates_with: parse_federates_with(e),
+                federates_with: federated::parse_federates_with(e),
                 stale: false,
                 svid: None,
                 served: None,
@@ -276,7 +259,7 @@ impl SvidCache {
         }
         next.bundle = current.bundle.clone();
         next.federated = match federated {
-            Some(set) => Self::keep_shared(&current.federated, set),
+            Some(set) => federated::keep_shared(&current.federated, set),
             None => current.federated.clone(),
         };
         if let Some(bundle) = bundle
@@ -288,22 +271,6 @@ impl SvidCache {
         next.reindex_selectors();
         self.install(&current, next, changed);
         Ok(changes)
-    }
-
-    /// `set`, sharing what is unchanged with `held`: the same `Arc` when nothing differs
-    /// (so that publishes see no change), and each unchanged bundle's `Arc` otherwise.
-    fn keep_shared(held: &Arc<FederatedBundles>, set: FederatedBundles) -> Arc<FederatedBundles> {
-        if same_federated(held, &set) {
-            return held.clone();
-        }
-        let set = set
-            .into_iter()
-            .map(|(td, bundle)| match held.get(&td) {
-                Some(old) if **old == *bundle => (td, old.clone()),
-                _ => (td, bundle),
-            })
-            .collect();
-        Arc::new(set)
     }
 
     /// Marks for replacement every SVID that no longer chains to `bundle` (its authority

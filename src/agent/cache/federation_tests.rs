@@ -1,6 +1,8 @@
 //! Federated bundles in the cache: each caller set gets the bundles of the trust domains
 //! the entries of its SVIDs federate with, and is woken only when that share changes.
 
+use keycard_workload_api::TrustDomain;
+
 use super::*;
 use crate::ca::CaManager;
 

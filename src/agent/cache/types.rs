@@ -1,12 +1,12 @@
 //! The values the SVID cache holds and hands out, and why it refuses an update.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use keycard_workload_api::{JwtBundle, SpiffeBundle, SpiffeId, TrustDomain, X509Bundle};
+use keycard_workload_api::{JwtBundle, SpiffeBundle, SpiffeId, X509Bundle};
 use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 
+use super::federated::{FederatedBundles, same_federated};
 use crate::ca::{KeyType, SigningKey};
 use crate::selector::SelectorSet;
 
@@ -191,20 +191,6 @@ impl TrustBundle {
             jwt: spiffe.jwt_bundle().map_err(|e| CacheError::BadBundle(e.to_string()))?,
         })
     }
-}
-
-/// Bundles of foreign trust domains, by trust domain: every one the agent holds (the
-/// server sends them all), or those one caller set may have (the union of the
-/// `federates_with` of the entries it holds SVIDs of, restricted to the bundles held).
-pub type FederatedBundles = BTreeMap<TrustDomain, Arc<TrustBundle>>;
-
-/// Whether two federated sets hold the same bundles (pointer comparisons first: sets made
-/// from one cache state share their bundles).
-pub fn same_federated(a: &FederatedBundles, b: &FederatedBundles) -> bool {
-    a.len() == b.len()
-        && a.iter()
-            .zip(b.iter())
-            .all(|((ta, ba), (tb, bb))| ta == tb && (Arc::ptr_eq(ba, bb) || ba == bb))
 }
 
 /// What one caller set is entitled to: the value of its subscription, shared by every
