@@ -6,7 +6,7 @@ use keycard_workload_api::SpiffeBundle;
 
 use super::{Manager, ManagerError, TickReport, federated};
 use crate::agent::cache::same_federated;
-use crate::agent::client::SyncedEntries;
+use crate::agent::client::{FederatedUpdate, SyncedEntries};
 
 impl Manager {
     /// Syncs by cursor and hands the cache the result only when something changed (a full
@@ -51,6 +51,12 @@ impl Manager {
             self.client.trust_server_bundle(x509);
         }
         let cursor = delta.cursor.clone();
+        // An empty digest says "none held": a server that then sends no set holds none
+        // either, so bundles the cache got elsewhere (the disk cache, after federations
+        // were deleted while the agent was down) go.
+        if delta.federated.is_none() && digest.is_empty() && !self.cache.federated().is_empty() {
+            delta.federated = Some(FederatedUpdate::default());
+        }
         let federated = delta.federated.take().map(|update| {
             let held = self.cache.federated();
             let set = federated::merge(self.client.trust_domain(), &held, &update);

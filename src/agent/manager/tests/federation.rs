@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use keycard_workload_api::{SpiffeId, TrustDomain};
+use keycard_workload_api::{SpiffeBundle, SpiffeId, TrustDomain};
 use sha2::{Digest as _, Sha256};
 use tokio::net::TcpListener;
 use tokio_stream::{Stream, StreamExt as _};
@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::harness::{selectors, td};
 use super::*;
 use crate::agent::ServerClient;
+use crate::agent::cache::{FederatedBundles, TrustBundle};
 use crate::ca::CaManager;
 use crate::clock::{ManualClock, SystemClock};
 use crate::server::agent_api::authorized::AuthorizedEntries;
@@ -282,4 +283,24 @@ async fn the_agent_sends_its_digest_and_takes_the_set_only_when_it_differs() {
     let report = f.manager.tick().await.unwrap();
     assert!(f.last_digest_sent().is_empty());
     assert!(!report.synced_changed, "{report:?}");
+
+    // Bundles the cache got elsewhere (a disk cache written before the federations were
+    // deleted) go at the next sync, though the server sends no set: both hold none.
+    let stale: FederatedBundles = [(
+        TrustDomain::new("example.com").unwrap(),
+        Arc::new(
+            TrustBundle::of(&SpiffeBundle::parse(td_of("example.com"), &com).unwrap()).unwrap(),
+        ),
+    )]
+    .into();
+    let synced = f.manager.synced().clone();
+    f.cache.set_synced(&synced.entries, synced.bundle.as_ref(), &[], Some(stale)).unwrap();
+    let report = f.manager.tick().await.unwrap();
+    assert!(f.last_digest_sent().is_empty());
+    assert!(report.synced_changed);
+    assert!(held(&f.cache).is_empty());
+}
+
+fn td_of(name: &str) -> TrustDomain {
+    TrustDomain::new(name).unwrap()
 }
