@@ -3,8 +3,8 @@
 //!
 //! One JSON file, `<data_dir>/cache/workload_cache.json` (0600 in a 0700 directory),
 //! written atomically after every round that changed the cache. It holds the synced
-//! entries (protobuf, base64), the bundle, the federated bundles (with the server's digest
-//! of them), and each SVID with its key.
+//! entries (protobuf, base64), the bundle, the federated bundles, and each SVID with its
+//! key.
 //!
 //! # What a loaded file must prove
 //! The file is served from only after it passes every check below; a file that fails a
@@ -21,9 +21,10 @@
 //!   [`SvidCache::update_svids`] like one fresh from the server (chain to that bundle, the
 //!   entry's SPIFFE ID, key match, not expired), and its DNS names must be the entry's.
 //!   One that fails is dropped and issued anew once the server answers.
-//! - **Its federated bundles are this agent's**: nothing but the tag vouches for them (the
-//!   server's digest of them is kept only to be sent back); one that does not parse, or
-//!   names the agent's own trust domain, is left out. The next sync replaces them all.
+//! - **Its federated bundles are this agent's**: nothing but the tag vouches for them; one
+//!   that does not parse, or names the agent's own trust domain, is left out. The server's
+//!   digest of them is not kept, so the first sync after a restart brings the set again
+//!   and replaces them all.
 //!
 //! # Threat model
 //! The data directory is the agent user's (0700); nobody else can read or write it. The
@@ -88,11 +89,10 @@ struct Image {
     tainted_authority_ids: Vec<String>,
     svids: Vec<Arc<CachedSvid>>,
     federated: BTreeMap<TrustDomain, SpiffeBundle>,
-    federated_digest: Vec<u8>,
 }
 
 /// `(revision, federated digest, [(entry id, serial)])` of a save, to skip writes that
-/// change nothing.
+/// change nothing (the server's digest changes with the federated set).
 type Fingerprint = (u64, Vec<u8>, Vec<(String, String)>);
 
 /// The workload cache file; see the module documentation.
@@ -149,7 +149,6 @@ impl DiskCache {
             tainted_authority_ids: synced.tainted_authority_ids.clone(),
             svids,
             federated: synced.federated.clone(),
-            federated_digest: synced.federated_digest.clone(),
         };
         let this = self.clone();
         super::storage::off_runtime(move || this.write(&image)).await?;
@@ -176,7 +175,6 @@ impl DiskCache {
                 .map(|(td, b)| Ok((td.name().to_owned(), b.to_json()?)))
                 .collect::<Result<_, keycard_workload_api::BundleJsonError>>()
                 .map_err(|e| self.invalid(e.to_string()))?,
-            federated_digest: hex::encode(&image.federated_digest),
         };
         let body = serde_json::to_string(&body).map_err(|e| self.invalid(e.to_string()))?;
         let mac = hex::encode(hmac::sign(&self.key, body.as_bytes()).as_ref());
@@ -229,9 +227,7 @@ impl DiskCache {
         })?;
         let body: Body =
             serde_json::from_str(&file.body).map_err(|e| self.invalid(e.to_string()))?;
-        if file.version == PREVIOUS_VERSION
-            && (!body.federated_bundles.is_empty() || !body.federated_digest.is_empty())
-        {
+        if file.version == PREVIOUS_VERSION && !body.federated_bundles.is_empty() {
             return Err(self.invalid("a version 2 file with federated bundles"));
         }
         let bundle = match &body.bundle {

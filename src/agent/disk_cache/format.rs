@@ -42,9 +42,6 @@ pub(super) struct Body {
     /// Left out when there are none, so that such a body reads as version 2 did.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub(super) federated_bundles: BTreeMap<String, String>,
-    /// Since version 3: the server's digest of that set (hex), left out when empty.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub(super) federated_digest: String,
 }
 
 #[derive(Serialize, Deserialize)]
