@@ -1,5 +1,6 @@
 //! The agent's workload SVID cache: the entries the server authorized for this agent, the
-//! current X.509-SVID of each, and the trust bundle.
+//! current X.509-SVID of each, the trust bundle, and the bundles of foreign trust domains
+//! (federation) that entries name in `federates_with`.
 //!
 //! The [`Manager`](super::manager::Manager) fills it; the Workload API reads it with
 //! [`SvidCache::svids_for`] and follows it with [`SvidCache::subscribe`], which wakes a
@@ -29,11 +30,13 @@ use crate::selector::{Selector, SelectorSet};
 use crate::wire::proto as pb;
 
 mod bundle_rule;
+mod federated;
 mod state;
 mod subscribers;
 mod types;
 
 pub use bundle_rule::check_bundle_update;
+pub use federated::{FederatedBundles, same_federated};
 use state::{CachedEntry, State};
 pub use subscribers::Subscription;
 use subscribers::{Change, Registry};
@@ -122,6 +125,18 @@ impl SvidCache {
         self.current().bundle.clone()
     }
 
+    /// Every foreign bundle held, by trust domain.
+    pub fn federated(&self) -> Arc<FederatedBundles> {
+        self.current().federated.clone()
+    }
+
+    /// The foreign bundles a caller with `selectors` may have: those of the trust domains
+    /// the entries it holds SVIDs of federate with, among the ones held.
+    pub fn federated_for(&self, selectors: &SelectorSet) -> FederatedBundles {
+        let state = self.current();
+        state.federated_for(&state.svids_in(selectors))
+    }
+
     /// The cached SVID of one entry.
     pub fn svid(&self, entry_id: &str) -> Option<Arc<CachedSvid>> {
         self.current().entry(entry_id).and_then(|e| e.svid.clone())
@@ -158,22 +173,32 @@ impl SvidCache {
         lock(&self.subscribers).evaluations()
     }
 
-    /// Replaces the entries, bundle and tainted authorities with a sync's result. SVIDs
-    /// of entries that are gone (or now name another SPIFFE ID) are dropped at once. A
-    /// bundle without X.509 authorities is refused (nothing changes).
+    /// Replaces the entries, bundle and tainted authorities with a sync's result; the
+    /// federated bundles stay. See [`SvidCache::set_synced`].
     pub fn set_entries(
         &self,
         entries: &BTreeMap<String, pb::Entry>,
         bundle: Option<&SpiffeBundle>,
         tainted: &[String],
     ) -> Result<EntryChanges, CacheError> {
+        self.set_synced(entries, bundle, tainted, None)
+    }
+
+    /// Replaces the entries, bundle and tainted authorities with a sync's result, and the
+    /// federated bundles with `federated` when given (the whole set: a trust domain left
+    /// out is no longer served), in one publish. SVIDs of entries that are gone (or now
+    /// name another SPIFFE ID) are dropped at once. A bundle without X.509 authorities is
+    /// refused (nothing changes).
+    pub fn set_synced(
+        &self,
+        entries: &BTreeMap<String, pb::Entry>,
+        bundle: Option<&SpiffeBundle>,
+        tainted: &[String],
+        federated: Option<FederatedBundles>,
+    ) -> Result<EntryChanges, CacheError> {
         let bundle = match bundle {
             Some(b) if b.x509_authorities.is_empty() => return Err(CacheError::EmptyBundle),
-            Some(b) => Some(Arc::new(TrustBundle {
-                spiffe: b.clone(),
-                x509: b.x509_bundle().map_err(|e| CacheError::BadBundle(e.to_string()))?,
-                jwt: b.jwt_bundle().map_err(|e| CacheError::BadBundle(e.to_string()))?,
-            })),
+            Some(b) => Some(Arc::new(TrustBundle::of(b)?)),
             None => None,
         };
         let _writer = lock(&self.writer);
@@ -194,6 +219,7 @@ impl SvidCache {
                 dns_names: e.dns_names.clone(),
                 x509_ttl_seconds: e.x509_ttl_seconds,
                 jwt_bound: e.jwt_svid_binding == "x509",
+                federates_with: federated::parse_federates_with(e),
                 stale: false,
                 svid: None,
                 served: None,
@@ -232,6 +258,10 @@ impl SvidCache {
             }
         }
         next.bundle = current.bundle.clone();
+        next.federated = match federated {
+            Some(set) => federated::keep_shared(&current.federated, set),
+            None => current.federated.clone(),
+        };
         if let Some(bundle) = bundle
             && current.bundle.as_deref() != Some(&*bundle)
         {
@@ -366,6 +396,8 @@ pub(crate) mod test_support;
 #[cfg(test)]
 pub(crate) use test_support::test_svid;
 
+#[cfg(test)]
+mod federation_tests;
 #[cfg(test)]
 mod subscriber_tests;
 #[cfg(test)]

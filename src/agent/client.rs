@@ -41,7 +41,7 @@ mod failover;
 mod sync;
 
 pub use failover::{ServerAddresses, failover_reason};
-pub use sync::{SyncDelta, SyncedEntries};
+pub use sync::{FederatedUpdate, SyncDelta, SyncedEntries};
 
 /// The outcome of attestation.
 #[derive(Debug, Clone)]
@@ -261,6 +261,11 @@ impl ServerClient {
         .await
         .map_err(|e| ClientError::Store(e.to_string()))?
         .map_err(|e| ClientError::Store(e.to_string()))
+    }
+
+    /// The agent's trust domain.
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.trust_domain
     }
 
     /// The agent identity in use, once attested.

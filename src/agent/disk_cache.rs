@@ -3,7 +3,8 @@
 //!
 //! One JSON file, `<data_dir>/cache/workload_cache.json` (0600 in a 0700 directory),
 //! written atomically after every round that changed the cache. It holds the synced
-//! entries (protobuf, base64), the bundle, and each SVID with its key.
+//! entries (protobuf, base64), the bundle, the federated bundles, and each SVID with its
+//! key.
 //!
 //! # What a loaded file must prove
 //! The file is served from only after it passes every check below; a file that fails a
@@ -20,6 +21,10 @@
 //!   [`SvidCache::update_svids`] like one fresh from the server (chain to that bundle, the
 //!   entry's SPIFFE ID, key match, not expired), and its DNS names must be the entry's.
 //!   One that fails is dropped and issued anew once the server answers.
+//! - **Its federated bundles are this agent's**: nothing but the tag vouches for them; one
+//!   that does not parse, or names the agent's own trust domain, is left out. The server's
+//!   digest of them is not kept, so the first sync after a restart brings the set again
+//!   and replaces them all.
 //!
 //! # Threat model
 //! The data directory is the agent user's (0700); nobody else can read or write it. The
@@ -43,7 +48,7 @@ use keycard_workload_api::{SpiffeBundle, TrustDomain};
 use prost::Message as _;
 use ring::hmac;
 
-use super::cache::{CachedSvid, SvidCache};
+use super::cache::{CachedSvid, FederatedBundles, SvidCache, TrustBundle};
 use super::client::SyncedEntries;
 use super::storage::{AgentStorage, StorageError};
 use crate::clock::Clock;
@@ -54,7 +59,12 @@ mod format;
 use format::{Body, Envelope, StoredSvid, decode_svid, dns_names_match};
 
 /// The file's format version; a file of another version is ignored (and rewritten).
-const VERSION: u32 = 2;
+/// Version 3 added the federated bundles.
+const VERSION: u32 = 3;
+
+/// The previous version, still read: its body is version 3's without the federated bundles
+/// (an agent upgraded while its server is down keeps serving from its cache).
+const PREVIOUS_VERSION: u32 = 2;
 
 fn secs(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs()
@@ -78,10 +88,12 @@ struct Image {
     bundle: Option<SpiffeBundle>,
     tainted_authority_ids: Vec<String>,
     svids: Vec<Arc<CachedSvid>>,
+    federated: BTreeMap<TrustDomain, SpiffeBundle>,
 }
 
-/// `(revision, [(entry id, serial)])` of a save, to skip writes that change nothing.
-type Fingerprint = (u64, Vec<(String, String)>);
+/// `(revision, federated digest, [(entry id, serial)])` of a save, to skip writes that
+/// change nothing (the server's digest changes with the federated set).
+type Fingerprint = (u64, Vec<u8>, Vec<(String, String)>);
 
 /// The workload cache file; see the module documentation.
 #[derive(Clone)]
@@ -124,6 +136,7 @@ impl DiskCache {
         let svids = cache.svids();
         let fingerprint: Fingerprint = (
             synced.revision,
+            synced.federated_digest.clone(),
             svids.iter().map(|s| (s.entry_id.clone(), s.serial.clone())).collect(),
         );
         if self.last_saved.as_ref() == Some(&fingerprint) {
@@ -135,6 +148,7 @@ impl DiskCache {
             bundle: synced.bundle.clone(),
             tainted_authority_ids: synced.tainted_authority_ids.clone(),
             svids,
+            federated: synced.federated.clone(),
         };
         let this = self.clone();
         super::storage::off_runtime(move || this.write(&image)).await?;
@@ -155,6 +169,12 @@ impl DiskCache {
             bundle,
             tainted_authority_ids: image.tainted_authority_ids.clone(),
             svids: image.svids.iter().map(|s| StoredSvid::of(s)).collect(),
+            federated_bundles: image
+                .federated
+                .iter()
+                .map(|(td, b)| Ok((td.name().to_owned(), b.to_json()?)))
+                .collect::<Result<_, keycard_workload_api::BundleJsonError>>()
+                .map_err(|e| self.invalid(e.to_string()))?,
         };
         let body = serde_json::to_string(&body).map_err(|e| self.invalid(e.to_string()))?;
         let mac = hex::encode(hmac::sign(&self.key, body.as_bytes()).as_ref());
@@ -194,7 +214,7 @@ impl DiskCache {
     ) -> Result<Restored, StorageError> {
         let file: Envelope =
             serde_json::from_slice(bytes).map_err(|e| self.invalid(e.to_string()))?;
-        if file.version != VERSION {
+        if file.version != VERSION && file.version != PREVIOUS_VERSION {
             tracing::warn!(path = %self.path.display(), version = file.version, "ignoring a workload cache file of another version");
             return Ok(Restored::default());
         }
@@ -207,6 +227,9 @@ impl DiskCache {
         })?;
         let body: Body =
             serde_json::from_str(&file.body).map_err(|e| self.invalid(e.to_string()))?;
+        if file.version == PREVIOUS_VERSION && !body.federated_bundles.is_empty() {
+            return Err(self.invalid("a version 2 file with federated bundles"));
+        }
         let bundle = match &body.bundle {
             Some(json) => Some(
                 SpiffeBundle::parse(trust_domain.clone(), json.as_bytes())
@@ -229,8 +252,9 @@ impl DiskCache {
         }
         let age = self.clock.now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
         tracing::info!(age = ?age.saturating_sub(Duration::from_secs(body.saved_at)), "loading the on-disk workload cache");
+        let federated = federated_of(trust_domain, &body.federated_bundles);
         cache
-            .set_entries(&entries, bundle.as_ref(), &body.tainted_authority_ids)
+            .set_synced(&entries, bundle.as_ref(), &body.tainted_authority_ids, Some(federated))
             .map_err(|e| self.invalid(e.to_string()))?;
         let mut restored = Restored { entries: entries.len(), ..Default::default() };
         let mut offered = Vec::new();
@@ -260,6 +284,29 @@ impl DiskCache {
         }
         Ok(restored)
     }
+}
+
+/// The federated bundles of a loaded body: each one that parses (the tag vouches that
+/// this agent wrote them; one that does not parse is logged and left out), never one of
+/// the agent's own trust domain.
+fn federated_of(own: &TrustDomain, stored: &BTreeMap<String, String>) -> FederatedBundles {
+    let mut out = FederatedBundles::new();
+    for (name, json) in stored {
+        let parsed = TrustDomain::new(name).map_err(|e| e.to_string()).and_then(|td| {
+            let b = SpiffeBundle::parse(td.clone(), json.as_bytes()).map_err(|e| e.to_string())?;
+            Ok((td, TrustBundle::of(&b).map_err(|e| e.to_string())?))
+        });
+        match parsed {
+            Ok((td, bundle)) if td != *own => {
+                out.insert(td, Arc::new(bundle));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(trust_domain = %name, error = %e, "dropping a stored federated bundle")
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]

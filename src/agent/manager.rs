@@ -319,6 +319,7 @@ impl Manager {
 
 mod agent_svid;
 mod backoff;
+mod federated;
 mod issue;
 mod sync;
 #[cfg(test)]

@@ -44,6 +44,8 @@ use super::workload_api::{
 };
 use crate::telemetry::AgentMetrics;
 
+#[cfg(test)]
+mod federation_tests;
 pub mod render;
 #[cfg(test)]
 mod tests;

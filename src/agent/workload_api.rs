@@ -10,13 +10,18 @@
 //! when it exited or changed, `Unavailable` when attestation itself failed); and that it is
 //! entitled to at least one SVID (`PermissionDenied`, logged with the caller's selectors).
 //!
+//! A caller's foreign trust bundles are those of the trust domains the entries of its SVIDs
+//! federate with (`federates_with`), among the ones the agent holds: they come in
+//! `federated_bundles` of FetchX509SVID, in FetchX509Bundles and FetchJWTBundles (keyed by
+//! `spiffe://<trust domain>` like the own bundle), and ValidateJWTSVID accepts JWT-SVIDs of
+//! those domains.
+//!
 //! Streams send the full state at once and again after every change the cache reports
 //! for that caller, each time after the same re-check. A stream ends with
 //! `PermissionDenied` when the caller loses its last SVID, exits (its pidfd polls
 //! readable) or changes (re-checked before every update and every [`RECHECK_INTERVAL`]),
 //! and with `Unavailable` on agent shutdown.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
@@ -28,7 +33,7 @@ use keycard_workload_api::proto::{
     ValidateJwtsvidResponse, X509BundlesRequest, X509BundlesResponse, X509svidRequest,
     X509svidResponse,
 };
-use keycard_workload_api::{JwtBundleSet, SpiffeBundle, validate_jwt_svid};
+use keycard_workload_api::{JwtBundleSet, validate_jwt_svid};
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -338,10 +343,7 @@ impl SpiffeWorkloadApi for WorkloadApiService {
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
         let caller = self.subscribe(&request).await?;
         Ok(Response::new(self.stream(caller, convert::same_bundle, |s| {
-            let bundle = convert::bundle_of(s)?;
-            let mut bundles = HashMap::new();
-            bundles.insert(convert::td_key(bundle), bundle.x509.to_der());
-            Ok(X509BundlesResponse { bundles, crl: Vec::new() })
+            Ok(X509BundlesResponse { bundles: convert::x509_bundles(s)?, crl: Vec::new() })
         })))
     }
 
@@ -366,14 +368,7 @@ impl SpiffeWorkloadApi for WorkloadApiService {
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
         let caller = self.subscribe(&request).await?;
         Ok(Response::new(self.stream(caller, convert::same_bundle, |s| {
-            let bundle = convert::bundle_of(s)?;
-            let json = SpiffeBundle::from_jwt_bundle(&bundle.jwt).to_json().map_err(|e| {
-                tracing::error!(error = %e, "cannot write the JWT bundle");
-                Status::internal("cannot write the JWT bundle")
-            })?;
-            let mut bundles = HashMap::new();
-            bundles.insert(convert::td_key(bundle), json.into_bytes());
-            Ok(JwtBundlesResponse { bundles })
+            Ok(JwtBundlesResponse { bundles: convert::jwt_bundles(s)? })
         })))
     }
 
@@ -381,7 +376,8 @@ impl SpiffeWorkloadApi for WorkloadApiService {
         &self,
         request: Request<ValidateJwtsvidRequest>,
     ) -> Result<Response<ValidateJwtsvidResponse>, Status> {
-        caller_of(&request).await?;
+        let state = caller_of(&request).await?;
+        let a = attested_of(&state)?;
         let req = request.get_ref();
         if req.audience.is_empty() {
             return Err(Status::invalid_argument("audience must be specified"));
@@ -389,8 +385,13 @@ impl SpiffeWorkloadApi for WorkloadApiService {
         if req.svid.is_empty() {
             return Err(Status::invalid_argument("svid must be specified"));
         }
+        // The own trust domain's JWT authorities, and those of the foreign trust domains
+        // this caller federates with (a token of any other domain finds no bundle).
         let mut set = JwtBundleSet::new();
         if let Some(bundle) = self.cache.bundle() {
+            set.insert(bundle.jwt.clone());
+        }
+        for bundle in self.cache.federated_for(&a.selectors).into_values() {
             set.insert(bundle.jwt.clone());
         }
         let svid = validate_jwt_svid(&req.svid, &set, &[req.audience.as_str()], SystemTime::now())
@@ -404,6 +405,8 @@ impl SpiffeWorkloadApi for WorkloadApiService {
 
 #[cfg(test)]
 mod caller_tests;
+#[cfg(test)]
+mod federation_tests;
 #[cfg(test)]
 mod limit_tests;
 #[cfg(test)]

@@ -58,7 +58,9 @@ pub enum FetchCommand {
     X509 {
         /// Also write the files `keycard helper` writes into this directory: svid.pem,
         /// svid_key.pem (0600) and svid_bundle.pem for the default SVID, and
-        /// svid.N.pem, svid_key.N.pem, svid_bundle.N.pem for any further one.
+        /// svid.N.pem, svid_key.N.pem, svid_bundle.N.pem for any further one; and each
+        /// federated bundle as federated_bundle.I.J.pem (SPIRE's names: SVID I from 0,
+        /// federated trust domain J in name order).
         #[arg(long, value_name = "DIR")]
         write: Option<PathBuf>,
     },
@@ -183,7 +185,7 @@ pub async fn execute(args: ApiArgs, out: &mut (dyn Write + Send)) -> Result<(), 
             let context = client.fetch_x509_context().await.map_err(advice)?;
             let took = started.elapsed();
             if let Some(dir) = &write {
-                write_files(dir, &context)?;
+                files::write_files(dir, &context)?;
             }
             emit(
                 out,
@@ -310,12 +312,18 @@ fn x509_text(context: &X509Context, took: std::time::Duration, written: Option<&
         );
         t += &format!("Chain length:      {}\n", svid.cert_chain().len());
     }
-    let tds: Vec<String> = context
-        .bundles
-        .iter()
-        .map(|b| format!("{} ({})", b.trust_domain(), count_text(b.len() as u64, "CA", "CAs")))
-        .collect();
-    t += &format!("\nBundles:           {}\n", tds.join(", "));
+    let list = |bundles: Vec<&keycard_workload_api::X509Bundle>| {
+        let tds: Vec<String> = bundles
+            .iter()
+            .map(|b| format!("{} ({})", b.trust_domain(), count_text(b.len() as u64, "CA", "CAs")))
+            .collect();
+        tds.join(", ")
+    };
+    t += &format!("\nBundles:           {}\n", list(files::own_bundles(context)));
+    let federated = files::federated_bundles(context);
+    if !federated.is_empty() {
+        t += &format!("Federated bundles: {}\n", list(federated));
+    }
     if let Some(dir) = written {
         t += &format!("Written to:        {}\n", dir.display());
     }
@@ -338,24 +346,11 @@ fn x509_json(context: &X509Context) -> Value {
             })
         })
         .collect();
-    let bundles: Vec<Value> = context
-        .bundles
-        .iter()
-        .map(|b| json!({"trust_domain": b.trust_domain().to_string(), "pem": b.to_pem()}))
-        .collect();
+    let bundle = |b: &keycard_workload_api::X509Bundle, federated: bool| json!({"trust_domain": b.trust_domain().to_string(), "federated": federated, "pem": b.to_pem()});
+    let own = files::own_bundles(context).into_iter().map(|b| bundle(b, false));
+    let federated = files::federated_bundles(context).into_iter().map(|b| bundle(b, true));
+    let bundles: Vec<Value> = own.chain(federated).collect();
     json!({"svids": svids, "bundles": bundles})
-}
-
-/// Writes each SVID, its key (0600) and its bundles under the helper's file names (the
-/// default SVID unnumbered, any further one numbered from 1), each file atomically.
-fn write_files(dir: &Path, context: &X509Context) -> Result<(), CliError> {
-    std::fs::create_dir_all(dir)?;
-    for (i, svid) in context.svids.iter().enumerate() {
-        let index = (i > 0).then_some(i);
-        crate::helper::write_svid_files(dir, svid, &context.bundles, index)
-            .map_err(|e| CliError::Output(std::io::Error::other(e.to_string())))?;
-    }
-    Ok(())
 }
 
 fn jwt_text(svids: &[JwtSvidToken]) -> String {
@@ -407,6 +402,7 @@ fn value_json(v: &prost_types::Value) -> Value {
     }
 }
 
+mod files;
 #[cfg(test)]
 mod tests;
 

@@ -1,5 +1,5 @@
 //! One published state of the cache: the entries with their SVIDs, the bundle, the
-//! tainted authorities, and two indexes kept in step with the entries so that neither a
+//! tainted authorities, the federated bundles held, and two indexes kept in step with the entries so that neither a
 //! renewal round nor a new subscriber has to look at every entry:
 //!
 //! - by renewal time: entries whose SVID renews on its schedule, ordered by that time, and
@@ -13,10 +13,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use keycard_workload_api::SpiffeId;
+use keycard_workload_api::{SpiffeId, TrustDomain};
 use rustls_pki_types::CertificateDer;
 
-use super::{CachedSvid, DueEntry, TrustBundle, WorkloadSvid};
+use super::{CachedSvid, DueEntry, FederatedBundles, TrustBundle, WorkloadSvid};
 use crate::selector::{Selector, SelectorSet};
 
 /// One entry as the cache keeps it: parsed once when synced.
@@ -29,6 +29,9 @@ pub(super) struct CachedEntry {
     pub(super) x509_ttl_seconds: i64,
     /// Whether the entry's JWT-SVIDs are bound to its X.509-SVID (`jwt_svid_binding`).
     pub(super) jwt_bound: bool,
+    /// The foreign trust domains whose bundles the entry's workloads receive, sorted and
+    /// without duplicates.
+    pub(super) federates_with: Vec<TrustDomain>,
     /// Set when the entry changed in a way its SVID must follow (DNS names, TTL).
     pub(super) stale: bool,
     pub(super) svid: Option<Arc<CachedSvid>>,
@@ -68,7 +71,8 @@ impl CachedEntry {
             && self.stale == other.stale
     }
 
-    /// What a workload sees of this entry changed from `old` (SVID, ID, hint, selectors).
+    /// What a workload sees of this entry changed from `old` (SVID, ID, hint, selectors,
+    /// the trust domains it federates with).
     pub(super) fn serves_differently_from(&self, old: &CachedEntry) -> bool {
         let same_svid = match (&self.svid, &old.svid) {
             (Some(a), Some(b)) => Arc::ptr_eq(a, b),
@@ -79,6 +83,7 @@ impl CachedEntry {
             || self.spiffe_id != old.spiffe_id
             || self.hint != old.hint
             || self.selectors != old.selectors
+            || self.federates_with != old.federates_with
     }
 }
 
@@ -87,6 +92,8 @@ impl CachedEntry {
 pub(super) struct State {
     entries: BTreeMap<String, Arc<CachedEntry>>,
     pub(super) bundle: Option<Arc<TrustBundle>>,
+    /// Every foreign bundle the agent holds; shared between states until it changes.
+    pub(super) federated: Arc<FederatedBundles>,
     pub(super) tainted: Vec<String>,
     /// Entries whose SVID renews on schedule, by renewal time.
     renewals: BTreeSet<(SystemTime, String)>,
@@ -195,6 +202,24 @@ impl State {
     /// first; entries without an SVID yet are left out.
     pub(super) fn svids_in(&self, selectors: &SelectorSet) -> Vec<WorkloadSvid> {
         self.entries_for(selectors).filter_map(|(_, e)| e.served.clone()).collect()
+    }
+
+    /// The foreign bundles a caller holding `svids` may have: those of the trust domains
+    /// the entries of its SVIDs federate with, among the ones held. Costs the SVIDs.
+    pub(super) fn federated_for(&self, svids: &[WorkloadSvid]) -> FederatedBundles {
+        let mut out = FederatedBundles::new();
+        if self.federated.is_empty() {
+            return out;
+        }
+        for svid in svids {
+            let Some(entry) = self.entries.get(&svid.entry_id) else { continue };
+            for td in &entry.federates_with {
+                if let Some(bundle) = self.federated.get(td) {
+                    out.entry(td.clone()).or_insert_with(|| bundle.clone());
+                }
+            }
+        }
+        out
     }
 
     /// Entries that need an SVID at `now`, lowest entry ID first: costs what is due, not

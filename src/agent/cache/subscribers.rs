@@ -10,7 +10,10 @@
 //! hold all of its selectors (found through an index of the sets by selector), before the
 //! change and after it. A concerned set's list is patched (the changed entries taken out,
 //! put back where they now match) rather than recomputed from every entry. A new bundle
-//! reaches every set, with its SVID list shared as it was.
+//! reaches every set, with its SVID list shared as it was. So does a change of the
+//! federated bundles held: each set's share of them (what the entries of its SVIDs
+//! federate with) is worked out again, and only sets whose share changed are woken. An
+//! entry whose `federates_with` changed concerns its sets like any other change.
 
 use std::collections::{HashMap, HashSet};
 use std::ops::{Deref, DerefMut};
@@ -19,7 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::watch;
 
 use super::state::State;
-use super::{Snapshot, WorkloadSvid, lock};
+use super::{Snapshot, WorkloadSvid, lock, same_federated};
 use crate::selector::{Selector, SelectorSet};
 
 /// One caller set's channel and the number of streams following it.
@@ -65,10 +68,9 @@ impl Registry {
             None => {
                 let id = reg.next_id;
                 reg.next_id += 1;
-                let snapshot = Snapshot {
-                    svids: state.svids_in(&selectors).into(),
-                    bundle: state.bundle.clone(),
-                };
+                let svids: Arc<[WorkloadSvid]> = state.svids_in(&selectors).into();
+                let federated = Arc::new(state.federated_for(&svids));
+                let snapshot = Snapshot { svids, bundle: state.bundle.clone(), federated };
                 for s in selectors.iter() {
                     reg.by_selector.entry(s.clone()).or_default().insert(id);
                 }
@@ -116,7 +118,7 @@ impl Registry {
     }
 
     /// Tells the caller sets `change` concerns what they are entitled to in `next`, and
-    /// every set the new bundle when it changed.
+    /// every set the new bundle or federated bundles when they changed.
     pub(super) fn publish(&mut self, change: Change<'_>, next: &State) {
         let mut concerned: HashMap<u64, Vec<&str>> = HashMap::new();
         for id in &change.entries {
@@ -135,7 +137,8 @@ impl Registry {
             (None, None) => false,
             _ => true,
         };
-        let ids: Vec<u64> = if bundle_changed {
+        let federated_changed = !Arc::ptr_eq(&change.before.federated, &next.federated);
+        let ids: Vec<u64> = if bundle_changed || federated_changed {
             self.subs.keys().copied().collect()
         } else {
             concerned.keys().copied().collect()
@@ -150,7 +153,13 @@ impl Registry {
                 }
                 None => current.svids.clone(),
             };
-            let view = Snapshot { svids, bundle: next.bundle.clone() };
+            let federated = next.federated_for(&svids);
+            let federated = if same_federated(&federated, &current.federated) {
+                current.federated.clone()
+            } else {
+                Arc::new(federated)
+            };
+            let view = Snapshot { svids, bundle: next.bundle.clone(), federated };
             sub.tx.send_if_modified(|held| {
                 let changed = !held.serves_as(&view);
                 if changed {

@@ -6,6 +6,7 @@ use std::time::SystemTime;
 use keycard_workload_api::{JwtBundle, SpiffeBundle, SpiffeId, X509Bundle};
 use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 
+use super::federated::{FederatedBundles, same_federated};
 use crate::ca::{KeyType, SigningKey};
 use crate::selector::SelectorSet;
 
@@ -169,7 +170,8 @@ impl WorkloadSvid {
     }
 }
 
-/// The trust domain's bundle in the forms the Workload API serves.
+/// A trust domain's bundle (the agent's own, or a federated one) in the forms the
+/// Workload API serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrustBundle {
     /// As the server sent it.
@@ -180,6 +182,17 @@ pub struct TrustBundle {
     pub jwt: JwtBundle,
 }
 
+impl TrustBundle {
+    /// The X.509 and JWT forms of `spiffe`; refused when either cannot be made.
+    pub fn of(spiffe: &SpiffeBundle) -> Result<Self, CacheError> {
+        Ok(Self {
+            spiffe: spiffe.clone(),
+            x509: spiffe.x509_bundle().map_err(|e| CacheError::BadBundle(e.to_string()))?,
+            jwt: spiffe.jwt_bundle().map_err(|e| CacheError::BadBundle(e.to_string()))?,
+        })
+    }
+}
+
 /// What one caller set is entitled to: the value of its subscription, shared by every
 /// stream of those callers (cloning it copies two pointers).
 #[derive(Debug, Clone)]
@@ -188,27 +201,37 @@ pub struct Snapshot {
     pub svids: Arc<[WorkloadSvid]>,
     /// The current bundle, once one is loaded.
     pub bundle: Option<Arc<TrustBundle>>,
+    /// The foreign bundles this caller set may have: those of the trust domains the
+    /// entries of its SVIDs federate with, among the ones the agent holds.
+    pub federated: Arc<FederatedBundles>,
 }
 
 impl Default for Snapshot {
     fn default() -> Self {
-        Self { svids: Arc::new([]), bundle: None }
+        Self { svids: Arc::new([]), bundle: None, federated: Arc::default() }
     }
 }
 
 impl Snapshot {
-    /// Whether `other` gives the caller the same SVIDs and bundle (a pointer comparison
+    /// Whether `other` gives the caller the same SVIDs and bundles (a pointer comparison
     /// when both share them, as snapshots of one caller set do).
     pub fn serves_as(&self, other: &Snapshot) -> bool {
         let svids = Arc::ptr_eq(&self.svids, &other.svids)
             || (self.svids.len() == other.svids.len()
                 && self.svids.iter().zip(other.svids.iter()).all(|(a, b)| a.serves_as(b)));
-        let bundle = match (&self.bundle, &other.bundle) {
+        svids && self.same_bundles(other)
+    }
+
+    /// Whether `other` carries the same own and federated bundles (what the bundle
+    /// streams show).
+    pub fn same_bundles(&self, other: &Snapshot) -> bool {
+        let own = match (&self.bundle, &other.bundle) {
             (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
             (None, None) => true,
             _ => false,
         };
-        svids && bundle
+        own && (Arc::ptr_eq(&self.federated, &other.federated)
+            || same_federated(&self.federated, &other.federated))
     }
 }
 

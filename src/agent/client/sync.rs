@@ -3,13 +3,15 @@
 //! [`ServerClient::sync_delta`] syncs by cursor: the agent sends the opaque cursor of its
 //! last sync and the `spiffe_sequence` of the bundle it holds, and gets only what changed
 //! ([`SyncDelta`]), which [`SyncDelta::apply_to`] merges into its copy ([`SyncedEntries`]).
-//! An idle round is a few dozen bytes each way and touches no entry. [`ServerClient::sync`]
+//! An idle round is a few dozen bytes each way and touches no entry. The federated bundles
+//! come the same way: the agent sends the digest of the set it holds, and the server sends
+//! the whole set ([`FederatedUpdate`]) only when its own digest differs. [`ServerClient::sync`]
 //! is the older protocol (every authorized ID and revision on every round), kept for
 //! servers that do not sync by cursor (their answer carries no cursor).
 
 use std::collections::BTreeMap;
 
-use keycard_workload_api::SpiffeBundle;
+use keycard_workload_api::{SpiffeBundle, TrustDomain};
 use prost::Message as _;
 
 use super::{ClientError, ServerClient, bounded, parse_bundle};
@@ -27,6 +29,23 @@ pub struct SyncedEntries {
     pub bundle: Option<SpiffeBundle>,
     /// IDs of tainted authorities: X.509 ones by hex subject key ID, JWT ones by `kid`.
     pub tainted_authority_ids: Vec<String>,
+    /// The bundles of foreign trust domains as of the last sync that sent them (the ones
+    /// that parsed; see the manager's federation rules).
+    pub federated: BTreeMap<TrustDomain, SpiffeBundle>,
+    /// The server's digest of the federated set, sent back with the next by-cursor sync
+    /// (empty: none held, send it).
+    pub federated_digest: Vec<u8>,
+}
+
+/// The whole federated bundle set from a by-cursor sync, as the server sent it: not parsed
+/// yet (the manager parses each bundle on its own, so that one bad bundle costs only its
+/// trust domain).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FederatedUpdate {
+    /// Trust domain name (no `spiffe://`) => SPIFFE bundle JSON; empty: none any more.
+    pub bundles: BTreeMap<String, Vec<u8>>,
+    /// The digest to send with the next sync.
+    pub digest: Vec<u8>,
 }
 
 /// What one by-cursor sync brought; see [`ServerClient::sync_delta`].
@@ -44,6 +63,9 @@ pub struct SyncDelta {
     pub bundle: Option<SpiffeBundle>,
     /// The tainted authority IDs, sent only when they changed.
     pub tainted_authority_ids: Option<Vec<String>>,
+    /// The federated bundle set, sent only when the server's digest differs from the one
+    /// the agent sent.
+    pub federated: Option<FederatedUpdate>,
     /// The store revision the server's cache reflects.
     pub revision: u64,
     /// The cursor for the next sync; empty when the server does not sync by cursor (an
@@ -110,14 +132,27 @@ impl ServerClient {
         self.checked(result).await
     }
 
-    /// One by-cursor `SyncEntries` call: what changed since `cursor` (empty: everything),
-    /// the bundle only if the server's `spiffe_sequence` is not `bundle_sequence` (0: the
-    /// agent holds none). `since_revision` is sent too, for a server that ignores cursors.
+    /// [`ServerClient::sync_federated`] for an agent that holds no federated bundles.
     pub async fn sync_delta(
         &mut self,
         cursor: &[u8],
         bundle_sequence: u64,
         since_revision: u64,
+    ) -> Result<SyncDelta, ClientError> {
+        self.sync_federated(cursor, bundle_sequence, since_revision, &[]).await
+    }
+
+    /// One by-cursor `SyncEntries` call: what changed since `cursor` (empty: everything),
+    /// the bundle only if the server's `spiffe_sequence` is not `bundle_sequence` (0: the
+    /// agent holds none), the federated bundles only if the server's digest of them is not
+    /// `federated_digest` (empty: the agent holds none). `since_revision` is sent too, for
+    /// a server that ignores cursors.
+    pub async fn sync_federated(
+        &mut self,
+        cursor: &[u8],
+        bundle_sequence: u64,
+        since_revision: u64,
+        federated_digest: &[u8],
     ) -> Result<SyncDelta, ClientError> {
         let message = pb::SyncEntriesRequest {
             since_revision,
@@ -125,7 +160,7 @@ impl ServerClient {
             by_cursor: true,
             cursor: cursor.to_vec(),
             bundle_sequence,
-            federated_digest: Vec::new(),
+            federated_digest: federated_digest.to_vec(),
         };
         let sent = message.encoded_len();
         let request = self.request(message);
@@ -149,6 +184,10 @@ impl ServerClient {
             delta.bundle = Some(parse_bundle(&self.trust_domain, &last.bundle)?);
         }
         delta.tainted_authority_ids = last.tainted_included.then_some(last.tainted_authority_ids);
+        delta.federated = last.federated_included.then(|| FederatedUpdate {
+            bundles: last.federated_bundles.into_iter().collect(),
+            digest: last.federated_digest,
+        });
         (delta.full, delta.revision, delta.cursor) = (last.full, last.revision, last.cursor);
         Ok(delta)
     }
@@ -188,6 +227,8 @@ impl ServerClient {
             entries,
             bundle: Some(bundle),
             tainted_authority_ids: last.tainted_authority_ids,
+            // This protocol carries no federated bundles.
+            ..Default::default()
         })
     }
 }

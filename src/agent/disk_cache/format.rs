@@ -1,6 +1,6 @@
 //! The workload cache file's layout, and the per-SVID decoding and name check.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -38,6 +38,10 @@ pub(super) struct Body {
     pub(super) bundle: Option<String>,
     pub(super) tainted_authority_ids: Vec<String>,
     pub(super) svids: Vec<StoredSvid>,
+    /// Since version 3: the federated bundles, trust domain name => SPIFFE bundle JSON.
+    /// Left out when there are none, so that such a body reads as version 2 did.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(super) federated_bundles: BTreeMap<String, String>,
 }
 
 #[derive(Serialize, Deserialize)]

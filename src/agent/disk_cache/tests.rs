@@ -6,6 +6,7 @@ use crate::clock::ManualClock;
 use crate::selector::{Selector, SelectorSet};
 
 mod attacks;
+mod federation;
 
 fn entry(id: &str) -> pb::Entry {
     pb::Entry {
@@ -51,6 +52,7 @@ impl Fixture {
             entries: ["a", "b"].into_iter().map(|id| (id.to_owned(), entry(id))).collect(),
             bundle: Some(ca.bundle().unwrap()),
             tainted_authority_ids: Vec::new(),
+            ..Default::default()
         };
         storage.save_bundle(&ca.bundle().unwrap()).unwrap();
         cache.set_entries(&synced.entries, synced.bundle.as_ref(), &[]).unwrap();
@@ -180,6 +182,7 @@ fn a_reader_on_the_runtime_is_not_blocked_while_the_cache_is_written() {
         entries: [("a".to_owned(), entry("a"))].into(),
         bundle: Some(ca.bundle().unwrap()),
         tainted_authority_ids: Vec::new(),
+        ..Default::default()
     };
     cache.set_entries(&synced.entries, synced.bundle.as_ref(), &[]).unwrap();
     mint(&ca, &cache, "a", Duration::from_secs(600));

@@ -1,10 +1,12 @@
-//! The sync part of a round: by cursor, handing the cache only what changed, or (with a
-//! server that does not sync by cursor) by revision list, as before.
+//! The sync part of a round: by cursor, handing the cache only what changed (the federated
+//! bundles included, when the server sent their set: see [`federated`]), or (with a server
+//! that does not sync by cursor) by revision list, as before, without federation.
 
 use keycard_workload_api::SpiffeBundle;
 
-use super::{Manager, ManagerError, TickReport};
-use crate::agent::client::SyncedEntries;
+use super::{Manager, ManagerError, TickReport, federated};
+use crate::agent::cache::same_federated;
+use crate::agent::client::{FederatedUpdate, SyncedEntries};
 
 impl Manager {
     /// Syncs by cursor and hands the cache the result only when something changed (a full
@@ -25,8 +27,11 @@ impl Manager {
         }
         let held = self.held_bundle();
         let held_sequence = held.as_ref().and_then(|b| b.sequence).unwrap_or(0);
-        let delta =
-            self.client.sync_delta(&self.cursor, held_sequence, self.synced.revision).await?;
+        let digest = self.synced.federated_digest.clone();
+        let mut delta = self
+            .client
+            .sync_federated(&self.cursor, held_sequence, self.synced.revision, &digest)
+            .await?;
         if delta.cursor.is_empty() {
             return self.sync_by_revisions(report).await;
         }
@@ -46,19 +51,40 @@ impl Manager {
             self.client.trust_server_bundle(x509);
         }
         let cursor = delta.cursor.clone();
-        let changed = delta.apply_to(&mut self.synced) || bundle_adopted || first;
+        // An empty digest says "none held": a server that then sends no set holds none
+        // either, so bundles the cache got elsewhere (the disk cache, after federations
+        // were deleted while the agent was down) go.
+        if delta.federated.is_none() && digest.is_empty() && !self.cache.federated().is_empty() {
+            delta.federated = Some(FederatedUpdate::default());
+        }
+        let federated = delta.federated.take().map(|update| {
+            let held = self.cache.federated();
+            let set = federated::merge(self.client.trust_domain(), &held, &update);
+            let changed = !same_federated(&held, &set);
+            (set, update.digest, changed)
+        });
+        let federated_changed = federated.as_ref().is_some_and(|(_, _, changed)| *changed);
+        let changed =
+            delta.apply_to(&mut self.synced) || bundle_adopted || first || federated_changed;
         report.synced_changed = changed;
+        if let Some((set, digest, _)) = &federated {
+            self.synced.federated = federated::spiffe_forms(set);
+            self.synced.federated_digest.clone_from(digest);
+        }
         if changed {
             let synced = &self.synced;
-            let installed = self.cache.set_entries(
+            let installed = self.cache.set_synced(
                 &synced.entries,
                 synced.bundle.as_ref(),
                 &synced.tainted_authority_ids,
+                federated.map(|(set, _, _)| set),
             );
             match installed {
                 Ok(changes) => report.removed = changes.removed,
                 Err(e) => {
+                    // Sync everything, the federated bundles too, next time.
                     self.cursor.clear();
+                    self.synced.federated_digest.clear();
                     return Err(e.into());
                 }
             }

@@ -20,6 +20,7 @@ mod agent_renewal;
 mod bundle;
 mod clock_jump;
 mod failover;
+mod federation;
 mod harness;
 mod pacing;
 use harness::{selectors, setup, setup_with};

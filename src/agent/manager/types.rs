@@ -119,7 +119,8 @@ pub struct TickReport {
     pub entries: usize,
     /// Entries dropped (with their SVIDs).
     pub removed: usize,
-    /// Whether the sync changed what the agent holds (entries, bundle or tainted list):
+    /// Whether the sync changed what the agent holds (entries, bundle, tainted list or
+    /// federated bundles):
     /// false on an idle round, so that nothing proportional to the entries is redone.
     pub synced_changed: bool,
     /// SVIDs issued for entries that had none (or had to be replaced at once).

@@ -5,11 +5,13 @@
 //! |---------------|--------|
 //! | a SPIFFE ID the caller holds | `tls_certificate`: PEM chain and PKCS#8 PEM key |
 //! | `default` (`default_svid_name`) | the same for the caller's first SVID |
-//! | a trust domain ID (`spiffe://td`) | `validation_context.trusted_ca`: that domain's bundle |
+//! | a trust domain ID (`spiffe://td`) | `validation_context.trusted_ca`: that domain's bundle, own or federated |
 //! | `ROOTCA` (`default_bundle_name`) | the same for the agent's own trust domain |
-//! | `ALL` (`default_all_bundles_name`) | every bundle in one `envoy.tls.cert_validator.spiffe` validator (or one `trusted_ca` for old Envoys) |
+//! | `ALL` (`default_all_bundles_name`) | the own and federated bundles in one `envoy.tls.cert_validator.spiffe` validator (or one `trusted_ca` for old Envoys) |
 //!
 //! An empty name list asks for everything the caller may have (all but the `default` alias).
+//! The federated bundles a caller may have are those of the trust domains the entries of
+//! its SVIDs federate with ([`Snapshot::federated`]).
 
 use std::collections::BTreeMap;
 
@@ -53,10 +55,16 @@ pub fn spiffe_validation(node: Option<&Node>) -> bool {
     }
 }
 
-/// The X.509 bundles a caller may be sent, by trust domain name (no `spiffe://`). The own
-/// bundle today; federated bundles join this map when the cache holds them.
+/// The X.509 bundles a caller may be sent, by trust domain name (no `spiffe://`): the own
+/// bundle and those of the foreign trust domains the caller federates with (a foreign
+/// bundle without X.509 authorities has nothing to validate with and is left out).
 fn bundles(snapshot: &Snapshot) -> BTreeMap<String, &X509Bundle> {
-    let mut map = BTreeMap::new();
+    let mut map: BTreeMap<String, &X509Bundle> = snapshot
+        .federated
+        .iter()
+        .filter(|(_, b)| !b.x509.is_empty())
+        .map(|(td, b)| (td.name().to_owned(), &b.x509))
+        .collect();
     if let Some(own) = snapshot.bundle.as_deref() {
         map.insert(own.x509.trust_domain().to_string(), &own.x509);
     }

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use keycard_workload_api::proto::{X509svid, X509svidResponse};
+use keycard_workload_api::{SpiffeBundle, TrustDomain};
 use prost_types::value::Kind;
 use prost_types::{ListValue, Struct, Value};
 use serde_json::{Map, Value as Json};
@@ -15,18 +16,51 @@ pub(super) fn bundle_of(snapshot: &Snapshot) -> Result<&TrustBundle, Status> {
     snapshot.bundle.as_deref().ok_or_else(|| Status::unavailable("no trust bundle yet"))
 }
 
-/// Whether two snapshots carry the same bundle (what the bundle streams show).
+/// Whether two snapshots carry the same own and federated bundles (what the bundle
+/// streams show).
 pub(super) fn same_bundle(a: &Snapshot, b: &Snapshot) -> bool {
-    match (&a.bundle, &b.bundle) {
-        (Some(x), Some(y)) => std::sync::Arc::ptr_eq(x, y) || x == y,
-        (None, None) => true,
-        _ => false,
-    }
+    a.same_bundles(b)
 }
 
-/// The key of a trust domain in bundle maps: `spiffe://<trust domain>`.
-pub(super) fn td_key(bundle: &TrustBundle) -> String {
-    format!("spiffe://{}", bundle.x509.trust_domain())
+/// The key of a trust domain in bundle maps, own and federated alike, as the SPIFFE
+/// Workload API specifies it: the trust domain's SPIFFE ID, `spiffe://<trust domain>`.
+pub(super) fn td_key(td: &TrustDomain) -> String {
+    td.id().to_string()
+}
+
+/// The X.509 bundles of the caller's federated trust domains, DER certificates
+/// concatenated, by [`td_key`]. A foreign bundle without X.509 authorities (JWT only) is
+/// left out: an empty value is not a bundle to clients (SPIRE's CLI refuses one).
+pub(super) fn federated_x509(snapshot: &Snapshot) -> HashMap<String, Vec<u8>> {
+    snapshot
+        .federated
+        .iter()
+        .filter(|(_, b)| !b.x509.is_empty())
+        .map(|(td, b)| (td_key(td), b.x509.to_der()))
+        .collect()
+}
+
+/// Own and federated X.509 bundles (`FetchX509Bundles`).
+pub(super) fn x509_bundles(snapshot: &Snapshot) -> Result<HashMap<String, Vec<u8>>, Status> {
+    let own = bundle_of(snapshot)?;
+    let mut bundles = federated_x509(snapshot);
+    bundles.insert(td_key(own.x509.trust_domain()), own.x509.to_der());
+    Ok(bundles)
+}
+
+/// Own and federated JWT bundles as JWKS documents (`FetchJWTBundles`).
+pub(super) fn jwt_bundles(snapshot: &Snapshot) -> Result<HashMap<String, Vec<u8>>, Status> {
+    let own = bundle_of(snapshot)?;
+    let all = std::iter::once(own).chain(snapshot.federated.values().map(|b| &**b));
+    let mut bundles = HashMap::new();
+    for bundle in all {
+        let json = SpiffeBundle::from_jwt_bundle(&bundle.jwt).to_json().map_err(|e| {
+            tracing::error!(trust_domain = %bundle.jwt.trust_domain(), error = %e, "cannot write the JWT bundle");
+            Status::internal("cannot write the JWT bundle")
+        })?;
+        bundles.insert(td_key(bundle.jwt.trust_domain()), json.into_bytes());
+    }
+    Ok(bundles)
 }
 
 /// The full `FetchX509SVID` message for a snapshot.
@@ -43,7 +77,7 @@ pub(super) fn x509_svid_response(snapshot: &Snapshot) -> Result<X509svidResponse
             hint: s.hint.clone(),
         })
         .collect();
-    Ok(X509svidResponse { svids, crl: Vec::new(), federated_bundles: HashMap::new() })
+    Ok(X509svidResponse { svids, crl: Vec::new(), federated_bundles: federated_x509(snapshot) })
 }
 
 /// JWT claims as a protobuf `Struct`.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use keycard_workload_api::proto::{SpiffeWorkloadApiClient, X509svidResponse};
-use keycard_workload_api::{SpiffeId, TrustDomain, X509Bundle};
+use keycard_workload_api::{SpiffeBundle, SpiffeId, TrustDomain, X509Bundle};
 use rustls_pki_types::SubjectPublicKeyInfoDer;
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
@@ -116,9 +116,19 @@ impl Setup {
 
     /// Puts the entries in the cache (with the CA's bundle).
     pub(crate) fn sync(&mut self, entries: Vec<pb::Entry>) {
+        self.sync_federated(entries, None);
+    }
+
+    /// Puts the entries in the cache (with the CA's bundle), and `federated` as the
+    /// federated bundles held when given.
+    pub(crate) fn sync_federated(
+        &mut self,
+        entries: Vec<pb::Entry>,
+        federated: Option<crate::agent::cache::FederatedBundles>,
+    ) {
         self.entries = entries.into_iter().map(|e| (e.id.clone(), e)).collect();
         let bundle = self.ca.bundle().unwrap();
-        self.cache.set_entries(&self.entries, Some(&bundle), &[]).unwrap();
+        self.cache.set_synced(&self.entries, Some(&bundle), &[], federated).unwrap();
     }
 
     /// Mints a fresh SVID for the entry and puts it in the cache.

@@ -120,6 +120,66 @@ async fn fetch_x509_prints_and_writes_the_svid_files() {
 }
 
 #[tokio::test]
+async fn fetch_x509_writes_and_lists_the_federated_bundles() {
+    use crate::agent::cache::TrustBundle;
+    let agent = Agent::start(true).await;
+    let uid = std::fs::metadata(agent.dir.path()).unwrap().uid();
+    let web = pb::Entry {
+        id: "web".into(),
+        spiffe_id: "spiffe://example.org/web".into(),
+        selectors: vec![format!("unix:uid:{uid}")],
+        hint: "internal".into(),
+        federates_with: vec!["example.net".into(), "example.com".into()],
+        ..Default::default()
+    };
+    let foreign = |name: &str| {
+        let ca = crate::ca::manager::test_ca(TrustDomain::new(name).unwrap());
+        let bundle = TrustBundle::of(&ca.bundle().unwrap()).unwrap();
+        (TrustDomain::new(name).unwrap(), Arc::new(bundle))
+    };
+    let held = [foreign("example.com"), foreign("example.net")];
+    let entries = BTreeMap::from([("web".to_string(), web)]);
+    let bundle = agent.ca.bundle().unwrap();
+    agent.cache.set_synced(&entries, Some(&bundle), &[], Some(held.clone().into())).unwrap();
+
+    let dir = agent.dir.path().join("certs");
+    let fetch = ApiCommand::Fetch(FetchCommand::X509 { write: Some(dir.clone()) });
+    let text = agent.run(OutputFormat::Text, fetch).await.unwrap();
+    assert!(text.contains("Bundles:           example.org (1 CA)\n"), "{text}");
+    assert!(text.contains("Federated bundles: example.com (1 CA), example.net (1 CA)"), "{text}");
+    // SPIRE's names: SVID 0, federated trust domains in name order.
+    for (j, (_, b)) in held.iter().enumerate() {
+        let written = std::fs::read_to_string(dir.join(format!("federated_bundle.0.{j}.pem")));
+        assert_eq!(written.unwrap(), b.x509.to_pem());
+    }
+    assert!(!dir.join("federated_bundle.0.2.pem").exists());
+    // The helper's bundle file: the own bundle first, then the federated ones.
+    let all = std::fs::read_to_string(dir.join("svid_bundle.pem")).unwrap();
+    let own = bundle.x509_bundle().unwrap().to_pem();
+    assert_eq!(all, format!("{own}{}{}", held[0].1.x509.to_pem(), held[1].1.x509.to_pem()));
+
+    let json = agent
+        .run(OutputFormat::Json, ApiCommand::Fetch(FetchCommand::X509 { write: None }))
+        .await
+        .unwrap();
+    let doc: Value = serde_json::from_str(&json).unwrap();
+    let listed: Vec<(String, bool)> = doc["bundles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["trust_domain"].as_str().unwrap().to_owned(), b["federated"] == true))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("example.org".to_owned(), false),
+            ("example.com".to_owned(), true),
+            ("example.net".to_owned(), true)
+        ]
+    );
+}
+
+#[tokio::test]
 async fn watch_prints_every_rotation() {
     let agent = Agent::start(true).await;
     let args = agent.args(OutputFormat::Json, ApiCommand::Watch { max_updates: Some(3) });
