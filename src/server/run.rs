@@ -1,11 +1,13 @@
 //! `keycard server run`: opens the state, starts every listener, and runs until shut down.
 //!
 //! Start-up order: first what another process may hold, with nothing written to disk yet:
-//! the agent API port and the health port are bound and the admin socket is checked, so a
-//! second server (or one started while `keycard dev` holds the ports) stops with a clear
-//! message and leaves no state behind. Then the data directory, datastore, key directory,
-//! upstream authority, CA (whose journal lives in the datastore), and the services: agent
-//! API (mTLS), admin API (Unix socket), health endpoints and the rotation ticker. If any of
+//! the agent API port, the health port and the bundle endpoint's port are bound (and its
+//! `https_web` certificate read) and the admin socket is checked, so a second server (or
+//! one started while `keycard dev` holds the ports) stops with a clear message and leaves
+//! no state behind. Then the data directory, datastore, key directory, upstream authority,
+//! CA (whose journal lives in the datastore), the server's own SVID, and the services:
+//! agent API (mTLS), admin API (Unix socket), health endpoints, the federation bundle
+//! endpoint (presenting that same SVID for `https_spiffe`) and the rotation ticker. If any of
 //! them stops with an error, the others are shut down too and the error is returned, so a
 //! supervisor restarts the server rather than leaving it half-alive.
 
@@ -18,6 +20,7 @@ use super::admin::{self, AdminOptions};
 use super::agent_api::{self, AgentApiOptions};
 use super::cluster::Cluster;
 use super::config::{DatastoreConfig, ServerConfig};
+use super::federation::{self, BundleEndpoint, ServingProfile};
 use super::datastore::{
     DataStore, DataStoreJournal, MeteredDataStore, PostgresDataStore, SqliteDataStore,
 };
@@ -90,6 +93,9 @@ pub enum RunError {
     /// The health endpoints could not be bound.
     #[error("health endpoints: {0}")]
     Health(#[from] health::HealthError),
+    /// The federation bundle endpoint could not start.
+    #[error("bundle endpoint: {0}")]
+    BundleEndpoint(#[from] federation::EndpointError),
     /// A background task panicked.
     #[error("internal task failed: {0}")]
     Task(String),
@@ -106,6 +112,10 @@ pub async fn run(config: ServerConfig, shutdown: Shutdown) -> Result<(), RunErro
         .map_err(|source| RunError::Bind { address: config.bind_address.to_string(), source })?;
     let health_listener = match config.health_address {
         Some(addr) => Some(health::bind(addr).await?),
+        None => None,
+    };
+    let bundle_endpoint = match &config.bundle_endpoint {
+        Some(endpoint) => Some(prepare_bundle_endpoint(endpoint).await?),
         None => None,
     };
     if let Ok(crate::unixsock::Existing::Live) =
@@ -159,7 +169,15 @@ pub async fn run(config: ServerConfig, shutdown: Shutdown) -> Result<(), RunErro
         datastore = store.kind(), peers = cluster.peers().len(), "agent API listening");
 
     let mut tasks: JoinSet<Result<(), RunError>> = JoinSet::new();
-    let options = agent_api_options(&config)?;
+    let mut options = agent_api_options(&config)?;
+    // One server identity, presented by the agent API and the bundle endpoint alike.
+    let server_svid = Arc::new(agent_api::server_svid::ServerSvid::mint(
+        ca.clone(),
+        options.server_id(),
+        options.server_svid_ttl,
+        clock.clone(),
+    )?);
+    options.server_svid = Some(server_svid.clone());
     let stop = shutdown.wait();
     tasks.spawn({
         let (ca, store, metrics, clock) = (ca.clone(), store.clone(), metrics.clone(), clock.clone());
@@ -186,6 +204,23 @@ pub async fn run(config: ServerConfig, shutdown: Shutdown) -> Result<(), RunErro
             Ok(())
         });
     }
+    if let Some((listener, web)) = bundle_endpoint {
+        let resolver = match web {
+            Some(key) => federation::endpoint_tls::web_resolver(key),
+            None => server_svid.clone(),
+        };
+        let tls = federation::endpoint_tls::with_resolver(resolver)?;
+        let bound = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        let profile = config.bundle_endpoint.as_ref().map_or("", |e| e.profile.name());
+        tracing::info!(address = %bound, profile, url = %format!("https://{bound}/"),
+            "federation bundle endpoint listening");
+        let endpoint = Arc::new(BundleEndpoint::new(ca.clone(), metrics.clone()));
+        let stop = shutdown.wait();
+        tasks.spawn(async move {
+            federation::endpoint::serve(listener, tls, endpoint, stop).await;
+            Ok(())
+        });
+    }
     let tick = (config.ca_ttl / 100).clamp(Duration::from_millis(100), MAX_ROTATION_TICK);
     tasks.spawn(rotation_ticker(
         cluster.clone(),
@@ -209,6 +244,24 @@ pub async fn run(config: ServerConfig, shutdown: Shutdown) -> Result<(), RunErro
     }
     tracing::info!("server stopped");
     outcome
+}
+
+/// The bundle endpoint's bound listener and, for `https_web`, its certificate and key.
+type PreparedEndpoint = (tokio::net::TcpListener, Option<rustls::sign::CertifiedKey>);
+
+/// Binds the bundle endpoint's address and reads its `https_web` files, before anything
+/// is written to disk, so that a taken port or a bad file stops the start at once.
+async fn prepare_bundle_endpoint(
+    endpoint: &federation::BundleEndpointConfig,
+) -> Result<PreparedEndpoint, RunError> {
+    let listener = federation::endpoint::bind(endpoint.address).await?;
+    let web = match &endpoint.profile {
+        ServingProfile::HttpsSpiffe => None,
+        ServingProfile::HttpsWeb { cert_file, key_file } => {
+            Some(federation::endpoint_tls::load_web_identity(cert_file, key_file)?)
+        }
+    };
+    Ok((listener, web))
 }
 
 /// Opens the configured datastore (on a blocking thread: it may connect and migrate).
