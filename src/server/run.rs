@@ -205,7 +205,7 @@ pub async fn run(config: ServerConfig, shutdown: Shutdown) -> Result<(), RunErro
         });
     }
     if let Some((listener, web)) = bundle_endpoint {
-        let resolver = match web {
+        let resolver: Arc<dyn rustls::server::ResolvesServerCert> = match web {
             Some(key) => federation::endpoint_tls::web_resolver(key),
             None => server_svid.clone(),
         };

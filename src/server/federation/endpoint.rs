@@ -182,7 +182,7 @@ pub async fn serve(
             tokio::pin!(lifetime);
             let result = tokio::select! {
                 r = conn.as_mut() => r,
-                _ = stop.wait_for(|s| *s) => {
+                _ = stop.changed() => {
                     conn.as_mut().graceful_shutdown();
                     conn.await
                 }

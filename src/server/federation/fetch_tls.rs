@@ -225,6 +225,13 @@ impl ClientTls {
                     trusted: self.trusted.to_owned(),
                     reason: format!("{cert:?}"),
                 },
+                // webpki picks the issuer by name: a trusted CA of the same name whose key
+                // did not sign the certificate is an impostor's, so also an unknown issuer.
+                CertificateError::BadSignature => FetchError::UnknownIssuer {
+                    url,
+                    trusted: self.trusted.to_owned(),
+                    reason: "a trusted CA of the issuer's name did not sign it".into(),
+                },
                 CertificateError::NotValidForName
                 | CertificateError::NotValidForNameContext { .. } => FetchError::WrongHostName {
                     url,

@@ -105,7 +105,7 @@ async fn redirects_are_followed_a_few_times() {
     let running = start(crate::ca::manager::test_ca(td()), pki.resolver()).await;
     let target = format!("https://localhost:{}/", running.addr.port());
     let moved = scripted(&pki, move |_, _| {
-        http_response("307 Temporary Redirect", &[("Location", &target)], b"")
+        http_response("307 Temporary Redirect", &[("Location", target.as_str())], b"")
     })
     .await;
     let fetched = fetch_web(&pki, moved.addr, "/old").await.unwrap();
