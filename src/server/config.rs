@@ -43,7 +43,7 @@ use crate::ca::{CaConfig, KeyType, UpstreamAuthority, max_svid_ttl};
 pub use crate::config::ConfigError;
 use crate::config::{load_toml, parse_positive_duration, parse_socket_addr, parse_value};
 use crate::server::entry::SERVER_PATH;
-use crate::server::federation::{BundleEndpointConfig, FileBundleEndpoint};
+use crate::server::federation::BundleEndpointConfig;
 use crate::telemetry::logging::{self, LogFormat};
 use file::{FileConfig, FileDatastore, FileUpstream};
 
@@ -296,18 +296,6 @@ impl ServerConfig {
         if backdate >= ca_ttl {
             return Err(conflict("backdate", "ca_ttl", "backdate must be shorter than ca_ttl"));
         }
-        let (bundle_endpoint, endpoint_hint) = match f.bundle_endpoint {
-            Some(table) => bundle_endpoint(table, f.bundle_refresh_hint.is_some())?,
-            None => (None, None),
-        };
-        let bundle_refresh_hint = match endpoint_hint {
-            Some(hint) => hint,
-            None => duration(
-                "bundle_refresh_hint",
-                f.bundle_refresh_hint,
-                DEFAULT_BUNDLE_REFRESH_HINT,
-            )?,
-        };
         let svids_per_second_per_agent = svid_rate(f.svids_per_second_per_agent)?;
         let upstream_authority = f.upstream_authority.map(upstream).transpose()?;
         let datastore =
@@ -320,13 +308,19 @@ impl ServerConfig {
         if health_address.is_some_and(|h| h == bind_address && h.port() != 0) {
             return Err(conflict("health_address", "bind_address", "both name the same address"));
         }
-        let endpoint_address = bundle_endpoint.as_ref().map(|e| e.address);
-        for (other, address) in [("bind_address", Some(bind_address)), ("health_address", health_address)]
-        {
-            if endpoint_address.is_some_and(|e| Some(e) == address && e.port() != 0) {
-                return Err(conflict("bundle_endpoint.address", other, "both name the same address"));
+        let taken = [("bind_address", Some(bind_address)), ("health_address", health_address)];
+        let top_hint = f.bundle_refresh_hint.is_some();
+        let (bundle_endpoint, endpoint_hint) = match f.bundle_endpoint {
+            Some(table) => BundleEndpointConfig::from_file(CONFIG, table, top_hint, &taken)
+                .map(|(endpoint, hint)| (Some(endpoint), hint))?,
+            None => (None, None),
+        };
+        let bundle_refresh_hint = match endpoint_hint {
+            Some(hint) => hint,
+            None => {
+                duration("bundle_refresh_hint", f.bundle_refresh_hint, DEFAULT_BUNDLE_REFRESH_HINT)?
             }
-        }
+        };
         let log_format =
             pick(args.log_format, f.log_format, |v| parse_value(CONFIG, "log_format", v))?
                 .unwrap_or_default();
@@ -402,22 +396,6 @@ fn check_ttl(key: &str, ttl: Duration, ca_ttl: Duration) -> Result<(), ConfigErr
         ));
     }
     Ok(())
-}
-
-/// `[bundle_endpoint]`; its `refresh_hint` may not be set beside `bundle_refresh_hint`.
-fn bundle_endpoint(
-    table: FileBundleEndpoint,
-    top_level_hint: bool,
-) -> Result<(Option<BundleEndpointConfig>, Option<Duration>), ConfigError> {
-    let (endpoint, hint) = BundleEndpointConfig::from_file(CONFIG, table)?;
-    if hint.is_some() && top_level_hint {
-        return Err(conflict(
-            "bundle_endpoint.refresh_hint",
-            "bundle_refresh_hint",
-            "both set the bundle's spiffe_refresh_hint; keep one",
-        ));
-    }
-    Ok((Some(endpoint), hint))
 }
 
 fn upstream(u: FileUpstream) -> Result<UpstreamAuthorityConfig, ConfigError> {

@@ -20,10 +20,10 @@ use super::admin::{self, AdminOptions};
 use super::agent_api::{self, AgentApiOptions};
 use super::cluster::Cluster;
 use super::config::{DatastoreConfig, ServerConfig};
-use super::federation::{self, BundleEndpoint, ServingProfile};
 use super::datastore::{
     DataStore, DataStoreJournal, MeteredDataStore, PostgresDataStore, SqliteDataStore,
 };
+use super::federation::{self, endpoint::PreparedEndpoint};
 use crate::ca::{AuthorityKind, CaManager, DiskKeyManager, SlotState, UpstreamAuthority};
 use crate::clock::{Clock, SystemClock};
 use crate::shutdown::Shutdown;
@@ -115,7 +115,7 @@ pub async fn run(config: ServerConfig, shutdown: Shutdown) -> Result<(), RunErro
         None => None,
     };
     let bundle_endpoint = match &config.bundle_endpoint {
-        Some(endpoint) => Some(prepare_bundle_endpoint(endpoint).await?),
+        Some(endpoint) => Some(PreparedEndpoint::prepare(endpoint).await?),
         None => None,
     };
     if let Ok(crate::unixsock::Existing::Live) =
@@ -204,20 +204,10 @@ pub async fn run(config: ServerConfig, shutdown: Shutdown) -> Result<(), RunErro
             Ok(())
         });
     }
-    if let Some((listener, web)) = bundle_endpoint {
-        let resolver: Arc<dyn rustls::server::ResolvesServerCert> = match web {
-            Some(key) => federation::endpoint_tls::web_resolver(key),
-            None => server_svid.clone(),
-        };
-        let tls = federation::endpoint_tls::with_resolver(resolver)?;
-        let bound = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-        let profile = config.bundle_endpoint.as_ref().map_or("", |e| e.profile.name());
-        tracing::info!(address = %bound, profile, url = %format!("https://{bound}/"),
-            "federation bundle endpoint listening");
-        let endpoint = Arc::new(BundleEndpoint::new(ca.clone(), metrics.clone()));
-        let stop = shutdown.wait();
+    if let Some(endpoint) = bundle_endpoint {
+        let serving = endpoint.start(server_svid, ca.clone(), metrics.clone(), shutdown.wait())?;
         tasks.spawn(async move {
-            federation::endpoint::serve(listener, tls, endpoint, stop).await;
+            serving.await;
             Ok(())
         });
     }
@@ -244,24 +234,6 @@ pub async fn run(config: ServerConfig, shutdown: Shutdown) -> Result<(), RunErro
     }
     tracing::info!("server stopped");
     outcome
-}
-
-/// The bundle endpoint's bound listener and, for `https_web`, its certificate and key.
-type PreparedEndpoint = (tokio::net::TcpListener, Option<rustls::sign::CertifiedKey>);
-
-/// Binds the bundle endpoint's address and reads its `https_web` files, before anything
-/// is written to disk, so that a taken port or a bad file stops the start at once.
-async fn prepare_bundle_endpoint(
-    endpoint: &federation::BundleEndpointConfig,
-) -> Result<PreparedEndpoint, RunError> {
-    let listener = federation::endpoint::bind(endpoint.address).await?;
-    let web = match &endpoint.profile {
-        ServingProfile::HttpsSpiffe => None,
-        ServingProfile::HttpsWeb { cert_file, key_file } => {
-            Some(federation::endpoint_tls::load_web_identity(cert_file, key_file)?)
-        }
-    };
-    Ok((listener, web))
 }
 
 /// Opens the configured datastore (on a blocking thread: it may connect and migrate).

@@ -403,8 +403,14 @@ fn bundle_endpoint_errors_name_the_key() {
             "health_address = \"127.0.0.1:9001\"\n[bundle_endpoint]\naddress = \"127.0.0.1:9001\"\n",
             &["bundle_endpoint.address", "health_address"],
         ),
-        ("[bundle_endpoint]\nprofile = \"https_web\"\n", &["bundle_endpoint.cert_file", "https_web"]),
-        ("[bundle_endpoint]\nprofile = \"web\"\n", &["bundle_endpoint.profile", "\"https_spiffe\""]),
+        (
+            "[bundle_endpoint]\nprofile = \"https_web\"\n",
+            &["bundle_endpoint.cert_file", "https_web"],
+        ),
+        (
+            "[bundle_endpoint]\nprofile = \"web\"\n",
+            &["bundle_endpoint.profile", "\"https_spiffe\""],
+        ),
         ("[bundle_endpoint]\nport = 8443\n", &["port"]),
     ] {
         let e = err(&format!("{td}{text}"));

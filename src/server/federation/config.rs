@@ -75,10 +75,22 @@ impl BundleEndpointConfig {
     /// Checks the table of config `config` (the name used in error messages). Returns the
     /// endpoint's settings and the `refresh_hint` it asks for, if any (the caller
     /// publishes it with the bundle, since the CA writes the bundle).
+    ///
+    /// `top_level_hint`: whether the file also sets `bundle_refresh_hint` (only one of
+    /// the two may be set). `taken`: other listeners' keys and addresses, which the
+    /// endpoint's address must differ from.
     pub fn from_file(
         config: &'static str,
         file: FileBundleEndpoint,
+        top_level_hint: bool,
+        taken: &[(&str, Option<SocketAddr>)],
     ) -> Result<(Self, Option<Duration>), ConfigError> {
+        let conflict = |key: &str, other: &str, reason: &str| ConfigError::Conflict {
+            config,
+            key: format!("bundle_endpoint.{key}"),
+            other: other.into(),
+            reason: reason.into(),
+        };
         let invalid = |key: &str, reason: String| ConfigError::InvalidValue {
             config,
             key: format!("bundle_endpoint.{key}"),
@@ -89,25 +101,35 @@ impl BundleEndpointConfig {
             "bundle_endpoint.address",
             file.address.as_deref().unwrap_or(DEFAULT_ENDPOINT_ADDRESS),
         )?;
+        for (other, taken) in taken {
+            if *taken == Some(address) && address.port() != 0 {
+                return Err(conflict("address", other, "both name the same address"));
+            }
+        }
         let refresh_hint = file
             .refresh_hint
-            .map(|v| parse_positive_duration(config, "bundle_endpoint.refresh_hint", &v))
+            .as_ref()
+            .map(|v| parse_positive_duration(config, "bundle_endpoint.refresh_hint", v))
             .transpose()?;
+        if refresh_hint.is_some() && top_level_hint {
+            return Err(conflict(
+                "refresh_hint",
+                "bundle_refresh_hint",
+                "both set the bundle's spiffe_refresh_hint; keep one",
+            ));
+        }
         let profile = match file.profile.as_deref().unwrap_or("https_spiffe") {
             "https_spiffe" => {
                 for (key, set) in
                     [("cert_file", file.cert_file.is_some()), ("key_file", file.key_file.is_some())]
                 {
                     if set {
-                        return Err(ConfigError::Conflict {
-                            config,
-                            key: format!("bundle_endpoint.{key}"),
-                            other: "bundle_endpoint.profile".into(),
-                            reason: "certificate files are for profile = \"https_web\"; \
-                                     https_spiffe presents the server's own SVID (remove \
-                                     the file or set the profile)"
-                                .into(),
-                        });
+                        return Err(conflict(
+                            key,
+                            "bundle_endpoint.profile",
+                            "certificate files are for profile = \"https_web\"; https_spiffe \
+                             presents the server's own SVID (remove the file or set the profile)",
+                        ));
                     }
                 }
                 ServingProfile::HttpsSpiffe
@@ -145,7 +167,7 @@ mod tests {
 
     fn check(text: &str) -> Result<(BundleEndpointConfig, Option<Duration>), String> {
         let file: FileBundleEndpoint = toml::from_str(text).map_err(|e| e.to_string())?;
-        BundleEndpointConfig::from_file("server", file).map_err(|e| e.to_string())
+        BundleEndpointConfig::from_file("server", file, false, &[]).map_err(|e| e.to_string())
     }
 
     #[test]
@@ -171,6 +193,19 @@ mod tests {
         assert_eq!(hint, Some(Duration::from_secs(90)));
         let e = check("profile = \"https_web\"\ncert_file = \"c.pem\"").unwrap_err();
         assert!(e.contains("bundle_endpoint.key_file") && e.contains("required"), "{e}");
+    }
+
+    #[test]
+    fn the_address_and_the_hint_must_not_clash_with_other_keys() {
+        let file = || {
+            toml::from_str::<FileBundleEndpoint>("address = \"127.0.0.1:9\"\nrefresh_hint = \"1m\"")
+                .unwrap()
+        };
+        let taken = [("health_address", Some("127.0.0.1:9".parse().unwrap()))];
+        let e = BundleEndpointConfig::from_file("server", file(), false, &taken).unwrap_err();
+        assert!(e.to_string().contains("\"health_address\""), "{e}");
+        let e = BundleEndpointConfig::from_file("server", file(), true, &[]).unwrap_err();
+        assert!(e.to_string().contains("\"bundle_refresh_hint\""), "{e}");
     }
 
     #[test]

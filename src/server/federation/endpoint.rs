@@ -26,9 +26,13 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use keycard_workload_api::SpiffeBundle;
 use rustls::ServerConfig;
+use rustls::server::ResolvesServerCert;
+use rustls::sign::CertifiedKey;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use super::config::{BundleEndpointConfig, ServingProfile};
+use super::endpoint_tls;
 use super::error::EndpointError;
 use crate::ca::CaManager;
 use crate::telemetry::ServerMetrics;
@@ -113,6 +117,56 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     *r.status_mut() = status;
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     r
+}
+
+/// The endpoint before it serves: its port bound and its `https_web` certificate read, so
+/// that a taken port or a bad file stops the server's start before anything is written.
+pub struct PreparedEndpoint {
+    listener: TcpListener,
+    profile: &'static str,
+    /// The `https_web` certificate and key; `None` for `https_spiffe`.
+    web: Option<CertifiedKey>,
+}
+
+impl std::fmt::Debug for PreparedEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedEndpoint").field("profile", &self.profile).finish_non_exhaustive()
+    }
+}
+
+impl PreparedEndpoint {
+    /// Binds `config.address` and reads the `https_web` files.
+    pub async fn prepare(config: &BundleEndpointConfig) -> Result<Self, EndpointError> {
+        let listener = bind(config.address).await?;
+        let web = match &config.profile {
+            ServingProfile::HttpsSpiffe => None,
+            ServingProfile::HttpsWeb { cert_file, key_file } => {
+                Some(endpoint_tls::load_web_identity(cert_file, key_file)?)
+            }
+        };
+        Ok(Self { listener, profile: config.profile.name(), web })
+    }
+
+    /// Logs the address and returns the endpoint serving `ca`'s bundle until `shutdown`;
+    /// `https_spiffe` presents `svid`, the server's own SVID.
+    pub fn start(
+        self,
+        svid: Arc<dyn ResolvesServerCert>,
+        ca: Arc<CaManager>,
+        metrics: Arc<ServerMetrics>,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<impl Future<Output = ()> + Send, EndpointError> {
+        let resolver = match self.web {
+            Some(key) => endpoint_tls::web_resolver(key),
+            None => svid,
+        };
+        let tls = endpoint_tls::with_resolver(resolver)?;
+        let address = self.listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!(%address, profile = self.profile, url = %format!("https://{address}/"),
+            "federation bundle endpoint listening");
+        let endpoint = Arc::new(BundleEndpoint::new(ca, metrics));
+        Ok(serve(self.listener, tls, endpoint, shutdown))
+    }
 }
 
 /// Binds the endpoint's address (port 0 picks a free port; ask the listener which).

@@ -124,7 +124,9 @@ pub enum FetchError {
         presented: SpiffeId,
     },
     /// `https_web`: the certificate is not valid for the URL's host.
-    #[error("the bundle endpoint {url} presented a certificate that is not valid for {host}: {reason}")]
+    #[error(
+        "the bundle endpoint {url} presented a certificate that is not valid for {host}: {reason}"
+    )]
     WrongHostName {
         /// The URL.
         url: String,

@@ -85,7 +85,8 @@ pub async fn fetch_bundle(
     let tls = match profile {
         EndpointProfile::HttpsSpiffe { endpoint_id } => {
             let endpoint_td = endpoint_id.trust_domain();
-            let held = held.ok_or(FetchError::NoHeldBundle { trust_domain: endpoint_td.clone() })?;
+            let held =
+                held.ok_or(FetchError::NoHeldBundle { trust_domain: endpoint_td.clone() })?;
             if held.trust_domain != endpoint_td {
                 return Err(FetchError::HeldBundleMismatch {
                     endpoint_id: endpoint_id.clone(),
@@ -204,13 +205,14 @@ async fn get(target: &EndpointUrl, tls: &ClientTls) -> Result<Answer, FetchError
     if declared.and_then(|v| v.parse::<u64>().ok()).is_some_and(|n| n > MAX_BUNDLE_SIZE as u64) {
         return Err(too_large());
     }
-    let body = Limited::new(response.into_body(), MAX_BUNDLE_SIZE).collect().await.map_err(|e| {
-        if e.is::<http_body_util::LengthLimitError>() {
-            too_large()
-        } else {
-            FetchError::Http { url: url.to_owned(), reason: e.to_string() }
-        }
-    })?;
+    let body =
+        Limited::new(response.into_body(), MAX_BUNDLE_SIZE).collect().await.map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                too_large()
+            } else {
+                FetchError::Http { url: url.to_owned(), reason: e.to_string() }
+            }
+        })?;
     Ok(Answer::Body(body.to_bytes()))
 }
 

@@ -17,7 +17,9 @@ use keycard_workload_api::{SpiffeId, X509BundleSet, X509SvidError, spiffe_id_of,
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{Resumption, WebPkiServerVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use super::endpoint_tls::pem_certificates;
@@ -204,10 +206,8 @@ impl ClientTls {
         )
         .build()
         .map_err(|e| FetchError::BadCaPem(e.to_string()))?;
-        let config = builder()
-            .map_err(tls_setup)?
-            .with_webpki_verifier(verifier)
-            .with_no_client_auth();
+        let config =
+            builder().map_err(tls_setup)?.with_webpki_verifier(verifier).with_no_client_auth();
         Ok(Self { config: finish(config), spiffe: None, trusted })
     }
 

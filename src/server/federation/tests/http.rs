@@ -3,11 +3,7 @@
 
 use super::*;
 
-async fn fetch_web(
-    pki: &WebPki,
-    addr: SocketAddr,
-    path: &str,
-) -> Result<SpiffeBundle, FetchError> {
+async fn fetch_web(pki: &WebPki, addr: SocketAddr, path: &str) -> Result<SpiffeBundle, FetchError> {
     let url = format!("https://localhost:{}{path}", addr.port());
     fetch_bundle(&td(), &url, &pki.profile(), None, TIMEOUT).await
 }
@@ -87,8 +83,7 @@ async fn answers_that_are_not_a_usable_bundle_are_refused() {
         ("200 OK", only_unknown, "empty_bundle"),
     ];
     for (status, body, reason) in cases {
-        let server =
-            scripted(&pki, move |_, _| http_response(status, &[], body.as_bytes())).await;
+        let server = scripted(&pki, move |_, _| http_response(status, &[], body.as_bytes())).await;
         let e = fetch_web(&pki, server.addr, "/").await.unwrap_err();
         assert_eq!(e.reason(), reason, "{status}: {e}");
     }

@@ -63,7 +63,8 @@ async fn an_endpoint_with_another_spiffe_id_is_refused_naming_both() {
 #[tokio::test]
 async fn an_endpoint_of_another_trust_domain_is_a_wrong_id() {
     let com = TrustDomain::new("example.com").unwrap();
-    let (ca, svid) = svid_for(crate::ca::manager::test_ca(com.clone()), crate::wire::server_id(&com));
+    let (ca, svid) =
+        svid_for(crate::ca::manager::test_ca(com.clone()), crate::wire::server_id(&com));
     let running = start(ca, svid).await;
     // The client holds example.org's bundle and expects example.org's server.
     let (org_ca, _) = ca_and_svid();
@@ -91,7 +92,8 @@ async fn https_spiffe_needs_a_held_bundle_of_the_endpoints_trust_domain() {
     let com = crate::ca::manager::test_ca(TrustDomain::new("example.com").unwrap());
     let e = fetch_spiffe(&running.url(), Some(&com.bundle().unwrap())).await.unwrap_err();
     assert!(matches!(e, FetchError::HeldBundleMismatch { .. }), "{e:?}");
-    let jwt_only = SpiffeBundle::from_jwt_bundle(&running.ca.bundle().unwrap().jwt_bundle().unwrap());
+    let jwt_only =
+        SpiffeBundle::from_jwt_bundle(&running.ca.bundle().unwrap().jwt_bundle().unwrap());
     let e = fetch_spiffe(&running.url(), Some(&jwt_only)).await.unwrap_err();
     assert!(matches!(e, FetchError::HeldBundleUnusable { .. }), "{e:?}");
     assert_eq!(running.requests("200"), 0, "nothing was fetched");
@@ -106,11 +108,8 @@ async fn a_rotation_is_published_and_followed_with_the_newest_held_bundle() {
     running.ca.activate(AuthorityKind::X509, &id).unwrap();
     let second = fetch_spiffe(&running.url(), Some(&first)).await.unwrap();
     assert!(second.sequence > first.sequence, "{:?} {:?}", second.sequence, first.sequence);
-    let new_keys: Vec<_> = second
-        .x509_authorities
-        .iter()
-        .filter(|a| !first.x509_authorities.contains(a))
-        .collect();
+    let new_keys: Vec<_> =
+        second.x509_authorities.iter().filter(|a| !first.x509_authorities.contains(a)).collect();
     assert_eq!(new_keys.len(), 1, "the new authority is published");
     // The endpoint's SVID is now signed by the new authority: the bundle held before the
     // rotation cannot authenticate it, the one fetched since can.
