@@ -94,7 +94,7 @@ pub enum RunError {
     #[error("health endpoints: {0}")]
     Health(#[from] health::HealthError),
     /// The federation bundle endpoint could not start.
-    #[error("bundle endpoint: {0}")]
+    #[error("{0}")]
     BundleEndpoint(#[from] federation::EndpointError),
     /// A background task panicked.
     #[error("internal task failed: {0}")]
