@@ -19,6 +19,9 @@
 //! | `jwt_key_type` | `ec-p256` | JWT authority key: `ec-p256` or `ec-p384` (JWT-SVIDs have no EdDSA) |
 //! | `backdate` | `30s` | How far `notBefore` is set in the past, for clock skew |
 //! | `bundle_refresh_hint` | `5m` | `spiffe_refresh_hint` published with the bundle |
+//! | `[bundle_endpoint]` `address` | `127.0.0.1:8443` | Federation bundle endpoint (HTTPS `GET /`); the table's presence turns it on |
+//! | `[bundle_endpoint]` `profile` | `https_spiffe` | `https_spiffe` (the server's own SVID) or `https_web` (needs `cert_file` and `key_file`, PEM) |
+//! | `[bundle_endpoint]` `refresh_hint` | `5m` | The bundle's `spiffe_refresh_hint`, like `bundle_refresh_hint` (set one of the two) |
 //! | `svids_per_second_per_agent` | `500` | Workload X.509-SVIDs one agent may have signed per second (bursts of twice that); an agent asking faster is told when to retry |
 //! | `[upstream_authority]` `cert_file`, `key_file` | none | PEM certificate (chain) and PKCS#8 key of an upstream CA; when set, keycard's authorities are its intermediates |
 //! | `[datastore]` `type` | `sqlite` | Datastore kind: `sqlite` (one server) or `postgres` (several servers, HA) |
@@ -40,6 +43,7 @@ use crate::ca::{CaConfig, KeyType, UpstreamAuthority, max_svid_ttl};
 pub use crate::config::ConfigError;
 use crate::config::{load_toml, parse_positive_duration, parse_socket_addr, parse_value};
 use crate::server::entry::SERVER_PATH;
+use crate::server::federation::BundleEndpointConfig;
 use crate::telemetry::logging::{self, LogFormat};
 use file::{FileConfig, FileDatastore, FileUpstream};
 
@@ -165,6 +169,8 @@ pub struct ServerConfig {
     pub datastore: DatastoreConfig,
     /// CA bundle for x509pop attestation; `None` disables x509pop.
     pub x509pop_ca_bundle: Option<PathBuf>,
+    /// The federation bundle endpoint; `None` (no `[bundle_endpoint]` table) disables it.
+    pub bundle_endpoint: Option<BundleEndpointConfig>,
     /// Health and metrics address; `None` disables the endpoints.
     pub health_address: Option<SocketAddr>,
     /// Log format.
@@ -290,8 +296,6 @@ impl ServerConfig {
         if backdate >= ca_ttl {
             return Err(conflict("backdate", "ca_ttl", "backdate must be shorter than ca_ttl"));
         }
-        let bundle_refresh_hint =
-            duration("bundle_refresh_hint", f.bundle_refresh_hint, DEFAULT_BUNDLE_REFRESH_HINT)?;
         let svids_per_second_per_agent = svid_rate(f.svids_per_second_per_agent)?;
         let upstream_authority = f.upstream_authority.map(upstream).transpose()?;
         let datastore =
@@ -304,6 +308,19 @@ impl ServerConfig {
         if health_address.is_some_and(|h| h == bind_address && h.port() != 0) {
             return Err(conflict("health_address", "bind_address", "both name the same address"));
         }
+        let taken = [("bind_address", Some(bind_address)), ("health_address", health_address)];
+        let top_hint = f.bundle_refresh_hint.is_some();
+        let (bundle_endpoint, endpoint_hint) = match f.bundle_endpoint {
+            Some(table) => BundleEndpointConfig::from_file(CONFIG, table, top_hint, &taken)
+                .map(|(endpoint, hint)| (Some(endpoint), hint))?,
+            None => (None, None),
+        };
+        let bundle_refresh_hint = match endpoint_hint {
+            Some(hint) => hint,
+            None => {
+                duration("bundle_refresh_hint", f.bundle_refresh_hint, DEFAULT_BUNDLE_REFRESH_HINT)?
+            }
+        };
         let log_format =
             pick(args.log_format, f.log_format, |v| parse_value(CONFIG, "log_format", v))?
                 .unwrap_or_default();
@@ -326,6 +343,7 @@ impl ServerConfig {
             upstream_authority,
             datastore,
             x509pop_ca_bundle,
+            bundle_endpoint,
             health_address,
             log_format,
             log_level,

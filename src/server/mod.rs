@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod config;
 pub mod datastore;
 pub mod entry;
+pub mod federation;
 pub mod join_token;
 pub mod run;
 

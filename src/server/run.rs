@@ -1,11 +1,13 @@
 //! `keycard server run`: opens the state, starts every listener, and runs until shut down.
 //!
 //! Start-up order: first what another process may hold, with nothing written to disk yet:
-//! the agent API port and the health port are bound and the admin socket is checked, so a
-//! second server (or one started while `keycard dev` holds the ports) stops with a clear
-//! message and leaves no state behind. Then the data directory, datastore, key directory,
-//! upstream authority, CA (whose journal lives in the datastore), and the services: agent
-//! API (mTLS), admin API (Unix socket), health endpoints and the rotation ticker. If any of
+//! the agent API port, the health port and the bundle endpoint's port are bound (and its
+//! `https_web` certificate read) and the admin socket is checked, so a second server (or
+//! one started while `keycard dev` holds the ports) stops with a clear message and leaves
+//! no state behind. Then the data directory, datastore, key directory, upstream authority,
+//! CA (whose journal lives in the datastore), the server's own SVID, and the services:
+//! agent API (mTLS), admin API (Unix socket), health endpoints, the federation bundle
+//! endpoint (presenting that same SVID for `https_spiffe`) and the rotation ticker. If any of
 //! them stops with an error, the others are shut down too and the error is returned, so a
 //! supervisor restarts the server rather than leaving it half-alive.
 
@@ -21,6 +23,7 @@ use super::config::{DatastoreConfig, ServerConfig};
 use super::datastore::{
     DataStore, DataStoreJournal, MeteredDataStore, PostgresDataStore, SqliteDataStore,
 };
+use super::federation::{self, endpoint::PreparedEndpoint};
 use crate::ca::{AuthorityKind, CaManager, DiskKeyManager, SlotState, UpstreamAuthority};
 use crate::clock::{Clock, SystemClock};
 use crate::shutdown::Shutdown;
@@ -90,6 +93,9 @@ pub enum RunError {
     /// The health endpoints could not be bound.
     #[error("health endpoints: {0}")]
     Health(#[from] health::HealthError),
+    /// The federation bundle endpoint could not start.
+    #[error("{0}")]
+    BundleEndpoint(#[from] federation::EndpointError),
     /// A background task panicked.
     #[error("internal task failed: {0}")]
     Task(String),
@@ -106,6 +112,10 @@ pub async fn run(config: ServerConfig, shutdown: Shutdown) -> Result<(), RunErro
         .map_err(|source| RunError::Bind { address: config.bind_address.to_string(), source })?;
     let health_listener = match config.health_address {
         Some(addr) => Some(health::bind(addr).await?),
+        None => None,
+    };
+    let bundle_endpoint = match &config.bundle_endpoint {
+        Some(endpoint) => Some(PreparedEndpoint::prepare(endpoint).await?),
         None => None,
     };
     if let Ok(crate::unixsock::Existing::Live) =
@@ -159,7 +169,15 @@ pub async fn run(config: ServerConfig, shutdown: Shutdown) -> Result<(), RunErro
         datastore = store.kind(), peers = cluster.peers().len(), "agent API listening");
 
     let mut tasks: JoinSet<Result<(), RunError>> = JoinSet::new();
-    let options = agent_api_options(&config)?;
+    let mut options = agent_api_options(&config)?;
+    // One server identity, presented by the agent API and the bundle endpoint alike.
+    let server_svid = Arc::new(agent_api::server_svid::ServerSvid::mint(
+        ca.clone(),
+        options.server_id(),
+        options.server_svid_ttl,
+        clock.clone(),
+    )?);
+    options.server_svid = Some(server_svid.clone());
     let stop = shutdown.wait();
     tasks.spawn({
         let (ca, store, metrics, clock) = (ca.clone(), store.clone(), metrics.clone(), clock.clone());
@@ -183,6 +201,13 @@ pub async fn run(config: ServerConfig, shutdown: Shutdown) -> Result<(), RunErro
         let stop = shutdown.wait();
         tasks.spawn(async move {
             health::serve(listener, endpoints, stop).await;
+            Ok(())
+        });
+    }
+    if let Some(endpoint) = bundle_endpoint {
+        let serving = endpoint.start(server_svid, ca.clone(), metrics.clone(), shutdown.wait())?;
+        tasks.spawn(async move {
+            serving.await;
             Ok(())
         });
     }

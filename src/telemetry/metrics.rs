@@ -57,6 +57,13 @@ pub struct DatastoreLabels {
     pub op: &'static str,
 }
 
+/// Labels of bundle endpoint metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpCodeLabels {
+    /// The HTTP status code answered, such as `200` or `404`.
+    pub code: String,
+}
+
 /// Every metric the server exports.
 pub struct ServerMetrics {
     registry: Mutex<Registry>,
@@ -81,6 +88,8 @@ pub struct ServerMetrics {
     /// Datastore calls that failed (the database refused or did not answer), by
     /// operation; answers such as "not found" or "duplicate" are not failures.
     pub datastore_errors: Family<DatastoreLabels, Counter>,
+    /// Requests the federation bundle endpoint answered, by HTTP status code.
+    pub bundle_endpoint_requests: Family<HttpCodeLabels, Counter>,
 }
 
 impl fmt::Debug for ServerMetrics {
@@ -139,6 +148,12 @@ impl ServerMetrics {
             "Datastore calls that failed",
             datastore_errors.clone(),
         );
+        let bundle_endpoint_requests = Family::<HttpCodeLabels, Counter>::default();
+        registry.register(
+            "bundle_endpoint_requests",
+            "Requests the federation bundle endpoint answered, by HTTP status code",
+            bundle_endpoint_requests.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             svids_issued,
@@ -151,6 +166,7 @@ impl ServerMetrics {
             rotations,
             datastore_latency,
             datastore_errors,
+            bundle_endpoint_requests,
         }
     }
 
@@ -179,6 +195,12 @@ impl ServerMetrics {
         self.refusals.get_or_create(&labels).inc();
     }
 
+    /// Counts one answer of the bundle endpoint.
+    pub fn bundle_endpoint_request(&self, code: u16) {
+        let labels = HttpCodeLabels { code: code.to_string() };
+        self.bundle_endpoint_requests.get_or_create(&labels).inc();
+    }
+
     /// The registry in the Prometheus text format.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -202,6 +224,7 @@ mod tests {
         m.entries.set(3);
         m.authority_expiry_seconds.get_or_create(&AuthorityLabels { kind: "x509".into() }).set(60);
         m.rotations.get_or_create(&AuthorityLabels { kind: "x509".into() }).inc();
+        m.bundle_endpoint_request(404);
         let text = m.render();
         for needle in [
             "keycard_server_svids_issued_total{kind=\"x509\",subject=\"workload\"} 1",
@@ -211,6 +234,7 @@ mod tests {
             "keycard_server_entries 3",
             "keycard_server_authority_expiry_seconds{kind=\"x509\"} 60",
             "keycard_server_rotations_total{kind=\"x509\"} 1",
+            "keycard_server_bundle_endpoint_requests_total{code=\"404\"} 1",
             "# EOF",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in:\n{text}");

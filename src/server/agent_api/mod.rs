@@ -51,10 +51,10 @@ pub use crate::wire::{
 
 /// Runs the agent API on `listener` until `shutdown` completes.
 ///
-/// Mints the server's TLS SVID from `ca` (and keeps re-minting it), loads the authorized
-/// entry cache from `store` (and keeps it fresh), then serves TLS connections: every
-/// handler bounded by the request timeout, every connection pinged (HTTP/2 keepalive) so
-/// that one whose agent vanished is closed.
+/// Mints the server's TLS SVID from `ca` unless `options` holds one (and keeps re-minting
+/// it), loads the authorized entry cache from `store` (and keeps it fresh), then serves
+/// TLS connections: every handler bounded by the request timeout, every connection pinged
+/// (HTTP/2 keepalive) so that one whose agent vanished is closed.
 pub async fn serve(
     listener: TcpListener,
     options: AgentApiOptions,
@@ -64,12 +64,15 @@ pub async fn serve(
     clock: Arc<dyn Clock>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), AgentApiError> {
-    let server_svid = Arc::new(server_svid::ServerSvid::mint(
-        ca.clone(),
-        options.server_id(),
-        options.server_svid_ttl,
-        clock.clone(),
-    )?);
+    let server_svid = match &options.server_svid {
+        Some(shared) => shared.clone(),
+        None => Arc::new(server_svid::ServerSvid::mint(
+            ca.clone(),
+            options.server_id(),
+            options.server_svid_ttl,
+            clock.clone(),
+        )?),
+    };
     let cache = Arc::new(authorized::AuthorizedEntries::new(store.clone(), options.server_id()));
     cache.refresh().await;
     let tls_config = tls::server_config(ca.clone(), server_svid.clone(), &options.trust_domain)?;

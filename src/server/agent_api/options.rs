@@ -1,11 +1,13 @@
 //! What the agent API takes from the server configuration, with SPIRE-like defaults.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use keycard_workload_api::{SpiffeId, TrustDomain};
 use rustls_pki_types::CertificateDer;
 
 use super::limits::Rate;
+use super::server_svid::ServerSvid;
 use crate::wire::{ATTESTATION_STEP_TIMEOUT, REQUEST_TIMEOUT, server_id};
 
 /// What the agent API needs from the server configuration.
@@ -21,6 +23,10 @@ pub struct AgentApiOptions {
     pub default_jwt_ttl: Duration,
     /// Lifetime of the server's own TLS SVID (re-minted at half-life).
     pub server_svid_ttl: Duration,
+    /// The server's own TLS SVID, when the caller minted it to present it elsewhere too
+    /// (the federation bundle endpoint): one identity for the server. `None`: the agent
+    /// API mints its own. Either way the agent API keeps it renewed while it runs.
+    pub server_svid: Option<Arc<ServerSvid>>,
     /// CAs that node certificates must chain to for `x509pop`; `None` disables x509pop.
     pub x509pop_ca_bundle: Option<Vec<CertificateDer<'static>>>,
     /// Attestations per source IP address.
@@ -49,6 +55,7 @@ impl AgentApiOptions {
             default_x509_ttl: Duration::from_secs(3600),
             default_jwt_ttl: Duration::from_secs(300),
             server_svid_ttl: Duration::from_secs(3600),
+            server_svid: None,
             x509pop_ca_bundle: None,
             attest_rate: Rate { per_second: 1.0, burst: 5.0 },
             sign_rate: Rate { per_second: 500.0, burst: 1000.0 },

@@ -26,6 +26,7 @@ pub(super) struct FileConfig {
     pub(super) upstream_authority: Option<FileUpstream>,
     pub(super) datastore: Option<FileDatastore>,
     pub(super) x509pop_ca_bundle: Option<PathBuf>,
+    pub(super) bundle_endpoint: Option<crate::server::federation::FileBundleEndpoint>,
     pub(super) health_address: Option<String>,
     pub(super) log_format: Option<String>,
     pub(super) log_level: Option<String>,

@@ -48,6 +48,12 @@ key_file = "/etc/keycard/up-key.pem"
 [datastore]
 type = "sqlite"
 path = "/var/lib/keycard/db.sqlite3"
+
+[bundle_endpoint]
+address = "0.0.0.0:8443"
+profile = "https_web"
+cert_file = "/etc/keycard/web.pem"
+key_file = "/etc/keycard/web-key.pem"
 "#;
 
 #[test]
@@ -76,6 +82,13 @@ fn full_file_sets_every_key() {
             }),
             datastore: DatastoreConfig::Sqlite { path: "/var/lib/keycard/db.sqlite3".into() },
             x509pop_ca_bundle: Some("/etc/keycard/node-ca.pem".into()),
+            bundle_endpoint: Some(BundleEndpointConfig {
+                address: "0.0.0.0:8443".parse().unwrap(),
+                profile: crate::server::federation::ServingProfile::HttpsWeb {
+                    cert_file: "/etc/keycard/web.pem".into(),
+                    key_file: "/etc/keycard/web-key.pem".into(),
+                },
+            }),
             health_address: Some("127.0.0.1:9001".parse().unwrap()),
             log_format: LogFormat::Json,
             log_level: "debug,h2=warn".into(),
@@ -357,5 +370,52 @@ fn example_file_is_valid_and_documents_every_key() {
     // The PostgreSQL keys are described in prose (uncommented beside `path` they conflict).
     for words in ["\"postgres\"", "url", "--datastore-url"] {
         assert!(text.contains(words), "{words}");
+    }
+}
+
+#[test]
+fn bundle_endpoint_table_turns_the_endpoint_on_and_sets_the_refresh_hint() {
+    let td = "trust_domain = \"example.org\"\n";
+    assert_eq!(from(td).unwrap().bundle_endpoint, None);
+    let c = from(&format!("{td}[bundle_endpoint]\nrefresh_hint = \"90s\"\n")).unwrap();
+    let endpoint = c.bundle_endpoint.clone().unwrap();
+    assert_eq!(endpoint.address, "127.0.0.1:8443".parse().unwrap());
+    assert_eq!(endpoint.profile, crate::server::federation::ServingProfile::HttpsSpiffe);
+    assert_eq!(c.bundle_refresh_hint, Duration::from_secs(90));
+    assert_eq!(c.ca_config(None).refresh_hint, Duration::from_secs(90));
+    let c = from(&format!("{td}bundle_refresh_hint = \"2m\"\n[bundle_endpoint]\n")).unwrap();
+    assert_eq!(c.bundle_refresh_hint, Duration::from_secs(120));
+}
+
+#[test]
+fn bundle_endpoint_errors_name_the_key() {
+    let td = "trust_domain = \"example.org\"\n";
+    for (text, needles) in [
+        (
+            "bundle_refresh_hint = \"2m\"\n[bundle_endpoint]\nrefresh_hint = \"1m\"\n",
+            &["bundle_endpoint.refresh_hint", "bundle_refresh_hint", "keep one"][..],
+        ),
+        (
+            "bind_address = \"127.0.0.1:9000\"\n[bundle_endpoint]\naddress = \"127.0.0.1:9000\"\n",
+            &["bundle_endpoint.address", "bind_address"],
+        ),
+        (
+            "health_address = \"127.0.0.1:9001\"\n[bundle_endpoint]\naddress = \"127.0.0.1:9001\"\n",
+            &["bundle_endpoint.address", "health_address"],
+        ),
+        (
+            "[bundle_endpoint]\nprofile = \"https_web\"\n",
+            &["bundle_endpoint.cert_file", "https_web"],
+        ),
+        (
+            "[bundle_endpoint]\nprofile = \"web\"\n",
+            &["bundle_endpoint.profile", "\"https_spiffe\""],
+        ),
+        ("[bundle_endpoint]\nport = 8443\n", &["port"]),
+    ] {
+        let e = err(&format!("{td}{text}"));
+        for n in needles {
+            assert!(e.contains(n), "{text}: {e:?} lacks {n:?}");
+        }
     }
 }
