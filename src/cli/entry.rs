@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use keycard_workload_api::SpiffeId;
+use keycard_workload_api::{SpiffeId, TrustDomain};
 use serde_json::json;
 
 use super::output::{count_text, emit, entry_json, entry_text};
@@ -43,12 +43,12 @@ pub enum EntryCommand {
 pub struct CreateArgs {
     /// Create every entry of this JSON file (`-`: standard input) in one call: an array of
     /// objects with the keys spiffe_id, parent_id, selectors and optionally dns_names,
-    /// x509_ttl_seconds, jwt_ttl_seconds, hint, admin, jwt_svid_binding (`entry show --output json` output
+    /// x509_ttl_seconds, jwt_ttl_seconds, hint, admin, jwt_svid_binding, federates_with (`entry show --output json` output
     /// reads back). Nothing is created when any entry breaks a rule.
     #[arg(
         long,
         value_name = "PATH",
-        conflicts_with_all = ["spiffe_id", "parent_id", "selectors", "x509_ttl", "jwt_ttl", "dns_names", "hint", "admin", "jwt_svid_binding"]
+        conflicts_with_all = ["spiffe_id", "parent_id", "selectors", "x509_ttl", "jwt_ttl", "dns_names", "hint", "admin", "jwt_svid_binding", "federates_with"]
     )]
     pub file: Option<PathBuf>,
     /// The SPIFFE ID the workload gets, for example spiffe://example.org/web.
@@ -80,6 +80,12 @@ pub struct CreateArgs {
     /// connection not authenticated by that certificate; `none` (default): bearer tokens.
     #[arg(long, value_parser = parse_binding, value_name = "none|x509")]
     pub jwt_svid_binding: Option<JwtSvidBinding>,
+    /// A foreign trust domain whose bundle the workload receives, so that it can
+    /// authenticate that domain's SVIDs (repeat for more), for example example.com. The
+    /// server needs a federation relationship (`keycard federation create`) or a bundle
+    /// (`keycard bundle set`) for it.
+    #[arg(long = "federates-with", value_name = "TRUST_DOMAIN")]
+    pub federates_with: Vec<TrustDomain>,
 }
 
 /// Parses `--jwt-svid-binding`.
@@ -149,6 +155,17 @@ pub struct UpdateArgs {
     /// New JWT-SVID binding: `x509` (tokens bound to the holder's X.509-SVID) or `none`.
     #[arg(long, value_parser = parse_binding, value_name = "none|x509")]
     pub jwt_svid_binding: Option<JwtSvidBinding>,
+    /// New foreign trust domains: replace all current ones (repeat).
+    #[arg(long = "federates-with", value_name = "TRUST_DOMAIN")]
+    pub federates_with: Vec<TrustDomain>,
+    /// Federate with no foreign trust domain any more.
+    #[arg(long, conflicts_with = "federates_with")]
+    pub clear_federates_with: bool,
+}
+
+/// Trust domain names as the wire carries them (without `spiffe://`).
+fn domain_names(domains: &[TrustDomain]) -> Vec<String> {
+    domains.iter().map(|td| td.name().to_owned()).collect()
 }
 
 fn strings<T: ToString>(items: &[T]) -> Vec<String> {
@@ -167,6 +184,7 @@ pub fn create_spec(args: &CreateArgs) -> pb::EntrySpec {
         hint: args.hint.clone().unwrap_or_default(),
         admin: args.admin,
         jwt_svid_binding: args.jwt_svid_binding.unwrap_or_default().as_str().to_owned(),
+        federates_with: domain_names(&args.federates_with),
     }
 }
 
@@ -202,6 +220,11 @@ pub fn apply_update(args: &UpdateArgs, current: pb::EntrySpec) -> Result<pb::Ent
     if let Some(binding) = args.jwt_svid_binding {
         spec.jwt_svid_binding = binding.as_str().to_owned();
     }
+    if args.clear_federates_with {
+        spec.federates_with.clear();
+    } else if !args.federates_with.is_empty() {
+        spec.federates_with = domain_names(&args.federates_with);
+    }
     let any_flag = args.spiffe_id.is_some()
         || args.parent_id.is_some()
         || !args.selectors.is_empty()
@@ -212,7 +235,9 @@ pub fn apply_update(args: &UpdateArgs, current: pb::EntrySpec) -> Result<pb::Ent
         || args.hint.is_some()
         || args.admin
         || args.no_admin
-        || args.jwt_svid_binding.is_some();
+        || args.jwt_svid_binding.is_some()
+        || args.clear_federates_with
+        || !args.federates_with.is_empty();
     if !any_flag {
         return Err(CliError::NothingToUpdate);
     }

@@ -6,7 +6,7 @@
 //! the `{"entries": [...], "next_page_token": ...}` document, or a single entry object. An
 //! entry object has the keys `spiffe_id`, `parent_id`, `selectors` (`type:value` strings)
 //! and optionally `dns_names`, `x509_ttl_seconds`, `jwt_ttl_seconds` (0: the server's
-//! default), `hint`, `admin` and `jwt_svid_binding` (`none` or `x509`), meaning what the flags of `entry create` mean. The keys
+//! default), `hint`, `admin`, `jwt_svid_binding` (`none` or `x509`) and `federates_with` (trust domain names), meaning what the flags of `entry create` mean. The keys
 //! the server sets (`id`, `revision`, `created_at`, `updated_at`, `parent_missing`) are
 //! read and ignored on create (the server assigns new ones); any other key is refused, so
 //! a misspelt one is not silently dropped. For delete, the array may also hold plain entry
@@ -112,6 +112,8 @@ struct FileEntry {
     admin: bool,
     #[serde(default)]
     jwt_svid_binding: String,
+    #[serde(default)]
+    federates_with: Vec<String>,
     // Set by the server; read so that `entry show` output is accepted, then ignored.
     #[serde(default, rename = "id")]
     _id: Option<Value>,
@@ -206,6 +208,7 @@ pub fn create_request(
             hint: e.hint,
             admin: e.admin,
             jwt_svid_binding: e.jwt_svid_binding,
+            federates_with: e.federates_with,
         })
     })?;
     Ok(pb::BatchCreateEntriesRequest { specs })

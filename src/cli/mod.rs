@@ -19,6 +19,7 @@ mod client;
 mod entry;
 pub mod entry_file;
 mod explain;
+mod federation;
 mod healthcheck;
 pub mod output;
 mod token;
@@ -27,6 +28,7 @@ pub use agent::AgentCommand;
 pub use authority::{AuthorityAction, AuthorityKindCommand};
 pub use bundle::{BundleCommand, BundleFormatArg};
 pub use entry::EntryCommand;
+pub use federation::FederationCommand;
 pub use output::OutputFormat;
 pub use token::TokenCommand;
 
@@ -94,6 +96,18 @@ pub enum CliError {
     /// The server answered that it is not healthy.
     #[error("the server is not healthy: {0}")]
     Unhealthy(String),
+    /// A file named by a flag could not be read.
+    #[error("could not read the {what} {path}: {source}; check the path given to {flag}")]
+    InputFile {
+        /// What the file is for ("bundle file", "CA file").
+        what: &'static str,
+        /// The flag that named it.
+        flag: &'static str,
+        /// The path given.
+        path: PathBuf,
+        /// Why it could not be read.
+        source: std::io::Error,
+    },
     /// Writing the output failed.
     #[error("could not write the output: {0}")]
     Output(#[from] std::io::Error),
@@ -179,7 +193,16 @@ pub enum AdminCommand {
         #[command(subcommand)]
         command: AgentCommand,
     },
-    /// Show the trust domain's bundle.
+    /// Relationships with foreign trust domains' bundle endpoints (SPIFFE Federation).
+    Federation {
+        /// Socket and output.
+        #[command(flatten)]
+        conn: Connection,
+        /// What to do.
+        #[command(subcommand)]
+        command: FederationCommand,
+    },
+    /// Show the trust domain's bundle; set, list and delete foreign bundles.
     Bundle {
         /// Socket and output.
         #[command(flatten)]
@@ -229,6 +252,7 @@ pub async fn execute(command: AdminCommand, out: &mut dyn Write) -> Result<(), C
         AdminCommand::Token { conn, command } => token::run(&conn, command, out).await,
         AdminCommand::Agent { conn, command } => agent::run(&conn, command, out).await,
         AdminCommand::Bundle { conn, command } => bundle::run(&conn, command, out).await,
+        AdminCommand::Federation { conn, command } => federation::run(&conn, command, out).await,
         AdminCommand::Authority { conn, kind } => authority::run(&conn, kind, out).await,
         AdminCommand::Healthcheck { conn } => healthcheck::run(&conn, out).await,
     }

@@ -77,6 +77,7 @@ pub fn entry_json(entry: &pb::Entry) -> Value {
         "hint": spec.hint,
         "admin": spec.admin,
         "jwt_svid_binding": binding_text(&spec.jwt_svid_binding),
+        "federates_with": spec.federates_with,
         "revision": entry.revision,
         "created_at": entry.created_at,
         "updated_at": entry.updated_at,
@@ -110,6 +111,7 @@ pub fn entry_text(entry: &pb::Entry) -> String {
     if binding_text(&spec.jwt_svid_binding) != "none" {
         lines.push(format!("JWT-SVID binding : {}", spec.jwt_svid_binding));
     }
+    lines.extend(spec.federates_with.iter().map(|td| format!("Federates with   : {td}")));
     lines.push(format!("Updated          : {}", time_text(entry.updated_at)));
     lines.join("\n") + "\n\n"
 }

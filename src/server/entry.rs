@@ -19,6 +19,8 @@ pub const MAX_HINT_LEN: usize = 1024;
 pub const MAX_DNS_NAMES: usize = 64;
 /// Most selectors one entry may carry.
 pub const MAX_SELECTORS: usize = 64;
+/// Most foreign trust domains one entry may federate with.
+pub const MAX_FEDERATES_WITH: usize = 64;
 /// Path of the server's own SPIFFE ID; node-alias entries use it as their parent.
 pub use crate::wire::SERVER_PATH;
 
@@ -45,6 +47,11 @@ pub struct EntrySpec {
     /// Whether the entry's JWT-SVIDs are bound to the holder's X.509-SVID (`cnf`).
     #[serde(default)]
     pub jwt_svid_binding: JwtSvidBinding,
+    /// Foreign trust domains whose bundles the entry's workloads receive (and so whose
+    /// SVIDs they may trust), sorted and without repeats. A domain the server holds no
+    /// bundle for yet is kept and served once its bundle arrives.
+    #[serde(default)]
+    pub federates_with: Vec<TrustDomain>,
 }
 
 /// What an entry's JWT-SVIDs are bound to (RFC 8705 `cnf` claim).
@@ -164,6 +171,21 @@ pub enum EntryError {
         "JWT-SVID binding {0:?} is not known: use none (bearer tokens) or x509 (bound to the holder's X.509-SVID)"
     )]
     BadJwtSvidBinding(String),
+    /// An entry federating with the server's own trust domain.
+    #[error(
+        "an entry cannot federate with its own trust domain {0}; --federates-with names foreign \
+         trust domains"
+    )]
+    FederatesWithOwn(String),
+    /// Too many federated trust domains.
+    #[error("an entry may federate with at most {MAX_FEDERATES_WITH} trust domains")]
+    TooManyFederatesWith,
+    /// A federated trust domain that is not a valid trust domain name.
+    #[error(
+        "federated trust domain {0:?} is not valid: give a trust domain name such as \
+         example.com (or spiffe://example.com)"
+    )]
+    BadFederatesWith(String),
     /// A TTL of zero.
     #[error("{0} TTL must be greater than zero")]
     ZeroTtl(&'static str),
@@ -185,6 +207,21 @@ pub enum EntryError {
     },
 }
 
+/// Parses the trust domains of `--federates-with` (names, or `spiffe://` IDs without a
+/// path) into the sorted list without repeats that [`EntrySpec::federates_with`] holds.
+pub fn parse_federates_with<S: AsRef<str>>(items: &[S]) -> Result<Vec<TrustDomain>, EntryError> {
+    let mut domains = items
+        .iter()
+        .map(|s| {
+            TrustDomain::new(s.as_ref())
+                .map_err(|_| EntryError::BadFederatesWith(s.as_ref().to_owned()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    domains.sort();
+    domains.dedup();
+    Ok(domains)
+}
+
 impl EntrySpec {
     /// A specification with the given identity, parent and selectors, and the server's
     /// defaults for everything else (TTLs, no DNS names, no hint, not admin).
@@ -199,6 +236,7 @@ impl EntrySpec {
             hint: String::new(),
             admin: false,
             jwt_svid_binding: JwtSvidBinding::None,
+            federates_with: Vec::new(),
         }
     }
 
@@ -243,6 +281,12 @@ impl EntrySpec {
         }
         if self.hint.len() > MAX_HINT_LEN {
             return Err(EntryError::HintTooLong(self.hint.len()));
+        }
+        if self.federates_with.len() > MAX_FEDERATES_WITH {
+            return Err(EntryError::TooManyFederatesWith);
+        }
+        if self.federates_with.contains(trust_domain) {
+            return Err(EntryError::FederatesWithOwn(trust_domain.to_string()));
         }
         if self.x509_ttl.is_some_and(|t| t.is_zero()) {
             return Err(EntryError::ZeroTtl("X.509-SVID"));
@@ -314,6 +358,7 @@ mod tests {
             hint: String::new(),
             admin: false,
             jwt_svid_binding: JwtSvidBinding::None,
+            federates_with: Vec::new(),
         }
     }
 

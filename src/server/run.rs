@@ -23,6 +23,7 @@ use super::config::{DatastoreConfig, ServerConfig};
 use super::datastore::{
     DataStore, DataStoreJournal, MeteredDataStore, PostgresDataStore, SqliteDataStore,
 };
+use super::federation::refresh::Refresher;
 use super::federation::{self, endpoint::PreparedEndpoint};
 use crate::ca::{AuthorityKind, CaManager, DiskKeyManager, SlotState, UpstreamAuthority};
 use crate::clock::{Clock, SystemClock};
@@ -211,6 +212,13 @@ pub async fn run(config: ServerConfig, shutdown: Shutdown) -> Result<(), RunErro
             Ok(())
         });
     }
+    let fetcher = Arc::new(federation::https::HttpsFetcher::default());
+    let refresher = Refresher::new(store.clone(), clock.clone(), fetcher, metrics.clone());
+    let stop = shutdown.clone();
+    tasks.spawn(async move {
+        refresher.run(stop).await;
+        Ok(())
+    });
     let tick = (config.ca_ttl / 100).clamp(Duration::from_millis(100), MAX_ROTATION_TICK);
     tasks.spawn(rotation_ticker(
         cluster.clone(),

@@ -64,6 +64,15 @@ pub struct HttpCodeLabels {
     pub code: String,
 }
 
+/// Labels of foreign bundle fetches.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FederationLabels {
+    /// The foreign trust domain.
+    pub trust_domain: String,
+    /// `ok` or `failed`.
+    pub outcome: &'static str,
+}
+
 /// Every metric the server exports.
 pub struct ServerMetrics {
     registry: Mutex<Registry>,
@@ -90,6 +99,8 @@ pub struct ServerMetrics {
     pub datastore_errors: Family<DatastoreLabels, Counter>,
     /// Requests the federation bundle endpoint answered, by HTTP status code.
     pub bundle_endpoint_requests: Family<HttpCodeLabels, Counter>,
+    /// Fetches of foreign bundles from their endpoints, by trust domain and outcome.
+    pub federation_refreshes: Family<FederationLabels, Counter>,
 }
 
 impl fmt::Debug for ServerMetrics {
@@ -154,6 +165,12 @@ impl ServerMetrics {
             "Requests the federation bundle endpoint answered, by HTTP status code",
             bundle_endpoint_requests.clone(),
         );
+        let federation_refreshes = Family::<FederationLabels, Counter>::default();
+        registry.register(
+            "federation_refreshes",
+            "Fetches of foreign bundles from their bundle endpoints",
+            federation_refreshes.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             svids_issued,
@@ -167,6 +184,7 @@ impl ServerMetrics {
             datastore_latency,
             datastore_errors,
             bundle_endpoint_requests,
+            federation_refreshes,
         }
     }
 

@@ -14,6 +14,7 @@ mod envoy;
 #[path = "../common/examples.rs"]
 mod examples;
 mod faults;
+mod federation;
 mod flood;
 mod forked;
 mod fuzz_replay;

@@ -128,6 +128,8 @@ pub struct Server {
     pub address: String,
     /// The admin socket.
     pub admin_socket: PathBuf,
+    /// The server's trust domain.
+    pub trust_domain: String,
 }
 
 impl Server {
@@ -139,10 +141,15 @@ impl Server {
     /// Starts a server with its state in `dir`, listening on `bind`, with `config` (TOML
     /// text, written to `dir/server.toml`) when given.
     pub fn start_with(dir: &Path, bind: &str, config: Option<&str>) -> Server {
+        Self::start_in("example.org", dir, bind, config)
+    }
+
+    /// [`Server::start_with`] for the trust domain `trust_domain`.
+    pub fn start_in(trust_domain: &str, dir: &Path, bind: &str, config: Option<&str>) -> Server {
         let admin_socket = dir.join("private").join("admin.sock");
         let mut command = keycard();
         command
-            .args(["server", "run", "--trust-domain", "example.org", "--bind-address", bind])
+            .args(["server", "run", "--trust-domain", trust_domain, "--bind-address", bind])
             .args(["--log-format", "json", "--data-dir"])
             .arg(dir);
         if let Some(text) = config {
@@ -154,7 +161,7 @@ impl Server {
         let (child, fields) =
             spawn_and_wait(command, "server", &["agent API listening", "admin API listening"]);
         let address = fields[0]["address"].as_str().unwrap().to_owned();
-        Server { child, address, admin_socket }
+        Server { child, address, admin_socket, trust_domain: trust_domain.to_owned() }
     }
 
     /// Runs an admin command with `--output json` and returns its parsed output.
@@ -183,9 +190,9 @@ impl Server {
         String::from_utf8(out.stdout).unwrap()
     }
 
-    /// A join token for the agent ID `spiffe://example.org/<path>`.
+    /// A join token for the agent ID `spiffe://<trust domain>/<path>`.
     pub fn token(&self, path: &str) -> String {
-        let id = format!("spiffe://example.org/{path}");
+        let id = format!("spiffe://{}/{path}", self.trust_domain);
         let token = self.admin(&["token", "generate", "--spiffe-id", &id]);
         token["token"].as_str().unwrap().to_owned()
     }
@@ -221,11 +228,22 @@ impl Agent {
     /// trust bundle, ...), and waits until the Workload API (and, with `with_health`, the
     /// health endpoints) listen.
     pub fn start(dir: &Path, server: &str, extra: &[&str], with_health: bool) -> Agent {
+        Self::start_in("example.org", dir, server, extra, with_health)
+    }
+
+    /// [`Agent::start`] for the trust domain `trust_domain`.
+    pub fn start_in(
+        trust_domain: &str,
+        dir: &Path,
+        server: &str,
+        extra: &[&str],
+        with_health: bool,
+    ) -> Agent {
         let socket = dir.join("public").join("api.sock");
         let admin_socket = dir.join("agent").join("private").join("admin.sock");
         let mut command = keycard();
         command
-            .args(["agent", "run", "--trust-domain", "example.org", "--server-address", server])
+            .args(["agent", "run", "--trust-domain", trust_domain, "--server-address", server])
             .args(["--log-format", "json", "--data-dir"])
             .arg(dir.join("agent"))
             .arg("--socket-path")

@@ -12,7 +12,7 @@ use super::status::AdminError;
 use crate::ca::{AuthorityKind, AuthorityStatus, SlotState};
 use crate::selector::{Selector, SelectorSet};
 use crate::server::datastore::{AgentRecord, EntryFilter, PageRequest};
-use crate::server::entry::{Entry, EntrySpec, JwtSvidBinding};
+use crate::server::entry::{Entry, EntrySpec, JwtSvidBinding, parse_federates_with};
 
 /// Seconds since the Unix epoch (negative before it).
 pub fn unix_secs(t: SystemTime) -> i64 {
@@ -61,6 +61,7 @@ pub fn spec_from_pb(spec: Option<pb::EntrySpec>) -> Result<EntrySpec, AdminError
         hint: spec.hint,
         admin: spec.admin,
         jwt_svid_binding: JwtSvidBinding::parse(&spec.jwt_svid_binding)?,
+        federates_with: parse_federates_with(&spec.federates_with)?,
     })
 }
 
@@ -76,6 +77,7 @@ pub fn spec_to_pb(spec: &EntrySpec) -> pb::EntrySpec {
         hint: spec.hint.clone(),
         admin: spec.admin,
         jwt_svid_binding: spec.jwt_svid_binding.as_str().to_owned(),
+        federates_with: spec.federates_with.iter().map(|td| td.name().to_owned()).collect(),
     }
 }
 
@@ -173,6 +175,7 @@ mod tests {
             hint: "h".into(),
             admin: true,
             jwt_svid_binding: "x509".into(),
+            federates_with: vec!["spiffe://example.com".into(), "example.com".into()],
         }
     }
 
@@ -183,6 +186,7 @@ mod tests {
         assert_eq!(spec.jwt_ttl, None);
         let back = spec_to_pb(&spec);
         assert_eq!(back.selectors, vec!["unix:gid:1000", "unix:uid:1000"]);
+        assert_eq!(back.federates_with, vec!["example.com"], "one name, without spiffe://");
         assert_eq!(spec_from_pb(Some(back)).unwrap(), spec);
     }
 

@@ -27,6 +27,7 @@ mod authority;
 pub mod convert;
 mod entries;
 pub mod entries_batch;
+mod federation;
 pub mod probe;
 pub mod service;
 pub mod status;

@@ -16,6 +16,8 @@ use crate::clock::Clock;
 use crate::server::cluster::Cluster;
 use crate::server::datastore::DataStore;
 use crate::server::entry::SERVER_PATH;
+use crate::server::federation::https::HttpsFetcher;
+use crate::server::federation::refresh::Refresher;
 use crate::telemetry::ServerMetrics;
 
 /// The admin API service; cheap to clone (everything is shared).
@@ -31,6 +33,8 @@ pub struct AdminService {
     pub(super) cluster: Arc<Cluster>,
     pub(super) metrics: Arc<ServerMetrics>,
     pub(super) clock: Arc<dyn Clock>,
+    /// Fetches a foreign bundle when an operator asks (`federation refresh`).
+    pub(super) refresher: Refresher,
 }
 
 /// Who called, for audit events: the peer uid the kernel reported, if any.
@@ -52,7 +56,13 @@ impl AdminService {
         let ca = cluster.ca().clone();
         // The server path is a constant valid path; fall back to the trust domain's ID.
         let server_id = trust_domain.spiffe_id(SERVER_PATH).unwrap_or_else(|_| trust_domain.id());
-        Self { trust_domain, server_id, store, ca, cluster, metrics, clock }
+        let refresher = Refresher::new(
+            store.clone(),
+            clock.clone(),
+            Arc::new(HttpsFetcher::default()),
+            metrics.clone(),
+        );
+        Self { trust_domain, server_id, store, ca, cluster, metrics, clock, refresher }
     }
 
     /// Runs `work` on a blocking thread with a clone of the service.
@@ -244,5 +254,81 @@ impl Admin for AdminService {
         _req: Request<pb::HealthRequest>,
     ) -> Result<Response<pb::HealthResponse>, Status> {
         self.blocking(|s| Ok(s.health())).await
+    }
+
+    async fn create_federation(
+        &self,
+        req: Request<pb::FederationRequest>,
+    ) -> Result<Response<pb::Federation>, Status> {
+        let who = caller(&req);
+        let req = req.into_inner();
+        self.blocking(move |s| s.create_federation(&req, who)).await
+    }
+
+    async fn update_federation(
+        &self,
+        req: Request<pb::FederationRequest>,
+    ) -> Result<Response<pb::Federation>, Status> {
+        let who = caller(&req);
+        let req = req.into_inner();
+        self.blocking(move |s| s.update_federation(&req, who)).await
+    }
+
+    async fn get_federation(
+        &self,
+        req: Request<pb::TrustDomainRequest>,
+    ) -> Result<Response<pb::Federation>, Status> {
+        let td = req.into_inner().trust_domain;
+        self.blocking(move |s| s.get_federation(&td)).await
+    }
+
+    async fn list_federations(
+        &self,
+        _req: Request<pb::ListFederationsRequest>,
+    ) -> Result<Response<pb::ListFederationsResponse>, Status> {
+        self.blocking(|s| s.list_federations()).await
+    }
+
+    async fn delete_federation(
+        &self,
+        req: Request<pb::TrustDomainRequest>,
+    ) -> Result<Response<pb::Federation>, Status> {
+        let who = caller(&req);
+        let td = req.into_inner().trust_domain;
+        self.blocking(move |s| s.delete_federation(&td, who)).await
+    }
+
+    async fn refresh_federation(
+        &self,
+        req: Request<pb::TrustDomainRequest>,
+    ) -> Result<Response<pb::Federation>, Status> {
+        let td = self.foreign_domain(&req.into_inner().trust_domain)?;
+        let record = self.refresher.refresh_now(&td).await.map_err(AdminError::from)?;
+        self.blocking(move |s| s.federation_to_pb(&record)).await
+    }
+
+    async fn set_foreign_bundle(
+        &self,
+        req: Request<pb::SetForeignBundleRequest>,
+    ) -> Result<Response<pb::ForeignBundle>, Status> {
+        let who = caller(&req);
+        let req = req.into_inner();
+        self.blocking(move |s| s.set_foreign_bundle(&req, who)).await
+    }
+
+    async fn list_foreign_bundles(
+        &self,
+        _req: Request<pb::ListForeignBundlesRequest>,
+    ) -> Result<Response<pb::ListForeignBundlesResponse>, Status> {
+        self.blocking(|s| s.list_foreign_bundles()).await
+    }
+
+    async fn delete_foreign_bundle(
+        &self,
+        req: Request<pb::TrustDomainRequest>,
+    ) -> Result<Response<pb::ForeignBundle>, Status> {
+        let who = caller(&req);
+        let td = req.into_inner().trust_domain;
+        self.blocking(move |s| s.delete_foreign_bundle(&td, who)).await
     }
 }

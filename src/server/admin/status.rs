@@ -11,6 +11,8 @@ use crate::ca::journal::JournalError;
 use crate::selector::SelectorError;
 use crate::server::datastore::DataStoreError;
 use crate::server::entry::EntryError;
+use crate::server::federation::foreign::BundleInputError;
+use crate::server::federation::refresh::RefreshError;
 use crate::server::join_token::JoinTokenError;
 
 /// Why an admin call was refused or failed.
@@ -92,6 +94,32 @@ pub enum AdminError {
         /// The limit.
         max: usize,
     },
+    /// A federation request that cannot be carried out as given (the message says why
+    /// and what to give instead).
+    #[error("{0}")]
+    BadFederation(String),
+    /// A foreign bundle given by the operator does not parse or holds nothing.
+    #[error(transparent)]
+    BundleInput(#[from] BundleInputError),
+    /// No federation relationship or foreign bundle for this trust domain.
+    #[error("{what} {trust_domain} not found; list them with `keycard {list}`")]
+    ForeignNotFound {
+        /// "federation relationship with" or "foreign bundle of".
+        what: &'static str,
+        /// The trust domain asked for.
+        trust_domain: String,
+        /// The command that lists what exists.
+        list: &'static str,
+    },
+    /// A foreign bundle that a relationship keeps fresh cannot be deleted on its own.
+    #[error(
+        "the bundle of {0} is kept fresh by a federation relationship; delete the relationship \
+         with `keycard federation delete --trust-domain {0}` (that deletes its bundle too)"
+    )]
+    BundleOfFederation(String),
+    /// A refresh asked for by the operator did not bring a bundle.
+    #[error(transparent)]
+    Refresh(#[from] RefreshError),
     /// A blocking task died (a bug: it panicked).
     #[error("internal error: {0}")]
     Task(String),
@@ -111,7 +139,14 @@ impl AdminError {
             | E::MissingBundleFormat
             | E::EmptyBatch
             | E::BatchTooLarge { .. }
-            | E::BatchTooBig { .. } => Code::InvalidArgument,
+            | E::BatchTooBig { .. }
+            | E::BadFederation(_)
+            | E::BundleInput(_) => Code::InvalidArgument,
+            E::ForeignNotFound { .. } => Code::NotFound,
+            E::BundleOfFederation(_) => Code::FailedPrecondition,
+            E::Refresh(RefreshError::NotFound(_)) => Code::NotFound,
+            E::Refresh(RefreshError::Fetch { .. }) => Code::FailedPrecondition,
+            E::Refresh(RefreshError::DataStore(e)) => datastore_code(e),
             E::DuplicateEntry(_) => Code::AlreadyExists,
             E::EntryNotFound(_) | E::AgentNotFound(_) => Code::NotFound,
             E::DataStore(e) => datastore_code(e),

@@ -11,7 +11,9 @@
 //! - the bundle only when the server's `spiffe_sequence` differs from the agent's: above
 //!   it, the agent adopts it; below it (a server restored from a backup), the agent refuses
 //!   it and reports the refusal every round, as it did when every sync carried the bundle;
-//! - the tainted authority IDs only when their fingerprint differs (or the answer is full).
+//! - the tainted authority IDs only when their fingerprint differs (or the answer is full);
+//! - the foreign bundles (all the server holds) only when their digest differs from the
+//!   agent's.
 //!
 //! An agent that lies in its cursor gains nothing: what is sent is always taken from the
 //! entries authorized for it now.
@@ -24,6 +26,7 @@ use super::proto as pb;
 use super::service::entry_to_proto;
 use super::state::Inner;
 use crate::server::datastore::AgentRecord;
+use crate::server::federation::foreign::ForeignSet;
 use crate::wire::SYNC_PAGE_SIZE;
 
 /// Removed IDs per message (an ID is a few dozen bytes).
@@ -90,6 +93,7 @@ pub fn answer(
     inner: &Inner,
     agent: &AgentRecord,
     req: &pb::SyncEntriesRequest,
+    foreign: &ForeignSet,
 ) -> Result<Vec<pb::SyncEntriesResponse>, AgentApiError> {
     let fingerprint = agent_fingerprint(agent);
     let cursor = Cursor::decode(&req.cursor).filter(|c| c.agent == fingerprint);
@@ -104,6 +108,12 @@ pub fn answer(
         bundle.to_json().map_err(|e| AgentApiError::Setup(e.to_string()))?.into_bytes()
     } else {
         Vec::new()
+    };
+    // Every foreign bundle held: the agent serves each caller those its entries name.
+    let federated_included = req.federated_digest != foreign.digest;
+    let federated_bundles = match federated_included {
+        true => foreign.bundles.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        false => Default::default(),
     };
     let next = Cursor {
         epoch: sync.epoch,
@@ -132,6 +142,9 @@ pub fn answer(
         full,
         cursor: next.encode(),
         tainted_included,
+        federated_included,
+        federated_bundles,
+        federated_digest: foreign.digest.clone(),
         ..Default::default()
     });
     Ok(pages)

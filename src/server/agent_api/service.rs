@@ -18,7 +18,8 @@ use super::proto::{self as pb};
 use super::state::Inner;
 use crate::ca::CaManager;
 use crate::clock::Clock;
-use crate::server::datastore::DataStore;
+use crate::server::datastore::{DataStore, DataStoreError};
+use crate::server::federation::foreign::ForeignBundles;
 use crate::telemetry::metrics::ServerMetrics;
 use crate::wire::{MAX_MESSAGE_SIZE, SYNC_PAGE_SIZE};
 
@@ -40,9 +41,25 @@ impl AgentService {
     ) -> Self {
         let attest_limiter = KeyedLimiter::new(options.attest_rate);
         let sign_limiter = KeyedLimiter::new(options.sign_rate);
-        let inner =
-            Inner { options, ca, store, metrics, clock, cache, attest_limiter, sign_limiter };
+        let foreign = Arc::new(ForeignBundles::new(store.clone(), options.trust_domain.clone()));
+        let inner = Inner {
+            options,
+            ca,
+            store,
+            metrics,
+            clock,
+            cache,
+            foreign,
+            attest_limiter,
+            sign_limiter,
+        };
         Self { inner: Arc::new(inner) }
+    }
+
+    /// The foreign bundles as agents receive them (tests forget the last read with
+    /// [`ForeignBundles::invalidate`] instead of waiting a second).
+    pub fn foreign_bundles(&self) -> &ForeignBundles {
+        &self.inner.foreign
     }
 
     /// The tonic server for this service, with message sizes bounded.
@@ -60,7 +77,11 @@ impl AgentService {
         let req = req.into_inner();
         if req.by_cursor {
             self.inner.cache.refresh().await;
-            return super::cursor_sync::answer(&self.inner, &agent, &req);
+            let foreign = self.inner.foreign.clone();
+            let foreign = tokio::task::spawn_blocking(move || foreign.current())
+                .await
+                .map_err(|e| AgentApiError::DataStore(DataStoreError::Backend(e.to_string())))??;
+            return super::cursor_sync::answer(&self.inner, &agent, &req, &foreign);
         }
         if req.entry_ids.len() > SYNC_PAGE_SIZE {
             return Err(AgentApiError::TooManyItems {
@@ -114,7 +135,7 @@ pub fn entry_to_proto(e: &crate::server::entry::Entry) -> pb::Entry {
         admin: e.spec.admin,
         revision: e.revision,
         jwt_svid_binding: e.spec.jwt_svid_binding.as_str().to_owned(),
-        federates_with: Vec::new(),
+        federates_with: e.spec.federates_with.iter().map(|td| td.name().to_owned()).collect(),
     }
 }
 

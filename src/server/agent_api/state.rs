@@ -16,6 +16,7 @@ use super::tls::PeerInfo;
 use crate::ca::CaManager;
 use crate::clock::Clock;
 use crate::server::datastore::{AgentRecord, DataStore, DataStoreError};
+use crate::server::federation::foreign::ForeignBundles;
 use crate::telemetry::AUDIT_TARGET;
 use crate::telemetry::metrics::ServerMetrics;
 
@@ -34,6 +35,8 @@ pub struct Inner {
     pub clock: Arc<dyn Clock>,
     /// Registration entries in memory.
     pub cache: Arc<AuthorizedEntries>,
+    /// The foreign bundles agents receive (read at most once a second).
+    pub foreign: Arc<ForeignBundles>,
     /// Attestations per source address.
     pub attest_limiter: KeyedLimiter<IpAddr>,
     /// Signatures per agent, on the server clock (`clock`), so that tests drive it.

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use keycard_workload_api::SpiffeId;
+use keycard_workload_api::{SpiffeId, TrustDomain};
 
 use super::{DataStoreError, EntryFilter, PageRequest};
 use crate::selector::SelectorSet;
@@ -84,6 +84,17 @@ pub(super) fn selectors_key(selectors: &SelectorSet) -> Result<String, DataStore
 pub(super) fn binding_from_db(text: &str, id: &str) -> Result<JwtSvidBinding, DataStoreError> {
     JwtSvidBinding::parse(text)
         .map_err(|e| DataStoreError::Corrupt(format!("JWT-SVID binding of entry {id}: {e}")))
+}
+
+/// An entry's federated trust domains as stored: a JSON array of names.
+pub(super) fn federates_json(spec: &EntrySpec) -> Result<String, DataStoreError> {
+    serde_json::to_string(&spec.federates_with).map_err(|e| DataStoreError::Backend(e.to_string()))
+}
+
+/// Stored federated trust domains back (`id` names the entry in the error).
+pub(super) fn federates_from_db(text: &str, id: &str) -> Result<Vec<TrustDomain>, DataStoreError> {
+    serde_json::from_str(text)
+        .map_err(|e| DataStoreError::Corrupt(format!("federated trust domains of entry {id}: {e}")))
 }
 
 /// An entry's DNS names as stored: a JSON array.

@@ -9,7 +9,7 @@ use keycard_workload_api::{SpiffeId, TrustDomain};
 
 use super::{
     AgentRecord, AuthorityMark, DataStore, DataStoreError, EntryChanges, EntryFilter,
-    JoinTokenRecord, Page, PageRequest, ServerRecord, TokenUse,
+    FederationRecord, JoinTokenRecord, Page, PageRequest, RefreshOutcome, ServerRecord, TokenUse,
 };
 use crate::server::entry::{Entry, EntrySpec};
 use crate::telemetry::ServerMetrics;
@@ -95,6 +95,15 @@ impl DataStore for MeteredDataStore {
         prune_join_tokens(before: SystemTime) -> u64;
         get_bundle(trust_domain: &TrustDomain) -> Option<Vec<u8>>;
         set_bundle(trust_domain: &TrustDomain, json: &[u8]) -> ();
+        list_bundles() -> Vec<(TrustDomain, Vec<u8>)>;
+        delete_bundle(trust_domain: &TrustDomain) -> bool;
+        create_federation(record: &FederationRecord, bootstrap: Option<&[u8]>) -> ();
+        update_federation(record: &FederationRecord, bootstrap: Option<&[u8]>) -> FederationRecord;
+        get_federation(trust_domain: &TrustDomain) -> Option<FederationRecord>;
+        list_federations() -> Vec<FederationRecord>;
+        delete_federation(trust_domain: &TrustDomain) -> FederationRecord;
+        claim_federation_refresh(trust_domain: &TrustDomain, seen: SystemTime, until: SystemTime) -> bool;
+        record_federation_refresh(trust_domain: &TrustDomain, at: SystemTime, next_refresh_at: SystemTime, outcome: RefreshOutcome<'_>) -> bool;
         load_journal(server_id: &str) -> Option<Vec<u8>>;
         save_journal(server_id: &str, bytes: &[u8]) -> ();
         list_journals() -> Vec<(String, Vec<u8>)>;
@@ -135,7 +144,7 @@ mod tests {
             .unwrap()
             .execute_batch(
                 "INSERT INTO entries VALUES ('bad', 'not an id', 'not an id', '[]', NULL, NULL,
-                     '[]', '', 0, 99, 0, 0, 'none');",
+                     '[]', '', 0, 99, 0, 0, 'none', '[]');",
             )
             .unwrap();
         let e = store.get_entry("bad").unwrap_err();

@@ -18,6 +18,7 @@ use super::entry::{Entry, EntrySpec};
 use crate::selector::SelectorSet;
 
 mod codec;
+pub mod federation;
 pub mod journal;
 pub mod metered;
 pub mod postgres;
@@ -26,6 +27,7 @@ pub mod sqlite;
 mod suite;
 
 pub use crate::ca::journal::AuthorityMark;
+pub use federation::{EndpointProfile, FederationRecord, RefreshOutcome};
 pub use journal::{DataStoreJournal, parse_journal};
 pub use metered::MeteredDataStore;
 pub use postgres::PostgresDataStore;
@@ -309,6 +311,58 @@ pub trait DataStore: Send + Sync + fmt::Debug {
     fn get_bundle(&self, trust_domain: &TrustDomain) -> Result<Option<Vec<u8>>, DataStoreError>;
     /// Stores or replaces a federated bundle.
     fn set_bundle(&self, trust_domain: &TrustDomain, json: &[u8]) -> Result<(), DataStoreError>;
+    /// Every federated bundle held, by trust domain name.
+    fn list_bundles(&self) -> Result<Vec<(TrustDomain, Vec<u8>)>, DataStoreError>;
+    /// Deletes a federated bundle; whether there was one.
+    fn delete_bundle(&self, trust_domain: &TrustDomain) -> Result<bool, DataStoreError>;
+
+    /// Stores a new federation relationship, with its bootstrap bundle if given, in one
+    /// transaction. `AlreadyExists` when the trust domain has one.
+    fn create_federation(
+        &self,
+        record: &FederationRecord,
+        bootstrap: Option<&[u8]>,
+    ) -> Result<(), DataStoreError>;
+    /// Replaces a relationship's endpoint and profile (and its bundle, if `bootstrap` is
+    /// given) and makes it due at once; `NotFound` when there is none. Refresh history
+    /// and `created_at` are kept.
+    fn update_federation(
+        &self,
+        record: &FederationRecord,
+        bootstrap: Option<&[u8]>,
+    ) -> Result<FederationRecord, DataStoreError>;
+    /// One relationship.
+    fn get_federation(
+        &self,
+        trust_domain: &TrustDomain,
+    ) -> Result<Option<FederationRecord>, DataStoreError>;
+    /// Every relationship, by trust domain name.
+    fn list_federations(&self) -> Result<Vec<FederationRecord>, DataStoreError>;
+    /// Deletes a relationship and the bundle held for it, in one transaction; the
+    /// relationship as it was, `NotFound` when there is none.
+    fn delete_federation(
+        &self,
+        trust_domain: &TrustDomain,
+    ) -> Result<FederationRecord, DataStoreError>;
+    /// Claims a due refresh: moves `next_refresh_at` from `seen` (what the caller read) to
+    /// `until` only if nobody moved it since. Of several servers that saw the same due
+    /// time, exactly one gets `true` and fetches.
+    fn claim_federation_refresh(
+        &self,
+        trust_domain: &TrustDomain,
+        seen: SystemTime,
+        until: SystemTime,
+    ) -> Result<bool, DataStoreError>;
+    /// Records a fetch at `at` and the next due time, in one transaction; a fetched
+    /// bundle replaces the one held. `false` when the relationship is gone (deleted
+    /// meanwhile: the bundle is not stored).
+    fn record_federation_refresh(
+        &self,
+        trust_domain: &TrustDomain,
+        at: SystemTime,
+        next_refresh_at: SystemTime,
+        outcome: RefreshOutcome<'_>,
+    ) -> Result<bool, DataStoreError>;
 
     /// The authority journal of server `server_id`, as last saved. Each server has its
     /// own (its keys are on its own disk). A store upgraded from before server IDs holds

@@ -23,11 +23,12 @@ use tokio_postgres::types::FromSql;
 use super::codec::{time_from_db, time_to_db};
 use super::{
     AgentRecord, AuthorityMark, DataStore, DataStoreError, EntryChanges, EntryFilter,
-    JoinTokenRecord, Page, PageRequest, ServerRecord, TokenUse,
+    FederationRecord, JoinTokenRecord, Page, PageRequest, RefreshOutcome, ServerRecord, TokenUse,
 };
 use crate::server::entry::{Entry, EntrySpec};
 
 mod entries;
+mod federation;
 mod pool;
 mod records;
 mod schema;
@@ -319,6 +320,79 @@ impl DataStore for PostgresDataStore {
                 tx.execute(sql, &[&td, &json]).await.map_err(pg_error).map(drop)
             })
         })
+    }
+
+    fn list_bundles(&self) -> Result<Vec<(TrustDomain, Vec<u8>)>, DataStoreError> {
+        self.pool.read(|tx| Box::pin(federation::list_bundles(tx)))
+    }
+
+    fn delete_bundle(&self, trust_domain: &TrustDomain) -> Result<bool, DataStoreError> {
+        let td = trust_domain.to_string();
+        self.pool.write(move |tx| Box::pin(federation::delete_bundle(tx, td)))
+    }
+
+    fn create_federation(
+        &self,
+        record: &FederationRecord,
+        bootstrap: Option<&[u8]>,
+    ) -> Result<(), DataStoreError> {
+        let (record, bootstrap) = (record.clone(), bootstrap.map(<[u8]>::to_vec));
+        self.pool.write(move |tx| Box::pin(federation::create(tx, record, bootstrap)))
+    }
+
+    fn update_federation(
+        &self,
+        record: &FederationRecord,
+        bootstrap: Option<&[u8]>,
+    ) -> Result<FederationRecord, DataStoreError> {
+        let (record, bootstrap) = (record.clone(), bootstrap.map(<[u8]>::to_vec));
+        self.pool.write(move |tx| Box::pin(federation::update(tx, record, bootstrap)))
+    }
+
+    fn get_federation(
+        &self,
+        trust_domain: &TrustDomain,
+    ) -> Result<Option<FederationRecord>, DataStoreError> {
+        let td = trust_domain.to_string();
+        self.pool.read(move |tx| Box::pin(federation::get(tx, td)))
+    }
+
+    fn list_federations(&self) -> Result<Vec<FederationRecord>, DataStoreError> {
+        self.pool.read(|tx| Box::pin(federation::list(tx)))
+    }
+
+    fn delete_federation(
+        &self,
+        trust_domain: &TrustDomain,
+    ) -> Result<FederationRecord, DataStoreError> {
+        let td = trust_domain.to_string();
+        self.pool.write(move |tx| Box::pin(federation::delete(tx, td)))
+    }
+
+    fn claim_federation_refresh(
+        &self,
+        trust_domain: &TrustDomain,
+        seen: SystemTime,
+        until: SystemTime,
+    ) -> Result<bool, DataStoreError> {
+        let td = trust_domain.to_string();
+        self.pool.write(move |tx| Box::pin(federation::claim(tx, td, seen, until)))
+    }
+
+    fn record_federation_refresh(
+        &self,
+        trust_domain: &TrustDomain,
+        at: SystemTime,
+        next_refresh_at: SystemTime,
+        outcome: RefreshOutcome<'_>,
+    ) -> Result<bool, DataStoreError> {
+        let td = trust_domain.to_string();
+        let outcome = match outcome {
+            RefreshOutcome::Fetched(json) => Ok(json.to_vec()),
+            RefreshOutcome::Failed(why) => Err(why.to_owned()),
+        };
+        self.pool
+            .write(move |tx| Box::pin(federation::record(tx, td, at, next_refresh_at, outcome)))
     }
 
     fn load_journal(&self, server_id: &str) -> Result<Option<Vec<u8>>, DataStoreError> {

@@ -25,13 +25,14 @@ use super::codec::{
 };
 use super::{
     AgentRecord, AuthorityMark, DataStore, DataStoreError, EntryChanges, EntryFilter,
-    JoinTokenRecord, Page, PageRequest, ServerRecord, TokenUse,
+    FederationRecord, JoinTokenRecord, Page, PageRequest, RefreshOutcome, ServerRecord, TokenUse,
 };
 use crate::fsutil;
 use crate::server::entry::{Entry, EntrySpec};
 
 mod batch;
 mod entries;
+mod federation;
 mod records;
 mod schema;
 
@@ -298,6 +299,67 @@ impl DataStore for SqliteDataStore {
                    ON CONFLICT (trust_domain) DO UPDATE SET json = excluded.json";
         self.write(|tx| Ok(tx.execute(sql, rusqlite::params![trust_domain.to_string(), json])?))
             .map(drop)
+    }
+
+    fn list_bundles(&self) -> Result<Vec<(TrustDomain, Vec<u8>)>, DataStoreError> {
+        self.read(federation::list_bundles)
+    }
+
+    fn delete_bundle(&self, trust_domain: &TrustDomain) -> Result<bool, DataStoreError> {
+        self.write(|tx| federation::delete_bundle(tx, trust_domain))
+    }
+
+    fn create_federation(
+        &self,
+        record: &FederationRecord,
+        bootstrap: Option<&[u8]>,
+    ) -> Result<(), DataStoreError> {
+        self.write(|tx| federation::create(tx, record, bootstrap))
+    }
+
+    fn update_federation(
+        &self,
+        record: &FederationRecord,
+        bootstrap: Option<&[u8]>,
+    ) -> Result<FederationRecord, DataStoreError> {
+        self.write(|tx| federation::update(tx, record, bootstrap))
+    }
+
+    fn get_federation(
+        &self,
+        trust_domain: &TrustDomain,
+    ) -> Result<Option<FederationRecord>, DataStoreError> {
+        self.read(|tx| federation::get(tx, trust_domain))
+    }
+
+    fn list_federations(&self) -> Result<Vec<FederationRecord>, DataStoreError> {
+        self.read(federation::list)
+    }
+
+    fn delete_federation(
+        &self,
+        trust_domain: &TrustDomain,
+    ) -> Result<FederationRecord, DataStoreError> {
+        self.write(|tx| federation::delete(tx, trust_domain))
+    }
+
+    fn claim_federation_refresh(
+        &self,
+        trust_domain: &TrustDomain,
+        seen: SystemTime,
+        until: SystemTime,
+    ) -> Result<bool, DataStoreError> {
+        self.write(|tx| federation::claim(tx, trust_domain, seen, until))
+    }
+
+    fn record_federation_refresh(
+        &self,
+        trust_domain: &TrustDomain,
+        at: SystemTime,
+        next_refresh_at: SystemTime,
+        outcome: RefreshOutcome<'_>,
+    ) -> Result<bool, DataStoreError> {
+        self.write(|tx| federation::record(tx, trust_domain, at, next_refresh_at, outcome))
     }
 
     fn load_journal(&self, server_id: &str) -> Result<Option<Vec<u8>>, DataStoreError> {

@@ -19,7 +19,7 @@ use hyper::body::Bytes;
 use hyper::header::{ACCEPT, CONTENT_LENGTH, HOST, LOCATION, USER_AGENT};
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use keycard_workload_api::{SpiffeBundle, SpiffeId, TrustDomain};
+use keycard_workload_api::{SpiffeBundle, TrustDomain};
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -38,21 +38,10 @@ pub const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
 /// The longest fetch interval, whatever the hint: a rotation is seen within the hour.
 pub const MAX_REFRESH_INTERVAL: Duration = Duration::from_secs(3600);
 
-/// How the client authenticates a bundle endpoint.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EndpointProfile {
-    /// The endpoint presents an X509-SVID with this ID, verified against the held bundle.
-    HttpsSpiffe {
-        /// The endpoint's SPIFFE ID, as configured for the relationship.
-        endpoint_id: SpiffeId,
-    },
-    /// Web PKI: the endpoint's certificate is valid for the URL's host.
-    HttpsWeb {
-        /// PEM CA certificates to trust; `None` trusts the public Web PKI roots
-        /// (Mozilla's, from `webpki-roots`, built in).
-        ca_pem: Option<Vec<u8>>,
-    },
-}
+/// How the client authenticates a bundle endpoint: a relationship's profile as stored
+/// (`https_web` without a CA file trusts the public Web PKI roots, Mozilla's, from
+/// `webpki-roots`, built in).
+pub use crate::server::datastore::EndpointProfile;
 
 /// How long to wait before the next fetch: the bundle's `spiffe_refresh_hint`, bounded
 /// to [`MIN_REFRESH_INTERVAL`]..=[`MAX_REFRESH_INTERVAL`]; [`DEFAULT_REFRESH_INTERVAL`]

@@ -1,5 +1,5 @@
-//! SPIFFE Federation, transport half: serving this trust domain's bundle to others, and
-//! fetching theirs.
+//! SPIFFE Federation on the server: serving this trust domain's bundle to others, fetching
+//! theirs, and handing them to agents.
 //!
 //! - [`config`]: the `[bundle_endpoint]` table of the server config file.
 //! - [`endpoint`]: the bundle endpoint server (HTTPS `GET /` answers with the SPIFFE
@@ -10,8 +10,10 @@
 //!   authenticates the endpoint.
 //! - [`error`]: [`EndpointError`] and [`FetchError`].
 //!
-//! Which foreign trust domains to fetch, storing their bundles and handing them to
-//! workloads is the relationship side's work; it calls [`fetch_bundle`].
+//! - [`refresh`]: which foreign bundles are due and who fetches them (one server of an HA
+//!   deployment per refresh), over [`https::HttpsFetcher`].
+//! - [`foreign`]: the foreign bundles as agents receive them, and reading an operator's
+//!   bundle file.
 
 pub mod config;
 pub mod endpoint;
@@ -19,6 +21,9 @@ pub mod endpoint_tls;
 pub mod error;
 pub mod fetch;
 pub mod fetch_tls;
+pub mod foreign;
+pub mod https;
+pub mod refresh;
 
 pub use config::{BundleEndpointConfig, FileBundleEndpoint, ServingProfile};
 pub use endpoint::BundleEndpoint;

@@ -26,6 +26,7 @@ fn entry(n: usize, parent: &SpiffeId, selector: &str) -> Entry {
             hint: String::new(),
             admin: false,
             jwt_svid_binding: crate::server::entry::JwtSvidBinding::None,
+            federates_with: Vec::new(),
         },
         revision: n as u64 + 1,
         created_at: SystemTime::UNIX_EPOCH,

@@ -19,9 +19,9 @@ use tokio_postgres::{Row, Transaction};
 use super::{DataStoreError, get, pg_error};
 use crate::selector::{Selector, SelectorSet};
 use crate::server::datastore::codec::{
-    binding_from_db, dns_names_json, duration_from_db, duration_to_db, filter_conditions,
-    page_after, page_token, selectors_key, spiffe_id_from_db, time_from_db, time_to_db,
-    u64_from_db, u64_to_db,
+    binding_from_db, dns_names_json, duration_from_db, duration_to_db, federates_from_db,
+    federates_json, filter_conditions, page_after, page_token, selectors_key, spiffe_id_from_db,
+    time_from_db, time_to_db, u64_from_db, u64_to_db,
 };
 use crate::server::datastore::{BatchRefusal, EntryChanges, EntryFilter, Page, PageRequest};
 use crate::server::entry::{Entry, EntrySpec, new_entry_id};
@@ -34,15 +34,79 @@ const SELECT: &str = "SELECT e.id, e.spiffe_id, e.parent_id, e.x509_ttl_ms, e.jw
           ORDER BY s.type, s.value), \
     ARRAY(SELECT s.value FROM entry_selectors s WHERE s.entry_id = e.id \
           ORDER BY s.type, s.value), \
-    e.jwt_svid_binding \
+    e.jwt_svid_binding, e.federates_with \
     FROM entries e";
 
 const INSERT_ENTRY: &str = "INSERT INTO entries (id, spiffe_id, parent_id, selectors_key, \
     identity_hash, x509_ttl_ms, jwt_ttl_ms, dns_names, hint, admin, revision, created_at, \
-    updated_at, jwt_svid_binding) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, $13)";
+    updated_at, jwt_svid_binding, federates_with) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, $13, $14)";
 const INSERT_SELECTORS: &str = "INSERT INTO entry_selectors (entry_id, type, value) \
     SELECT $1, t, v FROM unnest($2::text[], $3::text[]) AS s (t, v)";
+
+/// An entry's column values as written by insert and update, in the order of their
+/// `$1`..`$14` parameters.
+struct Columns<'a> {
+    id: &'a str,
+    spec: &'a EntrySpec,
+    spiffe_id: String,
+    parent_id: String,
+    key: String,
+    hash: Vec<u8>,
+    x509_ttl: Option<i64>,
+    jwt_ttl: Option<i64>,
+    dns_names: String,
+    revision: i64,
+    time: i64,
+    binding: &'static str,
+    federates_with: String,
+}
+
+impl<'a> Columns<'a> {
+    fn new(
+        id: &'a str,
+        spec: &'a EntrySpec,
+        key: String,
+        hash: Vec<u8>,
+        revision: u64,
+        time: i64,
+    ) -> Result<Self, DataStoreError> {
+        Ok(Self {
+            id,
+            spec,
+            spiffe_id: spec.spiffe_id.to_string(),
+            parent_id: spec.parent_id.to_string(),
+            key,
+            hash,
+            x509_ttl: spec.x509_ttl.map(duration_to_db),
+            jwt_ttl: spec.jwt_ttl.map(duration_to_db),
+            dns_names: dns_names_json(spec)?,
+            revision: u64_to_db(revision),
+            time,
+            binding: spec.jwt_svid_binding.as_str(),
+            federates_with: federates_json(spec)?,
+        })
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 14] {
+        [
+            &self.id,
+            &self.spiffe_id,
+            &self.parent_id,
+            &self.key,
+            &self.hash,
+            &self.x509_ttl,
+            &self.jwt_ttl,
+            &self.dns_names,
+            &self.spec.hint,
+            &self.spec.admin,
+            &self.revision,
+            &self.time,
+            &self.binding,
+            &self.federates_with,
+        ]
+    }
+}
 
 fn decode(row: &Row) -> Result<Entry, DataStoreError> {
     let id: String = get(row, 0)?;
@@ -67,6 +131,7 @@ fn decode(row: &Row) -> Result<Entry, DataStoreError> {
         hint: get(row, 6)?,
         admin: get(row, 7)?,
         jwt_svid_binding: binding_from_db(&get::<String>(row, 13)?, &id)?,
+        federates_with: federates_from_db(&get::<String>(row, 14)?, &id)?,
     };
     Ok(Entry {
         revision: u64_from_db(get(row, 8)?, "revision")?,
@@ -158,23 +223,8 @@ pub(super) async fn create_all(
         }
         let id = new_entry_id();
         let revision = first + index as u64;
-        let binding = spec.jwt_svid_binding.as_str();
-        let params: [&(dyn ToSql + Sync); 13] = [
-            &id,
-            &spec.spiffe_id.to_string(),
-            &spec.parent_id.to_string(),
-            &key,
-            &hash,
-            &spec.x509_ttl.map(duration_to_db),
-            &spec.jwt_ttl.map(duration_to_db),
-            &dns_names_json(spec)?,
-            &spec.hint,
-            &spec.admin,
-            &u64_to_db(revision),
-            &now_db,
-            &binding,
-        ];
-        tx.execute(&insert, &params).await.map_err(insert_error)?;
+        let row = Columns::new(&id, spec, key, hash, revision, now_db)?;
+        tx.execute(&insert, &row.params()).await.map_err(insert_error)?;
         insert_selectors(tx, &id, &spec.selectors).await?;
         created.push(Entry {
             id,
@@ -272,28 +322,13 @@ pub(super) async fn update(
     if let Some(existing) = duplicate_of(tx, &hash, id).await? {
         return Err(DataStoreError::DuplicateEntry(existing));
     }
-    let binding = spec.jwt_svid_binding.as_str();
-    let params: [&(dyn ToSql + Sync); 13] = [
-        &id,
-        &spec.spiffe_id.to_string(),
-        &spec.parent_id.to_string(),
-        &key,
-        &hash,
-        &spec.x509_ttl.map(duration_to_db),
-        &spec.jwt_ttl.map(duration_to_db),
-        &dns_names_json(spec)?,
-        &spec.hint,
-        &spec.admin,
-        &u64_to_db(revision),
-        &time_to_db(now),
-        &binding,
-    ];
+    let row = Columns::new(id, spec, key, hash, revision, time_to_db(now))?;
     tx.execute(
         "UPDATE entries SET spiffe_id = $2, parent_id = $3, selectors_key = $4, \
          identity_hash = $5, x509_ttl_ms = $6, jwt_ttl_ms = $7, dns_names = $8, hint = $9, \
          admin = $10, revision = $11, updated_at = $12, \
-         jwt_svid_binding = $13 WHERE id = $1",
-        &params,
+         jwt_svid_binding = $13, federates_with = $14 WHERE id = $1",
+        &row.params(),
     )
     .await
     .map_err(insert_error)?;

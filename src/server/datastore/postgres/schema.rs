@@ -114,8 +114,27 @@ const V2: &str = "
 ALTER TABLE entries ADD COLUMN jwt_svid_binding TEXT NOT NULL DEFAULT 'none';
 ";
 
+/// Version 3: federation, as SQLite's version 6: each entry's foreign trust domains (a
+/// JSON array of names) and the relationships with foreign bundle endpoints.
+const V3: &str = "
+ALTER TABLE entries ADD COLUMN federates_with TEXT NOT NULL DEFAULT '[]';
+CREATE TABLE federations (
+    trust_domain TEXT COLLATE \"C\" PRIMARY KEY,
+    endpoint_url TEXT NOT NULL,
+    profile TEXT NOT NULL,
+    endpoint_spiffe_id TEXT,
+    ca_pem BYTEA,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    next_refresh_at BIGINT NOT NULL,
+    last_attempt_at BIGINT,
+    last_success_at BIGINT,
+    last_error TEXT
+);
+";
+
 /// Every migration step, in order.
-pub(super) const MIGRATIONS: &[&str] = &[V1, V2];
+pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3];
 /// The schema version this build writes.
 pub(super) const LATEST: usize = MIGRATIONS.len();
 

@@ -9,15 +9,15 @@ use std::time::SystemTime;
 
 use rusqlite::{Transaction, params};
 
-use super::entries::{dns_names_json, duplicate_of, get, not_found, selectors_key};
+use super::entries::{dns_names_json, duplicate_of, federates_json, get, not_found, selectors_key};
 use super::{duration_to_db, time_from_db, time_to_db, u64_from_db};
 use crate::server::datastore::{BatchRefusal, DataStoreError};
 use crate::server::entry::{Entry, EntrySpec, new_entry_id};
 
 const INSERT_ENTRY: &str = "INSERT INTO entries (id, spiffe_id, parent_id, selectors_key, \
                             x509_ttl_ms, jwt_ttl_ms, dns_names, hint, admin, revision, \
-                            created_at, updated_at, jwt_svid_binding) \
-                            VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12)";
+                            created_at, updated_at, jwt_svid_binding, federates_with) \
+                            VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12, ?13)";
 const INSERT_SELECTOR: &str =
     "INSERT INTO entry_selectors (entry_id, type, value) VALUES (?1, ?2, ?3)";
 
@@ -72,6 +72,7 @@ pub(super) fn create_all(
             revision_to_db(revision),
             now_db,
             spec.jwt_svid_binding.as_str(),
+            federates_json(spec)?,
         ])?;
         for s in spec.selectors.iter() {
             insert_selector.execute(params![id, s.kind(), s.value()])?;

@@ -15,7 +15,8 @@ use crate::server::entry::{Entry, EntrySpec};
 
 /// The columns every entry query reads, in the order [`Raw::from_row`] expects.
 const COLUMNS: &str = "id, spiffe_id, parent_id, x509_ttl_ms, jwt_ttl_ms, dns_names, hint, \
-                       admin, revision, created_at, updated_at, jwt_svid_binding";
+                       admin, revision, created_at, updated_at, jwt_svid_binding, \
+                       federates_with";
 
 /// An entry row as SQLite returns it, before the values are checked.
 struct Raw {
@@ -31,6 +32,7 @@ struct Raw {
     created_at: i64,
     updated_at: i64,
     jwt_svid_binding: String,
+    federates_with: String,
 }
 
 impl Raw {
@@ -48,6 +50,7 @@ impl Raw {
             created_at: r.get(9)?,
             updated_at: r.get(10)?,
             jwt_svid_binding: r.get(11)?,
+            federates_with: r.get(12)?,
         })
     }
 
@@ -75,6 +78,7 @@ impl Raw {
             hint: self.hint,
             admin: self.admin,
             jwt_svid_binding: binding_from_db(&self.jwt_svid_binding, &self.id)?,
+            federates_with: federates_from_db(&self.federates_with, &self.id)?,
         };
         Ok(Entry {
             id: self.id,
@@ -87,7 +91,7 @@ impl Raw {
 }
 
 pub(super) use crate::server::datastore::codec::{
-    dns_names_json, filter_conditions, selectors_key,
+    dns_names_json, federates_from_db, federates_json, filter_conditions, selectors_key,
 };
 
 /// Raises the store's revision counter and returns the new value.
@@ -169,7 +173,8 @@ pub(super) fn update(
     tx.execute(
         "UPDATE entries SET spiffe_id = ?2, parent_id = ?3, selectors_key = ?4, \
          x509_ttl_ms = ?5, jwt_ttl_ms = ?6, dns_names = ?7, hint = ?8, admin = ?9, \
-         revision = ?10, updated_at = ?11, jwt_svid_binding = ?12 WHERE id = ?1",
+         revision = ?10, updated_at = ?11, jwt_svid_binding = ?12, federates_with = ?13 \
+         WHERE id = ?1",
         params![
             id,
             spec.spiffe_id.to_string(),
@@ -183,6 +188,7 @@ pub(super) fn update(
             revision,
             time_to_db(now),
             spec.jwt_svid_binding.as_str(),
+            federates_json(spec)?,
         ],
     )?;
     tx.execute("DELETE FROM entry_selectors WHERE entry_id = ?1", [id])?;

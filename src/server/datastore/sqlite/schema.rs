@@ -120,8 +120,29 @@ const V5: &str = "
 ALTER TABLE entries ADD COLUMN jwt_svid_binding TEXT NOT NULL DEFAULT 'none';
 ";
 
+/// Version 6: federation. Each entry's foreign trust domains (a JSON array of names), and
+/// the relationships with foreign bundle endpoints: how to fetch each domain's bundle and
+/// when next (any server may claim a due refresh; the claim is a compare-and-set on
+/// next_refresh_at, so one server fetches per refresh).
+const V6: &str = "
+ALTER TABLE entries ADD COLUMN federates_with TEXT NOT NULL DEFAULT '[]';
+CREATE TABLE federations (
+    trust_domain TEXT PRIMARY KEY,
+    endpoint_url TEXT NOT NULL,
+    profile TEXT NOT NULL,
+    endpoint_spiffe_id TEXT,
+    ca_pem BLOB,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    next_refresh_at INTEGER NOT NULL,
+    last_attempt_at INTEGER,
+    last_success_at INTEGER,
+    last_error TEXT
+);
+";
+
 /// Every migration step, in order.
-pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
+pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];
 /// The schema version this build writes.
 pub(super) const LATEST: usize = MIGRATIONS.len();
 

@@ -27,6 +27,7 @@ fn spec(path: &str, selector: &str) -> EntrySpec {
         hint: String::new(),
         admin: true,
         jwt_svid_binding: crate::server::entry::JwtSvidBinding::None,
+        federates_with: Vec::new(),
     }
 }
 

@@ -30,6 +30,7 @@ fn spec(path: &str, parent: &str, sels: &[&str]) -> EntrySpec {
         hint: "internal".into(),
         admin: false,
         jwt_svid_binding: JwtSvidBinding::None,
+        federates_with: Vec::new(),
     }
 }
 
@@ -56,10 +57,15 @@ pub(super) fn entries_are_created_read_updated_and_deleted_with_revisions(backen
     let a = store.create_entry(&spec("/web", "/agent", &["unix:uid:1"]), at(10)).unwrap();
     let bound = EntrySpec {
         jwt_svid_binding: JwtSvidBinding::X509,
+        federates_with: vec!["example.com".parse().unwrap(), "example.net".parse().unwrap()],
         ..spec("/db", "/agent", &["unix:uid:2"])
     };
     let b = store.create_entry(&bound, at(11)).unwrap();
-    assert_eq!(store.get_entry(&b.id).unwrap().unwrap().spec, bound, "the binding is stored");
+    assert_eq!(
+        store.get_entry(&b.id).unwrap().unwrap().spec,
+        bound,
+        "the binding and federated domains are stored"
+    );
     assert_eq!((a.revision, b.revision), (1, 2));
     assert_eq!((a.created_at, a.updated_at), (at(10), at(10)));
     assert_eq!(store.get_entry(&a.id).unwrap(), Some(a.clone()));
@@ -71,6 +77,7 @@ pub(super) fn entries_are_created_read_updated_and_deleted_with_revisions(backen
     changed.jwt_ttl = Some(Duration::from_millis(1500));
     changed.admin = true;
     changed.jwt_svid_binding = JwtSvidBinding::X509;
+    changed.federates_with = vec!["example.com".parse().unwrap()];
     let a2 = store.update_entry(&a.id, &changed, at(20)).unwrap();
     assert_eq!((a2.revision, a2.created_at, a2.updated_at), (3, at(10), at(20)));
     assert_eq!(a2.spec, changed);

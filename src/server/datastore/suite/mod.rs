@@ -13,6 +13,7 @@ use super::{DataStore, PostgresDataStore, SqliteDataStore};
 use crate::server::datastore::postgres::TestDatabase;
 
 mod entries;
+mod federation;
 mod ha;
 mod records;
 
@@ -120,6 +121,10 @@ macro_rules! whole_suite {
             records::bundles_are_stored_and_replaced_per_trust_domain,
             records::an_agent_row_that_does_not_decode_is_corrupt,
             records::everything_survives_closing_and_reopening,
+            federation::federations_are_created_read_updated_and_deleted,
+            federation::a_refresh_keeps_the_last_good_bundle_when_a_fetch_fails,
+            federation::foreign_bundles_are_listed_and_deleted,
+            federation::racing_servers_claim_a_due_refresh_exactly_once,
             ha::each_server_keeps_its_own_journal,
             ha::a_revoked_mark_is_never_downgraded,
             ha::servers_announce_themselves,

@@ -214,6 +214,7 @@ pub(super) fn everything_survives_closing_and_reopening(backend: &dyn Backend) {
         hint: String::new(),
         admin: true,
         jwt_svid_binding: crate::server::entry::JwtSvidBinding::None,
+        federates_with: Vec::new(),
     };
     let (kept, deleted, before) = {
         let store = backend.open();

@@ -1,0 +1,314 @@
+//! Federation calls: relationships with foreign trust domains' bundle endpoints, and the
+//! foreign bundles held (fetched by a relationship, or set by an operator). Each change
+//! is an audit event; agents receive the changed bundles within a second.
+
+use keycard_workload_api::bundle_json::SpiffeBundle;
+use keycard_workload_api::{SpiffeId, TrustDomain};
+
+use super::convert::unix_secs;
+use super::pb;
+use super::service::{AdminService, Caller};
+use super::status::AdminError;
+use crate::server::datastore::{DataStoreError, EndpointProfile, FederationRecord};
+use crate::server::federation::foreign::parse_bundle_input;
+use crate::telemetry::AUDIT_TARGET;
+
+fn audit(action: &str, trust_domain: &TrustDomain, caller: Caller) {
+    tracing::info!(target: AUDIT_TARGET, event = "federation_change", action,
+        trust_domain = %trust_domain, caller_uid = caller);
+}
+
+fn relationship_not_found(td: &TrustDomain) -> impl FnOnce(DataStoreError) -> AdminError {
+    let td = td.to_string();
+    move |e| match e {
+        DataStoreError::NotFound { .. } => AdminError::ForeignNotFound {
+            what: "federation relationship with",
+            trust_domain: td,
+            list: "federation list",
+        },
+        other => other.into(),
+    }
+}
+
+/// What a relationship request asks for, checked.
+struct Relationship {
+    trust_domain: TrustDomain,
+    url: String,
+    profile: EndpointProfile,
+    bootstrap: Option<SpiffeBundle>,
+}
+
+fn bad(why: String) -> AdminError {
+    AdminError::BadFederation(why)
+}
+
+/// Checks a bundle endpoint URL: `https://host[:port][/path]`, no credentials.
+fn check_url(url: &str) -> Result<(), AdminError> {
+    let rest = url.strip_prefix("https://").ok_or_else(|| {
+        bad(format!(
+            "bundle endpoint URL {url:?} must start with https:// (SPIFFE bundle endpoints are \
+             served over HTTPS), for example https://example.com:8443/"
+        ))
+    })?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.is_empty() || authority.contains('@') || authority.contains(char::is_whitespace) {
+        return Err(bad(format!(
+            "bundle endpoint URL {url:?} has no valid host; give https://host[:port]/path"
+        )));
+    }
+    Ok(())
+}
+
+impl AdminService {
+    /// A foreign trust domain from a request field: valid, and not the server's own.
+    pub(super) fn foreign_domain(&self, value: &str) -> Result<TrustDomain, AdminError> {
+        if value.is_empty() {
+            return Err(AdminError::MissingField("trust_domain"));
+        }
+        let td = TrustDomain::new(value)
+            .map_err(|e| bad(format!("trust domain {value:?} is not valid: {e}")))?;
+        if td == self.trust_domain {
+            return Err(bad(format!(
+                "{td} is this server's own trust domain; federation is with foreign ones"
+            )));
+        }
+        Ok(td)
+    }
+
+    fn relationship(&self, req: &pb::FederationRequest) -> Result<Relationship, AdminError> {
+        let trust_domain = self.foreign_domain(&req.trust_domain)?;
+        if req.bundle_endpoint_url.is_empty() {
+            return Err(AdminError::MissingField("bundle_endpoint_url"));
+        }
+        check_url(&req.bundle_endpoint_url)?;
+        let bootstrap = match req.trust_domain_bundle.is_empty() {
+            true => None,
+            false => Some(parse_bundle_input(&trust_domain, &req.trust_domain_bundle)?),
+        };
+        let profile = match req.bundle_endpoint_profile.as_str() {
+            "https_spiffe" => {
+                if !req.ca_pem.is_empty() {
+                    return Err(bad("a CA file is for the https_web profile; https_spiffe \
+                                    authenticates the endpoint with the trust domain's bundle"
+                        .into()));
+                }
+                if req.endpoint_spiffe_id.is_empty() {
+                    return Err(bad(format!(
+                        "the https_spiffe profile needs the endpoint's SPIFFE ID \
+                         (--endpoint-spiffe-id), for example spiffe://{trust_domain}/keycard/server"
+                    )));
+                }
+                let endpoint_id = SpiffeId::parse(&req.endpoint_spiffe_id).map_err(|e| {
+                    bad(format!(
+                        "endpoint SPIFFE ID {:?} is not valid: {e}",
+                        req.endpoint_spiffe_id
+                    ))
+                })?;
+                EndpointProfile::HttpsSpiffe { endpoint_id }
+            }
+            "https_web" => {
+                if !req.endpoint_spiffe_id.is_empty() {
+                    return Err(bad("an endpoint SPIFFE ID is for the https_spiffe profile; \
+                                    https_web checks the endpoint's host name"
+                        .into()));
+                }
+                let ca_pem = (!req.ca_pem.is_empty()).then(|| req.ca_pem.clone());
+                if let Some(pem) = &ca_pem {
+                    let text = String::from_utf8_lossy(pem);
+                    keycard_workload_api::X509Bundle::parse_pem(trust_domain.clone(), &text)
+                        .map_err(|e| {
+                            bad(format!("the CA file holds no usable certificate: {e}"))
+                        })?;
+                }
+                EndpointProfile::HttpsWeb { ca_pem }
+            }
+            "" => return Err(AdminError::MissingField("bundle_endpoint_profile")),
+            other => {
+                return Err(bad(format!(
+                    "bundle endpoint profile {other:?} is not known: use https_spiffe or https_web"
+                )));
+            }
+        };
+        Ok(Relationship { trust_domain, url: req.bundle_endpoint_url.clone(), profile, bootstrap })
+    }
+
+    fn json_of(bundle: &SpiffeBundle) -> Result<Vec<u8>, AdminError> {
+        bundle.to_json().map(String::into_bytes).map_err(|e| AdminError::Bundle(e.to_string()))
+    }
+
+    pub(super) fn create_federation(
+        &self,
+        req: &pb::FederationRequest,
+        caller: Caller,
+    ) -> Result<pb::Federation, AdminError> {
+        let rel = self.relationship(req)?;
+        if matches!(rel.profile, EndpointProfile::HttpsSpiffe { .. }) && rel.bootstrap.is_none() {
+            return Err(bad(format!(
+                "the https_spiffe profile needs the bundle of {} to authenticate its endpoint \
+                 the first time: give it with --trust-domain-bundle FILE (SPIFFE bundle JSON or \
+                 PEM, obtained out of band, for example from `keycard bundle show --format \
+                 spiffe` on a server of that trust domain)",
+                rel.trust_domain
+            )));
+        }
+        let record =
+            FederationRecord::new(rel.trust_domain.clone(), rel.url, rel.profile, self.clock.now());
+        let bootstrap = rel.bootstrap.as_ref().map(Self::json_of).transpose()?;
+        self.store.create_federation(&record, bootstrap.as_deref()).map_err(|e| match e {
+            DataStoreError::AlreadyExists { .. } => bad(format!(
+                "a federation relationship with {} exists already; change it with `keycard \
+                 federation update`",
+                rel.trust_domain
+            )),
+            other => other.into(),
+        })?;
+        audit("create", &rel.trust_domain, caller);
+        self.federation_to_pb(&record)
+    }
+
+    pub(super) fn update_federation(
+        &self,
+        req: &pb::FederationRequest,
+        caller: Caller,
+    ) -> Result<pb::Federation, AdminError> {
+        let rel = self.relationship(req)?;
+        let mut record =
+            FederationRecord::new(rel.trust_domain.clone(), rel.url, rel.profile, self.clock.now());
+        let bootstrap = rel.bootstrap.as_ref().map(Self::json_of).transpose()?;
+        record = self
+            .store
+            .update_federation(&record, bootstrap.as_deref())
+            .map_err(relationship_not_found(&rel.trust_domain))?;
+        audit("update", &rel.trust_domain, caller);
+        self.federation_to_pb(&record)
+    }
+
+    pub(super) fn get_federation(&self, td: &str) -> Result<pb::Federation, AdminError> {
+        let td = self.foreign_domain(td)?;
+        let record = self.store.get_federation(&td)?.ok_or_else(|| {
+            relationship_not_found(&td)(DataStoreError::NotFound { kind: "", id: String::new() })
+        })?;
+        self.federation_to_pb(&record)
+    }
+
+    pub(super) fn list_federations(&self) -> Result<pb::ListFederationsResponse, AdminError> {
+        let federations = self
+            .store
+            .list_federations()?
+            .iter()
+            .map(|r| self.federation_to_pb(r))
+            .collect::<Result<_, _>>()?;
+        Ok(pb::ListFederationsResponse { federations })
+    }
+
+    pub(super) fn delete_federation(
+        &self,
+        td: &str,
+        caller: Caller,
+    ) -> Result<pb::Federation, AdminError> {
+        let td = self.foreign_domain(td)?;
+        let mut reply = self.get_federation(td.name())?;
+        self.store.delete_federation(&td).map_err(relationship_not_found(&td))?;
+        audit("delete", &td, caller);
+        reply.bundle_held = false;
+        Ok(reply)
+    }
+
+    pub(super) fn set_foreign_bundle(
+        &self,
+        req: &pb::SetForeignBundleRequest,
+        caller: Caller,
+    ) -> Result<pb::ForeignBundle, AdminError> {
+        let td = self.foreign_domain(&req.trust_domain)?;
+        if req.bundle.is_empty() {
+            return Err(AdminError::MissingField("bundle"));
+        }
+        let bundle = parse_bundle_input(&td, &req.bundle)?;
+        let json = Self::json_of(&bundle)?;
+        self.store.set_bundle(&td, &json)?;
+        audit("set_bundle", &td, caller);
+        self.foreign_bundle_to_pb(&td, &json)
+    }
+
+    pub(super) fn list_foreign_bundles(
+        &self,
+    ) -> Result<pb::ListForeignBundlesResponse, AdminError> {
+        let bundles = self
+            .store
+            .list_bundles()?
+            .iter()
+            .map(|(td, json)| self.foreign_bundle_to_pb(td, json))
+            .collect::<Result<_, _>>()?;
+        Ok(pb::ListForeignBundlesResponse { bundles })
+    }
+
+    pub(super) fn delete_foreign_bundle(
+        &self,
+        td: &str,
+        caller: Caller,
+    ) -> Result<pb::ForeignBundle, AdminError> {
+        let td = self.foreign_domain(td)?;
+        if self.store.get_federation(&td)?.is_some() {
+            return Err(AdminError::BundleOfFederation(td.to_string()));
+        }
+        let not_found = || AdminError::ForeignNotFound {
+            what: "foreign bundle of",
+            trust_domain: td.to_string(),
+            list: "bundle list",
+        };
+        let json = self.store.get_bundle(&td)?.ok_or_else(not_found)?;
+        let reply = self.foreign_bundle_to_pb(&td, &json)?;
+        if !self.store.delete_bundle(&td)? {
+            return Err(not_found());
+        }
+        audit("delete_bundle", &td, caller);
+        Ok(reply)
+    }
+
+    fn foreign_bundle_to_pb(
+        &self,
+        td: &TrustDomain,
+        json: &[u8],
+    ) -> Result<pb::ForeignBundle, AdminError> {
+        let bundle = SpiffeBundle::parse(td.clone(), json)
+            .map_err(|e| AdminError::Bundle(format!("stored bundle of {td}: {e}")))?;
+        Ok(pb::ForeignBundle {
+            trust_domain: td.name().to_owned(),
+            json: String::from_utf8_lossy(json).into_owned(),
+            sequence: bundle.sequence.unwrap_or_default(),
+            x509_authorities: bundle.x509_authorities.len() as u32,
+            jwt_authorities: bundle.jwt_authorities.len() as u32,
+            federated: self.store.get_federation(td)?.is_some(),
+        })
+    }
+
+    pub(super) fn federation_to_pb(
+        &self,
+        r: &FederationRecord,
+    ) -> Result<pb::Federation, AdminError> {
+        let held = self.store.get_bundle(&r.trust_domain)?;
+        let bundle =
+            held.as_deref().and_then(|j| SpiffeBundle::parse(r.trust_domain.clone(), j).ok());
+        let (endpoint_spiffe_id, custom_ca) = match &r.profile {
+            EndpointProfile::HttpsSpiffe { endpoint_id } => (endpoint_id.to_string(), false),
+            EndpointProfile::HttpsWeb { ca_pem } => (String::new(), ca_pem.is_some()),
+        };
+        Ok(pb::Federation {
+            trust_domain: r.trust_domain.name().to_owned(),
+            bundle_endpoint_url: r.endpoint_url.clone(),
+            bundle_endpoint_profile: r.profile.name().to_owned(),
+            endpoint_spiffe_id,
+            custom_ca,
+            created_at: unix_secs(r.created_at),
+            updated_at: unix_secs(r.updated_at),
+            next_refresh_at: unix_secs(r.next_refresh_at),
+            last_attempt_at: r.last_attempt_at.map_or(0, unix_secs),
+            last_success_at: r.last_success_at.map_or(0, unix_secs),
+            last_error: r.last_error.clone().unwrap_or_default(),
+            bundle_held: bundle.is_some(),
+            bundle_sequence: bundle.as_ref().and_then(|b| b.sequence).unwrap_or_default(),
+            x509_authorities: bundle.as_ref().map_or(0, |b| b.x509_authorities.len() as u32),
+            jwt_authorities: bundle.as_ref().map_or(0, |b| b.jwt_authorities.len() as u32),
+        })
+    }
+}
