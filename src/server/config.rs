@@ -22,6 +22,7 @@
 //! | `[bundle_endpoint]` `address` | `127.0.0.1:8443` | Federation bundle endpoint (HTTPS `GET /`); the table's presence turns it on |
 //! | `[bundle_endpoint]` `profile` | `https_spiffe` | `https_spiffe` (the server's own SVID) or `https_web` (needs `cert_file` and `key_file`, PEM) |
 //! | `[bundle_endpoint]` `refresh_hint` | `5m` | The bundle's `spiffe_refresh_hint`, like `bundle_refresh_hint` (set one of the two) |
+//! | `[[federates_with]]` `trust_domain`, `bundle_endpoint_url`, `bundle_endpoint_profile` (`https_spiffe` default, or `https_web`), `endpoint_spiffe_id`, `trust_domain_bundle` (file), `ca_file` | none | Federation relationships, as `keycard federation create` makes them; written to the datastore at start-up |
 //! | `svids_per_second_per_agent` | `500` | Workload X.509-SVIDs one agent may have signed per second (bursts of twice that); an agent asking faster is told when to retry |
 //! | `[upstream_authority]` `cert_file`, `key_file` | none | PEM certificate (chain) and PKCS#8 key of an upstream CA; when set, keycard's authorities are its intermediates |
 //! | `[datastore]` `type` | `sqlite` | Datastore kind: `sqlite` (one server) or `postgres` (several servers, HA) |
@@ -44,6 +45,7 @@ pub use crate::config::ConfigError;
 use crate::config::{load_toml, parse_positive_duration, parse_socket_addr, parse_value};
 use crate::server::entry::SERVER_PATH;
 use crate::server::federation::BundleEndpointConfig;
+use crate::server::federation::declared::DeclaredFederation;
 use crate::telemetry::logging::{self, LogFormat};
 use file::{FileConfig, FileDatastore, FileUpstream};
 
@@ -171,6 +173,9 @@ pub struct ServerConfig {
     pub x509pop_ca_bundle: Option<PathBuf>,
     /// The federation bundle endpoint; `None` (no `[bundle_endpoint]` table) disables it.
     pub bundle_endpoint: Option<BundleEndpointConfig>,
+    /// Federation relationships declared in the file (`[[federates_with]]`), written to
+    /// the datastore at start-up.
+    pub federates_with: Vec<DeclaredFederation>,
     /// Health and metrics address; `None` disables the endpoints.
     pub health_address: Option<SocketAddr>,
     /// Log format.
@@ -315,6 +320,12 @@ impl ServerConfig {
                 .map(|(endpoint, hint)| (Some(endpoint), hint))?,
             None => (None, None),
         };
+        let federates_with = f
+            .federates_with
+            .iter()
+            .enumerate()
+            .map(|(i, table)| DeclaredFederation::from_file(CONFIG, &trust_domain, i, table))
+            .collect::<Result<Vec<_>, _>>()?;
         let bundle_refresh_hint = match endpoint_hint {
             Some(hint) => hint,
             None => {
@@ -344,6 +355,7 @@ impl ServerConfig {
             datastore,
             x509pop_ca_bundle,
             bundle_endpoint,
+            federates_with,
             health_address,
             log_format,
             log_level,

@@ -97,6 +97,9 @@ pub enum RunError {
     /// The federation bundle endpoint could not start.
     #[error("{0}")]
     BundleEndpoint(#[from] federation::EndpointError),
+    /// Federation relationships declared in the config could not be stored.
+    #[error("{0}")]
+    Federation(#[from] federation::declared::DeclareError),
     /// A background task panicked.
     #[error("internal task failed: {0}")]
     Task(String),
@@ -162,6 +165,14 @@ pub async fn run(config: ServerConfig, shutdown: Shutdown) -> Result<(), RunErro
         tokio::task::spawn_blocking(move || cluster.refresh())
             .await
             .map_err(|e| RunError::Task(e.to_string()))??;
+    }
+    {
+        let (store, declared, now) = (store.clone(), config.federates_with.clone(), clock.now());
+        tokio::task::spawn_blocking(move || {
+            federation::declared::apply(store.as_ref(), &declared, now)
+        })
+        .await
+        .map_err(|e| RunError::Task(e.to_string()))??;
     }
     metrics.entries.set(store.count_entries()? as i64);
     metrics.agents.set(store.count_agents()? as i64);

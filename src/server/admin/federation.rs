@@ -2,8 +2,8 @@
 //! foreign bundles held (fetched by a relationship, or set by an operator). Each change
 //! is an audit event; agents receive the changed bundles within a second.
 
+use keycard_workload_api::TrustDomain;
 use keycard_workload_api::bundle_json::SpiffeBundle;
-use keycard_workload_api::{SpiffeId, TrustDomain};
 
 use super::convert::unix_secs;
 use super::pb;
@@ -11,6 +11,7 @@ use super::service::{AdminService, Caller};
 use super::status::AdminError;
 use crate::server::datastore::{DataStoreError, EndpointProfile, FederationRecord};
 use crate::server::federation::foreign::parse_bundle_input;
+use crate::server::federation::relationship::{Relationship, RelationshipInput, foreign_domain};
 use crate::telemetry::AUDIT_TARGET;
 
 fn audit(action: &str, trust_domain: &TrustDomain, caller: Caller) {
@@ -30,106 +31,22 @@ fn relationship_not_found(td: &TrustDomain) -> impl FnOnce(DataStoreError) -> Ad
     }
 }
 
-/// What a relationship request asks for, checked.
-struct Relationship {
-    trust_domain: TrustDomain,
-    url: String,
-    profile: EndpointProfile,
-    bootstrap: Option<SpiffeBundle>,
-}
-
-fn bad(why: String) -> AdminError {
-    AdminError::BadFederation(why)
-}
-
-/// Checks a bundle endpoint URL: `https://host[:port][/path]`, no credentials.
-fn check_url(url: &str) -> Result<(), AdminError> {
-    let rest = url.strip_prefix("https://").ok_or_else(|| {
-        bad(format!(
-            "bundle endpoint URL {url:?} must start with https:// (SPIFFE bundle endpoints are \
-             served over HTTPS), for example https://example.com:8443/"
-        ))
-    })?;
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    if authority.is_empty() || authority.contains('@') || authority.contains(char::is_whitespace) {
-        return Err(bad(format!(
-            "bundle endpoint URL {url:?} has no valid host; give https://host[:port]/path"
-        )));
-    }
-    Ok(())
-}
-
 impl AdminService {
     /// A foreign trust domain from a request field: valid, and not the server's own.
     pub(super) fn foreign_domain(&self, value: &str) -> Result<TrustDomain, AdminError> {
-        if value.is_empty() {
-            return Err(AdminError::MissingField("trust_domain"));
-        }
-        let td = TrustDomain::new(value)
-            .map_err(|e| bad(format!("trust domain {value:?} is not valid: {e}")))?;
-        if td == self.trust_domain {
-            return Err(bad(format!(
-                "{td} is this server's own trust domain; federation is with foreign ones"
-            )));
-        }
-        Ok(td)
+        Ok(foreign_domain(&self.trust_domain, value)?)
     }
 
     fn relationship(&self, req: &pb::FederationRequest) -> Result<Relationship, AdminError> {
-        let trust_domain = self.foreign_domain(&req.trust_domain)?;
-        if req.bundle_endpoint_url.is_empty() {
-            return Err(AdminError::MissingField("bundle_endpoint_url"));
-        }
-        check_url(&req.bundle_endpoint_url)?;
-        let bootstrap = match req.trust_domain_bundle.is_empty() {
-            true => None,
-            false => Some(parse_bundle_input(&trust_domain, &req.trust_domain_bundle)?),
+        let input = RelationshipInput {
+            trust_domain: &req.trust_domain,
+            url: &req.bundle_endpoint_url,
+            profile: &req.bundle_endpoint_profile,
+            endpoint_id: &req.endpoint_spiffe_id,
+            bundle: &req.trust_domain_bundle,
+            ca_pem: &req.ca_pem,
         };
-        let profile = match req.bundle_endpoint_profile.as_str() {
-            "https_spiffe" => {
-                if !req.ca_pem.is_empty() {
-                    return Err(bad("a CA file is for the https_web profile; https_spiffe \
-                                    authenticates the endpoint with the trust domain's bundle"
-                        .into()));
-                }
-                if req.endpoint_spiffe_id.is_empty() {
-                    return Err(bad(format!(
-                        "the https_spiffe profile needs the endpoint's SPIFFE ID \
-                         (--endpoint-spiffe-id), for example spiffe://{trust_domain}/keycard/server"
-                    )));
-                }
-                let endpoint_id = SpiffeId::parse(&req.endpoint_spiffe_id).map_err(|e| {
-                    bad(format!(
-                        "endpoint SPIFFE ID {:?} is not valid: {e}",
-                        req.endpoint_spiffe_id
-                    ))
-                })?;
-                EndpointProfile::HttpsSpiffe { endpoint_id }
-            }
-            "https_web" => {
-                if !req.endpoint_spiffe_id.is_empty() {
-                    return Err(bad("an endpoint SPIFFE ID is for the https_spiffe profile; \
-                                    https_web checks the endpoint's host name"
-                        .into()));
-                }
-                let ca_pem = (!req.ca_pem.is_empty()).then(|| req.ca_pem.clone());
-                if let Some(pem) = &ca_pem {
-                    let text = String::from_utf8_lossy(pem);
-                    keycard_workload_api::X509Bundle::parse_pem(trust_domain.clone(), &text)
-                        .map_err(|e| {
-                            bad(format!("the CA file holds no usable certificate: {e}"))
-                        })?;
-                }
-                EndpointProfile::HttpsWeb { ca_pem }
-            }
-            "" => return Err(AdminError::MissingField("bundle_endpoint_profile")),
-            other => {
-                return Err(bad(format!(
-                    "bundle endpoint profile {other:?} is not known: use https_spiffe or https_web"
-                )));
-            }
-        };
-        Ok(Relationship { trust_domain, url: req.bundle_endpoint_url.clone(), profile, bootstrap })
+        Ok(Relationship::check(&self.trust_domain, &input)?)
     }
 
     fn json_of(bundle: &SpiffeBundle) -> Result<Vec<u8>, AdminError> {
@@ -142,20 +59,14 @@ impl AdminService {
         caller: Caller,
     ) -> Result<pb::Federation, AdminError> {
         let rel = self.relationship(req)?;
-        if matches!(rel.profile, EndpointProfile::HttpsSpiffe { .. }) && rel.bootstrap.is_none() {
-            return Err(bad(format!(
-                "the https_spiffe profile needs the bundle of {} to authenticate its endpoint \
-                 the first time: give it with --trust-domain-bundle FILE (SPIFFE bundle JSON or \
-                 PEM, obtained out of band, for example from `keycard bundle show --format \
-                 spiffe` on a server of that trust domain)",
-                rel.trust_domain
-            )));
+        if let Some(refused) = rel.needs_bootstrap() {
+            return Err(refused.into());
         }
+        let bootstrap = rel.bootstrap_json()?;
         let record =
             FederationRecord::new(rel.trust_domain.clone(), rel.url, rel.profile, self.clock.now());
-        let bootstrap = rel.bootstrap.as_ref().map(Self::json_of).transpose()?;
         self.store.create_federation(&record, bootstrap.as_deref()).map_err(|e| match e {
-            DataStoreError::AlreadyExists { .. } => bad(format!(
+            DataStoreError::AlreadyExists { .. } => AdminError::BadFederation(format!(
                 "a federation relationship with {} exists already; change it with `keycard \
                  federation update`",
                 rel.trust_domain
@@ -172,9 +83,9 @@ impl AdminService {
         caller: Caller,
     ) -> Result<pb::Federation, AdminError> {
         let rel = self.relationship(req)?;
+        let bootstrap = rel.bootstrap_json()?;
         let mut record =
             FederationRecord::new(rel.trust_domain.clone(), rel.url, rel.profile, self.clock.now());
-        let bootstrap = rel.bootstrap.as_ref().map(Self::json_of).transpose()?;
         record = self
             .store
             .update_federation(&record, bootstrap.as_deref())

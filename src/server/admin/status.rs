@@ -13,6 +13,7 @@ use crate::server::datastore::DataStoreError;
 use crate::server::entry::EntryError;
 use crate::server::federation::foreign::BundleInputError;
 use crate::server::federation::refresh::RefreshError;
+use crate::server::federation::relationship::RelationshipError;
 use crate::server::join_token::JoinTokenError;
 
 /// Why an admin call was refused or failed.
@@ -117,6 +118,9 @@ pub enum AdminError {
          with `keycard federation delete --trust-domain {0}` (that deletes its bundle too)"
     )]
     BundleOfFederation(String),
+    /// A federation relationship as asked for breaks a rule.
+    #[error(transparent)]
+    Relationship(#[from] RelationshipError),
     /// A refresh asked for by the operator did not bring a bundle.
     #[error(transparent)]
     Refresh(#[from] RefreshError),
@@ -142,6 +146,7 @@ impl AdminError {
             | E::BatchTooBig { .. }
             | E::BadFederation(_)
             | E::BundleInput(_) => Code::InvalidArgument,
+            E::Relationship(_) => Code::InvalidArgument,
             E::ForeignNotFound { .. } => Code::NotFound,
             E::BundleOfFederation(_) => Code::FailedPrecondition,
             E::Refresh(RefreshError::NotFound(_)) => Code::NotFound,

@@ -27,6 +27,8 @@ pub(super) struct FileConfig {
     pub(super) datastore: Option<FileDatastore>,
     pub(super) x509pop_ca_bundle: Option<PathBuf>,
     pub(super) bundle_endpoint: Option<crate::server::federation::FileBundleEndpoint>,
+    #[serde(default)]
+    pub(super) federates_with: Vec<crate::server::federation::declared::FileFederatesWith>,
     pub(super) health_address: Option<String>,
     pub(super) log_format: Option<String>,
     pub(super) log_level: Option<String>,

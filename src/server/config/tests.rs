@@ -89,6 +89,7 @@ fn full_file_sets_every_key() {
                     key_file: "/etc/keycard/web-key.pem".into(),
                 },
             }),
+            federates_with: Vec::new(),
             health_address: Some("127.0.0.1:9001".parse().unwrap()),
             log_format: LogFormat::Json,
             log_level: "debug,h2=warn".into(),

@@ -16,6 +16,7 @@
 //!   bundle file.
 
 pub mod config;
+pub mod declared;
 pub mod endpoint;
 pub mod endpoint_tls;
 pub mod error;
@@ -24,6 +25,7 @@ pub mod fetch_tls;
 pub mod foreign;
 pub mod https;
 pub mod refresh;
+pub mod relationship;
 
 pub use config::{BundleEndpointConfig, FileBundleEndpoint, ServingProfile};
 pub use endpoint::BundleEndpoint;
