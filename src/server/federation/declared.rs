@@ -158,7 +158,7 @@ mod tests {
         let bundle = bundle_file(dir.path());
         let first = table(Some(bundle.clone()), "spiffe://example.com/keycard/server");
         let declared = DeclaredFederation::from_file("server", &own(), 0, &first).unwrap();
-        apply(&store, &[declared.clone()], SystemTime::now()).unwrap();
+        apply(&store, std::slice::from_ref(&declared), SystemTime::now()).unwrap();
         let com = TrustDomain::new("example.com").unwrap();
         let stored = store.get_federation(&com).unwrap().unwrap();
         assert_eq!(stored.endpoint_url, "https://127.0.0.1:8443/");
