@@ -21,6 +21,7 @@ use crate::shutdown::Shutdown;
 use crate::telemetry::ServerMetrics;
 
 mod http;
+mod refresh;
 mod spiffe;
 mod web;
 
