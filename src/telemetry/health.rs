@@ -235,7 +235,12 @@ mod tests {
     }
 
     async fn start() -> Running {
-        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        start_on("127.0.0.1:0").await
+    }
+
+    /// The endpoints on `addr`.
+    async fn start_on(addr: &str) -> Running {
+        let listener = bind(addr.parse().unwrap()).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let ready = Arc::new(AtomicBool::new(false));
         let metrics = Arc::new(ServerMetrics::new());
@@ -304,7 +309,9 @@ mod tests {
 
     #[tokio::test]
     async fn shutdown_closes_idle_keep_alive_connections_and_stops_accepting() {
-        let r = start().await;
+        // On 127.0.0.2, where no other test listens: once closed, the port cannot have been
+        // taken by another test's listener (all on 127.0.0.1) before the check below.
+        let r = start_on("127.0.0.2:0").await;
         let mut s = TcpStream::connect(r.addr).await.unwrap();
         s.write_all(b"GET /live HTTP/1.1\r\nHost: test\r\n\r\n").await.unwrap();
         let mut raw = Vec::new();
