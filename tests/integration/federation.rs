@@ -244,6 +244,38 @@ fn two_trust_domains_federate_over_their_bundle_endpoints() {
         assert!(shown["last_error"].is_string(), "{shown}");
         assert_eq!(shown["x509_authorities"], before + 1, "the last good bundle is kept: {shown}");
 
+        // A bundle a relationship keeps fresh is not deleted on its own.
+        let out = org.server.admin_raw(&["bundle", "delete", "--trust-domain", "example.com"]);
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("keycard federation delete"), "{stderr}");
+
+        // Static federation: a bundle set by hand (PEM), listed, deleted.
+        let pem = root.path().join("net.pem");
+        std::fs::write(&pem, com.server.admin_text(&["bundle", "show", "--format", "pem"]))
+            .unwrap();
+        let set = org.server.admin(&[
+            "bundle",
+            "set",
+            "--trust-domain",
+            "example.net",
+            "--path",
+            pem.to_str().unwrap(),
+        ]);
+        assert_eq!(
+            (&set["trust_domain"], &set["federated"]),
+            (&"example.net".into(), &false.into())
+        );
+        let listed = org.server.admin(&["bundle", "list"]);
+        let names: Vec<&str> = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["trust_domain"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["example.com", "example.net"], "{listed}");
+        org.server.admin(&["bundle", "delete", "--trust-domain", "example.net"]);
+
         // Deleting the relationship takes the bundle away from the workloads.
         org.server.admin(&["federation", "delete", "--trust-domain", "example.com"]);
         context_where(&org_source, "the deleted bundle leaves the workload", PATIENCE, |c| {

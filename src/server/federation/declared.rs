@@ -197,7 +197,7 @@ mod tests {
                     bundle_endpoint_url: Some("http://x/".into()),
                     ..table(None, "x")
                 },
-                "must start with https://",
+                "does not use https",
             ),
             (
                 FileFederatesWith {

@@ -5,6 +5,7 @@
 use keycard_workload_api::bundle_json::SpiffeBundle;
 use keycard_workload_api::{SpiffeId, TrustDomain};
 
+use super::fetch::EndpointUrl;
 use super::foreign::{BundleInputError, parse_bundle_input};
 use crate::server::datastore::EndpointProfile;
 
@@ -71,24 +72,13 @@ pub fn foreign_domain(own: &TrustDomain, value: &str) -> Result<TrustDomain, Rel
     Ok(td)
 }
 
-/// Checks a bundle endpoint URL: `https://host[:port][/path]`, no credentials.
+/// Checks a bundle endpoint URL by the rules the fetch client applies
+/// ([`EndpointUrl::parse`]: `https://host[:port][/path]`, no credentials).
 fn check_url(url: &str) -> Result<(), RelationshipError> {
     if url.is_empty() {
         return Err(RelationshipError::Missing("bundle_endpoint_url"));
     }
-    let rest = url.strip_prefix("https://").ok_or_else(|| {
-        invalid(format!(
-            "bundle endpoint URL {url:?} must start with https:// (SPIFFE bundle endpoints are \
-             served over HTTPS), for example https://example.com:8443/"
-        ))
-    })?;
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    if authority.is_empty() || authority.contains('@') || authority.contains(char::is_whitespace) {
-        return Err(invalid(format!(
-            "bundle endpoint URL {url:?} has no valid host; give https://host[:port]/path"
-        )));
-    }
-    Ok(())
+    EndpointUrl::parse(url).map(drop).map_err(|e| invalid(e.to_string()))
 }
 
 fn profile(
