@@ -17,7 +17,8 @@
 //!   the authority journal and the rotation manager.
 //! - [`secret`]: `Secret`, a string (a join token, a JWT) that `Debug` never prints.
 //! - [`selector`]: `Selector` (`type:value`) and `SelectorSet` with subset matching.
-//! - [`server`]: the CA daemon: datastore, registration entries, admin and agent APIs.
+//! - [`server`]: the CA daemon: datastore, registration entries, admin and agent APIs,
+//!   federation (the bundle endpoint, foreign bundles kept fresh).
 //! - [`telemetry`]: Prometheus metrics, health endpoints, audit events.
 //! - [`unixsock`]: the Unix-socket listeners of all three sockets (directory checks, stale
 //!   sockets, peer-uid allow-list).

@@ -1,5 +1,5 @@
-//! The CA server daemon: datastore, registration entries, admin API, node attestation and
-//! the agent API.
+//! The CA server daemon: datastore, registration entries, admin API, node attestation,
+//! the agent API and federation.
 
 pub mod admin;
 pub mod agent_api;
