@@ -19,14 +19,19 @@ fn audit(action: &str, trust_domain: &TrustDomain, caller: Caller) {
         trust_domain = %trust_domain, caller_uid = caller);
 }
 
-fn relationship_not_found(td: &TrustDomain) -> impl FnOnce(DataStoreError) -> AdminError {
-    let td = td.to_string();
+/// No relationship with `td`.
+fn no_relationship(td: &TrustDomain) -> AdminError {
+    AdminError::ForeignNotFound {
+        what: "federation relationship with",
+        trust_domain: td.to_string(),
+        list: "federation list",
+    }
+}
+
+/// A datastore error, with "not found" said as [`no_relationship`].
+fn relationship_not_found(td: &TrustDomain) -> impl FnOnce(DataStoreError) -> AdminError + '_ {
     move |e| match e {
-        DataStoreError::NotFound { .. } => AdminError::ForeignNotFound {
-            what: "federation relationship with",
-            trust_domain: td,
-            list: "federation list",
-        },
+        DataStoreError::NotFound { .. } => no_relationship(td),
         other => other.into(),
     }
 }
@@ -66,11 +71,9 @@ impl AdminService {
         let record =
             FederationRecord::new(rel.trust_domain.clone(), rel.url, rel.profile, self.clock.now());
         self.store.create_federation(&record, bootstrap.as_deref()).map_err(|e| match e {
-            DataStoreError::AlreadyExists { .. } => AdminError::BadFederation(format!(
-                "a federation relationship with {} exists already; change it with `keycard \
-                 federation update`",
-                rel.trust_domain
-            )),
+            DataStoreError::AlreadyExists { .. } => {
+                AdminError::FederationExists(rel.trust_domain.to_string())
+            }
             other => other.into(),
         })?;
         audit("create", &rel.trust_domain, caller);
@@ -84,11 +87,11 @@ impl AdminService {
     ) -> Result<pb::Federation, AdminError> {
         let rel = self.relationship(req)?;
         let bootstrap = rel.bootstrap_json()?;
-        let mut record =
+        let asked =
             FederationRecord::new(rel.trust_domain.clone(), rel.url, rel.profile, self.clock.now());
-        record = self
+        let record = self
             .store
-            .update_federation(&record, bootstrap.as_deref())
+            .update_federation(&asked, bootstrap.as_deref())
             .map_err(relationship_not_found(&rel.trust_domain))?;
         audit("update", &rel.trust_domain, caller);
         self.federation_to_pb(&record)
@@ -96,9 +99,7 @@ impl AdminService {
 
     pub(super) fn get_federation(&self, td: &str) -> Result<pb::Federation, AdminError> {
         let td = self.foreign_domain(td)?;
-        let record = self.store.get_federation(&td)?.ok_or_else(|| {
-            relationship_not_found(&td)(DataStoreError::NotFound { kind: "", id: String::new() })
-        })?;
+        let record = self.store.get_federation(&td)?.ok_or_else(|| no_relationship(&td))?;
         self.federation_to_pb(&record)
     }
 

@@ -36,6 +36,8 @@ pub(crate) mod tests;
 #[cfg(test)]
 mod tests_batch;
 #[cfg(test)]
+mod tests_federation;
+#[cfg(test)]
 mod tests_ops;
 #[cfg(test)]
 mod tests_peer;

@@ -95,10 +95,12 @@ pub enum AdminError {
         /// The limit.
         max: usize,
     },
-    /// A federation request that cannot be carried out as given (the message says why
-    /// and what to give instead).
-    #[error("{0}")]
-    BadFederation(String),
+    /// A relationship with this trust domain exists already.
+    #[error(
+        "a federation relationship with {0} exists already; change it with `keycard federation \
+         update --trust-domain {0} ...`"
+    )]
+    FederationExists(String),
     /// A foreign bundle given by the operator does not parse or holds nothing.
     #[error(transparent)]
     BundleInput(#[from] BundleInputError),
@@ -144,8 +146,8 @@ impl AdminError {
             | E::EmptyBatch
             | E::BatchTooLarge { .. }
             | E::BatchTooBig { .. }
-            | E::BadFederation(_)
             | E::BundleInput(_) => Code::InvalidArgument,
+            E::FederationExists(_) => Code::AlreadyExists,
             E::Relationship(_) => Code::InvalidArgument,
             E::ForeignNotFound { .. } => Code::NotFound,
             E::BundleOfFederation(_) => Code::FailedPrecondition,

@@ -97,7 +97,8 @@ fn profile(
             if input.endpoint_id.is_empty() {
                 return Err(invalid(format!(
                     "the https_spiffe profile needs the endpoint's SPIFFE ID \
-                     (endpoint_spiffe_id), for example spiffe://{td}/keycard/server"
+                     (--endpoint-spiffe-id; endpoint_spiffe_id in the config), for example \
+                     spiffe://{td}/keycard/server"
                 )));
             }
             let endpoint_id = SpiffeId::parse(input.endpoint_id).map_err(|e| {
