@@ -36,6 +36,24 @@ fn relationship_not_found(td: &TrustDomain) -> impl FnOnce(DataStoreError) -> Ad
     }
 }
 
+/// The wire form of a stored foreign bundle; `federated`: a relationship keeps it fresh.
+fn foreign_bundle_to_pb(
+    td: &TrustDomain,
+    json: &[u8],
+    federated: bool,
+) -> Result<pb::ForeignBundle, AdminError> {
+    let bundle = SpiffeBundle::parse(td.clone(), json)
+        .map_err(|e| AdminError::Bundle(format!("stored bundle of {td}: {e}")))?;
+    Ok(pb::ForeignBundle {
+        trust_domain: td.name().to_owned(),
+        json: String::from_utf8_lossy(json).into_owned(),
+        sequence: bundle.sequence.unwrap_or_default(),
+        x509_authorities: bundle.x509_authorities.len() as u32,
+        jwt_authorities: bundle.jwt_authorities.len() as u32,
+        federated,
+    })
+}
+
 impl AdminService {
     /// A foreign trust domain from a request field: valid, and not the server's own.
     pub(super) fn foreign_domain(&self, value: &str) -> Result<TrustDomain, AdminError> {
@@ -139,17 +157,19 @@ impl AdminService {
         let json = Self::json_of(&bundle)?;
         self.store.set_bundle(&td, &json)?;
         audit("set_bundle", &td, caller);
-        self.foreign_bundle_to_pb(&td, &json)
+        foreign_bundle_to_pb(&td, &json, self.store.get_federation(&td)?.is_some())
     }
 
     pub(super) fn list_foreign_bundles(
         &self,
     ) -> Result<pb::ListForeignBundlesResponse, AdminError> {
+        let federated: std::collections::BTreeSet<TrustDomain> =
+            self.store.list_federations()?.into_iter().map(|r| r.trust_domain).collect();
         let bundles = self
             .store
             .list_bundles()?
             .iter()
-            .map(|(td, json)| self.foreign_bundle_to_pb(td, json))
+            .map(|(td, json)| foreign_bundle_to_pb(td, json, federated.contains(td)))
             .collect::<Result<_, _>>()?;
         Ok(pb::ListForeignBundlesResponse { bundles })
     }
@@ -169,29 +189,12 @@ impl AdminService {
             list: "bundle list",
         };
         let json = self.store.get_bundle(&td)?.ok_or_else(not_found)?;
-        let reply = self.foreign_bundle_to_pb(&td, &json)?;
+        let reply = foreign_bundle_to_pb(&td, &json, false)?;
         if !self.store.delete_bundle(&td)? {
             return Err(not_found());
         }
         audit("delete_bundle", &td, caller);
         Ok(reply)
-    }
-
-    fn foreign_bundle_to_pb(
-        &self,
-        td: &TrustDomain,
-        json: &[u8],
-    ) -> Result<pb::ForeignBundle, AdminError> {
-        let bundle = SpiffeBundle::parse(td.clone(), json)
-            .map_err(|e| AdminError::Bundle(format!("stored bundle of {td}: {e}")))?;
-        Ok(pb::ForeignBundle {
-            trust_domain: td.name().to_owned(),
-            json: String::from_utf8_lossy(json).into_owned(),
-            sequence: bundle.sequence.unwrap_or_default(),
-            x509_authorities: bundle.x509_authorities.len() as u32,
-            jwt_authorities: bundle.jwt_authorities.len() as u32,
-            federated: self.store.get_federation(td)?.is_some(),
-        })
     }
 
     pub(super) fn federation_to_pb(

@@ -59,29 +59,49 @@ pub fn parse_bundle_input(
     Ok(bundle)
 }
 
+/// SHA-256 over names and documents; empty for none (an agent that holds none sends an
+/// empty digest, and is sent nothing).
+fn digest_of(bundles: &BTreeMap<String, Vec<u8>>) -> Vec<u8> {
+    if bundles.is_empty() {
+        return Vec::new();
+    }
+    let mut hash = Sha256::new();
+    for (name, json) in bundles {
+        hash.update((name.len() as u64).to_be_bytes());
+        hash.update(name.as_bytes());
+        hash.update((json.len() as u64).to_be_bytes());
+        hash.update(json);
+    }
+    hash.finalize().to_vec()
+}
+
 /// One read of the foreign bundles.
 #[derive(Debug, Default)]
 pub struct ForeignSet {
     /// Trust domain name => SPIFFE bundle JSON, as stored.
     pub bundles: BTreeMap<String, Vec<u8>>,
-    /// SHA-256 over the names and documents; empty when there are none (an agent that
-    /// holds none sends an empty digest, and is sent nothing).
+    /// [`digest_of`] `bundles`: what agents hold and send back.
     pub digest: Vec<u8>,
+    /// [`digest_of`] everything stored, before the check: tells an unchanged store.
+    stored: Vec<u8>,
 }
 
 impl ForeignSet {
-    fn new(bundles: BTreeMap<String, Vec<u8>>) -> Self {
-        if bundles.is_empty() {
-            return Self::default();
-        }
-        let mut hash = Sha256::new();
-        for (name, json) in &bundles {
-            hash.update((name.len() as u64).to_be_bytes());
-            hash.update(name.as_bytes());
-            hash.update((json.len() as u64).to_be_bytes());
-            hash.update(json);
-        }
-        Self { bundles, digest: hash.finalize().to_vec() }
+    /// The set from `stored` without a document that does not parse (said in the log,
+    /// not sent to every agent to be refused there).
+    fn checked(stored: BTreeMap<String, Vec<u8>>) -> Self {
+        let stored_digest = digest_of(&stored);
+        let mut bundles = stored;
+        bundles.retain(|name, json| {
+            let parsed = TrustDomain::new(name)
+                .map_err(|e| e.to_string())
+                .and_then(|td| SpiffeBundle::parse(td, json).map_err(|e| e.to_string()));
+            if let Err(e) = &parsed {
+                tracing::warn!(trust_domain = %name, error = %e, "stored foreign bundle does not parse; not sent to agents");
+            }
+            parsed.is_ok()
+        });
+        Self { digest: digest_of(&bundles), bundles, stored: stored_digest }
     }
 }
 
@@ -90,48 +110,80 @@ impl ForeignSet {
 pub struct ForeignBundles {
     store: Arc<dyn DataStore>,
     own: TrustDomain,
-    current: Mutex<Option<(Instant, Arc<ForeignSet>)>>,
+    /// The last read and when it was made (`None`: read again at the next call).
+    current: Mutex<(Option<Instant>, Option<Arc<ForeignSet>>)>,
 }
 
 impl ForeignBundles {
     /// A cache over `store`, for a server of trust domain `own` (a stored bundle of the
     /// own trust domain is never sent as a foreign one).
     pub fn new(store: Arc<dyn DataStore>, own: TrustDomain) -> Self {
-        Self { store, own, current: Mutex::new(None) }
+        Self { store, own, current: Mutex::new((None, None)) }
     }
 
     /// The foreign set, read again when the last read is older than a second. Blocking:
     /// call it from a blocking thread.
     pub fn current(&self) -> Result<Arc<ForeignSet>, DataStoreError> {
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((at, set)) = current.as_ref()
+        if let (Some(at), Some(set)) = &*current
             && at.elapsed() < FRESH_FOR
         {
             return Ok(set.clone());
         }
-        let mut bundles = BTreeMap::new();
-        for (td, json) in self.store.list_bundles()? {
-            if td == self.own {
-                continue;
-            }
-            // A stored document that does not parse is left out (and said), not sent to
-            // every agent to be refused there.
-            match SpiffeBundle::parse(td.clone(), &json) {
-                Ok(_) => {
-                    bundles.insert(td.name().to_owned(), json);
-                }
-                Err(e) => {
-                    tracing::warn!(trust_domain = %td, error = %e, "stored foreign bundle does not parse; not sent to agents")
-                }
-            }
-        }
-        let set = Arc::new(ForeignSet::new(bundles));
-        *current = Some((Instant::now(), set.clone()));
+        let stored: BTreeMap<String, Vec<u8>> = self
+            .store
+            .list_bundles()?
+            .into_iter()
+            .filter(|(td, _)| *td != self.own)
+            .map(|(td, json)| (td.name().to_owned(), json))
+            .collect();
+        let set = match &current.1 {
+            // Unchanged since the last read: already checked, not parsed again.
+            Some(last) if last.stored == digest_of(&stored) => last.clone(),
+            _ => Arc::new(ForeignSet::checked(stored)),
+        };
+        *current = (Some(Instant::now()), Some(set.clone()));
         Ok(set)
     }
 
-    /// Forgets the last read, so that the next sync sees an operator's change at once.
+    /// Forgets the last read, so that the next sync reads the store again (tests use it
+    /// instead of waiting a second).
     pub fn invalidate(&self) {
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.current.lock().unwrap_or_else(|p| p.into_inner()).0 = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::datastore::SqliteDataStore;
+
+    fn json(td: &str) -> Vec<u8> {
+        let ca = crate::ca::manager::test_ca(TrustDomain::new(td).unwrap());
+        ca.bundle().unwrap().to_json().unwrap().into_bytes()
+    }
+
+    #[test]
+    fn agents_get_the_parsing_foreign_bundles_and_an_unchanged_store_is_not_parsed_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn DataStore> =
+            Arc::new(SqliteDataStore::open(&dir.path().join("db")).unwrap());
+        let td = |n: &str| TrustDomain::new(n).unwrap();
+        store.set_bundle(&td("example.com"), &json("example.com")).unwrap();
+        store.set_bundle(&td("example.org"), &json("example.org")).unwrap();
+        store.set_bundle(&td("broken.test"), b"{\"keys\": 7}").unwrap();
+        let foreign = ForeignBundles::new(store.clone(), td("example.org"));
+        let first = foreign.current().unwrap();
+        let names: Vec<&str> = first.bundles.keys().map(String::as_str).collect();
+        assert_eq!(names, ["example.com"], "own domain and a broken document are left out");
+        assert_eq!(first.digest, digest_of(&first.bundles));
+
+        foreign.invalidate();
+        assert!(Arc::ptr_eq(&first, &foreign.current().unwrap()), "unchanged: the same set");
+
+        store.delete_bundle(&td("example.com")).unwrap();
+        foreign.invalidate();
+        let after = foreign.current().unwrap();
+        assert!(after.bundles.is_empty() && after.digest.is_empty());
     }
 }

@@ -6,6 +6,7 @@ use keycard_workload_api::bundle_json::SpiffeBundle;
 use keycard_workload_api::{SpiffeId, TrustDomain};
 
 use super::fetch::EndpointUrl;
+use super::fetch_tls::ClientTls;
 use super::foreign::{BundleInputError, parse_bundle_input};
 use crate::server::datastore::EndpointProfile;
 
@@ -117,9 +118,8 @@ fn profile(
             if input.ca_pem.is_empty() {
                 return Ok(EndpointProfile::HttpsWeb { ca_pem: None });
             }
-            let text = String::from_utf8_lossy(input.ca_pem);
-            keycard_workload_api::X509Bundle::parse_pem(td.clone(), &text)
-                .map_err(|e| invalid(format!("the CA file holds no usable certificate: {e}")))?;
+            // The very trust store the fetch will build from it.
+            ClientTls::web(Some(input.ca_pem)).map_err(|e| invalid(e.to_string()))?;
             Ok(EndpointProfile::HttpsWeb { ca_pem: Some(input.ca_pem.to_vec()) })
         }
         "" => Err(RelationshipError::Missing("bundle_endpoint_profile")),
