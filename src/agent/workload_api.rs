@@ -46,10 +46,12 @@ use super::sds::{SdsConfig, SdsService, SecretDiscoveryServiceServer};
 use crate::telemetry::AgentMetrics;
 use crate::wire::oversized::OversizedLayer;
 pub use connection::{CallerState, WorkloadConnection, WorkloadPeer};
+use follow::ResponseStream;
 use limits::{ConnectionLimiter, ConnectionLimits, RegisteredUids};
 
 pub mod connection;
 mod convert;
+mod follow;
 mod jwt;
 pub mod limits;
 
@@ -180,7 +182,6 @@ pub struct WorkloadApiService {
     stop: watch::Receiver<bool>,
 }
 
-type ResponseStream<T> = ReceiverStream<Result<T, Status>>;
 
 fn check_header<T>(request: &Request<T>) -> Result<(), Status> {
     match request.metadata().get(SECURITY_HEADER) {
@@ -236,84 +237,22 @@ impl WorkloadApiService {
     }
 
     /// Streams `render(snapshot)` now and after every change that alters what it shows
-    /// (`same` says when two snapshots render alike), each time after re-checking the
-    /// caller; ends after an error, when the caller loses its last SVID, exits or changes,
-    /// or on shutdown. The stream holds its caller set's shared snapshot, never a copy.
+    /// ([`follow::follow`]). The first message is rendered here, on the check the
+    /// handler just made, so it goes out without a hand-off.
     fn stream<T, F>(
         &self,
         caller: SubscribedCaller,
         same: fn(&Snapshot, &Snapshot) -> bool,
         render: F,
-    ) -> ResponseStream<T>
+    ) -> Result<ResponseStream<T>, Status>
     where
         T: Send + 'static,
         F: Fn(&Snapshot) -> Result<T, Status> + Send + 'static,
     {
-        let (tx, rx) = mpsc::channel(4);
-        let mut stop = self.stop.clone();
         let SubscribedCaller { state, rx: mut updates } = caller;
-        tokio::spawn(async move {
-            let Ok(attested) = attested_of(&state) else { return };
-            let mut last: Option<Snapshot> = None;
-            // The request's handler checked the caller just before the stream started:
-            // the first message goes out on that check, later ones after their own.
-            let mut checked = true;
-            let start = tokio::time::Instant::now() + RECHECK_INTERVAL;
-            let mut recheck = tokio::time::interval_at(start, RECHECK_INTERVAL);
-            loop {
-                let snapshot = updates.borrow_and_update().clone();
-                let next = if snapshot.svids.is_empty() {
-                    Some(Err(no_identity(attested)))
-                } else if last.as_ref().is_some_and(|last| same(last, &snapshot)) {
-                    None
-                } else {
-                    match render(&snapshot) {
-                        Ok(msg) if std::mem::take(&mut checked) => Some(Ok(msg)),
-                        // Never send keys to a process that is no longer the attested one.
-                        Ok(msg) => Some(state.recheck().await.map(|()| msg)),
-                        Err(status) => Some(Err(status)),
-                    }
-                };
-                match next {
-                    None => {}
-                    Some(Ok(msg)) => {
-                        if tx.send(Ok(msg)).await.is_err() {
-                            return;
-                        }
-                        last = Some(snapshot);
-                    }
-                    Some(Err(status)) => {
-                        let _ = tx.send(Err(status)).await;
-                        return;
-                    }
-                }
-                let ended = loop {
-                    tokio::select! {
-                        changed = updates.changed() => match changed {
-                            Ok(()) => break None,
-                            Err(_) => return,
-                        },
-                        () = tx.closed() => return,
-                        () = attested.caller.exited() => {
-                            break Some(attestation_status(&AttestError::ProcessGone {
-                                pid: attested.caller.pid(),
-                            }));
-                        }
-                        _ = recheck.tick() => if let Err(status) = state.recheck().await {
-                            break Some(status);
-                        },
-                        _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => {
-                            break Some(Status::unavailable("the agent is shutting down"));
-                        }
-                    }
-                };
-                if let Some(status) = ended {
-                    let _ = tx.send(Err(status)).await;
-                    return;
-                }
-            }
-        });
-        ReceiverStream::new(rx)
+        let snapshot = updates.borrow_and_update().clone();
+        let first = render(&snapshot)?;
+        Ok(follow::follow(first, state, updates, snapshot, same, render, self.stop.clone()))
     }
 }
 
@@ -334,7 +273,7 @@ impl SpiffeWorkloadApi for WorkloadApiService {
         request: Request<X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
         let caller = self.subscribe(&request).await?;
-        Ok(Response::new(self.stream(caller, Snapshot::serves_as, convert::x509_svid_response)))
+        Ok(Response::new(self.stream(caller, Snapshot::serves_as, convert::x509_svid_response)?))
     }
 
     async fn fetch_x509_bundles(
@@ -344,7 +283,7 @@ impl SpiffeWorkloadApi for WorkloadApiService {
         let caller = self.subscribe(&request).await?;
         Ok(Response::new(self.stream(caller, convert::same_bundle, |s| {
             Ok(X509BundlesResponse { bundles: convert::x509_bundles(s)?, crl: Vec::new() })
-        })))
+        })?))
     }
 
     async fn fetch_jwtsvid(
@@ -369,7 +308,7 @@ impl SpiffeWorkloadApi for WorkloadApiService {
         let caller = self.subscribe(&request).await?;
         Ok(Response::new(self.stream(caller, convert::same_bundle, |s| {
             Ok(JwtBundlesResponse { bundles: convert::jwt_bundles(s)? })
-        })))
+        })?))
     }
 
     async fn validate_jwtsvid(

@@ -7,6 +7,13 @@
 //! From the first rewrite on, the server's table no longer matches the client's, so every
 //! later block is re-encoded too, with literals that neither read nor add table entries:
 //! whatever the server's table holds is then never consulted again.
+//!
+//! The clients this layer is for send the socket path on every request of a connection,
+//! and the others never send it. So the first header block decides: if its `:authority`
+//! is valid (or absent), nothing is rewritten on that connection and the layer steps
+//! aside for good ([`Mode::PassThrough`]: no more decoding, no copies), and a later
+//! invalid `:authority` meets h2's refusal of that one stream, as without the layer; if
+//! it is not, every block of the connection is decoded and re-encoded.
 
 use loona_hpack::Decoder;
 use loona_hpack::encoder::encode_integer_into;
@@ -52,13 +59,24 @@ pub(super) struct PendingBlock {
     pub raw: Vec<u8>,
 }
 
+/// What the layer does with a connection's header blocks (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Mode {
+    /// No header block finished yet: the first one decides.
+    Undecided,
+    /// The first block's `:authority` was fine: everything is forwarded as it comes.
+    PassThrough,
+    /// The first block's `:authority` was rewritten: every block is re-encoded.
+    Reencode,
+}
+
 /// The HPACK side of the layer: the decoder that tracks the client's dynamic table, and
-/// whether the server's table has been left behind by a rewrite.
+/// what the first block decided.
 pub(super) struct BlockRewriter {
-    /// Decoder fed with every block the client sends, in order.
+    /// Decoder fed with every block the client sends, in order, until the layer steps
+    /// aside.
     decoder: Decoder<'static>,
-    /// Set at the first rewrite; from then on every block is re-encoded (see module doc).
-    reencode_all: bool,
+    mode: Mode,
 }
 
 impl BlockRewriter {
@@ -66,20 +84,30 @@ impl BlockRewriter {
     pub fn new() -> Self {
         let mut decoder = Decoder::new();
         decoder.set_max_allowed_table_size(MAX_DYNAMIC_TABLE);
-        Self { decoder, reencode_all: false }
+        Self { decoder, mode: Mode::Undecided }
+    }
+
+    /// What the blocks so far decided.
+    pub fn mode(&self) -> Mode {
+        self.mode
     }
 
     /// Decodes a complete block and appends the frames to forward for it to `out`.
     pub fn finish(&mut self, block: PendingBlock, out: &mut Vec<u8>) -> Result<(), H2FixError> {
+        if self.mode == Mode::PassThrough {
+            out.extend_from_slice(&block.raw);
+            return Ok(());
+        }
         let mut headers =
             self.decoder.decode(&block.fragment).map_err(|e| H2FixError::Hpack(e.to_string()))?;
         for (name, value) in &mut headers {
             if name.as_slice() == b":authority" && !authority_is_valid(value) {
                 *value = REPLACEMENT_AUTHORITY.to_vec();
-                self.reencode_all = true;
+                self.mode = Mode::Reencode;
             }
         }
-        if !self.reencode_all {
+        if self.mode != Mode::Reencode {
+            self.mode = Mode::PassThrough;
             out.extend_from_slice(&block.raw);
             return Ok(());
         }

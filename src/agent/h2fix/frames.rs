@@ -5,7 +5,7 @@
 
 use super::H2FixError;
 use super::block::{
-    BlockRewriter, FLAG_END_HEADERS, FLAG_END_STREAM, FLAG_PADDED, FLAG_PRIORITY, PendingBlock,
+    BlockRewriter, FLAG_END_HEADERS, Mode, FLAG_END_STREAM, FLAG_PADDED, FLAG_PRIORITY, PendingBlock,
     TYPE_CONTINUATION, TYPE_HEADERS,
 };
 
@@ -69,16 +69,31 @@ impl FrameRewriter {
         }
     }
 
-    /// Whether the stream may end here: between frames, with no header block open.
+    /// Whether the stream may end here: between frames, with no header block open. Once
+    /// the layer has stepped aside ([`FrameRewriter::steps_aside`]) it no longer knows,
+    /// and says yes: what the client sends then reaches the server unchanged, cut or not.
     pub fn at_boundary(&self) -> bool {
-        matches!(self.state, State::FrameHeader | State::Preface(0))
+        self.steps_aside()
+            || (matches!(self.state, State::FrameHeader | State::Preface(0))
+                && self.buf.is_empty()
+                && self.pending.is_none())
+    }
+
+    /// Whether everything from here on is forwarded unchanged: the first header block
+    /// had a valid `:authority` and ended at a frame boundary.
+    pub fn steps_aside(&self) -> bool {
+        self.blocks.mode() == Mode::PassThrough
+            && matches!(self.state, State::FrameHeader)
             && self.buf.is_empty()
-            && self.pending.is_none()
     }
 
     /// Consumes `input` and appends what the server should receive to `out`.
     pub fn feed(&mut self, mut input: &[u8], out: &mut Vec<u8>) -> Result<(), H2FixError> {
         while !input.is_empty() {
+            if self.steps_aside() {
+                out.extend_from_slice(input);
+                return Ok(());
+            }
             match self.state {
                 State::Preface(seen) => {
                     let take = input.len().min(PREFACE.len() - seen);

@@ -8,7 +8,9 @@
 //! read as HTTP/2 frames, and a header block whose `:authority` is not a valid URI
 //! authority is re-encoded with `localhost` in its place ([`block`] explains how the
 //! HPACK state of both ends stays consistent). A malformed frame sequence ends the
-//! connection with an I/O error.
+//! connection with an I/O error. The first header block decides for the connection: when
+//! its `:authority` is valid, as from every client that does not send a socket path, the
+//! layer steps aside after it and reads go straight to the socket (no decoding, no copy).
 //!
 //! - [`frames`]: the frame parser (preface, frame headers, HEADERS/CONTINUATION, padding).
 //! - [`block`]: HPACK decode, the authority check, stateless re-encoding and framing.
@@ -109,9 +111,16 @@ impl ClientStreamRewriter {
         self.0.feed(input, out)
     }
 
-    /// Whether the client's stream may end here: between frames, no header block open.
+    /// Whether the client's stream may end here: between frames, no header block open
+    /// (always, once the layer stepped aside).
     pub fn at_boundary(&self) -> bool {
         self.0.at_boundary()
+    }
+
+    /// Whether the layer stepped aside: the first header block's `:authority` was valid,
+    /// and everything from there on is forwarded unchanged.
+    pub fn steps_aside(&self) -> bool {
+        self.0.steps_aside()
     }
 }
 
@@ -145,6 +154,14 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuthorityFix<S> {
                     this.out_pos = 0;
                 }
                 return Poll::Ready(Ok(()));
+            }
+            if this.rewriter.steps_aside() {
+                // Nothing left to look at: read straight into the server's buffer.
+                if !this.chunk.is_empty() {
+                    this.chunk = Box::default();
+                    this.out = Vec::new();
+                }
+                return Pin::new(&mut this.inner).poll_read(cx, buf);
             }
             let mut read = ReadBuf::new(&mut this.chunk);
             ready!(Pin::new(&mut this.inner).poll_read(cx, &mut read))?;

@@ -140,4 +140,7 @@ pub enum AgentApiError {
     /// The server could not set up TLS or its listener.
     #[error("agent API setup failed: {0}")]
     Setup(String),
+    /// The thread signing part of a batch failed (a bug); its items get this.
+    #[error("signing failed on the server: {0}")]
+    SigningTask(String),
 }

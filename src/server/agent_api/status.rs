@@ -41,7 +41,7 @@ pub fn code_of(err: &AgentApiError) -> Code {
         E::AttestRateLimited(_) | E::SignRateLimited { .. } => Code::ResourceExhausted,
         E::Ca(e) => ca_code(e),
         E::DataStore(_) => Code::Unavailable,
-        E::Setup(_) => Code::Internal,
+        E::Setup(_) | E::SigningTask(_) => Code::Internal,
     }
 }
 

@@ -6,7 +6,9 @@
 //!   sequence, with every frame other than a header block copied byte for byte, every
 //!   complete header block forwarded (same stream, END_STREAM and priority), and nothing
 //!   of an unfinished block or frame header forwarded early;
-//! - each header block, decoded by an independent HPACK decoder (`httlib-hpack`, one
+//! - when the first header block's `:authority` is valid (or absent), the layer steps
+//!   aside: everything is forwarded unchanged, later blocks included;
+//! - otherwise each header block, decoded by an independent HPACK decoder (`httlib-hpack`, one
 //!   table for the client's side and one for the server's), carries the same fields in
 //!   the same order, except an `:authority` that is not a valid URI authority, which
 //!   becomes `localhost`; a valid one is never touched.
@@ -41,8 +43,9 @@ fn frame_header(b: &[u8]) -> (usize, u8, u8, u32) {
     (len, b[3], b[4], stream)
 }
 
-/// Reads a client byte stream the way RFC 9113 lays it out.
-fn parse(bytes: &[u8]) -> Result<Parsed, String> {
+/// Reads a client byte stream the way RFC 9113 lays it out; with `first_block_only`, up to
+/// the end of the first header block.
+fn parse(bytes: &[u8], first_block_only: bool) -> Result<Parsed, String> {
     let mut rest = bytes.strip_prefix(PREFACE).ok_or("no preface")?;
     let mut items = Vec::new();
     loop {
@@ -93,17 +96,21 @@ fn parse(bytes: &[u8]) -> Result<Parsed, String> {
             rest = &rest[9 + clen..];
         }
         items.push(Item::Block { stream, end_stream: flags & END_STREAM != 0, priority, fragment });
+        if first_block_only {
+            return Ok(Parsed { items, tail: rest.to_vec() });
+        }
     }
 }
 
-/// Feeds `input` in pieces of `piece` bytes; returns the output, or `None` on an error.
-fn run(input: &[u8], piece: usize) -> Option<(Vec<u8>, bool)> {
+/// Feeds `input` in pieces of `piece` bytes; returns the output, whether it may end there
+/// and whether the layer stepped aside, or `None` on an error.
+fn run(input: &[u8], piece: usize) -> Option<(Vec<u8>, bool, bool)> {
     let mut rewriter = ClientStreamRewriter::new();
     let mut out = Vec::new();
     for chunk in input.chunks(piece) {
         rewriter.feed(chunk, &mut out).ok()?;
     }
-    Some((out, rewriter.at_boundary()))
+    Some((out, rewriter.at_boundary(), rewriter.steps_aside()))
 }
 
 fn valid_authority(value: &[u8]) -> bool {
@@ -127,10 +134,23 @@ pub fn check(data: &[u8]) -> bool {
     let whole = run(&input, input.len());
     let pieces = run(&input, usize::from(piece % 32) + 1);
     assert_eq!(whole, pieces, "feeding in pieces of {} changed the result", piece % 32 + 1);
-    let Some((output, at_boundary)) = whole else { return false };
+    let Some((output, at_boundary, stepped_aside)) = whole else { return false };
 
-    let sent = parse(&input).unwrap_or_else(|e| panic!("accepted a bad stream: {e}"));
-    let got = parse(&output).unwrap_or_else(|e| panic!("forwarded a bad stream: {e}"));
+    if stepped_aside {
+        assert_eq!(output, input, "the layer stepped aside but changed something");
+        let head = parse(&input, true).unwrap_or_else(|e| panic!("accepted a bad stream: {e}"));
+        let Some(Item::Block { fragment, .. }) = head.items.last() else {
+            panic!("stepped aside before a header block ended");
+        };
+        let mut client = httlib_hpack::Decoder::with_dynamic_size(4096);
+        if let Some(fields) = decode(&mut client, fragment) {
+            let bad = fields.iter().find(|(n, v, _)| n == b":authority" && !valid_authority(v));
+            assert!(bad.is_none(), "stepped aside after an invalid :authority: {bad:?}");
+        }
+        return true;
+    }
+    let sent = parse(&input, false).unwrap_or_else(|e| panic!("accepted a bad stream: {e}"));
+    let got = parse(&output, false).unwrap_or_else(|e| panic!("forwarded a bad stream: {e}"));
     assert_eq!(at_boundary, sent.tail.is_empty(), "boundary");
     let partial_frame = sent.tail.len() >= 9 && ![HEADERS, CONTINUATION].contains(&sent.tail[3]);
     let expected_tail: &[u8] = if partial_frame { &sent.tail } else { &[] };
