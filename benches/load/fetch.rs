@@ -4,7 +4,7 @@
 //! agent has cached. Calls of the two servers alternate in rounds, so that drift in the
 //! machine's load touches both alike.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use keycard_workload_api::client::unix_channel;
@@ -17,7 +17,7 @@ use tonic::transport::Channel;
 
 use crate::Options;
 use crate::cluster::{Cluster, entries};
-use crate::raw_api::{self, RawApi};
+use crate::raw_api::{RawApi, RawServer};
 use crate::table::{Goal, Row};
 
 /// Rounds the calls of each kind are split into, alternating keycard and raw.
@@ -171,7 +171,6 @@ pub fn run(options: &Options) -> Vec<Row> {
     let agent = cluster.agent("sync_interval = \"1s\"\n");
     agent.must_reach("cache_svids", 1, Duration::from_secs(60), "fetch");
     let raw_dir = tempfile::tempdir().expect("a temp dir");
-    let raw_socket: PathBuf = raw_dir.path().join("raw.sock");
     let keycard_socket = agent.agent.socket.clone();
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
     runtime.block_on(async {
@@ -187,7 +186,8 @@ pub fn run(options: &Options) -> Vec<Row> {
         let request =
             JwtsvidRequest { audience: vec![AUDIENCE.to_owned()], spiffe_id: String::new() };
         let jwt = client.fetch_jwtsvid(with_header(request)).await.expect("FetchJWTSVID");
-        raw_api::serve(RawApi { x509, jwt: jwt.into_inner() }, &raw_socket);
+        let raw_server = RawServer::spawn(&RawApi { x509, jwt: jwt.into_inner() }, raw_dir.path());
+        let raw_socket = raw_server.socket.clone();
 
         let n = options.pick(10_000, 500);
         let n_new = options.pick(5_000, 250);

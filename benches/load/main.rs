@@ -87,6 +87,13 @@ impl Options {
 const GROUPS: [&str; 5] = ["inproc", "fetch", "fleet", "scale", "dev"];
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(raw_api::RAW_SERVER_ARG) {
+        let (Some(socket), Some(dir)) = (args.get(2), args.get(3)) else {
+            panic!("usage: {} SOCKET DIR", raw_api::RAW_SERVER_ARG);
+        };
+        return raw_api::serve_process(socket.as_ref(), dir.as_ref());
+    }
     let options = Options::parse();
     let started = Instant::now();
     let mut rows: Vec<table::Row> = Vec::new();

@@ -17,7 +17,6 @@
 
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::MetadataExt as _;
 use std::path::PathBuf;
 
 use tokio::io::unix::AsyncFd;
@@ -35,6 +34,13 @@ pub struct Fingerprint {
     /// Device and inode of the file the process runs; `None` when the agent may not look
     /// (then no selector came from it either).
     exe: Option<(u64, u64)>,
+}
+
+impl Fingerprint {
+    /// The supplementary groups.
+    pub(crate) fn groups(&self) -> &[u32] {
+        &self.groups
+    }
 }
 
 /// The caller's pidfd: plain while attestation runs on the blocking pool, then registered
@@ -96,7 +102,7 @@ impl Caller {
         let pidfd = pidfd.map(Pidfd::Plain);
         let dir = procfs::proc_path(pid, "");
         let proc_dir = File::open(&dir).map_err(|e| procfs::proc_error(pid, &dir, e))?;
-        let stat = procfs::read_stat(pid, pinned(&proc_dir, "stat"))?;
+        let stat = procfs::stat_in(pid, &proc_dir)?;
         let caller = Self { pid, uid, gid, start_time: stat.start_time, pidfd, proc_dir };
         if stat.exited() {
             return Err(AttestError::ProcessGone { pid });
@@ -210,7 +216,7 @@ impl Caller {
     /// Like [`Caller::is_same_process`], as an error naming what changed: use it to refuse.
     pub fn ensure_same_process(&self) -> Result<(), AttestError> {
         self.ensure_alive()?;
-        self.ensure_same_ids(&procfs::read_status(self.pid, self.proc_file("status"))?)
+        self.ensure_same_ids(&procfs::status_in(self.pid, &self.proc_dir)?)
     }
 
     /// The process still runs (its pidfd, then its `stat` read through the pinned
@@ -223,7 +229,7 @@ impl Caller {
                 return Err(AttestError::ProcessGone { pid });
             }
         }
-        let stat = procfs::read_stat(pid, self.proc_file("stat"))?;
+        let stat = procfs::stat_in(pid, &self.proc_dir)?;
         if stat.exited() {
             return Err(AttestError::ProcessGone { pid });
         }
@@ -249,18 +255,13 @@ impl Caller {
     /// What the selectors besides uid and gid are derived from, now (blocking: reads
     /// `/proc`). Take it before collecting selectors, and compare after.
     pub(crate) fn fingerprint(&self) -> Result<Fingerprint, AttestError> {
-        let status = procfs::read_status(self.pid, self.proc_file("status"))?;
+        let status = procfs::status_in(self.pid, &self.proc_dir)?;
         self.fingerprint_with(status)
     }
 
     fn fingerprint_with(&self, status: procfs::Status) -> Result<Fingerprint, AttestError> {
-        let exe_link = self.proc_file("exe");
         // The link resolves to the inode the process runs, even when it was deleted.
-        let exe = match std::fs::metadata(&exe_link) {
-            Ok(meta) => Some((meta.dev(), meta.ino())),
-            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => None,
-            Err(e) => return Err(procfs::proc_error(self.pid, &exe_link, e)),
-        };
+        let exe = procfs::exe_inode_in(self.pid, &self.proc_dir)?;
         Ok(Fingerprint { groups: status.groups, exe })
     }
 
@@ -272,8 +273,13 @@ impl Caller {
     /// once the process is gone, whoever has its PID now); the process is then checked
     /// to be still the same one, so that what was read described it.
     pub fn ensure_unchanged(&self, attested: &Fingerprint) -> Result<(), AttestError> {
-        self.ensure_alive()?;
-        let status = procfs::read_status(self.pid, self.proc_file("status"))?;
+        // With a pidfd, the pinned directory's files fail once the process is gone and
+        // the pidfd is asked last, so the start time (`stat`) adds nothing: it is read
+        // only in the fallback without one.
+        if self.pidfd.is_none() {
+            self.ensure_alive()?;
+        }
+        let status = procfs::status_in(self.pid, &self.proc_dir)?;
         self.ensure_same_ids(&status)?;
         let now = self.fingerprint_with(status)?;
         let pid = self.pid;
@@ -292,6 +298,7 @@ impl Caller {
             None => self.ensure_alive(),
         }
     }
+
 }
 
 fn pinned(dir: &File, leaf: &str) -> PathBuf {

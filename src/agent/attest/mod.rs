@@ -130,24 +130,41 @@ impl Peer {
     }
 }
 
-/// Attests a peer: its start time and unix selectors from `/proc` (on the blocking pool),
-/// with a fingerprint taken before and compared after; then its pidfd is registered so
-/// that [`Caller::exited`] can wait for it.
+/// Attests a peer: its start time and unix selectors from `/proc`, with a fingerprint
+/// taken before and compared after; then its pidfd is registered so that
+/// [`Caller::exited`] can wait for it.
+///
+/// The `/proc` files are made by the kernel from memory and the account files are small
+/// and cached, so they are read on the calling task: that costs less than the hand-off to
+/// the blocking pool and back. With `unix:sha256` on, the whole executable is read, and
+/// attestation runs on the blocking pool.
 pub async fn attest_peer(
     peer: Peer,
     options: &UnixAttestorOptions,
 ) -> Result<Attested, AttestError> {
-    let options = options.clone();
-    let mut attested = tokio::task::spawn_blocking(move || {
-        let caller = Caller::from_peer(peer.0)?;
-        let fingerprint = caller.fingerprint()?;
-        let selectors = unix::collect(&caller, &options)?;
-        let attested = Attested { caller, selectors, fingerprint };
-        attested.ensure_unchanged()?;
-        Ok::<_, AttestError>(attested)
-    })
-    .await??;
+    let mut attested = if options.sha256 {
+        let options = options.clone();
+        tokio::task::spawn_blocking(move || attest_now(peer, &options)).await??
+    } else {
+        attest_now(peer, options)?
+    };
     attested.caller.watch_exit();
+    Ok(attested)
+}
+
+/// Whether [`attest_peer`] waits (on the blocking pool) with these options; when it does
+/// not, it completes in its first poll and cannot be cancelled halfway.
+pub fn attestation_waits(options: &UnixAttestorOptions) -> bool {
+    options.sha256
+}
+
+/// The blocking part of [`attest_peer`].
+fn attest_now(peer: Peer, options: &UnixAttestorOptions) -> Result<Attested, AttestError> {
+    let caller = Caller::from_peer(peer.0)?;
+    let fingerprint = caller.fingerprint()?;
+    let selectors = unix::collect(&caller, fingerprint.groups(), options)?;
+    let attested = Attested { caller, selectors, fingerprint };
+    attested.ensure_unchanged()?;
     Ok(attested)
 }
 
@@ -164,7 +181,7 @@ pub async fn attest(
 pub fn attest_pid(pid: i32, options: &UnixAttestorOptions) -> Result<SelectorSet, AttestError> {
     let caller = Caller::from_pid(pid)?;
     let fingerprint = caller.fingerprint()?;
-    let selectors = unix::collect(&caller, options)?;
+    let selectors = unix::collect(&caller, fingerprint.groups(), options)?;
     caller.ensure_unchanged(&fingerprint)?;
     Ok(selectors)
 }

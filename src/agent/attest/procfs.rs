@@ -3,7 +3,8 @@
 //! the executable (`/proc/<pid>/exe`), and user and group names (`/etc/passwd`,
 //! `/etc/group`). Parsers are pure functions over text so they are tested without a process.
 
-use std::io;
+use std::fs::File;
+use std::io::{self, Read as _};
 use std::path::{Path, PathBuf};
 
 use super::AttestError;
@@ -84,6 +85,45 @@ pub(crate) fn proc_error(pid: i32, path: &Path, source: io::Error) -> AttestErro
     match source.raw_os_error() {
         Some(libc::ENOENT) | Some(libc::ESRCH) => AttestError::ProcessGone { pid },
         _ => AttestError::ProcRead { path: path.to_owned(), source },
+    }
+}
+
+/// Reads `leaf` of a `/proc/<pid>` directory opened earlier (`dir`): one `openat` of that
+/// name (no walk through `/proc/self/fd`), then reads into a buffer that fits the file.
+/// Fails with [`AttestError::ProcessGone`] once the process is gone.
+fn read_in(pid: i32, dir: &File, leaf: &str) -> Result<String, AttestError> {
+    use rustix::fs::{Mode, OFlags, openat};
+    let fail = |e: io::Error| proc_error(pid, &proc_path(pid, leaf), e);
+    let fd = openat(dir, leaf, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| fail(e.into()))?;
+    let mut text = String::with_capacity(4096);
+    File::from(fd).read_to_string(&mut text).map_err(fail)?;
+    Ok(text)
+}
+
+/// Reads and parses `stat` of the `/proc/<pid>` directory `dir`.
+pub(crate) fn stat_in(pid: i32, dir: &File) -> Result<Stat, AttestError> {
+    parse_stat(&read_in(pid, dir, "stat")?).ok_or(AttestError::ProcParse {
+        path: proc_path(pid, "stat"),
+        what: "start time (field 22)",
+    })
+}
+
+/// Reads and parses `status` of the `/proc/<pid>` directory `dir`.
+pub(crate) fn status_in(pid: i32, dir: &File) -> Result<Status, AttestError> {
+    parse_status(&read_in(pid, dir, "status")?).ok_or(AttestError::ProcParse {
+        path: proc_path(pid, "status"),
+        what: "Uid, Gid and Groups lines",
+    })
+}
+
+/// Device and inode of the file the process of the `/proc/<pid>` directory `dir` runs
+/// (its `exe` link followed); `None` when the agent may not look.
+pub(crate) fn exe_inode_in(pid: i32, dir: &File) -> Result<Option<(u64, u64)>, AttestError> {
+    match rustix::fs::statat(dir, "exe", rustix::fs::AtFlags::empty()) {
+        Ok(st) => Ok(Some((st.st_dev, st.st_ino))),
+        Err(rustix::io::Errno::ACCESS) => Ok(None),
+        Err(e) => Err(proc_error(pid, &proc_path(pid, "exe"), e.into())),
     }
 }
 

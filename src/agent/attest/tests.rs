@@ -274,7 +274,7 @@ async fn caller_replaced_during_attestation_is_refused_100_times() {
             child.wait().unwrap();
             replacement = Some(spawn_replacement(pid));
             // The selectors may describe the replacement; the re-check must refuse them.
-            let _ = unix::collect(&caller, &options);
+            let _ = unix::collect(&caller, &[], &options);
             assert!(!caller.is_same_process().unwrap(), "iteration {i}: replaced caller kept");
             caller.ensure_same_process()
         };

@@ -37,13 +37,16 @@ impl Default for UnixAttestorOptions {
     }
 }
 
-/// Collects the unix selectors of `caller` (blocking: reads `/proc` and account files).
+/// Collects the unix selectors of `caller` whose supplementary groups are `groups` (from
+/// its [`Fingerprint`](super::caller::Fingerprint)); blocking: reads `/proc` and account
+/// files.
 ///
 /// The caller is NOT re-checked here; whoever uses the selectors must call
 /// [`Caller::ensure_unchanged`] afterwards, or they may describe a process that took
 /// over the PID meanwhile.
 pub(crate) fn collect(
     caller: &Caller,
+    groups: &[u32],
     options: &UnixAttestorOptions,
 ) -> Result<SelectorSet, AttestError> {
     let pid = caller.pid();
@@ -60,8 +63,7 @@ pub(crate) fn collect(
         add(&mut set, format!("group:{name}"));
     }
 
-    let status = procfs::read_status(pid, caller.proc_file("status"))?;
-    for gid in &status.groups {
+    for gid in groups {
         add(&mut set, format!("supplementary_gid:{gid}"));
         if let Some(name) = procfs::name_for_id(&group, *gid) {
             add(&mut set, format!("supplementary_group:{name}"));

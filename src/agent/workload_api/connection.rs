@@ -23,7 +23,9 @@ use tonic::Status;
 use tonic::transport::server::Connected;
 
 use super::limits::{ConnectionLimiter, ConnectionPermit};
-use crate::agent::attest::{AttestError, Attested, Peer, UnixAttestorOptions, attest_peer};
+use crate::agent::attest::{
+    AttestError, Attested, Peer, UnixAttestorOptions, attest_peer, attestation_waits,
+};
 use crate::agent::h2fix::{AuthorityFix, fix_authority};
 use crate::telemetry::AgentMetrics;
 
@@ -49,7 +51,7 @@ impl CallerState {
         // `recheck` (`attest_peer` compares the fingerprint after collecting): it is not
         // made twice in a row.
         let fresh = self.attested.get().is_none();
-        if fresh {
+        if fresh && attestation_waits(&self.options) {
             // In a task of its own: a request cancelled during attestation must not lose
             // the peer (it is taken once) for the requests that follow.
             let state = self.clone();
@@ -59,6 +61,9 @@ impl CallerState {
             if let Err(e) = attesting.await {
                 tracing::error!(error = %e, "workload attestation task failed");
             }
+        } else if fresh {
+            // Attestation completes in its first poll here: it cannot be cancelled halfway.
+            self.attested.get_or_init(|| self.attest_once()).await;
         }
         let Some(result) = self.attested.get() else {
             return Err(Status::unavailable("workload attestation failed"));
