@@ -182,7 +182,6 @@ pub struct WorkloadApiService {
     stop: watch::Receiver<bool>,
 }
 
-
 fn check_header<T>(request: &Request<T>) -> Result<(), Status> {
     match request.metadata().get(SECURITY_HEADER) {
         Some(v) if v.as_bytes() == SECURITY_HEADER_VALUE.as_bytes() => Ok(()),

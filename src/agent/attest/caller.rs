@@ -298,7 +298,6 @@ impl Caller {
             None => self.ensure_alive(),
         }
     }
-
 }
 
 fn pinned(dir: &File, leaf: &str) -> PathBuf {

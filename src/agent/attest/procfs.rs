@@ -127,12 +127,6 @@ pub(crate) fn exe_inode_in(pid: i32, dir: &File) -> Result<Option<(u64, u64)>, A
     }
 }
 
-/// Reads and parses `/proc/<pid>/stat` (at `path`, which may be a pinned alias).
-pub(crate) fn read_stat(pid: i32, path: PathBuf) -> Result<Stat, AttestError> {
-    let text = std::fs::read_to_string(&path).map_err(|e| proc_error(pid, &path, e))?;
-    parse_stat(&text).ok_or(AttestError::ProcParse { path, what: "start time (field 22)" })
-}
-
 /// Reads and parses `/proc/<pid>/status` (at `path`, which may be a pinned alias).
 pub(crate) fn read_status(pid: i32, path: PathBuf) -> Result<Status, AttestError> {
     let text = std::fs::read_to_string(&path).map_err(|e| proc_error(pid, &path, e))?;

@@ -5,8 +5,8 @@
 
 use super::H2FixError;
 use super::block::{
-    BlockRewriter, FLAG_END_HEADERS, Mode, FLAG_END_STREAM, FLAG_PADDED, FLAG_PRIORITY, PendingBlock,
-    TYPE_CONTINUATION, TYPE_HEADERS,
+    BlockRewriter, FLAG_END_HEADERS, FLAG_END_STREAM, FLAG_PADDED, FLAG_PRIORITY, Mode,
+    PendingBlock, TYPE_CONTINUATION, TYPE_HEADERS,
 };
 
 /// The client connection preface (RFC 9113, section 3.4).

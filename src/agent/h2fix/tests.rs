@@ -203,7 +203,7 @@ fn a_connection_whose_first_block_is_valid_is_forwarded_unchanged_from_then_on()
     input.extend(frame(CONTINUATION, FLAG_END_HEADERS, 3, &[0x82]));
     let mut rewriter = FrameRewriter::new();
     let mut out = Vec::new();
-    rewriter.feed(&PREFACE, &mut out).unwrap();
+    rewriter.feed(PREFACE, &mut out).unwrap();
     assert!(!rewriter.steps_aside(), "nothing decided before the first block");
     rewriter.feed(&input[..first.len() - 1], &mut out).unwrap();
     assert!(!rewriter.steps_aside(), "nor inside it");
