@@ -96,8 +96,17 @@ impl Caller {
     }
 
     /// Completes a caller from its peer credentials: reads its start time from `/proc`
-    /// (blocking), then checks it is still the process that connected.
+    /// (blocking), then checks it is still the process that connected, with the uid and
+    /// gid it connected with.
     pub(crate) fn from_peer(ids: PeerIds) -> Result<Self, AttestError> {
+        Self::from_peer_with_status(ids).map(|(caller, _)| caller)
+    }
+
+    /// [`Caller::from_peer`], also returning the `status` it read (for the fingerprint,
+    /// so that attestation reads it once less).
+    pub(crate) fn from_peer_with_status(
+        ids: PeerIds,
+    ) -> Result<(Self, procfs::Status), AttestError> {
         let PeerIds { pid, uid, gid, pidfd } = ids;
         let pidfd = pidfd.map(Pidfd::Plain);
         let dir = procfs::proc_path(pid, "");
@@ -107,9 +116,17 @@ impl Caller {
         if stat.exited() {
             return Err(AttestError::ProcessGone { pid });
         }
-        // The start time just read belongs to the pidfd's process only if it still runs.
-        caller.ensure_same_process()?;
-        Ok(caller)
+        let status = procfs::status_in(pid, &caller.proc_dir)?;
+        caller.ensure_same_ids(&status)?;
+        // The directory opened and what was read through it belong to the pidfd's
+        // process only if it still runs (without a pidfd, the start time just read is the
+        // pin).
+        if let Some(fd) = &caller.pidfd
+            && !peer::pidfd_alive(fd.fd()).map_err(AttestError::Pidfd)?
+        {
+            return Err(AttestError::ProcessGone { pid });
+        }
+        Ok((caller, status))
     }
 
     /// The process with this PID now (for `keycard agent explain --pid N`): uid and gid
@@ -149,6 +166,11 @@ impl Caller {
     /// attestation, so reading it fails once the process is gone.
     pub(crate) fn proc_file(&self, leaf: &str) -> PathBuf {
         pinned(&self.proc_dir, leaf)
+    }
+
+    /// `/proc/<pid>` of exactly this process, opened at attestation.
+    pub(crate) fn proc_dir(&self) -> &File {
+        &self.proc_dir
     }
 
     /// Whether the caller is pinned by a pidfd (else by PID and start time).
@@ -259,7 +281,11 @@ impl Caller {
         self.fingerprint_with(status)
     }
 
-    fn fingerprint_with(&self, status: procfs::Status) -> Result<Fingerprint, AttestError> {
+    /// The fingerprint from a `status` just read, and the executable now.
+    pub(crate) fn fingerprint_with(
+        &self,
+        status: procfs::Status,
+    ) -> Result<Fingerprint, AttestError> {
         // The link resolves to the inode the process runs, even when it was deleted.
         let exe = procfs::exe_inode_in(self.pid, &self.proc_dir)?;
         Ok(Fingerprint { groups: status.groups, exe })

@@ -160,8 +160,8 @@ pub fn attestation_waits(options: &UnixAttestorOptions) -> bool {
 
 /// The blocking part of [`attest_peer`].
 fn attest_now(peer: Peer, options: &UnixAttestorOptions) -> Result<Attested, AttestError> {
-    let caller = Caller::from_peer(peer.0)?;
-    let fingerprint = caller.fingerprint()?;
+    let (caller, status) = Caller::from_peer_with_status(peer.0)?;
+    let fingerprint = caller.fingerprint_with(status)?;
     let selectors = unix::collect(&caller, fingerprint.groups(), options)?;
     let attested = Attested { caller, selectors, fingerprint };
     attested.ensure_unchanged()?;

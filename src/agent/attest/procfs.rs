@@ -133,16 +133,20 @@ pub(crate) fn read_status(pid: i32, path: PathBuf) -> Result<Status, AttestError
     parse_status(&text).ok_or(AttestError::ProcParse { path, what: "Uid, Gid and Groups lines" })
 }
 
-/// The path the `/proc/<pid>/exe` link at `link` names, when it still names this executable.
+/// The path the `exe` link of the `/proc/<pid>` directory `dir` names, when it still
+/// names this executable.
 ///
 /// When the file was deleted or replaced after the process started, the kernel appends
 /// ` (deleted)` and the path no longer leads to what runs: then `None`. A file whose real
 /// name ends in ` (deleted)` is told apart by comparing device and inode with the file the
 /// process runs.
-pub(crate) fn read_exe_path(pid: i32, link: &Path) -> Result<Option<PathBuf>, AttestError> {
+pub(crate) fn read_exe_path(pid: i32, dir: &File) -> Result<Option<PathBuf>, AttestError> {
+    use std::os::unix::ffi::OsStringExt as _;
     use std::os::unix::fs::MetadataExt;
     const DELETED: &str = " (deleted)";
-    let target = std::fs::read_link(link).map_err(|e| proc_error(pid, link, e))?;
+    let fail = |e: rustix::io::Errno| proc_error(pid, &proc_path(pid, "exe"), e.into());
+    let target = rustix::fs::readlinkat(dir, "exe", Vec::new()).map_err(fail)?;
+    let target = PathBuf::from(std::ffi::OsString::from_vec(target.into_bytes()));
     if !target.is_absolute() {
         return Ok(None);
     }
@@ -152,9 +156,9 @@ pub(crate) fn read_exe_path(pid: i32, link: &Path) -> Result<Option<PathBuf>, At
     if !text.ends_with(DELETED) {
         return Ok(Some(target));
     }
-    let running = std::fs::metadata(link).map_err(|e| proc_error(pid, link, e))?;
+    let running = rustix::fs::statat(dir, "exe", rustix::fs::AtFlags::empty()).map_err(fail)?;
     let same = std::fs::metadata(&target)
-        .map(|m| m.dev() == running.dev() && m.ino() == running.ino())
+        .map(|m| m.dev() == running.st_dev && m.ino() == running.st_ino)
         .unwrap_or(false);
     Ok(same.then_some(target))
 }

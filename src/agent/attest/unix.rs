@@ -70,7 +70,7 @@ pub(crate) fn collect(
         }
     }
 
-    match skip_if_denied(procfs::read_exe_path(pid, &caller.proc_file("exe")))? {
+    match skip_if_denied(procfs::read_exe_path(pid, caller.proc_dir()))? {
         Some(Some(path)) => match path.to_str() {
             Some(text) => add(&mut set, format!("path:{text}")),
             None => tracing::warn!(pid, ?path, "executable path is not UTF-8: no unix:path"),
