@@ -23,7 +23,6 @@
 //! and with `Unavailable` on agent shutdown.
 
 use std::future::Future;
-use std::io;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -35,8 +34,7 @@ use keycard_workload_api::proto::{
 };
 use keycard_workload_api::{JwtBundleSet, validate_jwt_svid};
 use tokio::net::UnixListener;
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 use super::attest::{AttestError, Attested, UnixAttestorOptions};
@@ -133,8 +131,7 @@ pub async fn serve_apis(
     let workload = apis
         .workload_api
         .then(|| SpiffeWorkloadApiServer::new(WorkloadApiService { cache, jwt, stop: stop_rx }));
-    let (conn_tx, conn_rx) = mpsc::channel::<Result<WorkloadConnection, io::Error>>(16);
-    tokio::spawn(connection::accept_loop(listener, Arc::new(options), limiter, metrics, conn_tx));
+    let incoming = connection::Incoming::new(listener, Arc::new(options), limiter, metrics);
     let signal = async move {
         shutdown.await;
         stop_tx.send_replace(true);
@@ -143,7 +140,7 @@ pub async fn serve_apis(
         .layer(OversizedLayer)
         .add_optional_service(workload)
         .add_optional_service(sds)
-        .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), signal);
+        .serve_with_incoming_shutdown(incoming, signal);
     let grace_over = async move {
         // An error means the signal is gone, so the server has already returned.
         let _ = stopping.wait_for(|stopped| *stopped).await;

@@ -1,6 +1,6 @@
-//! Accepted Workload API connections: the accept loop with its per-uid and total caps,
-//! the first-request deadline, and each connection's caller, attested at its first
-//! request and re-checked on every later one.
+//! Accepted Workload API connections: the stream of them tonic serves ([`Incoming`]), with
+//! its per-uid and total caps, the first-request deadline, and each connection's caller,
+//! attested at its first request and re-checked on every later one.
 //!
 //! At accept only system calls run: `SO_PEERCRED` (the uid counted against the caps) and
 //! the caller's pidfd ([`Peer::of`]). The `/proc` reads of attestation run once, when the
@@ -12,13 +12,14 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{OnceCell, mpsc};
+use tokio::sync::OnceCell;
 use tokio::time::Sleep;
+use tokio_stream::Stream;
 use tonic::Status;
 use tonic::transport::server::Connected;
 
@@ -202,61 +203,90 @@ impl Connected for WorkloadConnection {
     }
 }
 
-/// Accepts connections until the server is gone: each is counted against its uid's and
-/// the total cap (over either: closed at once), then handed to tonic with its caller.
-pub(super) async fn accept_loop(
+/// The Workload API's accepted connections, as the stream tonic serves: each is counted
+/// against its uid's and the total cap (over either: closed at once) and handed over with
+/// its caller. Accepting happens as tonic polls for the next connection, in its own task:
+/// no task or channel between the listener and the server.
+pub(super) struct Incoming {
     listener: UnixListener,
     options: Arc<UnixAttestorOptions>,
     limiter: Arc<ConnectionLimiter>,
     metrics: Arc<AgentMetrics>,
-    conns: mpsc::Sender<Result<WorkloadConnection, io::Error>>,
-) {
-    let timeout = limiter.limits().first_request_timeout;
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accepting a Workload API connection failed");
-                    // Out of descriptors and the like: give the system a moment.
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = conns.closed() => return,
-        };
+    /// After a failed accept (out of descriptors and the like): the pause before the next.
+    pause: Option<Pin<Box<Sleep>>>,
+}
+
+impl Incoming {
+    /// Connections accepted on `listener` under `limiter`'s caps.
+    pub(super) fn new(
+        listener: UnixListener,
+        options: Arc<UnixAttestorOptions>,
+        limiter: Arc<ConnectionLimiter>,
+        metrics: Arc<AgentMetrics>,
+    ) -> Self {
+        Self { listener, options, limiter, metrics, pause: None }
+    }
+
+    /// The connection to serve for an accepted `stream`, or `None` when it is closed at
+    /// once (no peer credentials, over a cap).
+    fn admit(&self, stream: UnixStream) -> Option<WorkloadConnection> {
+        let metrics = &self.metrics;
         let uid = match stream.peer_cred() {
             Ok(cred) => cred.uid(),
             Err(e) => {
                 tracing::warn!(error = %e, "no peer credentials on a Workload API connection");
                 metrics.workload_refused("no_peer_credentials");
-                continue;
+                return None;
             }
         };
-        let permit = match limiter.try_acquire(uid) {
+        let permit = match self.limiter.try_acquire(uid) {
             Ok(permit) => permit,
             Err(refused) => {
                 tracing::debug!(uid, reason = refused.reason(), "Workload API connection refused");
                 metrics.workload_refused(refused.reason());
-                continue;
+                return None;
             }
         };
         let state = CallerState {
             peer: std::sync::Mutex::new(Some(Peer::of(&stream))),
             attested: OnceCell::new(),
             requested: AtomicBool::new(false),
-            options: options.clone(),
+            options: self.options.clone(),
             metrics: metrics.clone(),
         };
-        let conn = WorkloadConnection {
+        let timeout = self.limiter.limits().first_request_timeout;
+        Some(WorkloadConnection {
             inner: fix_authority(stream),
             peer: WorkloadPeer(Arc::new(state)),
             first_request: Some(Box::pin(tokio::time::sleep(timeout))),
             _permit: permit,
             _open: OpenConnection::new(metrics.clone()),
-        };
-        if conns.send(Ok(conn)).await.is_err() {
-            return;
+        })
+    }
+}
+
+impl Stream for Incoming {
+    type Item = Result<WorkloadConnection, io::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            if let Some(pause) = &mut self.pause {
+                ready!(pause.as_mut().poll(cx));
+                self.pause = None;
+            }
+            match ready!(self.listener.poll_accept(cx)) {
+                Ok((stream, _)) => {
+                    if let Some(conn) = self.admit(stream) {
+                        return Poll::Ready(Some(Ok(conn)));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a Workload API connection failed");
+                    // Out of descriptors and the like: give the system a moment.
+                    let pause = tokio::time::sleep(std::time::Duration::from_millis(50));
+                    self.pause = Some(Box::pin(pause));
+                }
+            }
         }
     }
 }
