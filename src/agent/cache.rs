@@ -380,6 +380,8 @@ pub(crate) mod test_support;
 pub(crate) use test_support::test_svid;
 
 #[cfg(test)]
+mod delta_tests;
+#[cfg(test)]
 mod federation_tests;
 #[cfg(test)]
 mod subscriber_tests;

@@ -23,6 +23,7 @@ mod failover;
 mod federation;
 mod harness;
 mod pacing;
+mod revisions;
 use harness::{selectors, setup, setup_with};
 
 fn leaf_public_key(svid: &WorkloadSvid) -> Vec<u8> {
