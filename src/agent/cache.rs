@@ -314,7 +314,8 @@ impl SvidCache {
         let entry_id = entry_id.clone();
         let svid = Arc::new(CachedSvid {
             entry_id: entry_id.clone(),
-            spiffe_id: id,
+            // The entry's (equal to the leaf's, checked above): one copy shared.
+            spiffe_id: entry.spiffe_id.clone(),
             chain: new.chain.into(),
             key: Arc::new(SvidKey::of(&new.key)),
             serial: new.serial.into(),

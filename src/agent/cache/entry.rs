@@ -52,7 +52,7 @@ impl CachedEntry {
             revision: e.revision,
             spiffe_id,
             selectors: selectors.ok()?,
-            hint: e.hint.as_str().into(),
+            hint: shared_hint(&e.hint),
             dns_names: e.dns_names.clone(),
             x509_ttl_seconds: e.x509_ttl_seconds,
             jwt_bound: e.jwt_svid_binding == JWT_BOUND,
@@ -145,6 +145,12 @@ impl CachedEntry {
             || self.selectors != old.selectors
             || self.federates_with != old.federates_with
     }
+}
+
+/// `hint` as the cache keeps it: the empty hint (most entries') is one shared value.
+fn shared_hint(hint: &str) -> Arc<str> {
+    static EMPTY: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+    if hint.is_empty() { EMPTY.get_or_init(|| Arc::from("")).clone() } else { Arc::from(hint) }
 }
 
 /// The entry's ID as the cache shares it: the one `held` already uses for it, else a new one.

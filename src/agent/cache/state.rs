@@ -10,17 +10,20 @@
 //!   those.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{BuildHasher as _, RandomState};
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::entry::CachedEntry;
 use super::{DueEntry, EntryId, FederatedBundles, TrustBundle, WorkloadSvid};
-use crate::selector::{Selector, SelectorSet};
+use crate::selector::SelectorSet;
 
-/// For each selector, the entries naming it (in no order). Both levels are shared between
-/// states: a sync that changes one entry's selectors copies the map's pointers and the
-/// lists of that entry's selectors, nothing else.
-type SelectorIndex = Arc<HashMap<Arc<Selector>, Arc<Vec<EntryId>>>>;
+/// For each selector (by a hash of it: the entries hold the selectors themselves), the
+/// entries naming it, in no order. A hash two selectors share only adds candidates, which
+/// [`CachedEntry::matches`] sorts out. Both levels are shared between states: a sync that
+/// changes one entry's selectors copies the map's pointers and the lists of that entry's
+/// selectors, nothing else.
+type SelectorIndex = Arc<HashMap<u64, Arc<Vec<EntryId>>>>;
 
 /// What readers see: never changed once published, replaced whole by writers.
 #[derive(Debug, Default, Clone)]
@@ -36,6 +39,8 @@ pub(super) struct State {
     urgent: BTreeSet<EntryId>,
     /// The entries by selector; see [`SelectorIndex`].
     by_selector: SelectorIndex,
+    /// Hashes selectors for `by_selector` (keyed at random once per cache).
+    hasher: RandomState,
 }
 
 impl State {
@@ -92,20 +97,21 @@ impl State {
     fn index_selectors(&mut self, id: &EntryId, selectors: &SelectorSet, add: bool) {
         let index = Arc::make_mut(&mut self.by_selector);
         for s in selectors.iter() {
+            let key = self.hasher.hash_one(s);
             if add {
-                match index.get_mut(s) {
+                match index.get_mut(&key) {
                     Some(list) => Arc::make_mut(list).push(id.clone()),
                     None => {
-                        index.insert(Arc::new(s.clone()), Arc::new(vec![id.clone()]));
+                        index.insert(key, Arc::new(vec![id.clone()]));
                     }
                 }
-            } else if let Some(list) = index.get_mut(s) {
+            } else if let Some(list) = index.get_mut(&key) {
                 let ids = Arc::make_mut(list);
                 if let Some(at) = ids.iter().position(|held| held == id) {
                     ids.swap_remove(at);
                 }
                 if ids.is_empty() {
-                    index.remove(s);
+                    index.remove(&key);
                 }
             }
         }
@@ -176,7 +182,7 @@ impl State {
     ) -> impl Iterator<Item = (&'a EntryId, &'a Arc<CachedEntry>)> + 'a {
         let candidates: BTreeSet<&EntryId> = selectors
             .iter()
-            .filter_map(|s| self.by_selector.get(s))
+            .filter_map(|s| self.by_selector.get(&self.hasher.hash_one(s)))
             .flat_map(|ids| ids.iter())
             .collect();
         candidates
