@@ -264,11 +264,13 @@ impl SvidCache {
         let current = self.current();
         let mut next = State::clone(&current);
         let mut changed = Vec::new();
+        // The authority ID of the batch's last SVID: most come from one authority.
+        let mut authority = None;
         let results = svids
             .into_iter()
             .map(|svid| {
                 let entry_id = svid.entry_id.clone();
-                let result = Self::update_one(&mut next, svid, now);
+                let result = Self::update_one(&mut next, svid, now, &mut authority);
                 if result.is_ok() {
                     changed.push(entry_id);
                 }
@@ -279,7 +281,14 @@ impl SvidCache {
         results
     }
 
-    fn update_one(state: &mut State, new: NewSvid, now: SystemTime) -> Result<(), CacheError> {
+    /// Checks `new` and puts it in place. `authority` is the authority ID of the last
+    /// SVID put in place, shared with this one if it has the same.
+    fn update_one(
+        state: &mut State,
+        new: NewSvid,
+        now: SystemTime,
+        authority: &mut Option<Arc<str>>,
+    ) -> Result<(), CacheError> {
         let bundle = state.bundle.clone().ok_or(CacheError::NoBundle)?;
         let Some((entry_id, entry)) = state.entries().get_key_value(&*new.entry_id) else {
             return Err(CacheError::UnknownEntry(new.entry_id.to_string()));
@@ -305,12 +314,13 @@ impl SvidCache {
         if public_key != new.key.public_key_der() {
             return Err(CacheError::KeyMismatch(entry_id.to_string()));
         }
-        // Shared with the SVID held before (mostly signed by the same authority).
-        let held_authority = entry.svid.as_ref().and_then(|s| s.authority_id.clone());
-        let authority_id = authority_id.map(|aki| match held_authority {
-            Some(held) if *held == *aki => held,
-            _ => Arc::from(aki),
+        // One copy per authority: shared with the SVID held before or the last one put.
+        let held = entry.svid.as_ref().and_then(|s| s.authority_id.as_ref());
+        let authority_id = authority_id.map(|aki| {
+            let shared = [held, authority.as_ref()].into_iter().flatten().find(|a| ***a == *aki);
+            shared.cloned().unwrap_or_else(|| Arc::from(aki))
         });
+        authority.clone_from(&authority_id);
         let entry_id = entry_id.clone();
         let svid = Arc::new(CachedSvid {
             entry_id: entry_id.clone(),
@@ -326,7 +336,7 @@ impl SvidCache {
         });
         state.update(&entry_id, |entry| {
             entry.stale = false;
-            entry.set_svid(svid);
+            entry.svid = Some(svid);
         });
         Ok(())
     }

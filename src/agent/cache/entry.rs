@@ -8,7 +8,6 @@
 use std::sync::Arc;
 
 use keycard_workload_api::{SpiffeId, TrustDomain};
-use rustls_pki_types::CertificateDer;
 
 use super::{CachedSvid, EntryId, WorkloadSvid, federated};
 use crate::selector::{Selector, SelectorSet};
@@ -36,9 +35,6 @@ pub(super) struct CachedEntry {
     /// Set when the entry changed in a way its SVID must follow (DNS names, TTL).
     pub(super) stale: bool,
     pub(super) svid: Option<Arc<CachedSvid>>,
-    /// The SVID as workloads get it, made once per SVID (and hint): every caller's set
-    /// shares its chain.
-    pub(super) served: Option<WorkloadSvid>,
 }
 
 impl CachedEntry {
@@ -59,7 +55,6 @@ impl CachedEntry {
             federates_with: federated::parse_federates_with(e),
             stale: false,
             svid: None,
-            served: None,
         })
     }
 
@@ -90,28 +85,24 @@ impl CachedEntry {
             return;
         }
         self.svid = old.svid.clone();
-        self.served = old.served.clone().map(|mut s| {
-            s.hint = self.hint.clone();
-            s
-        });
         self.stale = old.stale
             || old.dns_names != self.dns_names
             || old.x509_ttl_seconds != self.x509_ttl_seconds;
     }
 
-    /// Puts `svid` in place, with the form workloads get.
-    pub(super) fn set_svid(&mut self, svid: Arc<CachedSvid>) {
-        let chain: Arc<[CertificateDer<'static>]> = svid.chain.clone();
-        self.served = Some(WorkloadSvid {
+    /// The SVID as workloads get it, if the entry has one: every part of it is shared with
+    /// the cached SVID and the entry (made from pointers, never kept).
+    pub(super) fn served(&self) -> Option<WorkloadSvid> {
+        let svid = self.svid.as_ref()?;
+        Some(WorkloadSvid {
             entry_id: svid.entry_id.clone(),
             spiffe_id: svid.spiffe_id.clone(),
-            chain,
+            chain: svid.chain.clone(),
             key: svid.key.clone(),
             serial: svid.serial.clone(),
             expires_at: svid.expires_at,
             hint: self.hint.clone(),
-        });
-        self.svid = Some(svid);
+        })
     }
 
     /// Whether a caller with `selectors` is entitled to this entry. An entry with no

@@ -23,7 +23,52 @@ use crate::selector::SelectorSet;
 /// [`CachedEntry::matches`] sorts out. Both levels are shared between states: a sync that
 /// changes one entry's selectors copies the map's pointers and the lists of that entry's
 /// selectors, nothing else.
-type SelectorIndex = Arc<HashMap<u64, Arc<Vec<EntryId>>>>;
+type SelectorIndex = Arc<HashMap<u64, Named>>;
+
+/// The entries naming one selector. Most selectors are named by one entry (a workload's
+/// own uid, pod or path), kept inline; a list is shared between states.
+#[derive(Debug, Clone)]
+enum Named {
+    One(EntryId),
+    Many(Arc<Vec<EntryId>>),
+}
+
+impl Named {
+    fn iter(&self) -> std::slice::Iter<'_, EntryId> {
+        match self {
+            Named::One(id) => std::slice::from_ref(id).iter(),
+            Named::Many(ids) => ids.iter(),
+        }
+    }
+
+    fn push(&mut self, id: EntryId) {
+        match self {
+            Named::One(first) => *self = Named::Many(Arc::new(vec![first.clone(), id])),
+            Named::Many(ids) => Arc::make_mut(ids).push(id),
+        }
+    }
+
+    /// Takes `id` out (once); returns whether none is left.
+    fn remove(&mut self, id: &EntryId) -> bool {
+        match self {
+            Named::One(held) => held == id,
+            Named::Many(ids) => {
+                let list = Arc::make_mut(ids);
+                if let Some(at) = list.iter().position(|held| held == id) {
+                    list.swap_remove(at);
+                }
+                match list.as_slice() {
+                    [] => true,
+                    [last] => {
+                        *self = Named::One(last.clone());
+                        false
+                    }
+                    _ => false,
+                }
+            }
+        }
+    }
+}
 
 /// What readers see: never changed once published, replaced whole by writers.
 #[derive(Debug, Default, Clone)]
@@ -100,19 +145,15 @@ impl State {
             let key = self.hasher.hash_one(s);
             if add {
                 match index.get_mut(&key) {
-                    Some(list) => Arc::make_mut(list).push(id.clone()),
+                    Some(named) => named.push(id.clone()),
                     None => {
-                        index.insert(key, Arc::new(vec![id.clone()]));
+                        index.insert(key, Named::One(id.clone()));
                     }
                 }
-            } else if let Some(list) = index.get_mut(&key) {
-                let ids = Arc::make_mut(list);
-                if let Some(at) = ids.iter().position(|held| held == id) {
-                    ids.swap_remove(at);
-                }
-                if ids.is_empty() {
-                    index.remove(&key);
-                }
+            } else if let Some(named) = index.get_mut(&key)
+                && named.remove(id)
+            {
+                index.remove(&key);
             }
         }
     }
@@ -194,7 +235,7 @@ impl State {
     /// The SVIDs of every entry a caller with `selectors` is entitled to, lowest entry ID
     /// first; entries without an SVID yet are left out.
     pub(super) fn svids_in(&self, selectors: &SelectorSet) -> Vec<WorkloadSvid> {
-        self.entries_for(selectors).filter_map(|(_, e)| e.served.clone()).collect()
+        self.entries_for(selectors).filter_map(|(_, e)| e.served()).collect()
     }
 
     /// The foreign bundles a caller holding `svids` may have: those of the trust domains
@@ -242,6 +283,6 @@ impl State {
     /// How many entries the selector index names, each once per selector.
     #[cfg(test)]
     pub(super) fn selector_indexed(&self) -> usize {
-        self.by_selector.values().map(|ids| ids.len()).sum()
+        self.by_selector.values().map(|ids| ids.iter().len()).sum()
     }
 }

@@ -197,7 +197,7 @@ fn patched(
             .iter()
             .filter_map(|id| next.entry(id))
             .filter(|e| e.matches(selectors))
-            .filter_map(|e| e.served.clone()),
+            .filter_map(|e| e.served()),
     );
     list.sort_by(|a, b| a.entry_id.cmp(&b.entry_id));
     let same =
