@@ -104,7 +104,7 @@ impl AgentStatus {
 
 /// Runs the agent until `shutdown` triggers or a part fails.
 pub async fn run(config: AgentConfig, shutdown: Shutdown) -> Result<(), RunError> {
-    trim::fix_mmap_threshold();
+    trim::tune_allocator();
     let dir = config.data_dir.clone();
     let storage = off_runtime(move || AgentStorage::open(&dir)).await?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
