@@ -35,8 +35,8 @@ async fn a_server_without_cursors_is_synced_by_revision_list_against_the_cache()
         s.cache.svids_for(&selectors(&[uid])).iter().map(|v| v.entry_id.to_string()).collect()
     };
     assert!(ids("unix:uid:2").is_empty() && ids("unix:uid:3").is_empty());
-    assert_eq!(ids("unix:uid:4"), [change.id.clone()], "moved with its SVID");
-    assert_eq!(ids("unix:uid:5"), [added.id.clone()]);
+    assert_eq!(ids("unix:uid:4"), std::slice::from_ref(&change.id), "moved with its SVID");
+    assert_eq!(ids("unix:uid:5"), std::slice::from_ref(&added.id));
     let now_kept = s.cache.svid(&keep.id).unwrap();
     assert!(Arc::ptr_eq(&kept, &now_kept), "the unchanged entry's SVID is the same one");
     assert!(!keep_sub.has_changed().unwrap(), "its caller set was not told anything");
