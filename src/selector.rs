@@ -52,11 +52,26 @@ pub enum SelectorError {
     },
 }
 
-/// One selector, `type:value`.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// One selector, `type:value`. Kept as its text in one allocation (an agent holds one per
+/// entry and selector); ordered by type, then value.
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Selector {
-    kind: String,
-    value: String,
+    /// `type:value`; the type never holds a `:`, so the first one splits them.
+    text: Box<str>,
+    /// Length of the type.
+    kind_len: usize,
+}
+
+impl Ord for Selector {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.kind(), self.value()).cmp(&(other.kind(), other.value()))
+    }
+}
+
+impl PartialOrd for Selector {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 impl Selector {
@@ -78,7 +93,7 @@ impl Selector {
         if value.chars().any(char::is_control) || value.trim() != value {
             return Err(SelectorError::BadValue(value.to_owned()));
         }
-        Ok(Self { kind: kind.to_owned(), value: value.to_owned() })
+        Ok(Self { text: format!("{kind}:{value}").into(), kind_len: kind.len() })
     }
 
     /// Parses `type:value`; the value may itself contain `:`.
@@ -90,32 +105,32 @@ impl Selector {
 
     /// The attestor type, such as `unix`.
     pub fn kind(&self) -> &str {
-        &self.kind
+        &self.text[..self.kind_len]
     }
 
     /// The value, such as `uid:1000`.
     pub fn value(&self) -> &str {
-        &self.value
+        &self.text[self.kind_len + 1..]
     }
 
     /// Whether the selector is a node selector (made by a node attestor, matched by
     /// node-alias entries) rather than a workload one.
     pub fn is_node_type(&self) -> bool {
-        NODE_TYPES.contains(&self.kind.as_str())
+        NODE_TYPES.contains(&self.kind())
     }
 
     /// Checks that some attestor of keycard can produce this selector, so that an entry
     /// holding it can ever match. Registration uses this; parsing does not, so selectors
     /// stored by an older version still load.
     pub fn check_known(&self) -> Result<(), SelectorError> {
-        let expected = match self.kind.as_str() {
-            "unix" => unix_rule(&self.value),
-            "join_token" => (is_lower_hex(&self.value, JOIN_TOKEN_ID_LEN)).then_some(()).ok_or(
+        let expected = match self.kind() {
+            "unix" => unix_rule(self.value()),
+            "join_token" => (is_lower_hex(self.value(), JOIN_TOKEN_ID_LEN)).then_some(()).ok_or(
                 "a join_token selector is the token ID: 16 lowercase hex digits, as \
                      `keycard token generate` prints it",
             ),
-            "x509pop" => x509pop_rule(&self.value),
-            _ => return Err(SelectorError::UnknownType(self.kind.clone())),
+            "x509pop" => x509pop_rule(self.value()),
+            _ => return Err(SelectorError::UnknownType(self.kind().to_owned())),
         };
         expected.map_err(|expected| SelectorError::NeverMatches {
             selector: self.to_string(),
@@ -185,7 +200,7 @@ fn is_lower_hex(text: &str, len: usize) -> bool {
 
 impl fmt::Display for Selector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.kind, self.value)
+        f.write_str(&self.text)
     }
 }
 

@@ -113,7 +113,7 @@ impl pb::agent_admin_server::AgentAdmin for AgentAdminService {
                     t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs() as i64
                 });
                 pb::EntryMatch {
-                    entry_id: view.entry_id,
+                    entry_id: view.entry_id.to_string(),
                     spiffe_id: view.spiffe_id.to_string(),
                     selectors: view.selectors.iter().map(ToString::to_string).collect(),
                     // An entry without selectors matches nobody (as in the Workload API).

@@ -21,27 +21,31 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
-use keycard_workload_api::{SpiffeBundle, SpiffeId, X509BundleSet};
+use keycard_workload_api::{SpiffeBundle, X509BundleSet};
 use rustls_pki_types::UnixTime;
 use x509_parser::prelude::{FromDer as _, ParsedExtension, X509Certificate};
 
 use crate::clock::Clock;
-use crate::selector::{Selector, SelectorSet};
+use crate::selector::SelectorSet;
 use crate::wire::proto as pb;
 
 mod bundle_rule;
+mod delta;
+mod entry;
 mod federated;
 mod state;
 mod subscribers;
 mod types;
 
 pub use bundle_rule::check_bundle_update;
+pub use delta::CacheDelta;
+use entry::CachedEntry;
 pub use federated::{FederatedBundles, same_federated};
-use state::{CachedEntry, State};
+use state::State;
 pub use subscribers::Subscription;
 use subscribers::{Change, Registry};
 pub use types::{
-    CacheError, CachedSvid, DueEntry, EntryChanges, EntryView, NewSvid, Snapshot, SvidKey,
+    CacheError, CachedSvid, DueEntry, EntryChanges, EntryId, EntryView, NewSvid, Snapshot, SvidKey,
     TrustBundle, WorkloadSvid,
 };
 
@@ -61,18 +65,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn parse_entry(e: &pb::Entry) -> Option<(SpiffeId, SelectorSet)> {
-    let id = SpiffeId::parse(&e.spiffe_id).ok()?;
-    let selectors: Result<SelectorSet, _> =
-        e.selectors.iter().map(|s| Selector::parse(s)).collect();
-    Some((id, selectors.ok()?))
-}
-
 fn unix_time(t: SystemTime) -> UnixTime {
     UnixTime::since_unix_epoch(t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default())
 }
 
-/// The leaf's `notAfter` and authority key ID.
+/// The leaf's `notAfter`, public key and authority key ID.
 fn leaf_facts(leaf: &[u8]) -> Option<(SystemTime, Vec<u8>, Option<String>)> {
     let (_, cert) = X509Certificate::from_der(leaf).ok()?;
     let secs = u64::try_from(cert.validity().not_after.timestamp()).ok()?;
@@ -104,7 +101,7 @@ impl SvidCache {
     /// Publishes `next` and tells the caller sets whose view changed (the sets the
     /// `changed` entries concern; all of them on a new bundle). Called with the writers'
     /// lock held, so that snapshots reach subscribers in the order they were made.
-    fn install(&self, before: &State, next: State, changed: Vec<String>) {
+    fn install(&self, before: &State, next: State, changed: Vec<EntryId>) {
         let next = Arc::new(next);
         // The registry is locked before the state is swapped: a subscriber that joins
         // meanwhile reads either the old state (and is then told) or the new one.
@@ -148,8 +145,35 @@ impl SvidCache {
     }
 
     /// IDs of the entries held, in order.
-    pub fn entry_ids(&self) -> Vec<String> {
+    pub fn entry_ids(&self) -> Vec<EntryId> {
         self.current().entries().keys().cloned().collect()
+    }
+
+    /// How many entries the cache holds.
+    pub fn len(&self) -> usize {
+        self.current().entries().len()
+    }
+
+    /// Whether the cache holds no entry.
+    pub fn is_empty(&self) -> bool {
+        self.current().entries().is_empty()
+    }
+
+    /// Every entry held with its revision, lowest ID first (what the revision-list sync
+    /// compares with the server's list).
+    pub fn revisions(&self) -> Vec<(EntryId, u64)> {
+        self.current().entries().iter().map(|(id, e)| (id.clone(), e.revision)).collect()
+    }
+
+    /// The tainted authority IDs of the last sync that sent them.
+    pub fn tainted(&self) -> Vec<String> {
+        self.current().tainted().to_vec()
+    }
+
+    /// The current entries and SVIDs as one consistent image, to write out (the disk
+    /// cache); taking it copies a pointer.
+    pub fn image(&self) -> CacheImage {
+        CacheImage(self.current())
     }
 
     /// Follows what a caller with `selectors` is entitled to: the subscription holds the
@@ -184,11 +208,9 @@ impl SvidCache {
         self.set_synced(entries, bundle, tainted, None)
     }
 
-    /// Replaces the entries, bundle and tainted authorities with a sync's result, and the
-    /// federated bundles with `federated` when given (the whole set: a trust domain left
-    /// out is no longer served), in one publish. SVIDs of entries that are gone (or now
-    /// name another SPIFFE ID) are dropped at once. A bundle without X.509 authorities is
-    /// refused (nothing changes).
+    /// Replaces the entries, bundle and tainted authorities with a whole set, and the
+    /// federated bundles with `federated` when given, in one publish: a full
+    /// [`CacheDelta`] (see [`SvidCache::apply`]).
     pub fn set_synced(
         &self,
         entries: &BTreeMap<String, pb::Entry>,
@@ -196,81 +218,14 @@ impl SvidCache {
         tainted: &[String],
         federated: Option<FederatedBundles>,
     ) -> Result<EntryChanges, CacheError> {
-        let bundle = match bundle {
-            Some(b) if b.x509_authorities.is_empty() => return Err(CacheError::EmptyBundle),
-            Some(b) => Some(Arc::new(TrustBundle::of(b)?)),
-            None => None,
-        };
-        let _writer = lock(&self.writer);
-        let current = self.current();
-        let mut changes = EntryChanges::default();
-        let mut next = State::with_tainted(tainted.to_vec());
-        let mut changed = Vec::new();
-        for (id, e) in entries {
-            let Some((spiffe_id, selectors)) = parse_entry(e) else {
-                tracing::warn!(entry_id = %id, "skipping an entry the agent cannot parse");
-                changes.skipped += 1;
-                continue;
-            };
-            let mut cached = CachedEntry {
-                spiffe_id,
-                selectors,
-                hint: e.hint.clone(),
-                dns_names: e.dns_names.clone(),
-                x509_ttl_seconds: e.x509_ttl_seconds,
-                jwt_bound: e.jwt_svid_binding == "x509",
-                federates_with: federated::parse_federates_with(e),
-                stale: false,
-                svid: None,
-                served: None,
-            };
-            let old = current.entry(id);
-            match old {
-                Some(old) if old.spiffe_id == cached.spiffe_id => {
-                    cached.svid = old.svid.clone();
-                    cached.served = old.served.clone().map(|mut s| {
-                        s.hint.clone_from(&cached.hint);
-                        s
-                    });
-                    cached.stale = old.stale
-                        || old.dns_names != cached.dns_names
-                        || old.x509_ttl_seconds != cached.x509_ttl_seconds;
-                }
-                Some(_) => {}
-                None => changes.added += 1,
-            }
-            let entry = match old {
-                Some(old) if !cached.serves_differently_from(old) && old.same_as(&cached) => {
-                    old.clone()
-                }
-                Some(old) if !cached.serves_differently_from(old) => Arc::new(cached),
-                _ => {
-                    changed.push(id.clone());
-                    Arc::new(cached)
-                }
-            };
-            next.put(id.clone(), entry);
-        }
-        for id in current.entries().keys() {
-            if next.entry(id).is_none() {
-                changes.removed += 1;
-                changed.push(id.clone());
-            }
-        }
-        next.bundle = current.bundle.clone();
-        next.federated = match federated {
-            Some(set) => federated::keep_shared(&current.federated, set),
-            None => current.federated.clone(),
-        };
-        if let Some(bundle) = bundle
-            && current.bundle.as_deref() != Some(&*bundle)
-        {
-            Self::mark_unverifiable(&mut next, &bundle, self.clock.now());
-            next.bundle = Some(bundle);
-        }
-        next.reindex_selectors();
-        self.install(&current, next, changed);
-        Ok(changes)
+        self.apply(CacheDelta {
+            full: true,
+            entries: entries.values().cloned().collect(),
+            removed: Vec::new(),
+            bundle,
+            tainted: Some(tainted.to_vec()),
+            federated,
+        })
     }
 
     /// Marks for replacement every SVID that no longer chains to `bundle` (its authority
@@ -309,11 +264,13 @@ impl SvidCache {
         let current = self.current();
         let mut next = State::clone(&current);
         let mut changed = Vec::new();
+        // The authority ID of the batch's last SVID: most come from one authority.
+        let mut authority = None;
         let results = svids
             .into_iter()
             .map(|svid| {
                 let entry_id = svid.entry_id.clone();
-                let result = Self::update_one(&mut next, svid, now);
+                let result = Self::update_one(&mut next, svid, now, &mut authority);
                 if result.is_ok() {
                     changed.push(entry_id);
                 }
@@ -324,19 +281,26 @@ impl SvidCache {
         results
     }
 
-    fn update_one(state: &mut State, new: NewSvid, now: SystemTime) -> Result<(), CacheError> {
-        let entry_id = new.entry_id.clone();
+    /// Checks `new` and puts it in place. `authority` is the authority ID of the last
+    /// SVID put in place, shared with this one if it has the same.
+    fn update_one(
+        state: &mut State,
+        new: NewSvid,
+        now: SystemTime,
+        authority: &mut Option<Arc<str>>,
+    ) -> Result<(), CacheError> {
         let bundle = state.bundle.clone().ok_or(CacheError::NoBundle)?;
-        let entry =
-            state.entry(&entry_id).ok_or_else(|| CacheError::UnknownEntry(entry_id.clone()))?;
-        let bad = |reason: String| CacheError::BadChain { entry_id: entry_id.clone(), reason };
+        let Some((entry_id, entry)) = state.entries().get_key_value(&*new.entry_id) else {
+            return Err(CacheError::UnknownEntry(new.entry_id.to_string()));
+        };
+        let bad = |reason: String| CacheError::BadChain { entry_id: entry_id.to_string(), reason };
         let mut set = X509BundleSet::new();
         set.insert(bundle.x509.clone());
         let id = keycard_workload_api::verify_chain(&new.chain, &set, unix_time(now))
             .map_err(|e| bad(e.to_string()))?;
         if id != entry.spiffe_id {
             return Err(CacheError::WrongId {
-                entry_id,
+                entry_id: entry_id.to_string(),
                 found: id.to_string(),
                 expected: entry.spiffe_id.to_string(),
             });
@@ -348,14 +312,23 @@ impl SvidCache {
             return Err(bad("expired".into()));
         }
         if public_key != new.key.public_key_der() {
-            return Err(CacheError::KeyMismatch(entry_id));
+            return Err(CacheError::KeyMismatch(entry_id.to_string()));
         }
+        // One copy per authority: shared with the SVID held before or the last one put.
+        let held = entry.svid.as_ref().and_then(|s| s.authority_id.as_ref());
+        let authority_id = authority_id.map(|aki| {
+            let shared = [held, authority.as_ref()].into_iter().flatten().find(|a| ***a == *aki);
+            shared.cloned().unwrap_or_else(|| Arc::from(aki))
+        });
+        authority.clone_from(&authority_id);
+        let entry_id = entry_id.clone();
         let svid = Arc::new(CachedSvid {
-            entry_id: new.entry_id,
-            spiffe_id: id,
+            entry_id: entry_id.clone(),
+            // The entry's (equal to the leaf's, checked above): one copy shared.
+            spiffe_id: entry.spiffe_id.clone(),
             chain: new.chain.into(),
             key: Arc::new(SvidKey::of(&new.key)),
-            serial: new.serial,
+            serial: new.serial.into(),
             issued_at: new.issued_at,
             expires_at,
             authority_id,
@@ -363,7 +336,7 @@ impl SvidCache {
         });
         state.update(&entry_id, |entry| {
             entry.stale = false;
-            entry.set_svid(svid);
+            entry.svid = Some(svid);
         });
         Ok(())
     }
@@ -379,9 +352,9 @@ impl SvidCache {
         self.current().entries_for(selectors).map(|(id, e)| Self::view(id, e)).collect()
     }
 
-    fn view(id: &str, e: &CachedEntry) -> EntryView {
+    fn view(id: &EntryId, e: &CachedEntry) -> EntryView {
         EntryView {
-            entry_id: id.to_owned(),
+            entry_id: id.clone(),
             spiffe_id: e.spiffe_id.clone(),
             selectors: e.selectors.clone(),
             hint: e.hint.clone(),
@@ -391,11 +364,34 @@ impl SvidCache {
     }
 }
 
+/// One consistent image of the cache's entries and SVIDs (see [`SvidCache::image`]).
+#[derive(Debug, Clone)]
+pub struct CacheImage(Arc<State>);
+
+impl CacheImage {
+    /// The entries as protobuf, with the fields the agent uses, lowest ID first.
+    pub fn entries(&self) -> Vec<pb::Entry> {
+        self.0.entries().iter().map(|(id, e)| e.to_pb(id)).collect()
+    }
+
+    /// Every SVID, lowest entry ID first.
+    pub fn svids(&self) -> impl Iterator<Item = &Arc<CachedSvid>> + '_ {
+        self.0.entries().values().filter_map(|e| e.svid.as_ref())
+    }
+
+    /// The tainted authority IDs.
+    pub fn tainted(&self) -> &[String] {
+        self.0.tainted()
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod test_support;
 #[cfg(test)]
 pub(crate) use test_support::test_svid;
 
+#[cfg(test)]
+mod delta_tests;
 #[cfg(test)]
 mod federation_tests;
 #[cfg(test)]

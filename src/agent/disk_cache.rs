@@ -2,9 +2,9 @@
 //! agent restarted while the server is down still serves its workloads.
 //!
 //! One JSON file, `<data_dir>/cache/workload_cache.json` (0600 in a 0700 directory),
-//! written atomically after every round that changed the cache. It holds the synced
-//! entries (protobuf, base64), the bundle, the federated bundles, and each SVID with its
-//! key.
+//! written atomically after every round that changed the cache. It holds the entries
+//! (protobuf, base64, rebuilt from the cache's own copy with the fields the agent uses),
+//! the bundle, the federated bundles, and each SVID with its key.
 //!
 //! # What a loaded file must prove
 //! The file is served from only after it passes every check below; a file that fails a
@@ -47,8 +47,9 @@ use base64::engine::general_purpose::STANDARD as B64;
 use keycard_workload_api::{SpiffeBundle, TrustDomain};
 use prost::Message as _;
 use ring::hmac;
+use sha2::{Digest as _, Sha256};
 
-use super::cache::{CachedSvid, FederatedBundles, SvidCache, TrustBundle};
+use super::cache::{CacheImage, FederatedBundles, SvidCache, TrustBundle};
 use super::client::SyncedEntries;
 use super::storage::{AgentStorage, StorageError};
 use crate::clock::Clock;
@@ -81,19 +82,33 @@ pub struct Restored {
     pub dropped: usize,
 }
 
-/// What one save writes: taken from the cache in one snapshot, written off the runtime.
+/// What one save writes: the cache's entries and SVIDs in one snapshot (made into protobuf
+/// and JSON off the runtime), and what the last sync brought besides.
 struct Image {
     revision: u64,
-    entries: Vec<pb::Entry>,
+    cache: CacheImage,
     bundle: Option<SpiffeBundle>,
-    tainted_authority_ids: Vec<String>,
-    svids: Vec<Arc<CachedSvid>>,
     federated: BTreeMap<TrustDomain, SpiffeBundle>,
 }
 
-/// `(revision, federated digest, [(entry id, serial)])` of a save, to skip writes that
-/// change nothing (the server's digest changes with the federated set).
-type Fingerprint = (u64, Vec<u8>, Vec<(String, String)>);
+/// A digest of the revision, the federated digest and every `(entry id, serial)` of a
+/// save, to skip writes that change nothing (the server's digest changes with the
+/// federated set).
+type Fingerprint = [u8; 32];
+
+fn fingerprint(revision: u64, federated_digest: &[u8], cache: &CacheImage) -> Fingerprint {
+    let mut h = Sha256::new();
+    h.update(revision.to_be_bytes());
+    h.update((federated_digest.len() as u64).to_be_bytes());
+    h.update(federated_digest);
+    for s in cache.svids() {
+        for part in [&*s.entry_id, &*s.serial] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part.as_bytes());
+        }
+    }
+    h.finalize().into()
+}
 
 /// The workload cache file; see the module documentation.
 #[derive(Clone)]
@@ -133,21 +148,15 @@ impl DiskCache {
         synced: &SyncedEntries,
         cache: &SvidCache,
     ) -> Result<bool, StorageError> {
-        let svids = cache.svids();
-        let fingerprint: Fingerprint = (
-            synced.revision,
-            synced.federated_digest.clone(),
-            svids.iter().map(|s| (s.entry_id.clone(), s.serial.clone())).collect(),
-        );
+        let held = cache.image();
+        let fingerprint = fingerprint(synced.revision, &synced.federated_digest, &held);
         if self.last_saved.as_ref() == Some(&fingerprint) {
             return Ok(false);
         }
         let image = Image {
             revision: synced.revision,
-            entries: synced.entries.values().cloned().collect(),
+            cache: held,
             bundle: synced.bundle.clone(),
-            tainted_authority_ids: synced.tainted_authority_ids.clone(),
-            svids,
             federated: synced.federated.clone(),
         };
         let this = self.clone();
@@ -165,10 +174,10 @@ impl DiskCache {
         let body = Body {
             revision: image.revision,
             saved_at: secs(self.clock.now()),
-            entries: image.entries.iter().map(|e| B64.encode(e.encode_to_vec())).collect(),
+            entries: image.cache.entries().iter().map(|e| B64.encode(e.encode_to_vec())).collect(),
             bundle,
-            tainted_authority_ids: image.tainted_authority_ids.clone(),
-            svids: image.svids.iter().map(|s| StoredSvid::of(s)).collect(),
+            tainted_authority_ids: image.cache.tainted().to_vec(),
+            svids: image.cache.svids().map(|s| StoredSvid::of(s)).collect(),
             federated_bundles: image
                 .federated
                 .iter()

@@ -44,7 +44,7 @@ pub struct Manager {
     cache: Arc<SvidCache>,
     clock: Arc<dyn Clock>,
     options: ManagerOptions,
-    /// The entries as of the last good sync: the base of the next diff.
+    /// What the last good sync brought besides the entries (the cache holds those).
     synced: SyncedEntries,
     /// The server's cursor for `synced` (empty: sync everything next time).
     cursor: Vec<u8>,
@@ -134,7 +134,8 @@ impl Manager {
         &self.client
     }
 
-    /// The entries as of the last good sync.
+    /// What the last good sync brought besides the entries (revision, bundle, tainted
+    /// list, federated bundles); the entries are the cache's.
     pub fn synced(&self) -> &SyncedEntries {
         &self.synced
     }
@@ -281,21 +282,15 @@ impl Manager {
             self.client.renew().await?;
             report.agent_renewed = true;
         }
-        report.entries = self.synced.entries.len();
+        report.entries = self.cache.len();
         self.issue_due(&mut report).await?;
         Ok(report)
     }
 
-    /// Keeps the bundle the agent holds in `synced` unless the one the server sent may
-    /// replace it ([`check_bundle_update`]: not empty, a higher `spiffe_sequence`).
-    fn adopt_bundle(&self, synced: &mut SyncedEntries) -> Result<(), CacheError> {
-        let Some(offered) = &synced.bundle else { return Ok(()) };
-        let held = self.held_bundle();
-        let verdict = check_bundle_update(held.as_ref(), offered);
-        if verdict.is_err() {
-            synced.bundle = held;
-        }
-        verdict
+    /// Whether the bundle the server `offered` may replace the one the agent holds
+    /// ([`check_bundle_update`]: not empty, a higher `spiffe_sequence`).
+    fn adopt_bundle(&self, offered: &SpiffeBundle) -> Result<(), CacheError> {
+        check_bundle_update(self.held_bundle().as_ref(), offered)
     }
 
     async fn renew_agent_if_due(&mut self) -> Result<bool, ManagerError> {

@@ -104,6 +104,7 @@ impl AgentStatus {
 
 /// Runs the agent until `shutdown` triggers or a part fails.
 pub async fn run(config: AgentConfig, shutdown: Shutdown) -> Result<(), RunError> {
+    trim::tune_allocator();
     let dir = config.data_dir.clone();
     let storage = off_runtime(move || AgentStorage::open(&dir)).await?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -239,8 +240,8 @@ struct Observer {
     /// Whether a round changed what the agent holds since the last good round stored it
     /// (true until the first good round).
     unsaved: bool,
-    /// Whether the writer saves a disk cache: only then does it need a copy of the entries
-    /// (held until the next one replaces it, so it costs a copy of every entry).
+    /// Whether the writer saves a disk cache: only then does it need what the last sync
+    /// brought besides the entries (it takes the entries and SVIDs from the cache).
     keeps_disk_cache: bool,
 }
 
@@ -288,7 +289,7 @@ impl RoundObserver for Observer {
         });
         if self.unsaved {
             let ids = self.cache.entry_ids();
-            let live: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
+            let live: std::collections::HashSet<&str> = ids.iter().map(|id| &**id).collect();
             self.minter.retain_entries(&|entry| live.contains(entry));
             self.metrics.cache_entries.set(ids.len() as i64);
             self.metrics.cache_svids.set(self.cache.svids().len() as i64);

@@ -1,7 +1,7 @@
 //! The real `keycard server run` process: admin CLI commands over its socket, an agent
 //! attesting and getting SVIDs over mTLS, and a restart that loses nothing.
 
-use keycard::agent::{ServerClient, SyncedEntries};
+use keycard::agent::ServerClient;
 use keycard::ca::{KeyType, SigningKey};
 use keycard_workload_api::{TrustDomain, X509Bundle, X509BundleSet, verify_chain};
 use rustls_pki_types::UnixTime;
@@ -56,8 +56,8 @@ fn entries_agents_and_authorities_survive_a_server_restart() {
             ServerClient::connect(&server.address, td(), bundle.clone()).await.unwrap();
         let attestation = client.attest_join_token(&token).await.unwrap();
         assert_eq!(attestation.identity.spiffe_id.as_str(), "spiffe://example.org/node/a");
-        let synced = client.sync(&SyncedEntries::default()).await.unwrap();
-        let mut got: Vec<&str> = synced.entries.keys().map(String::as_str).collect();
+        let synced = client.sync(0, &[] as &[(String, u64)]).await.unwrap();
+        let mut got: Vec<&str> = synced.entries.iter().map(|e| e.id.as_str()).collect();
         got.sort();
         let mut want = entry_ids.to_vec();
         want.sort();
@@ -92,7 +92,7 @@ fn entries_agents_and_authorities_survive_a_server_restart() {
             ServerClient::connect_with_identity(&server.address, td(), bundle.clone(), identity)
                 .await
                 .unwrap();
-        let synced = client.sync(&SyncedEntries::default()).await.unwrap();
+        let synced = client.sync(0, &[] as &[(String, u64)]).await.unwrap();
         assert_eq!(synced.entries.len(), 2);
         client.renew().await.unwrap();
         // The join token was used up before the restart.

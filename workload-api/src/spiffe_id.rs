@@ -8,6 +8,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 /// The scheme prefix every SPIFFE ID starts with.
 pub const SCHEME_PREFIX: &str = "spiffe://";
@@ -118,7 +119,7 @@ impl TrustDomain {
 
     /// The trust domain's own SPIFFE ID, `spiffe://<name>`, as used for bundle map keys.
     pub fn id(&self) -> SpiffeId {
-        SpiffeId { td_len: self.name.len(), id: format!("{SCHEME_PREFIX}{}", self.name) }
+        SpiffeId { td_len: self.name.len(), id: format!("{SCHEME_PREFIX}{}", self.name).into() }
     }
 
     /// Builds a SPIFFE ID in this trust domain from a path that starts with `/`.
@@ -153,10 +154,11 @@ impl FromStr for TrustDomain {
 ///
 /// The path may be empty: `spiffe://example.org` names the trust domain itself (the ID of
 /// a signing certificate). Workload SVIDs need a non-root path; see [`SpiffeId::is_root`].
+/// Cloning one shares its text (an agent holds each workload's ID in several places).
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SpiffeId {
     /// The whole ID, always valid ASCII.
-    id: String,
+    id: Arc<str>,
     /// Length of the trust domain name, which starts right after `spiffe://`.
     td_len: usize,
 }
@@ -185,7 +187,7 @@ impl SpiffeId {
         if input.len() > MAX_SPIFFE_ID_LEN {
             return Err(SpiffeIdError::TooLong(input.len()));
         }
-        Ok(Self { id: ascii_string(input), td_len: td.len() })
+        Ok(Self { id: ascii_string(input).into(), td_len: td.len() })
     }
 
     /// The trust domain this ID belongs to.

@@ -37,7 +37,7 @@ async fn run(n: usize, lifetime: Duration) -> Storm {
     let report = manager.tick().await.expect("the first round");
     assert_eq!(report.issued, n, "the first round issues every SVID: {report:?}");
 
-    let mut serials: HashMap<String, (String, usize)> =
+    let mut serials: HashMap<Arc<str>, (Arc<str>, usize)> =
         cache.svids().iter().map(|s| (s.entry_id.clone(), (s.serial.clone(), 0usize))).collect();
     assert_eq!(serials.len(), ids.len());
     let bucket = lifetime / 2 / BUCKETS_PER_HALF_LIFE;

@@ -5,6 +5,7 @@ use keycard_workload_api::TrustDomain;
 
 use super::*;
 use crate::ca::CaManager;
+use crate::selector::Selector;
 
 fn td(name: &str) -> TrustDomain {
     TrustDomain::new(name).unwrap()

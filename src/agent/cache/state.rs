@@ -10,108 +10,87 @@
 //!   those.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{BuildHasher as _, RandomState};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use keycard_workload_api::{SpiffeId, TrustDomain};
-use rustls_pki_types::CertificateDer;
+use super::entry::CachedEntry;
+use super::{DueEntry, EntryId, FederatedBundles, TrustBundle, WorkloadSvid};
+use crate::selector::SelectorSet;
 
-use super::{CachedSvid, DueEntry, FederatedBundles, TrustBundle, WorkloadSvid};
-use crate::selector::{Selector, SelectorSet};
+/// For each selector (by a hash of it: the entries hold the selectors themselves), the
+/// entries naming it, in no order. A hash two selectors share only adds candidates, which
+/// [`CachedEntry::matches`] sorts out. Both levels are shared between states: a sync that
+/// changes one entry's selectors copies the map's pointers and the lists of that entry's
+/// selectors, nothing else.
+type SelectorIndex = Arc<HashMap<u64, Named>>;
 
-/// One entry as the cache keeps it: parsed once when synced.
+/// The entries naming one selector. Most selectors are named by one entry (a workload's
+/// own uid, pod or path), kept inline; a list is shared between states.
 #[derive(Debug, Clone)]
-pub(super) struct CachedEntry {
-    pub(super) spiffe_id: SpiffeId,
-    pub(super) selectors: SelectorSet,
-    pub(super) hint: String,
-    pub(super) dns_names: Vec<String>,
-    pub(super) x509_ttl_seconds: i64,
-    /// Whether the entry's JWT-SVIDs are bound to its X.509-SVID (`jwt_svid_binding`).
-    pub(super) jwt_bound: bool,
-    /// The foreign trust domains whose bundles the entry's workloads receive, sorted and
-    /// without duplicates.
-    pub(super) federates_with: Vec<TrustDomain>,
-    /// Set when the entry changed in a way its SVID must follow (DNS names, TTL).
-    pub(super) stale: bool,
-    pub(super) svid: Option<Arc<CachedSvid>>,
-    /// The SVID as workloads get it, made once per SVID (and hint): every caller's set
-    /// shares its chain.
-    pub(super) served: Option<WorkloadSvid>,
+enum Named {
+    One(EntryId),
+    Many(Arc<Vec<EntryId>>),
 }
 
-impl CachedEntry {
-    /// Puts `svid` in place, with the form workloads get.
-    pub(super) fn set_svid(&mut self, svid: Arc<CachedSvid>) {
-        let chain: Arc<[CertificateDer<'static>]> = svid.chain.clone();
-        self.served = Some(WorkloadSvid {
-            entry_id: svid.entry_id.clone(),
-            spiffe_id: svid.spiffe_id.clone(),
-            chain,
-            key: svid.key.clone(),
-            serial: svid.serial.clone(),
-            expires_at: svid.expires_at,
-            hint: self.hint.clone(),
-        });
-        self.svid = Some(svid);
+impl Named {
+    fn iter(&self) -> std::slice::Iter<'_, EntryId> {
+        match self {
+            Named::One(id) => std::slice::from_ref(id).iter(),
+            Named::Many(ids) => ids.iter(),
+        }
     }
 
-    /// Whether a caller with `selectors` is entitled to this entry. An entry with no
-    /// selectors matches nobody (the empty set would otherwise match every caller).
-    pub(super) fn matches(&self, selectors: &SelectorSet) -> bool {
-        !self.selectors.is_empty() && self.selectors.is_subset_of(selectors)
+    fn push(&mut self, id: EntryId) {
+        match self {
+            Named::One(first) => *self = Named::Many(Arc::new(vec![first.clone(), id])),
+            Named::Many(ids) => Arc::make_mut(ids).push(id),
+        }
     }
 
-    /// Whether `other` holds the same entry and SVID in every field the cache keeps.
-    pub(super) fn same_as(&self, other: &CachedEntry) -> bool {
-        !self.serves_differently_from(other)
-            && self.dns_names == other.dns_names
-            && self.x509_ttl_seconds == other.x509_ttl_seconds
-            && self.jwt_bound == other.jwt_bound
-            && self.stale == other.stale
-    }
-
-    /// What a workload sees of this entry changed from `old` (SVID, ID, hint, selectors,
-    /// the trust domains it federates with).
-    pub(super) fn serves_differently_from(&self, old: &CachedEntry) -> bool {
-        let same_svid = match (&self.svid, &old.svid) {
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-            (None, None) => true,
-            _ => false,
-        };
-        !same_svid
-            || self.spiffe_id != old.spiffe_id
-            || self.hint != old.hint
-            || self.selectors != old.selectors
-            || self.federates_with != old.federates_with
+    /// Takes `id` out (once); returns whether none is left.
+    fn remove(&mut self, id: &EntryId) -> bool {
+        match self {
+            Named::One(held) => held == id,
+            Named::Many(ids) => {
+                let list = Arc::make_mut(ids);
+                if let Some(at) = list.iter().position(|held| held == id) {
+                    list.swap_remove(at);
+                }
+                match list.as_slice() {
+                    [] => true,
+                    [last] => {
+                        *self = Named::One(last.clone());
+                        false
+                    }
+                    _ => false,
+                }
+            }
+        }
     }
 }
 
 /// What readers see: never changed once published, replaced whole by writers.
 #[derive(Debug, Default, Clone)]
 pub(super) struct State {
-    entries: BTreeMap<String, Arc<CachedEntry>>,
+    entries: BTreeMap<EntryId, Arc<CachedEntry>>,
     pub(super) bundle: Option<Arc<TrustBundle>>,
     /// Every foreign bundle the agent holds; shared between states until it changes.
     pub(super) federated: Arc<FederatedBundles>,
-    pub(super) tainted: Vec<String>,
+    tainted: Vec<String>,
     /// Entries whose SVID renews on schedule, by renewal time.
-    renewals: BTreeSet<(SystemTime, String)>,
+    renewals: BTreeSet<(SystemTime, EntryId)>,
     /// Entries that need an SVID at the next round, whatever the time.
-    urgent: BTreeSet<String>,
-    /// For each selector, the entries naming it; shared between states until an entry
-    /// sync rebuilds it.
-    by_selector: Arc<HashMap<Selector, Vec<String>>>,
+    urgent: BTreeSet<EntryId>,
+    /// The entries by selector; see [`SelectorIndex`].
+    by_selector: SelectorIndex,
+    /// Hashes selectors for `by_selector` (keyed at random once per cache).
+    hasher: RandomState,
 }
 
 impl State {
-    /// An empty state with these tainted authorities.
-    pub(super) fn with_tainted(tainted: Vec<String>) -> Self {
-        Self { tainted, ..Self::default() }
-    }
-
     /// The entries, lowest ID first.
-    pub(super) fn entries(&self) -> &BTreeMap<String, Arc<CachedEntry>> {
+    pub(super) fn entries(&self) -> &BTreeMap<EntryId, Arc<CachedEntry>> {
         &self.entries
     }
 
@@ -120,31 +99,93 @@ impl State {
         self.entries.get(id)
     }
 
+    /// The shared ID of an entry held.
+    pub(super) fn key(&self, id: &str) -> Option<&EntryId> {
+        self.entries.get_key_value(id).map(|(k, _)| k)
+    }
+
+    /// The tainted authority IDs.
+    pub(super) fn tainted(&self) -> &[String] {
+        &self.tainted
+    }
+
+    /// Replaces the tainted authority IDs, and with them the renewal index (an SVID whose
+    /// authority is tainted is due at once). Costs every entry: the list changes rarely.
+    pub(super) fn set_tainted(&mut self, tainted: Vec<String>) {
+        self.tainted = tainted;
+        let (mut renewals, mut urgent) = (BTreeSet::new(), BTreeSet::new());
+        for (id, e) in &self.entries {
+            match self.schedule(e) {
+                Some(at) => renewals.insert((at, id.clone())),
+                None => urgent.insert(id.clone()),
+            };
+        }
+        (self.renewals, self.urgent) = (renewals, urgent);
+    }
+
     /// When the entry's SVID is due on schedule; `None` when it is due at once.
     fn schedule(&self, e: &CachedEntry) -> Option<SystemTime> {
         let svid = e.svid.as_ref()?;
-        let tainted = svid.authority_id.as_ref().is_some_and(|a| self.tainted.contains(a));
+        let tainted =
+            svid.authority_id.as_ref().is_some_and(|a| self.tainted.iter().any(|t| **t == **a));
         if e.stale || tainted { None } else { Some(svid.renew_at) }
     }
 
-    fn unindex(&mut self, id: &str, e: &CachedEntry) {
+    fn unschedule(&mut self, id: &EntryId, e: &CachedEntry) {
         match self.schedule(e) {
-            Some(at) => self.renewals.remove(&(at, id.to_owned())),
+            Some(at) => self.renewals.remove(&(at, id.clone())),
             None => self.urgent.remove(id),
         };
     }
 
-    /// Puts `entry` under `id`, replacing the one there, and keeps the renewal index in
-    /// step. Entries with new selectors need [`State::reindex_selectors`] afterwards.
-    pub(super) fn put(&mut self, id: String, entry: Arc<CachedEntry>) {
-        if let Some(old) = self.entries.get(&id).cloned() {
-            self.unindex(&id, &old);
+    /// Adds `id` under each of `selectors` (`add`) or takes it out.
+    fn index_selectors(&mut self, id: &EntryId, selectors: &SelectorSet, add: bool) {
+        let index = Arc::make_mut(&mut self.by_selector);
+        for s in selectors.iter() {
+            let key = self.hasher.hash_one(s);
+            if add {
+                match index.get_mut(&key) {
+                    Some(named) => named.push(id.clone()),
+                    None => {
+                        index.insert(key, Named::One(id.clone()));
+                    }
+                }
+            } else if let Some(named) = index.get_mut(&key)
+                && named.remove(id)
+            {
+                index.remove(&key);
+            }
+        }
+    }
+
+    /// Puts `entry` under `id`, replacing the one there, and keeps both indexes in step
+    /// (the selector index only when the selectors differ).
+    pub(super) fn put(&mut self, id: EntryId, entry: Arc<CachedEntry>) {
+        let old = self.entries.get(&id).cloned();
+        if let Some(old) = &old {
+            self.unschedule(&id, old);
         }
         match self.schedule(&entry) {
             Some(at) => self.renewals.insert((at, id.clone())),
             None => self.urgent.insert(id.clone()),
         };
+        match &old {
+            Some(old) if old.selectors == entry.selectors => {}
+            Some(old) => {
+                self.index_selectors(&id, &old.selectors, false);
+                self.index_selectors(&id, &entry.selectors, true);
+            }
+            None => self.index_selectors(&id, &entry.selectors, true),
+        }
         self.entries.insert(id, entry);
+    }
+
+    /// Drops an entry (its SVID with it) from the state and both indexes.
+    pub(super) fn remove(&mut self, id: &str) -> Option<(EntryId, Arc<CachedEntry>)> {
+        let (id, old) = self.entries.remove_entry(id)?;
+        self.unschedule(&id, &old);
+        self.index_selectors(&id, &old.selectors, false);
+        Some((id, old))
     }
 
     /// Changes one entry in place (copied first if an older state still shares it).
@@ -153,15 +194,16 @@ impl State {
         id: &str,
         change: impl FnOnce(&mut CachedEntry) -> R,
     ) -> Option<R> {
-        let mut entry = self.entries.get(id)?.clone();
+        let (key, entry) = self.entries.get_key_value(id)?;
+        let (key, mut entry) = (key.clone(), entry.clone());
         let result = change(Arc::make_mut(&mut entry));
-        self.put(id.to_owned(), entry);
+        self.put(key, entry);
         Some(result)
     }
 
     /// Marks every entry for renewal at the next round that `stale` says must be.
     pub(super) fn mark_stale(&mut self, stale: impl Fn(&CachedEntry) -> bool) {
-        let ids: Vec<String> = self
+        let ids: Vec<EntryId> = self
             .entries
             .iter()
             .filter(|(_, e)| !e.stale && stale(e))
@@ -172,26 +214,18 @@ impl State {
         }
     }
 
-    /// Rebuilds the selector index from the entries (after an entry sync).
-    pub(super) fn reindex_selectors(&mut self) {
-        let mut index: HashMap<Selector, Vec<String>> = HashMap::new();
-        for (id, e) in &self.entries {
-            for s in e.selectors.iter() {
-                index.entry(s.clone()).or_default().push(id.clone());
-            }
-        }
-        self.by_selector = Arc::new(index);
-    }
-
     /// The entries a caller with `selectors` is entitled to, lowest entry ID first,
     /// whether they hold an SVID yet or not. Looks only at the entries that name one of
     /// the caller's selectors.
     pub(super) fn entries_for<'a>(
         &'a self,
         selectors: &'a SelectorSet,
-    ) -> impl Iterator<Item = (&'a String, &'a Arc<CachedEntry>)> + 'a {
-        let candidates: BTreeSet<&String> =
-            selectors.iter().filter_map(|s| self.by_selector.get(s)).flatten().collect();
+    ) -> impl Iterator<Item = (&'a EntryId, &'a Arc<CachedEntry>)> + 'a {
+        let candidates: BTreeSet<&EntryId> = selectors
+            .iter()
+            .filter_map(|s| self.by_selector.get(&self.hasher.hash_one(s)))
+            .flat_map(|ids| ids.iter())
+            .collect();
         candidates
             .into_iter()
             .filter_map(|id| self.entries.get_key_value(id))
@@ -201,7 +235,7 @@ impl State {
     /// The SVIDs of every entry a caller with `selectors` is entitled to, lowest entry ID
     /// first; entries without an SVID yet are left out.
     pub(super) fn svids_in(&self, selectors: &SelectorSet) -> Vec<WorkloadSvid> {
-        self.entries_for(selectors).filter_map(|(_, e)| e.served.clone()).collect()
+        self.entries_for(selectors).filter_map(|(_, e)| e.served()).collect()
     }
 
     /// The foreign bundles a caller holding `svids` may have: those of the trust domains
@@ -244,5 +278,11 @@ impl State {
     #[cfg(test)]
     pub(super) fn indexed(&self) -> usize {
         self.renewals.len() + self.urgent.len()
+    }
+
+    /// How many entries the selector index names, each once per selector.
+    #[cfg(test)]
+    pub(super) fn selector_indexed(&self) -> usize {
+        self.by_selector.values().map(|ids| ids.iter().len()).sum()
     }
 }

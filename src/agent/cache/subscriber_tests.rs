@@ -4,6 +4,7 @@
 use super::*;
 use crate::ca::CaManager;
 use crate::clock::ManualClock;
+use crate::selector::Selector;
 
 fn sel(list: &[String]) -> SelectorSet {
     list.iter().map(|s| Selector::parse(s).unwrap()).collect()
@@ -114,7 +115,7 @@ fn a_publish_re_evaluates_only_the_caller_sets_it_concerns() {
     assert_eq!(woken, vec![242]);
     let view = subs[242].borrow_and_update().clone();
     assert_eq!(view.svids.len(), 1);
-    assert_eq!(view.svids[0].entry_id, "e04242");
+    assert_eq!(&*view.svids[0].entry_id, "e04242");
 
     // A sync that changes one entry's hint: again one set.
     let before = cache.subscriber_evaluations();
@@ -122,7 +123,7 @@ fn a_publish_re_evaluates_only_the_caller_sets_it_concerns() {
     cache.set_entries(&entries, Some(&ca.bundle().unwrap()), &[]).unwrap();
     assert_eq!(cache.subscriber_evaluations() - before, 1);
     assert!(subs[242].has_changed().unwrap());
-    assert_eq!(subs[242].borrow_and_update().svids[0].hint, "renamed");
+    assert_eq!(&*subs[242].borrow_and_update().svids[0].hint, "renamed");
     assert!(!subs[241].has_changed().unwrap());
 
     // The same sync again: nothing changed, nobody looked at.
@@ -149,7 +150,8 @@ fn renewal_rounds_read_only_what_is_due() {
         })
         .collect();
     cache.set_entries(&entries, Some(&ca.bundle().unwrap()), &[]).unwrap();
-    let ids = |due: Vec<DueEntry>| due.into_iter().map(|d| d.entry_id).collect::<Vec<_>>();
+    let ids =
+        |due: Vec<DueEntry>| due.into_iter().map(|d| d.entry_id.to_string()).collect::<Vec<_>>();
     assert_eq!(ids(cache.due(clock.now())), ["e0", "e1", "e2"], "no SVID yet: all due");
 
     let mut svid = test_svid(&ca, "e1", "spiffe://example.org/1", Duration::from_secs(600));
@@ -166,7 +168,7 @@ fn renewal_rounds_read_only_what_is_due() {
     // Its authority tainted by a sync: due at once, as a fresh issuance.
     let authority = cache.svid("e1").unwrap().authority_id.clone().unwrap();
     clock.set(renew_at - Duration::from_secs(50));
-    cache.set_entries(&entries, Some(&ca.bundle().unwrap()), &[authority]).unwrap();
+    cache.set_entries(&entries, Some(&ca.bundle().unwrap()), &[authority.to_string()]).unwrap();
     let due = cache.due(clock.now());
     assert_eq!(due[1].previous_due, None);
     assert_eq!(cache.current().indexed(), 3);

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::watch;
 
 use super::state::State;
-use super::{Snapshot, WorkloadSvid, lock, same_federated};
+use super::{EntryId, Snapshot, WorkloadSvid, lock, same_federated};
 use crate::selector::{Selector, SelectorSet};
 
 /// One caller set's channel and the number of streams following it.
@@ -50,7 +50,7 @@ pub(super) struct Change<'a> {
     /// The state before.
     pub(super) before: &'a State,
     /// Entries added, removed, or served differently (SVID, hint, selectors, ID).
-    pub(super) entries: Vec<String>,
+    pub(super) entries: Vec<EntryId>,
 }
 
 impl Registry {
@@ -129,7 +129,7 @@ impl Registry {
                 sets.extend(self.supersets_of(selectors));
             }
             for set in sets {
-                concerned.entry(set).or_default().push(id.as_str());
+                concerned.entry(set).or_default().push(&**id);
             }
         }
         let bundle_changed = match (&change.before.bundle, &next.bundle) {
@@ -191,13 +191,13 @@ fn patched(
 ) -> Arc<[WorkloadSvid]> {
     let changed: HashSet<&str> = changed.iter().copied().collect();
     let mut list: Vec<WorkloadSvid> =
-        svids.iter().filter(|s| !changed.contains(s.entry_id.as_str())).cloned().collect();
+        svids.iter().filter(|s| !changed.contains(&*s.entry_id)).cloned().collect();
     list.extend(
         changed
             .iter()
             .filter_map(|id| next.entry(id))
             .filter(|e| e.matches(selectors))
-            .filter_map(|e| e.served.clone()),
+            .filter_map(|e| e.served()),
     );
     list.sort_by(|a, b| a.entry_id.cmp(&b.entry_id));
     let same =

@@ -1,6 +1,7 @@
 use super::*;
 use crate::ca::CaManager;
 use crate::clock::SystemClock;
+use crate::selector::Selector;
 
 fn entries() -> BTreeMap<String, pb::Entry> {
     let e = pb::Entry {
@@ -43,7 +44,7 @@ fn an_svid_whose_authority_left_the_bundle_is_due_at_once() {
     cache.set_entries(&entries, Some(&new.bundle().unwrap()), &[]).unwrap();
     let due = cache.due(now);
     assert_eq!(due.len(), 1);
-    assert_eq!(due[0].entry_id, "e1");
+    assert_eq!(&*due[0].entry_id, "e1");
     assert_eq!(due[0].previous_due, None);
 }
 

@@ -1,4 +1,8 @@
 //! The values the SVID cache holds and hands out, and why it refuses an update.
+//!
+//! An entry's ID is one shared [`EntryId`] (`Arc<str>`): the cache's map, its indexes, the
+//! SVIDs and every caller set's copy of them point at the same bytes. Serials and hints
+//! are shared the same way, so that handing an SVID to a caller set copies pointers.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -9,6 +13,9 @@ use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 use super::federated::{FederatedBundles, same_federated};
 use crate::ca::{KeyType, SigningKey};
 use crate::selector::SelectorSet;
+
+/// An entry's ID, shared by everything that names the entry (see the module documentation).
+pub type EntryId = Arc<str>;
 
 /// Why the cache refused an update.
 #[derive(Debug, thiserror::Error)]
@@ -98,22 +105,22 @@ impl std::fmt::Debug for SvidKey {
 #[derive(Debug)]
 pub struct CachedSvid {
     /// The entry it was issued for.
-    pub entry_id: String,
+    pub entry_id: EntryId,
     /// The SPIFFE ID it carries (the entry's).
     pub spiffe_id: SpiffeId,
     /// Leaf first, then intermediates; shared with the callers' SVID sets.
     pub chain: Arc<[CertificateDer<'static>]>,
     /// The private key, made on this agent; never sent anywhere.
     pub key: Arc<SvidKey>,
-    /// Serial number, hex.
-    pub serial: String,
+    /// Serial number, hex (shared with the form workloads get).
+    pub serial: Arc<str>,
     /// When the agent obtained it (the start of its validity as renewal counts it).
     pub issued_at: SystemTime,
     /// The leaf's `notAfter`.
     pub expires_at: SystemTime,
     /// The signing authority's key ID (the leaf's AKI, lowercase hex), when present: the
     /// server names tainted authorities by it.
-    pub authority_id: Option<String>,
+    pub authority_id: Option<Arc<str>>,
     /// When it is due for renewal.
     pub renew_at: SystemTime,
 }
@@ -122,7 +129,7 @@ pub struct CachedSvid {
 #[derive(Debug)]
 pub struct NewSvid {
     /// The entry it was issued for.
-    pub entry_id: String,
+    pub entry_id: EntryId,
     /// Leaf first, then intermediates.
     pub chain: Vec<CertificateDer<'static>>,
     /// The key the agent made for its CSR.
@@ -139,7 +146,7 @@ pub struct NewSvid {
 #[derive(Debug, Clone)]
 pub struct WorkloadSvid {
     /// The entry it belongs to.
-    pub entry_id: String,
+    pub entry_id: EntryId,
     /// Its SPIFFE ID.
     pub spiffe_id: SpiffeId,
     /// Leaf first, then intermediates; shared by every caller set that holds the SVID.
@@ -147,11 +154,11 @@ pub struct WorkloadSvid {
     /// The private key (`Debug` shows only its type).
     pub key: Arc<SvidKey>,
     /// Serial, hex (identifies this issuance).
-    pub serial: String,
+    pub serial: Arc<str>,
     /// The leaf's `notAfter`.
     pub expires_at: SystemTime,
     /// The entry's hint for workloads holding several SVIDs.
-    pub hint: String,
+    pub hint: Arc<str>,
 }
 
 impl WorkloadSvid {
@@ -242,15 +249,27 @@ pub struct EntryChanges {
     pub added: usize,
     /// Entries dropped (their SVIDs with them).
     pub removed: usize,
-    /// Entries from the server that could not be parsed, skipped.
+    /// Entries from the server that could not be parsed, skipped (an entry held under
+    /// that ID is dropped and counted in `removed`).
     pub skipped: usize,
+    /// Entries held before whose revision or content changed.
+    pub updated: usize,
+    /// Whether the tainted authority list changed.
+    pub tainted: bool,
+}
+
+impl EntryChanges {
+    /// Whether the sync changed any entry or the tainted list.
+    pub fn any(&self) -> bool {
+        self.added + self.removed + self.updated > 0 || self.tainted
+    }
 }
 
 /// An entry that needs an SVID now, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DueEntry {
     /// The entry.
-    pub entry_id: String,
+    pub entry_id: EntryId,
     /// When the current SVID was due (`None`: no SVID, or it must be replaced at once
     /// because its authority is tainted or the entry changed).
     pub previous_due: Option<SystemTime>,
@@ -260,13 +279,13 @@ pub struct DueEntry {
 #[derive(Debug, Clone)]
 pub struct EntryView {
     /// The entry ID.
-    pub entry_id: String,
+    pub entry_id: EntryId,
     /// The entry's SPIFFE ID.
     pub spiffe_id: SpiffeId,
     /// The entry's selectors.
     pub selectors: SelectorSet,
     /// The entry's hint.
-    pub hint: String,
+    pub hint: Arc<str>,
     /// The `notAfter` of the entry's current SVID, if it has one.
     pub svid_expires_at: Option<SystemTime>,
     /// Whether the entry's JWT-SVIDs are bound to its X.509-SVID.

@@ -2,14 +2,15 @@
 //!
 //! [`ServerClient::sync_delta`] syncs by cursor: the agent sends the opaque cursor of its
 //! last sync and the `spiffe_sequence` of the bundle it holds, and gets only what changed
-//! ([`SyncDelta`]), which [`SyncDelta::apply_to`] merges into its copy ([`SyncedEntries`]).
-//! An idle round is a few dozen bytes each way and touches no entry. The federated bundles
-//! come the same way: the agent sends the digest of the set it holds, and the server sends
-//! the whole set ([`FederatedUpdate`]) only when its own digest differs. [`ServerClient::sync`]
-//! is the older protocol (every authorized ID and revision on every round), kept for
-//! servers that do not sync by cursor (their answer carries no cursor).
+//! ([`SyncDelta`]), which the manager hands to the SVID cache, the agent's only copy of its
+//! entries. An idle round is a few dozen bytes each way and touches no entry. The federated
+//! bundles come the same way: the agent sends the digest of the set it holds, and the
+//! server sends the whole set ([`FederatedUpdate`]) only when its own digest differs.
+//! [`ServerClient::sync`] is the older protocol (every authorized ID and revision on every
+//! round), kept for servers that do not sync by cursor (their answer carries no cursor);
+//! its answer is made into a [`SyncDelta`] too, against the revisions the agent holds.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use keycard_workload_api::{SpiffeBundle, TrustDomain};
 use prost::Message as _;
@@ -18,13 +19,11 @@ use super::{ClientError, ServerClient, bounded, parse_bundle};
 use crate::wire::SYNC_PAGE_SIZE;
 use crate::wire::proto as pb;
 
-/// The agent's copy of its authorized entries, updated by [`ServerClient::sync`].
+/// What the agent keeps of its syncs besides the entries (the SVID cache holds those).
 #[derive(Debug, Clone, Default)]
 pub struct SyncedEntries {
-    /// The store revision the copy reflects (0 before the first sync).
+    /// The store revision the last sync reflects (0 before the first sync).
     pub revision: u64,
-    /// The entries by ID.
-    pub entries: BTreeMap<String, pb::Entry>,
     /// The bundle as of the last sync.
     pub bundle: Option<SpiffeBundle>,
     /// IDs of tainted authorities: X.509 ones by hex subject key ID, JWT ones by `kid`.
@@ -74,32 +73,6 @@ pub struct SyncDelta {
     /// Encoded size of the request and of every response message (protobuf bytes, before
     /// gRPC framing and TLS).
     pub wire_bytes: usize,
-}
-
-impl SyncDelta {
-    /// Merges the entries, removals and tainted list into `synced` (not the bundle, which
-    /// the caller adopts or refuses); returns whether its entries or tainted list changed.
-    pub fn apply_to(self, synced: &mut SyncedEntries) -> bool {
-        let mut changed = self.full;
-        if self.full {
-            synced.entries.clear();
-        }
-        for id in &self.removed {
-            changed |= synced.entries.remove(id).is_some();
-        }
-        for e in self.entries {
-            changed |= synced.entries.get(&e.id) != Some(&e);
-            synced.entries.insert(e.id.clone(), e);
-        }
-        if let Some(tainted) = self.tainted_authority_ids
-            && tainted != synced.tainted_authority_ids
-        {
-            synced.tainted_authority_ids = tainted;
-            changed = true;
-        }
-        synced.revision = self.revision;
-        changed
-    }
 }
 
 impl ServerClient {
@@ -192,90 +165,48 @@ impl ServerClient {
         Ok(delta)
     }
 
-    /// Brings `previous` up to date: keeps unchanged entries, takes changed ones, drops
-    /// those no longer authorized, and fetches any it lacks.
-    pub async fn sync(&mut self, previous: &SyncedEntries) -> Result<SyncedEntries, ClientError> {
-        let (revisions, changed, last) = self.sync_entries(previous.revision, Vec::new()).await?;
+    /// The revision-list sync, as a [`SyncDelta`] against `held` (the entries the agent
+    /// holds with their revisions, sorted by ID): the entries changed since
+    /// `since_revision`, those listed with another revision than held (or not held),
+    /// fetched by ID, and the held ones no longer listed as `removed`. The bundle and the
+    /// tainted list are always sent; the cursor stays empty.
+    pub async fn sync<I: AsRef<str>>(
+        &mut self,
+        since_revision: u64,
+        held: &[(I, u64)],
+    ) -> Result<SyncDelta, ClientError> {
+        let (revisions, changed, last) = self.sync_entries(since_revision, Vec::new()).await?;
+        let held_revision =
+            |id: &str| held.binary_search_by(|(h, _)| h.as_ref().cmp(id)).ok().map(|at| held[at].1);
         let mut changed: BTreeMap<String, pb::Entry> =
             changed.into_iter().map(|e| (e.id.clone(), e)).collect();
-        let mut entries = BTreeMap::new();
+        let mut delta = SyncDelta::default();
         let mut missing = Vec::new();
+        let mut listed = HashSet::new();
         for r in revisions {
             match changed.remove(&r.id) {
-                Some(e) => {
-                    entries.insert(r.id, e);
-                }
-                None => match previous.entries.get(&r.id) {
-                    Some(e) if e.revision == r.revision => {
-                        entries.insert(r.id, e.clone());
-                    }
-                    _ => missing.push(r.id),
-                },
+                Some(e) => delta.entries.push(e),
+                None if held_revision(&r.id) == Some(r.revision) => {}
+                None => missing.push(r.id.clone()),
             }
+            listed.insert(r.id);
         }
         for chunk in missing.chunks(SYNC_PAGE_SIZE) {
-            let (_, fetched, _) = self.sync_entries(previous.revision, chunk.to_vec()).await?;
-            for e in fetched.into_iter().filter(|e| chunk.contains(&e.id)) {
-                entries.insert(e.id.clone(), e);
-            }
+            let (_, fetched, _) = self.sync_entries(since_revision, chunk.to_vec()).await?;
+            delta.entries.extend(fetched.into_iter().filter(|e| chunk.contains(&e.id)));
         }
-        // Not trusted for the server yet: the manager first checks it may replace the
-        // bundle held ([`Self::trust_server_bundle`]).
-        let bundle = parse_bundle(&self.trust_domain, &last.bundle)?;
-        Ok(SyncedEntries {
-            revision: last.revision,
-            entries,
-            bundle: Some(bundle),
-            tainted_authority_ids: last.tainted_authority_ids,
-            // This protocol carries no federated bundles.
-            ..Default::default()
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn entry(id: &str, revision: u64) -> pb::Entry {
-        pb::Entry { id: id.into(), revision, ..Default::default() }
-    }
-
-    #[test]
-    fn only_a_delta_that_changes_something_says_so() {
-        let mut synced = SyncedEntries::default();
-        let first = SyncDelta {
-            full: true,
-            entries: vec![entry("a", 1), entry("b", 2)],
-            tainted_authority_ids: Some(Vec::new()),
-            revision: 2,
-            ..Default::default()
-        };
-        assert!(first.apply_to(&mut synced));
-        assert_eq!(synced.entries.len(), 2);
-
-        let idle = SyncDelta { revision: 2, ..Default::default() };
-        assert!(!idle.clone().apply_to(&mut synced), "an idle round changes nothing");
-        let same_taint = SyncDelta { tainted_authority_ids: Some(Vec::new()), ..idle.clone() };
-        assert!(!same_taint.apply_to(&mut synced));
-        let unknown = SyncDelta { removed: vec!["zz".into()], ..idle.clone() };
-        assert!(!unknown.apply_to(&mut synced), "dropping what is not held changes nothing");
-
-        let change = SyncDelta {
-            entries: vec![entry("c", 3)],
-            removed: vec!["a".into()],
-            revision: 3,
-            ..Default::default()
-        };
-        assert!(change.apply_to(&mut synced));
-        assert_eq!(synced.entries.keys().collect::<Vec<_>>(), vec!["b", "c"]);
-        assert_eq!(synced.revision, 3);
-        let taint = SyncDelta { tainted_authority_ids: Some(vec!["k".into()]), ..idle };
-        assert!(taint.apply_to(&mut synced));
-        assert_eq!(synced.tainted_authority_ids, vec!["k".to_string()]);
-
-        let full = SyncDelta { full: true, entries: vec![entry("d", 4)], ..Default::default() };
-        assert!(full.apply_to(&mut synced));
-        assert_eq!(synced.entries.keys().collect::<Vec<_>>(), vec!["d"], "full replaces");
+        delta.removed = held
+            .iter()
+            .map(|(id, _)| id.as_ref())
+            .filter(|id| !listed.contains(*id))
+            .map(str::to_owned)
+            .collect();
+        // Not trusted yet: the manager first checks it may replace the bundle held (and
+        // only then trusts it for the server, [`Self::trust_server_bundle`]).
+        delta.bundle = Some(parse_bundle(&self.trust_domain, &last.bundle)?);
+        delta.tainted_authority_ids = Some(last.tainted_authority_ids);
+        delta.revision = last.revision;
+        // This protocol carries no federated bundles.
+        Ok(delta)
     }
 }

@@ -58,10 +58,10 @@ pub(super) struct StoredSvid {
 impl StoredSvid {
     pub(super) fn of(s: &CachedSvid) -> Self {
         Self {
-            entry_id: s.entry_id.clone(),
+            entry_id: s.entry_id.to_string(),
             chain: s.chain.iter().map(|c| B64.encode(c)).collect(),
             key: B64.encode(s.key.pkcs8_der().secret_pkcs8_der()),
-            serial: s.serial.clone(),
+            serial: s.serial.to_string(),
             issued_at: secs(s.issued_at),
             renew_at: secs(s.renew_at),
         }
@@ -81,7 +81,7 @@ pub(super) fn decode_svid(s: &StoredSvid) -> Option<NewSvid> {
         .collect::<Option<Vec<_>>>()?;
     let key = SigningKey::from_pkcs8_der(&B64.decode(&s.key).ok()?).ok()?;
     Some(NewSvid {
-        entry_id: s.entry_id.clone(),
+        entry_id: s.entry_id.as_str().into(),
         chain,
         key: Arc::new(key),
         serial: s.serial.clone(),

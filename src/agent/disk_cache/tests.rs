@@ -37,6 +37,8 @@ struct Fixture {
     storage: AgentStorage,
     cache: SvidCache,
     synced: SyncedEntries,
+    /// The entries the cache was given.
+    entries: BTreeMap<String, pb::Entry>,
 }
 
 impl Fixture {
@@ -49,19 +51,20 @@ impl Fixture {
         let cache = SvidCache::new(clock.clone());
         let synced = SyncedEntries {
             revision: 7,
-            entries: ["a", "b"].into_iter().map(|id| (id.to_owned(), entry(id))).collect(),
             bundle: Some(ca.bundle().unwrap()),
             tainted_authority_ids: Vec::new(),
             ..Default::default()
         };
+        let entries: BTreeMap<String, pb::Entry> =
+            ["a", "b"].into_iter().map(|id| (id.to_owned(), entry(id))).collect();
         storage.save_bundle(&ca.bundle().unwrap()).unwrap();
-        cache.set_entries(&synced.entries, synced.bundle.as_ref(), &[]).unwrap();
+        cache.set_entries(&entries, synced.bundle.as_ref(), &[]).unwrap();
         mint(&ca, &cache, "a", Duration::from_secs(3600));
         mint(&ca, &cache, "b", Duration::from_secs(60));
         let mut disk = DiskCache::open(&storage, clock.clone()).unwrap();
         assert!(disk.save(&synced, &cache).await.unwrap());
         assert!(!disk.save(&synced, &cache).await.unwrap(), "an unchanged cache is not written");
-        Fixture { dir, td, clock, storage, cache, synced }
+        Fixture { dir, td, clock, storage, cache, synced, entries }
     }
 
     fn file(&self) -> PathBuf {
@@ -156,7 +159,9 @@ async fn an_svid_whose_dns_names_are_not_its_entrys_is_dropped() {
     // agent's own and authentic): the SVID is not served for it.
     let mut synced = f.synced.clone();
     synced.revision += 1;
-    synced.entries.get_mut("a").unwrap().dns_names = vec!["a.example.org".into()];
+    let mut entries = f.entries.clone();
+    entries.get_mut("a").unwrap().dns_names = vec!["a.example.org".into()];
+    f.cache.set_entries(&entries, synced.bundle.as_ref(), &[]).unwrap();
     let mut disk = DiskCache::open(&f.storage, f.clock.clone()).unwrap();
     assert!(disk.save(&synced, &f.cache).await.unwrap());
     let (fresh, restored) = f.load();
@@ -179,12 +184,12 @@ fn a_reader_on_the_runtime_is_not_blocked_while_the_cache_is_written() {
     let cache = Arc::new(SvidCache::new(clock.clone()));
     let synced = SyncedEntries {
         revision: 1,
-        entries: [("a".to_owned(), entry("a"))].into(),
         bundle: Some(ca.bundle().unwrap()),
         tainted_authority_ids: Vec::new(),
         ..Default::default()
     };
-    cache.set_entries(&synced.entries, synced.bundle.as_ref(), &[]).unwrap();
+    let entries = [("a".to_owned(), entry("a"))].into();
+    cache.set_entries(&entries, synced.bundle.as_ref(), &[]).unwrap();
     mint(&ca, &cache, "a", Duration::from_secs(600));
     let mut disk = DiskCache::open(&storage, clock.clone()).unwrap();
 

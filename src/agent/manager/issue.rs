@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use rand::Rng as _;
 
-use super::super::cache::{DueEntry, NewSvid};
+use super::super::cache::{DueEntry, EntryId, NewSvid};
 use super::super::client::ClientError;
 use super::super::renewal::{self, Validity};
 use super::{MAX_BATCH, Manager, ManagerError, TickReport};
@@ -124,7 +124,7 @@ impl Manager {
             let csr = rcgen::CertificateParams::default()
                 .serialize_request(key.key_pair())
                 .map_err(|e| ManagerError::Key(e.to_string()))?;
-            items.push((d.entry_id.clone(), csr.der().to_vec()));
+            items.push((d.entry_id.to_string(), csr.der().to_vec()));
             keys.push(Arc::new(key));
         }
         report.batches += 1;
@@ -177,7 +177,7 @@ impl Manager {
             ));
         }
         let (kinds, svids): (Vec<bool>, Vec<NewSvid>) = new_svids.into_iter().unzip();
-        let entry_ids: Vec<String> = svids.iter().map(|s| s.entry_id.clone()).collect();
+        let entry_ids: Vec<EntryId> = svids.iter().map(|s| s.entry_id.clone()).collect();
         let outcomes = kinds.into_iter().zip(entry_ids).zip(self.cache.update_svids(svids));
         for ((renewal, entry_id), result) in outcomes {
             if result.is_ok()

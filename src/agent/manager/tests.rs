@@ -10,7 +10,7 @@ use rustls_pki_types::UnixTime;
 use x509_parser::prelude::{FromDer as _, X509Certificate};
 
 use super::*;
-use crate::agent::cache::{CacheError, NewSvid, WorkloadSvid};
+use crate::agent::cache::{CacheDelta, CacheError, NewSvid, WorkloadSvid};
 use crate::agent::renewal;
 use crate::ca::journal::AuthorityKind;
 use crate::ca::{KeyType, SigningKey};
@@ -23,6 +23,7 @@ mod failover;
 mod federation;
 mod harness;
 mod pacing;
+mod revisions;
 use harness::{selectors, setup, setup_with};
 
 fn leaf_public_key(svid: &WorkloadSvid) -> Vec<u8> {
@@ -35,7 +36,7 @@ fn unix(t: SystemTime) -> UnixTime {
 }
 
 fn entry_ids(svids: &[WorkloadSvid]) -> Vec<String> {
-    svids.iter().map(|s| s.entry_id.clone()).collect()
+    svids.iter().map(|s| s.entry_id.to_string()).collect()
 }
 
 #[tokio::test]
@@ -160,7 +161,7 @@ async fn a_bad_svid_is_never_published() {
     let good_a = s.cache.svid(&a.id).unwrap();
     let good_b = s.cache.svid(&b.id).unwrap();
     let new = |chain: &Arc<crate::agent::cache::CachedSvid>, key: Arc<SigningKey>| NewSvid {
-        entry_id: a.id.clone(),
+        entry_id: a.id.as_str().into(),
         chain: chain.chain.to_vec(),
         key,
         serial: "bad".into(),
@@ -215,7 +216,7 @@ async fn the_cache_survives_a_server_outage_and_the_manager_recovers() {
     assert_eq!((report.entries, report.issued), (2, 1));
     let after = s.cache.svids_for(&selectors(&["unix:uid:1"]));
     assert_eq!(after.len(), 2);
-    let svid = after.iter().find(|v| v.entry_id == added.id).unwrap();
+    let svid = after.iter().find(|v| *v.entry_id == *added.id).unwrap();
     verify_chain(&svid.chain, &server.bundle_set(), unix(s.clock.now())).unwrap();
 }
 

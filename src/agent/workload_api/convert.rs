@@ -74,7 +74,7 @@ pub(super) fn x509_svid_response(snapshot: &Snapshot) -> Result<X509svidResponse
             x509_svid: s.chain.iter().flat_map(|c| c.as_ref().iter().copied()).collect(),
             x509_svid_key: s.key_pkcs8_der().secret_pkcs8_der().to_vec(),
             bundle: bundle.clone(),
-            hint: s.hint.clone(),
+            hint: s.hint.to_string(),
         })
         .collect();
     Ok(X509svidResponse { svids, crl: Vec::new(), federated_bundles: federated_x509(snapshot) })

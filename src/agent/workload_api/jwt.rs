@@ -61,7 +61,7 @@ pub(super) async fn fetch(
                 )));
             };
             Some(Binding {
-                serial: x509.serial.clone(),
+                serial: x509.serial.to_string(),
                 chain: x509.chain.iter().map(|c| c.to_vec()).collect(),
             })
         } else {
@@ -121,7 +121,11 @@ pub(super) async fn fetch(
                 }
             }
         }
-        svids.push(Jwtsvid { spiffe_id: e.spiffe_id.to_string(), svid: token, hint: e.hint });
+        svids.push(Jwtsvid {
+            spiffe_id: e.spiffe_id.to_string(),
+            svid: token,
+            hint: e.hint.to_string(),
+        });
     }
     Ok((JwtsvidResponse { svids }, waited))
 }

@@ -48,7 +48,7 @@ fn jwt_minter(ca: Arc<CaManager>, cache: Arc<SvidCache>, wrong_id: bool) -> JwtM
     let (minter, mut requests) = JwtMinter::new(Arc::new(SystemClock));
     tokio::spawn(async move {
         while let Some(req) = requests.recv().await {
-            let view = cache.entry_views().into_iter().find(|v| v.entry_id == req.entry_id);
+            let view = cache.entry_views().into_iter().find(|v| *v.entry_id == *req.entry_id);
             let id = match (view, wrong_id) {
                 (Some(_), true) => SpiffeId::parse("spiffe://example.org/impostor").unwrap(),
                 (Some(v), false) => v.spiffe_id,

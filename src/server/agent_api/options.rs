@@ -41,6 +41,10 @@ pub struct AgentApiOptions {
     pub request_timeout: Duration,
     /// Longest the server waits for each message of an attestation (x509pop challenge).
     pub attestation_step_timeout: Duration,
+    /// Whether `SyncEntries` answers by cursor when asked to. `false` answers every sync
+    /// with the revision list, as a server from before cursors did (tests of the agent's
+    /// fallback to that protocol).
+    pub sync_by_cursor: bool,
 }
 
 impl AgentApiOptions {
@@ -63,6 +67,7 @@ impl AgentApiOptions {
             cache_refresh_interval: Duration::from_secs(1),
             request_timeout: REQUEST_TIMEOUT,
             attestation_step_timeout: ATTESTATION_STEP_TIMEOUT,
+            sync_by_cursor: true,
         }
     }
 

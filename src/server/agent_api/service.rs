@@ -75,7 +75,7 @@ impl AgentService {
     ) -> Result<Vec<pb::SyncEntriesResponse>, AgentApiError> {
         let agent = self.inner.authenticate(&req).await?;
         let req = req.into_inner();
-        if req.by_cursor {
+        if req.by_cursor && self.inner.options.sync_by_cursor {
             self.inner.cache.refresh().await;
             let foreign = self.inner.foreign.clone();
             let foreign = tokio::task::spawn_blocking(move || foreign.current())

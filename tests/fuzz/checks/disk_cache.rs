@@ -113,7 +113,7 @@ pub fn check(data: &[u8]) -> bool {
     assert!(served.len() <= restored.svids, "more SVIDs served than restored");
     let served_any = !served.is_empty();
     for svid in served {
-        let entry = entries.get(&svid.entry_id).expect("an SVID for an entry not in the file");
+        let entry = entries.get(&*svid.entry_id).expect("an SVID for an entry not in the file");
         assert_eq!(svid.spiffe_id.as_str(), entry.spiffe_id, "SVID of another ID");
         let id = verify_chain(&svid.chain, &bundles, now).expect("a restored SVID does not verify");
         assert_eq!(id, svid.spiffe_id);

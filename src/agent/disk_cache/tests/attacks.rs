@@ -5,6 +5,7 @@ use serde_json::Value;
 
 use super::*;
 use crate::agent::attest::UnixAttestorOptions;
+use crate::agent::cache::CachedSvid;
 use crate::cli::api::{ApiArgs, ApiCommand, FetchCommand, execute};
 use crate::cli::output::OutputFormat;
 use crate::telemetry::AgentMetrics;
@@ -78,7 +79,7 @@ fn plant_foreign_ca_and_svid(f: &Fixture, foreign: &CaManager, uid: u32, resign:
         spiffe_id: keycard_workload_api::SpiffeId::parse("spiffe://example.org/admin").unwrap(),
         chain: minted.chain.into(),
         key: Arc::new(crate::agent::cache::SvidKey::of(&minted.key)),
-        serial: minted.serial,
+        serial: minted.serial.into(),
         issued_at: minted.issued_at,
         expires_at: minted.renew_at,
         authority_id: None,

@@ -14,7 +14,8 @@ fn foreign(name: &str) -> (TrustDomain, SpiffeBundle) {
 async fn saved_with_federation() -> (Fixture, SyncedEntries) {
     let f = Fixture::saved().await;
     let mut synced = f.synced.clone();
-    synced.entries.get_mut("a").unwrap().federates_with = vec!["example.com".into()];
+    let mut entries = f.entries.clone();
+    entries.get_mut("a").unwrap().federates_with = vec!["example.com".into()];
     synced.federated = [foreign("example.com"), foreign("example.net")].into_iter().collect();
     synced.federated_digest = b"digest-1".to_vec();
     let federated = synced
@@ -22,7 +23,7 @@ async fn saved_with_federation() -> (Fixture, SyncedEntries) {
         .iter()
         .map(|(td, b)| (td.clone(), Arc::new(TrustBundle::of(b).unwrap())))
         .collect();
-    f.cache.set_synced(&synced.entries, synced.bundle.as_ref(), &[], Some(federated)).unwrap();
+    f.cache.set_synced(&entries, synced.bundle.as_ref(), &[], Some(federated)).unwrap();
     let mut disk = DiskCache::open(&f.storage, f.clock.clone()).unwrap();
     assert!(disk.save(&synced, &f.cache).await.unwrap());
     assert!(!disk.save(&synced, &f.cache).await.unwrap(), "unchanged: not written again");

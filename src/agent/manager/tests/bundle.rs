@@ -67,20 +67,18 @@ async fn an_empty_bundle_after_a_sync_is_refused_and_the_held_one_kept() {
     s.manager.tick().await.unwrap();
     let held = s.cache.bundle().unwrap().spiffe.clone();
 
-    // What a sync brings: the entries, and a bundle without authorities (a higher
-    // sequence does not make it acceptable).
-    let mut synced = s.manager.synced().clone();
+    // What a sync brings: a bundle without authorities (a higher sequence does not make
+    // it acceptable).
     let mut empty = held.clone();
     empty.x509_authorities.clear();
     empty.jwt_authorities.clear();
     empty.sequence = held.sequence.map(|n| n + 1);
-    synced.bundle = Some(empty.clone());
-    let e = s.manager.adopt_bundle(&mut synced).unwrap_err();
+    let e = s.manager.adopt_bundle(&empty).unwrap_err();
     assert!(matches!(e, CacheError::EmptyBundle), "{e:?}");
-    assert_eq!(synced.bundle.as_ref(), Some(&held), "the held bundle goes on");
+    assert_eq!(s.manager.held_bundle().as_ref(), Some(&held), "the held bundle goes on");
 
     // The cache refuses it too, whoever offers it, and changes nothing.
-    let e = s.cache.set_entries(&synced.entries, Some(&empty), &[]).unwrap_err();
+    let e = s.cache.apply(CacheDelta { bundle: Some(&empty), ..Default::default() }).unwrap_err();
     assert!(matches!(e, CacheError::EmptyBundle), "{e:?}");
     assert_eq!(s.cache.bundle().unwrap().spiffe, held);
 
@@ -95,7 +93,6 @@ async fn an_empty_bundle_after_a_sync_is_refused_and_the_held_one_kept() {
         ManagerOptions::default(),
     )
     .with_held_bundle(held.clone());
-    let mut synced = SyncedEntries { bundle: Some(older), ..Default::default() };
-    assert!(matches!(fresh.adopt_bundle(&mut synced), Err(CacheError::StaleBundle { .. })));
-    assert_eq!(synced.bundle, Some(held));
+    assert!(matches!(fresh.adopt_bundle(&older), Err(CacheError::StaleBundle { .. })));
+    assert_eq!(fresh.held_bundle(), Some(held));
 }

@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use super::harness::{selectors, td};
 use super::*;
 use crate::agent::ServerClient;
-use crate::agent::cache::{FederatedBundles, TrustBundle};
+use crate::agent::cache::{CacheDelta, FederatedBundles, TrustBundle};
 use crate::ca::CaManager;
 use crate::clock::{ManualClock, SystemClock};
 use crate::server::agent_api::authorized::AuthorizedEntries;
@@ -169,8 +169,7 @@ async fn the_agent_sends_its_digest_and_takes_the_set_only_when_it_differs() {
         ),
     )]
     .into();
-    let synced = f.manager.synced().clone();
-    f.cache.set_synced(&synced.entries, synced.bundle.as_ref(), &[], Some(stale)).unwrap();
+    f.cache.apply(CacheDelta { federated: Some(stale), ..Default::default() }).unwrap();
     let report = f.manager.tick().await.unwrap();
     assert!(report.synced_changed);
     assert!(held(&f.cache).is_empty());

@@ -124,6 +124,18 @@ impl Server {
         Self::start_on("127.0.0.1:0", self.ca.clone(), self.store.clone(), self._dir.clone()).await
     }
 
+    /// A server that answers every sync with the revision list, as servers from before
+    /// sync by cursor did.
+    pub async fn start_without_cursors() -> Self {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let ca = crate::ca::manager::test_ca(td());
+        let store: Arc<dyn DataStore> =
+            Arc::new(SqliteDataStore::open(&dir.path().join("keycard.db")).unwrap());
+        let mut options = AgentApiOptions::new(td());
+        options.sync_by_cursor = false;
+        Self::start_full("127.0.0.1:0", ca, store, dir, options, Arc::new(SystemClock)).await
+    }
+
     /// A server over `ca` and a fresh store.
     pub async fn start_with_ca(ca: Arc<CaManager>) -> Self {
         let dir = Arc::new(tempfile::tempdir().unwrap());

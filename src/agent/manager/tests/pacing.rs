@@ -170,7 +170,7 @@ async fn an_interrupted_round_keeps_its_svids_and_serves_new_entries_first() {
     // then five new entries appear. The bucket holds five tokens again by then.
     let old = entries(&s.server, &s.agent_id, "old", 5, Duration::from_secs(600));
     assert_eq!(s.manager.tick().await.unwrap().issued, 5);
-    let serials: Vec<String> =
+    let serials: Vec<Arc<str>> =
         old.iter().map(|e| s.cache.svid(&e.id).unwrap().serial.clone()).collect();
     clock.advance(Duration::from_secs(9 * 60));
     let new = entries(&s.server, &s.agent_id, "new", 5, Duration::from_secs(600));
@@ -209,6 +209,6 @@ fn issuance_order_puts_entries_without_an_svid_first_then_by_renewal_time() {
         ],
         held,
     );
-    let ids: Vec<&str> = order.iter().map(|d| d.entry_id.as_str()).collect();
+    let ids: Vec<&str> = order.iter().map(|d| &*d.entry_id).collect();
     assert_eq!(ids, ["d-new", "z-new", "c-replace", "b-renew-early", "a-renew-late"]);
 }

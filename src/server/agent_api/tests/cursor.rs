@@ -5,23 +5,50 @@ use std::collections::BTreeSet;
 use std::time::SystemTime;
 
 use super::*;
-use crate::agent::SyncedEntries;
+use std::collections::BTreeMap;
+
+use keycard_workload_api::SpiffeBundle;
+
 use crate::agent::client::SyncDelta;
 use crate::server::agent_api::cursor_sync::Cursor;
 
+/// What an agent holds, as these tests follow it (the agent's cache keeps it otherwise).
+#[derive(Debug, Clone, Default)]
+struct Held {
+    revision: u64,
+    entries: BTreeMap<String, pb::Entry>,
+    bundle: Option<SpiffeBundle>,
+}
+
+impl Held {
+    /// Merges what `delta` changed.
+    fn apply(&mut self, delta: &SyncDelta) {
+        if delta.full {
+            self.entries.clear();
+        }
+        for id in &delta.removed {
+            self.entries.remove(id);
+        }
+        for e in &delta.entries {
+            self.entries.insert(e.id.clone(), e.clone());
+        }
+        self.revision = delta.revision;
+    }
+}
+
 /// One by-cursor sync of `agent` from `state`, applied to it.
-async fn sync(agent: &mut ServerClient, state: &mut (SyncedEntries, Vec<u8>)) -> SyncDelta {
+async fn sync(agent: &mut ServerClient, state: &mut (Held, Vec<u8>)) -> SyncDelta {
     let seq = state.0.bundle.as_ref().and_then(|b| b.sequence).unwrap_or(0);
     let delta = agent.sync_delta(&state.1, seq, state.0.revision).await.unwrap();
     if let Some(b) = &delta.bundle {
         state.0.bundle = Some(b.clone());
     }
     state.1 = delta.cursor.clone();
-    delta.clone().apply_to(&mut state.0);
+    state.0.apply(&delta);
     delta
 }
 
-fn ids(state: &(SyncedEntries, Vec<u8>)) -> BTreeSet<String> {
+fn ids(state: &(Held, Vec<u8>)) -> BTreeSet<String> {
     state.0.entries.keys().cloned().collect()
 }
 
@@ -217,11 +244,17 @@ async fn sync_cost() {
     println!("one changed entry: {} bytes", one.wire_bytes);
 
     // The revision-list sync every agent did before, for comparison.
-    let mut previous = agent.sync(&SyncedEntries::default()).await.unwrap();
+    let first = agent.sync(0, &[] as &[(String, u64)]).await.unwrap();
+    let mut held: Vec<(String, u64)> =
+        first.entries.iter().map(|e| (e.id.clone(), e.revision)).collect();
+    held.sort();
+    let mut since = first.revision;
     let old_rounds = 5u32;
     let (wall, cpu) = (std::time::Instant::now(), process_cpu());
     for _ in 0..old_rounds {
-        previous = agent.sync(&previous).await.unwrap();
+        let delta = agent.sync(since, &held).await.unwrap();
+        assert!(delta.entries.is_empty() && delta.removed.is_empty(), "an idle round");
+        since = delta.revision;
     }
     println!(
         "idle sync by revision list (before): {:?} wall, {:?} CPU per round",

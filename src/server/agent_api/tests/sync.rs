@@ -1,16 +1,23 @@
 //! Entry sync by difference, batch X.509 signing and JWT-SVIDs.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::SystemTime;
 
 use keycard_workload_api::{JwtBundleSet, validate_jwt_svid, verify_chain};
 use x509_parser::prelude::{FromDer as _, X509Certificate};
 
 use super::*;
-use crate::agent::SyncedEntries;
+use crate::agent::client::SyncDelta;
 
-fn ids(synced: &SyncedEntries) -> BTreeSet<String> {
-    synced.entries.keys().cloned().collect()
+/// Nothing held: the first revision-list sync.
+const NOTHING: &[(String, u64)] = &[];
+
+fn by_id(delta: &SyncDelta) -> BTreeMap<String, pb::Entry> {
+    delta.entries.iter().map(|e| (e.id.clone(), e.clone())).collect()
+}
+
+fn ids(delta: &SyncDelta) -> BTreeSet<String> {
+    by_id(delta).into_keys().collect()
 }
 
 #[tokio::test]
@@ -36,10 +43,11 @@ async fn sync_returns_exactly_the_authorized_entries() {
     );
     h.entry("spiffe://example.org/not-mine", &other_alias.spec.spiffe_id, &["unix:uid:3"]);
     h.entry("spiffe://example.org/other-agent", &other, &["unix:uid:4"]);
-    let synced = agent.sync(&SyncedEntries::default()).await.unwrap();
+    let synced = agent.sync(0, NOTHING).await.unwrap();
     assert_eq!(ids(&synced), BTreeSet::from([direct.id.clone(), via_alias.id.clone()]));
-    assert_eq!(synced.entries[&direct.id].spiffe_id, "spiffe://example.org/direct");
-    assert_eq!(synced.entries[&via_alias.id].selectors, vec!["unix:uid:2".to_string()]);
+    let entries = by_id(&synced);
+    assert_eq!(entries[&direct.id].spiffe_id, "spiffe://example.org/direct");
+    assert_eq!(entries[&via_alias.id].selectors, vec!["unix:uid:2".to_string()]);
     assert!(synced.revision >= via_alias.revision);
     assert!(synced.bundle.is_some());
 }
@@ -52,8 +60,9 @@ async fn a_second_sync_sends_only_changes_and_drops_deleted_entries() {
     let keep = h.entry("spiffe://example.org/keep", &me, &["unix:uid:1"]);
     let change = h.entry("spiffe://example.org/change", &me, &["unix:uid:2"]);
     let delete = h.entry("spiffe://example.org/delete", &me, &["unix:uid:3"]);
-    let first = agent.sync(&SyncedEntries::default()).await.unwrap();
+    let first = agent.sync(0, NOTHING).await.unwrap();
     assert_eq!(first.entries.len(), 3);
+    assert!(first.removed.is_empty());
 
     let mut spec = change.spec.clone();
     spec.dns_names = vec!["changed.example.org".into()];
@@ -69,10 +78,26 @@ async fn a_second_sync_sends_only_changes_and_drops_deleted_entries() {
     assert_eq!(sent, BTreeSet::from([change.id.clone(), added.id.clone()]));
     assert!(last.complete && last.revision > first.revision);
 
-    let second = agent.sync(&first).await.unwrap();
-    assert_eq!(ids(&second), listed);
-    assert_eq!(second.entries[&change.id].dns_names, vec!["changed.example.org".to_string()]);
-    assert_eq!(second.entries[&keep.id], first.entries[&keep.id]);
+    // As a delta against what the agent holds: the changed and added entries, the
+    // deleted one's ID; the unchanged one is neither sent nor fetched.
+    let mut held: Vec<(String, u64)> =
+        first.entries.iter().map(|e| (e.id.clone(), e.revision)).collect();
+    held.sort();
+    let second = agent.sync(first.revision, &held).await.unwrap();
+    assert_eq!(ids(&second), sent);
+    assert_eq!(second.removed, vec![delete.id.clone()]);
+    let mut now = by_id(&first);
+    now.remove(&delete.id);
+    now.extend(by_id(&second));
+    assert_eq!(now.keys().cloned().collect::<BTreeSet<_>>(), listed);
+    assert_eq!(now[&change.id].dns_names, vec!["changed.example.org".to_string()]);
+    assert_eq!(now[&keep.id], by_id(&first)[&keep.id]);
+
+    // An entry held at an older revision than listed (missed by `since_revision`) is
+    // fetched by ID.
+    held.iter_mut().find(|(id, _)| *id == keep.id).unwrap().1 = 0;
+    let third = agent.sync(second.revision, &held).await.unwrap();
+    assert!(ids(&third).contains(&keep.id), "{:?}", ids(&third));
 }
 
 #[tokio::test]
