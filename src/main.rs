@@ -162,6 +162,7 @@ fn run_server(args: &keycard::server::config::ServerArgs) -> anyhow::Result<()> 
 fn run_agent(args: &keycard::agent::config::AgentArgs) -> anyhow::Result<()> {
     let config = keycard::agent::config::AgentConfig::load(args)?;
     keycard::telemetry::logging::init(config.log_format, &config.log_level)?;
+    keycard::agent::run::tune_allocator();
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let shutdown = keycard::shutdown::on_signals()?;

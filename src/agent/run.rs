@@ -226,6 +226,13 @@ pub async fn run(config: AgentConfig, shutdown: Shutdown) -> Result<(), RunError
     outcome
 }
 
+/// Sets the allocator up for a long-running agent (large buffers returned when freed, one
+/// arena; see the `trim` module). [`run`] does it too; calling it before the runtime's threads
+/// start keeps them from taking arenas of their own first.
+pub fn tune_allocator() {
+    trim::tune_allocator();
+}
+
 /// After every round: tell the [`Writer`] what should be on disk, and update the metrics
 /// and the readiness status. It never waits for the disk.
 struct Observer {
