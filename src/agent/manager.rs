@@ -273,8 +273,11 @@ impl Manager {
         let mut report = TickReport { agent_renewed, ..Default::default() };
         self.sync_entries(&mut report).await?;
         // A taint covers the agent's own SVID too: renew it now, while the server still
-        // accepts the old one (it will not once the authority is revoked).
+        // accepts the old one (it will not once the authority is revoked). Only a sync
+        // that changed something (the bundle or the tainted list among it) can make it
+        // so: an idle round skips the chain check and its signature verifications.
         if !report.agent_renewed
+            && report.synced_changed
             && let Some(identity) = self.client.identity()
             && agent_svid_outdated(identity, &self.synced, self.clock.now())
         {

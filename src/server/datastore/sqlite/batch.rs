@@ -47,8 +47,8 @@ pub(super) fn create_all(
     let now_db = time_to_db(now);
     // What a re-read would return: the time at the store's precision.
     let stamp = time_from_db(now_db)?;
-    let mut insert = tx.prepare(INSERT_ENTRY)?;
-    let mut insert_selector = tx.prepare(INSERT_SELECTOR)?;
+    let mut insert = tx.prepare_cached(INSERT_ENTRY)?;
+    let mut insert_selector = tx.prepare_cached(INSERT_SELECTOR)?;
     let mut refused = Vec::new();
     let mut created = Vec::with_capacity(specs.len());
     for (index, spec) in specs.iter().enumerate() {
@@ -98,9 +98,9 @@ pub(super) fn delete_all(
         return Ok(Vec::new());
     }
     let first = reserve_revisions(tx, ids.len())?;
-    let mut delete = tx.prepare("DELETE FROM entries WHERE id = ?1")?;
+    let mut delete = tx.prepare_cached("DELETE FROM entries WHERE id = ?1")?;
     let mut tombstone =
-        tx.prepare("INSERT INTO entry_tombstones (id, revision) VALUES (?1, ?2)")?;
+        tx.prepare_cached("INSERT INTO entry_tombstones (id, revision) VALUES (?1, ?2)")?;
     let mut refused = Vec::new();
     let mut deleted = Vec::with_capacity(ids.len());
     for (index, id) in ids.iter().enumerate() {

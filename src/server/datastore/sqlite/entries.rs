@@ -56,7 +56,8 @@ impl Raw {
 
     /// The entry, with its selectors read from `entry_selectors`.
     fn decode(self, tx: &Transaction<'_>) -> Result<Entry, DataStoreError> {
-        let mut stmt = tx.prepare("SELECT type, value FROM entry_selectors WHERE entry_id = ?1")?;
+        let mut stmt =
+            tx.prepare_cached("SELECT type, value FROM entry_selectors WHERE entry_id = ?1")?;
         let pairs = stmt.query_map([&self.id], |r| Ok((r.get::<_, String>(0)?, r.get(1)?)))?;
         let mut selectors = SelectorSet::new();
         for pair in pairs {
@@ -118,8 +119,9 @@ fn insert_selectors(
     id: &str,
     selectors: &SelectorSet,
 ) -> Result<(), DataStoreError> {
-    let mut stmt =
-        tx.prepare("INSERT INTO entry_selectors (entry_id, type, value) VALUES (?1, ?2, ?3)")?;
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO entry_selectors (entry_id, type, value) VALUES (?1, ?2, ?3)",
+    )?;
     for s in selectors.iter() {
         stmt.execute(params![id, s.kind(), s.value()])?;
     }
@@ -220,7 +222,7 @@ pub(super) fn list(
     }
     let size = page.effective_size() as usize;
     sql.push_str(&format!(" ORDER BY id LIMIT {}", size + 1));
-    let mut stmt = tx.prepare(&sql)?;
+    let mut stmt = tx.prepare_cached(&sql)?;
     let raws = stmt.query_map(params_from_iter(args), Raw::from_row)?;
     let mut items = Vec::with_capacity(size);
     let mut more = false;
@@ -244,13 +246,14 @@ pub(super) fn changes_since(
     limit: u32,
 ) -> Result<EntryChanges, DataStoreError> {
     let since = i64::try_from(revision).unwrap_or(i64::MAX);
-    let current: i64 =
-        tx.query_row("SELECT revision FROM store_revision WHERE id = 1", [], |r| r.get(0))?;
+    let current: i64 = tx
+        .prepare_cached("SELECT revision FROM store_revision WHERE id = 1")?
+        .query_row([], |r| r.get(0))?;
     // 0 means no limit: a caller that asks for nothing would never make progress.
     let limit = if limit == 0 { i64::MAX } else { i64::from(limit) };
     let sql =
         format!("SELECT {COLUMNS} FROM entries WHERE revision > ?1 ORDER BY revision LIMIT ?2");
-    let mut stmt = tx.prepare(&sql)?;
+    let mut stmt = tx.prepare_cached(&sql)?;
     let mut changed = Vec::new();
     for raw in stmt.query_map(params![since, limit], Raw::from_row)? {
         changed.push(raw?.decode(tx)?);
@@ -263,7 +266,7 @@ pub(super) fn changes_since(
     if revision > 0 {
         let sql = "SELECT id FROM entry_tombstones WHERE revision > ?1 AND revision <= ?2 \
                    ORDER BY revision";
-        let mut stmt = tx.prepare(sql)?;
+        let mut stmt = tx.prepare_cached(sql)?;
         let upto_db = i64::try_from(upto).unwrap_or(i64::MAX);
         for id in stmt.query_map(params![since, upto_db], |r| r.get(0))? {
             deleted.push(id?);

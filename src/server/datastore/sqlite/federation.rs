@@ -48,14 +48,14 @@ pub(super) fn get(
     td: &TrustDomain,
 ) -> Result<Option<FederationRecord>, DataStoreError> {
     let sql = format!("SELECT {COLUMNS} FROM federations WHERE trust_domain = ?1");
-    let mut stmt = tx.prepare(&sql)?;
+    let mut stmt = tx.prepare_cached(&sql)?;
     let mut rows = stmt.query([td.to_string()])?;
     rows.next()?.map(decode).transpose()
 }
 
 pub(super) fn list(tx: &Transaction<'_>) -> Result<Vec<FederationRecord>, DataStoreError> {
     let sql = format!("SELECT {COLUMNS} FROM federations ORDER BY trust_domain");
-    let mut stmt = tx.prepare(&sql)?;
+    let mut stmt = tx.prepare_cached(&sql)?;
     let mut rows = stmt.query([])?;
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
@@ -181,7 +181,8 @@ pub(super) fn record(
 pub(super) fn list_bundles(
     tx: &Transaction<'_>,
 ) -> Result<Vec<(TrustDomain, Vec<u8>)>, DataStoreError> {
-    let mut stmt = tx.prepare("SELECT trust_domain, json FROM bundles ORDER BY trust_domain")?;
+    let mut stmt =
+        tx.prepare_cached("SELECT trust_domain, json FROM bundles ORDER BY trust_domain")?;
     let mut rows = stmt.query([])?;
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {

@@ -142,7 +142,8 @@ pub(super) fn get_agent(
     id: &SpiffeId,
 ) -> Result<Option<AgentRecord>, DataStoreError> {
     let sql = format!("SELECT {AGENT_COLUMNS} FROM agents WHERE id = ?1");
-    let raw = tx.query_row(&sql, [id.to_string()], RawAgent::from_row).optional()?;
+    let raw =
+        tx.prepare_cached(&sql)?.query_row([id.to_string()], RawAgent::from_row).optional()?;
     raw.map(RawAgent::decode).transpose()
 }
 
@@ -152,7 +153,7 @@ pub(super) fn list_agents(
 ) -> Result<Page<AgentRecord>, DataStoreError> {
     let size = page.effective_size() as usize;
     let sql = format!("SELECT {AGENT_COLUMNS} FROM agents WHERE id > ?1 ORDER BY id LIMIT ?2");
-    let mut stmt = tx.prepare(&sql)?;
+    let mut stmt = tx.prepare_cached(&sql)?;
     let limit = i64::try_from(size + 1).unwrap_or(i64::MAX);
     let raws = stmt.query_map(params![page_after(page)?, limit], RawAgent::from_row)?;
     let mut items = Vec::with_capacity(size);
