@@ -13,6 +13,7 @@
 //! builds it in release mode first, so the figures are always of the code the bench was
 //! built from.
 
+mod cgroup_cpu;
 mod cluster;
 mod dev;
 mod fetch;

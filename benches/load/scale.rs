@@ -1,11 +1,12 @@
 //! Targets 7 and 4 at 100,000 entries: how long a new agent takes to hold every entry,
 //! its RSS with every SVID cached (before and after a fetch storm), and what an idle sync
 //! round costs: bytes between agent and server (counted by a relay, [`WireMeter`]) and
-//! CPU time on each side (`/proc/PID/stat` utime + stime).
+//! CPU time on each side (each process in a cgroup of its own, or `/proc/PID/stat` ticks).
 
 use std::time::{Duration, Instant};
 
 use crate::Options;
+use crate::cgroup_cpu::CpuMeter;
 use crate::cluster::{Cluster, RunningAgent, entries};
 use crate::fleet::{FILL_RATE, memory_rows};
 use crate::meters;
@@ -31,7 +32,19 @@ fn rounds(agent: &RunningAgent) -> f64 {
     agent.metric("sync_rounds_total{result=\"ok\"}").expect("scale: no sync round count")
 }
 
-/// The idle-sync rows: the agent holds everything and nothing changes for `time`.
+/// How long the agent is held stopped to measure the server's own background: under the
+/// server's HTTP/2 keepalive timeout, so the connection outlives the pause.
+const BACKGROUND_WINDOW: Duration = Duration::from_secs(8);
+
+/// CPU seconds of `pid` so far: from its cgroup when it has one, else `/proc` ticks.
+fn cpu(meter: &Option<CpuMeter>, pid: u32) -> f64 {
+    meter.as_ref().map_or_else(|| meters::cpu_seconds(pid), CpuMeter::seconds)
+}
+
+/// The idle-sync rows: the agent holds everything and nothing changes for `time`. CPU is
+/// that of each whole process, to the microsecond when the bench may give each a cgroup
+/// ([`CpuMeter`]). The server's is also given less its own background: its CPU in the
+/// same run while the agent is held stopped (`SIGSTOP`), so no round reaches it.
 fn idle_rows(
     cluster: &Cluster,
     agent: &RunningAgent,
@@ -40,17 +53,19 @@ fn idle_rows(
     time: Duration,
 ) -> Vec<Row> {
     let server = cluster.server_pid();
+    let cpu_meters = [CpuMeter::attach(agent.pid, "agent"), CpuMeter::attach(server, "server")];
+    let how = if cpu_meters.iter().all(Option::is_some) { "cgroup" } else { "/proc ticks" };
     let rounds_before = rounds(agent);
     let wire_before = meter.bytes();
-    let cpu_before = [meters::cpu_seconds(agent.pid), meters::cpu_seconds(server)];
+    let cpu_before = [cpu(&cpu_meters[0], agent.pid), cpu(&cpu_meters[1], server)];
     std::thread::sleep(time);
     let wire_after = meter.bytes();
-    let cpu_after = [meters::cpu_seconds(agent.pid), meters::cpu_seconds(server)];
+    let cpu_after = [cpu(&cpu_meters[0], agent.pid), cpu(&cpu_meters[1], server)];
     let count = rounds(agent) - rounds_before;
     assert!(count >= 1.0, "scale: no sync round in {time:?} of idling");
     let per_round = |before: f64, after: f64| (after - before).max(0.0) / count;
-    eprintln!("idle: {count} rounds in {time:?}");
-    vec![
+    eprintln!("idle: {count} rounds in {time:?}, CPU from {how}");
+    let mut rows = vec![
         absolute(
             format!("idle sync, {n} entries: bytes on the wire per round"),
             per_round(wire_before as f64, wire_after as f64),
@@ -58,18 +73,43 @@ fn idle_rows(
             1024.0,
         ),
         absolute(
-            format!("idle sync, {n} entries: agent CPU per round"),
+            format!("idle sync, {n} entries: agent CPU per round (whole process)"),
             per_round(cpu_before[0], cpu_after[0]) * 1e3,
             "ms",
             1.0,
         ),
         absolute(
-            format!("idle sync, {n} entries: server CPU per round"),
+            format!("idle sync, {n} entries: server CPU per round (whole process)"),
             per_round(cpu_before[1], cpu_after[1]) * 1e3,
             "ms",
             1.0,
         ),
-    ]
+    ];
+    if cpu_meters[1].is_some() {
+        // SAFETY: kill takes integers; the agent is our child and is resumed below.
+        unsafe { libc::kill(agent.pid as i32, libc::SIGSTOP) };
+        let start = cpu(&cpu_meters[1], server);
+        std::thread::sleep(BACKGROUND_WINDOW);
+        let background = cpu(&cpu_meters[1], server) - start;
+        // SAFETY: as above.
+        unsafe { libc::kill(agent.pid as i32, libc::SIGCONT) };
+        let scale = time.as_secs_f64() / BACKGROUND_WINDOW.as_secs_f64();
+        let total = cpu_after[1] - cpu_before[1];
+        eprintln!(
+            "idle: server background {:.2} ms/s with the agent stopped",
+            background * 1e3 / BACKGROUND_WINDOW.as_secs_f64()
+        );
+        rows.push(absolute(
+            format!(
+                "idle sync, {n} entries: server CPU per round, less its background (same \
+                 window with the agent stopped)"
+            ),
+            (total - background * scale).max(0.0) / count * 1e3,
+            "ms",
+            1.0,
+        ));
+    }
+    rows
 }
 
 /// Targets 7 and 4 (100,000 SVIDs).
