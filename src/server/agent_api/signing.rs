@@ -207,12 +207,14 @@ async fn sign_jobs(
     out
 }
 
+/// The method refusals of batch items are counted under.
+const BATCH_METHOD: &str = "/keycard.agent.v1.Agent/BatchNewX509Svid";
+
 fn item_result(
     inner: &Inner,
     entry_id: String,
     result: Result<pb::X509Svid, AgentApiError>,
 ) -> pb::X509SvidResult {
-    const METHOD: &str = "/keycard.agent.v1.Agent/BatchNewX509Svid";
     match result {
         Ok(svid) => pb::X509SvidResult {
             entry_id,
@@ -223,7 +225,7 @@ fn item_result(
         },
         Err(e) => {
             let code = code_of(&e);
-            inner.metrics.refused(METHOD, code);
+            inner.metrics.refused(BATCH_METHOD, code);
             pb::X509SvidResult {
                 entry_id,
                 svid: None,
@@ -245,7 +247,6 @@ pub async fn batch_new_x509_svid(
     inner: &Arc<Inner>,
     req: Request<pb::BatchNewX509SvidRequest>,
 ) -> Result<pb::BatchNewX509SvidResponse, AgentApiError> {
-    const METHOD: &str = "/keycard.agent.v1.Agent/BatchNewX509Svid";
     let agent = inner.authenticate(&req).await?;
     let mut params = req.into_inner().params;
     if params.len() > MAX_BATCH {
@@ -278,7 +279,7 @@ pub async fn batch_new_x509_svid(
         results.push(item_result(inner, entry_id, result));
     }
     for (k, p) in later.into_iter().enumerate() {
-        inner.metrics.refused(METHOD, Code::ResourceExhausted);
+        inner.metrics.refused(BATCH_METHOD, Code::ResourceExhausted);
         let after = grant.retry_after(k);
         results.push(pb::X509SvidResult {
             status_message: format!(
