@@ -56,6 +56,24 @@ fn csr_check(c: &mut Criterion) {
     c.bench_function("verify_csr (P-256)", |b| {
         b.iter(|| verify_csr(black_box(&der), DEFAULT_MAX_CSR_LEN).expect("a good CSR"))
     });
+    // The same signature check with ring alone: what the parse and DER checks add.
+    let rng = ring::rand::SystemRandom::new();
+    let alg = &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING;
+    let pkcs8 = ring::signature::EcdsaKeyPair::generate_pkcs8(alg, &rng).expect("a key");
+    let pair = ring::signature::EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref(), &rng).expect("a key");
+    let message = [7u8; 300];
+    let sig = pair.sign(&rng, &message).expect("signed");
+    use ring::signature::KeyPair as _;
+    let public = ring::signature::UnparsedPublicKey::new(
+        &ring::signature::ECDSA_P256_SHA256_ASN1,
+        pair.public_key().as_ref().to_vec(),
+    );
+    c.bench_function("ring P-256 verify (raw)", |b| {
+        b.iter(|| public.verify(black_box(&message), black_box(sig.as_ref())).expect("valid"))
+    });
+    c.bench_function("ring P-256 sign (raw)", |b| {
+        b.iter(|| pair.sign(&rng, black_box(&message)).expect("signed"))
+    });
 }
 
 fn x509_signing(c: &mut Criterion) {

@@ -50,5 +50,6 @@ pub use source::X509Source;
 pub use spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain};
 pub use tls::{Authorizer, client_config, peer_spiffe_id, server_config};
 pub use x509::{
-    X509Bundle, X509BundleError, X509BundleSet, X509Svid, X509SvidError, spiffe_id_of, verify_chain,
+    X509Bundle, X509BundleError, X509BundleSet, X509Svid, X509SvidError, spiffe_id_and_serial_of,
+    spiffe_id_of, verify_chain,
 };

@@ -123,8 +123,10 @@ pub struct AuthorizedEntries {
     store: Arc<dyn DataStore>,
     server_id: SpiffeId,
     snapshot: RwLock<Snapshot>,
-    /// Serializes refreshes, so two callers never apply the same changes twice.
-    refreshing: tokio::sync::Mutex<()>,
+    /// Serializes refreshes, so two callers never apply the same changes twice. Holds the
+    /// store's [`DataStore::change_mark`] read before the last refresh that caught up: while
+    /// the store still shows it, nothing was committed since, and a refresh reads nothing.
+    refreshing: tokio::sync::Mutex<Option<u64>>,
 }
 
 impl AuthorizedEntries {
@@ -134,14 +136,22 @@ impl AuthorizedEntries {
             store,
             server_id,
             snapshot: RwLock::new(Snapshot::default()),
-            refreshing: tokio::sync::Mutex::new(()),
+            refreshing: tokio::sync::Mutex::new(None),
         }
     }
 
     /// Reads every change since the cached revision; on a datastore failure keeps the
-    /// last good copy, logs a warning and returns false.
+    /// last good copy, logs a warning and returns false. When the store's change mark is
+    /// the one seen before the last complete refresh, there is nothing to read: the answer
+    /// comes without a datastore call or a blocking thread (the poll each second, and each
+    /// agent's sync, mostly find nothing new).
     pub async fn refresh(&self) -> bool {
-        let _guard = self.refreshing.lock().await;
+        let mut caught_up_at = self.refreshing.lock().await;
+        let mark = self.store.change_mark();
+        if mark.is_some() && mark == *caught_up_at {
+            return true;
+        }
+        *caught_up_at = None;
         loop {
             let since = self.revision();
             let store = self.store.clone();
@@ -156,6 +166,7 @@ impl AuthorizedEntries {
                         && changes.revision > since;
                     self.write().apply(changes);
                     if !more {
+                        *caught_up_at = mark;
                         return true;
                     }
                 }

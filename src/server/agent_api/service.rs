@@ -52,6 +52,7 @@ impl AgentService {
             foreign,
             attest_limiter,
             sign_limiter,
+            agents: Default::default(),
         };
         Self { inner: Arc::new(inner) }
     }
@@ -77,10 +78,15 @@ impl AgentService {
         let req = req.into_inner();
         if req.by_cursor && self.inner.options.sync_by_cursor {
             self.inner.cache.refresh().await;
-            let foreign = self.inner.foreign.clone();
-            let foreign = tokio::task::spawn_blocking(move || foreign.current())
-                .await
-                .map_err(|e| AgentApiError::DataStore(DataStoreError::Backend(e.to_string())))??;
+            let foreign = match self.inner.foreign.cached() {
+                Some(set) => set,
+                None => {
+                    let foreign = self.inner.foreign.clone();
+                    tokio::task::spawn_blocking(move || foreign.current()).await.map_err(
+                        |e| AgentApiError::DataStore(DataStoreError::Backend(e.to_string())),
+                    )??
+                }
+            };
             return super::cursor_sync::answer(&self.inner, &agent, &req, &foreign);
         }
         if req.entry_ids.len() > SYNC_PAGE_SIZE {

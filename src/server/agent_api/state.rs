@@ -41,6 +41,45 @@ pub struct Inner {
     pub attest_limiter: KeyedLimiter<IpAddr>,
     /// Signatures per agent, on the server clock (`clock`), so that tests drive it.
     pub sign_limiter: KeyedLimiter<SpiffeId, std::time::SystemTime>,
+    /// Agent records read while the store showed one change mark (see [`AgentRecords`]).
+    pub agents: AgentRecords,
+}
+
+/// Agent records as last read, valid while the datastore's
+/// [`DataStore::change_mark`] is the one read before them: any commit (an eviction, a ban, a
+/// renewal, by this server or another) moves the mark and empties the cache. So an agent's
+/// every call is still checked against the store as it stands, without a datastore read
+/// and a hand-off to a blocking thread per call. Stores without a mark are read each time.
+#[derive(Debug, Default)]
+pub struct AgentRecords {
+    held: std::sync::Mutex<(Option<u64>, std::collections::HashMap<SpiffeId, AgentRecord>)>,
+}
+
+impl AgentRecords {
+    fn held(
+        &self,
+    ) -> std::sync::MutexGuard<'_, (Option<u64>, std::collections::HashMap<SpiffeId, AgentRecord>)>
+    {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The record of `id` if it was read at `mark`.
+    fn get(&self, mark: Option<u64>, id: &SpiffeId) -> Option<AgentRecord> {
+        let mut held = self.held();
+        if mark.is_none() || held.0 != mark {
+            *held = (mark, Default::default());
+            return None;
+        }
+        held.1.get(id).cloned()
+    }
+
+    /// Keeps `record`, read after the store showed `mark`, unless the mark moved since.
+    fn put(&self, mark: Option<u64>, record: &AgentRecord) {
+        let mut held = self.held();
+        if mark.is_some() && held.0 == mark {
+            held.1.insert(record.id.clone(), record.clone());
+        }
+    }
 }
 
 /// Runs a blocking datastore call off the async threads.
@@ -77,18 +116,24 @@ impl Inner {
             .and_then(|p| p.chain.clone())
             .ok_or(AgentApiError::NoAgentSvid)?;
         let leaf = chain.first().ok_or(AgentApiError::NoAgentSvid)?;
-        let id = keycard_workload_api::spiffe_id_of(leaf)
-            .map_err(|e| AgentApiError::NotAnAgent(e.to_string()))?;
+        let (id, serial) = id_and_serial_of(leaf)?;
         // Agent IDs are `/keycard/agent/...` by default, but an operator may choose any ID of
         // the trust domain for a join token: the agent record below is what decides.
         if !id.is_member_of(&self.options.trust_domain) || id == self.options.server_id() {
             return Err(AgentApiError::NotAnAgent(id.to_string()));
         }
-        let serial = serial_of(leaf)?;
-        let lookup = id.clone();
-        let mut record = blocking(&self.store, move |s| s.get_agent(&lookup))
-            .await?
-            .ok_or_else(|| AgentApiError::UnknownAgent(id.to_string()))?;
+        let mark = self.store.change_mark();
+        let mut record = match self.agents.get(mark, &id) {
+            Some(record) => record,
+            None => {
+                let lookup = id.clone();
+                let record = blocking(&self.store, move |s| s.get_agent(&lookup))
+                    .await?
+                    .ok_or_else(|| AgentApiError::UnknownAgent(id.to_string()))?;
+                self.agents.put(mark, &record);
+                record
+            }
+        };
         if record.banned {
             return Err(AgentApiError::BannedAgent(id.to_string()));
         }
@@ -120,10 +165,12 @@ impl Inner {
     }
 }
 
-/// The serial number of a certificate, lowercase hex, as stored in agent records.
-pub fn serial_of(cert: &[u8]) -> Result<String, AgentApiError> {
-    use x509_parser::prelude::FromDer as _;
-    let (_, parsed) = x509_parser::certificate::X509Certificate::from_der(cert)
-        .map_err(|e| AgentApiError::NotAnAgent(format!("unreadable certificate: {e}")))?;
-    Ok(hex::encode(parsed.raw_serial()))
+/// The SPIFFE ID of an agent's certificate and its serial number in lowercase hex, as
+/// stored in agent records: from one parse.
+fn id_and_serial_of(
+    cert: &rustls_pki_types::CertificateDer<'_>,
+) -> Result<(SpiffeId, String), AgentApiError> {
+    let (id, serial) = keycard_workload_api::spiffe_id_and_serial_of(cert)
+        .map_err(|e| AgentApiError::NotAnAgent(e.to_string()))?;
+    Ok((id, hex::encode(serial)))
 }

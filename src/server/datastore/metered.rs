@@ -64,6 +64,11 @@ impl DataStore for MeteredDataStore {
         self.inner.kind()
     }
 
+    // Not timed: it runs on async threads each time a poller looks, and takes microseconds.
+    fn change_mark(&self) -> Option<u64> {
+        self.inner.change_mark()
+    }
+
     forward! {
         create_entry(spec: &EntrySpec, now: SystemTime) -> Entry;
         create_entries(specs: &[EntrySpec], now: SystemTime) -> Vec<Entry>;

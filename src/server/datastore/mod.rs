@@ -254,6 +254,13 @@ pub trait DataStore: Send + Sync + fmt::Debug {
     fn count_entries(&self) -> Result<u64, DataStoreError>;
     /// Whether any entry has this SPIFFE ID (to check that a parent exists).
     fn entry_with_spiffe_id_exists(&self, id: &SpiffeId) -> Result<bool, DataStoreError>;
+    /// A value that changes whenever anything is committed to the store, by this server or
+    /// any other, read without waiting: `None` when the store cannot tell that cheaply (or
+    /// is busy right now). Pollers read it before they read the store, and skip the next
+    /// read while it is unchanged; so it must never block, and is called on async threads.
+    fn change_mark(&self) -> Option<u64> {
+        None
+    }
     /// Changes after `revision` (0: everything), at most `limit` changed entries; when the
     /// limit cuts the list, the returned revision is that of the last entry returned.
     fn entry_changes_since(

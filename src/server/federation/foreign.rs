@@ -1,6 +1,7 @@
 //! The foreign bundles the server holds, as agents receive them: read from the datastore
-//! at most once a second (whatever the number of agents syncing), checked, and labelled
-//! with a digest so that an agent that holds the same set is sent nothing.
+//! at most once a second (whatever the number of agents syncing), and not at all while the
+//! store shows nothing committed since the last read; checked, and labelled with a digest
+//! so that an agent that holds the same set is sent nothing.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -110,25 +111,55 @@ impl ForeignSet {
 pub struct ForeignBundles {
     store: Arc<dyn DataStore>,
     own: TrustDomain,
-    /// The last read and when it was made (`None`: read again at the next call).
-    current: Mutex<(Option<Instant>, Option<Arc<ForeignSet>>)>,
+    last: Mutex<LastRead>,
+}
+
+/// The last read of the foreign bundles.
+#[derive(Debug, Default)]
+struct LastRead {
+    /// When it was made (`None`: read again at the next call).
+    at: Option<Instant>,
+    /// The store's [`DataStore::change_mark`] just before it.
+    mark: Option<u64>,
+    set: Option<Arc<ForeignSet>>,
+}
+
+impl LastRead {
+    /// The set, if it still holds: read less than [`FRESH_FOR`] ago, or the store shows the
+    /// same change mark as before that read (nothing was committed since).
+    fn still_good(&self, mark: Option<u64>) -> Option<Arc<ForeignSet>> {
+        let at = self.at?;
+        let unchanged = mark.is_some() && mark == self.mark;
+        (unchanged || at.elapsed() < FRESH_FOR).then(|| self.set.clone()).flatten()
+    }
 }
 
 impl ForeignBundles {
     /// A cache over `store`, for a server of trust domain `own` (a stored bundle of the
     /// own trust domain is never sent as a foreign one).
     pub fn new(store: Arc<dyn DataStore>, own: TrustDomain) -> Self {
-        Self { store, own, current: Mutex::new((None, None)) }
+        Self { store, own, last: Mutex::new(LastRead::default()) }
     }
 
-    /// The foreign set, read again when the last read is older than a second. Blocking:
-    /// call it from a blocking thread.
+    /// The foreign set without touching the datastore, when the last read still holds (see
+    /// [`LastRead::still_good`]) and no other call is reading: safe on an async thread.
+    pub fn cached(&self) -> Option<Arc<ForeignSet>> {
+        let mark = self.store.change_mark();
+        let last = match self.last.try_lock() {
+            Ok(last) => last,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        last.still_good(mark)
+    }
+
+    /// The foreign set, read again unless the last read still holds. Blocking: call it
+    /// from a blocking thread.
     pub fn current(&self) -> Result<Arc<ForeignSet>, DataStoreError> {
-        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        if let (Some(at), Some(set)) = &*current
-            && at.elapsed() < FRESH_FOR
-        {
-            return Ok(set.clone());
+        let mark = self.store.change_mark();
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(set) = last.still_good(mark) {
+            return Ok(set);
         }
         let stored: BTreeMap<String, Vec<u8>> = self
             .store
@@ -137,19 +168,20 @@ impl ForeignBundles {
             .filter(|(td, _)| *td != self.own)
             .map(|(td, json)| (td.name().to_owned(), json))
             .collect();
-        let set = match &current.1 {
+        let set = match &last.set {
             // Unchanged since the last read: already checked, not parsed again.
-            Some(last) if last.stored == digest_of(&stored) => last.clone(),
+            Some(before) if before.stored == digest_of(&stored) => before.clone(),
             _ => Arc::new(ForeignSet::checked(stored)),
         };
-        *current = (Some(Instant::now()), Some(set.clone()));
+        *last = LastRead { at: Some(Instant::now()), mark, set: Some(set.clone()) };
         Ok(set)
     }
 
-    /// Forgets the last read, so that the next sync reads the store again (tests use it
-    /// instead of waiting a second).
+    /// Forgets when the last read was made, so that the next sync reads the store again
+    /// (tests use it instead of waiting a second).
     pub fn invalidate(&self) {
-        self.current.lock().unwrap_or_else(|p| p.into_inner()).0 = None;
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        (last.at, last.mark) = (None, None);
     }
 }
 
@@ -178,7 +210,10 @@ mod tests {
         assert_eq!(names, ["example.com"], "own domain and a broken document are left out");
         assert_eq!(first.digest, digest_of(&first.bundles));
 
+        let cached = foreign.cached().expect("just read: served without the store");
+        assert!(Arc::ptr_eq(&first, &cached));
         foreign.invalidate();
+        assert!(foreign.cached().is_none(), "invalidated: read again");
         assert!(Arc::ptr_eq(&first, &foreign.current().unwrap()), "unchanged: the same set");
 
         store.delete_bundle(&td("example.com")).unwrap();

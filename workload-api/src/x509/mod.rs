@@ -23,7 +23,7 @@ use rustls_pki_types::CertificateDer;
 pub(crate) use bundle::check_authority;
 pub use bundle::{X509Bundle, X509BundleSet};
 pub use error::{X509BundleError, X509SvidError};
-pub use rules::spiffe_id_of;
+pub use rules::{spiffe_id_and_serial_of, spiffe_id_of};
 pub use svid::X509Svid;
 pub use verify::verify_chain;
 

@@ -79,6 +79,16 @@ pub fn spiffe_id_of(cert: &CertificateDer<'_>) -> Result<SpiffeId, X509SvidError
     uri_san_id(&parsed, 0)?.ok_or(X509SvidError::NoUriSan)
 }
 
+/// [`spiffe_id_of`] and the certificate's serial number (its DER content octets), from one
+/// parse: what a server reads of a peer's certificate on every call.
+pub fn spiffe_id_and_serial_of(
+    cert: &CertificateDer<'_>,
+) -> Result<(SpiffeId, Vec<u8>), X509SvidError> {
+    let parsed = parse_cert(cert.as_ref(), 0)?;
+    let id = uri_san_id(&parsed, 0)?.ok_or(X509SvidError::NoUriSan)?;
+    Ok((id, parsed.raw_serial().to_vec()))
+}
+
 /// Checks the leaf's SPIFFE ID, basic constraints, key usage and extended key usage, and
 /// returns the ID.
 pub(crate) fn check_leaf(leaf: &X509Certificate<'_>) -> Result<SpiffeId, X509SvidError> {

@@ -146,3 +146,35 @@ async fn the_last_good_copy_keeps_serving_when_the_datastore_fails() {
     let served = cache.authorized_for(&agent, &SelectorSet::new());
     assert_eq!(served.entries.keys().collect::<Vec<_>>(), vec![&created.id]);
 }
+
+#[tokio::test]
+async fn refresh_reads_nothing_while_the_store_shows_no_commit() {
+    let metrics = Arc::new(crate::telemetry::ServerMetrics::new());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.sqlite3");
+    let inner = Arc::new(SqliteDataStore::open(&path).unwrap());
+    let store = Arc::new(crate::server::datastore::MeteredDataStore::new(inner, metrics.clone()));
+    let reads = || {
+        let line = "keycard_server_datastore_latency_seconds_count{op=\"entry_changes_since\"} ";
+        let text = metrics.render();
+        text.lines().find_map(|l| l.strip_prefix(line)).map_or(0, |n| n.parse::<u64>().unwrap())
+    };
+    let cache = AuthorizedEntries::new(store.clone(), id("spiffe://example.org/keycard/server"));
+    let agent = id("spiffe://example.org/keycard/agent/a");
+    assert!(cache.refresh().await);
+    assert_eq!(reads(), 1);
+    for _ in 0..3 {
+        assert!(cache.refresh().await);
+    }
+    assert_eq!(reads(), 1, "nothing committed: nothing read");
+    let created = store.create_entry(&entry(0, &agent, "unix:uid:1").spec, SystemTime::now());
+    assert!(cache.refresh().await);
+    assert_eq!(reads(), 2);
+    assert!(cache.get(&created.unwrap().id).is_some());
+    // A commit by another server sharing the file (here: another connection).
+    let other = SqliteDataStore::open(&path).unwrap();
+    let theirs = other.create_entry(&entry(1, &agent, "unix:uid:2").spec, SystemTime::now());
+    assert!(cache.refresh().await);
+    assert!(cache.get(&theirs.unwrap().id).is_some(), "another writer's commit is seen");
+    assert_eq!(reads(), 3);
+}

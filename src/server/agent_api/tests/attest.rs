@@ -115,10 +115,16 @@ async fn banned_agents_are_refused_calls_and_reattestation() {
     let key = pem_key("nodes/node1.key.pem");
     let mut client = h.client().await;
     let att = client.attest_x509pop(&chain[..1], &key).await.unwrap();
+    // Calls before the ban: the server holds the agent's record (see `AgentRecords`).
+    for _ in 0..2 {
+        client.fetch_bundle().await.unwrap();
+    }
     h.store.set_agent_banned(&att.identity.spiffe_id, true).unwrap();
     assert_eq!(code(client.fetch_bundle().await.unwrap_err()), Code::PermissionDenied);
     let err = h.client().await.attest_x509pop(&chain[..1], &key).await.unwrap_err();
     assert_eq!(code(err), Code::PermissionDenied);
+    h.store.set_agent_banned(&att.identity.spiffe_id, false).unwrap();
+    client.fetch_bundle().await.unwrap();
     // Evicted (deleted) agents must attest again.
     h.store.delete_agent(&att.identity.spiffe_id).unwrap();
     assert_eq!(code(client.fetch_bundle().await.unwrap_err()), Code::PermissionDenied);

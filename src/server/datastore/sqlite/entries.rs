@@ -3,7 +3,7 @@
 
 use std::time::SystemTime;
 
-use rusqlite::{OptionalExtension as _, Row, Transaction, params, params_from_iter};
+use rusqlite::{Connection, OptionalExtension as _, Row, Transaction, params, params_from_iter};
 
 use super::{
     binding_from_db, duration_from_db, duration_to_db, page_after, page_token, spiffe_id_from_db,
@@ -55,7 +55,7 @@ impl Raw {
     }
 
     /// The entry, with its selectors read from `entry_selectors`.
-    fn decode(self, tx: &Transaction<'_>) -> Result<Entry, DataStoreError> {
+    fn decode(self, tx: &Connection) -> Result<Entry, DataStoreError> {
         let mut stmt =
             tx.prepare_cached("SELECT type, value FROM entry_selectors WHERE entry_id = ?1")?;
         let pairs = stmt.query_map([&self.id], |r| Ok((r.get::<_, String>(0)?, r.get(1)?)))?;
@@ -146,7 +146,7 @@ pub(super) fn create(
     }
 }
 
-pub(super) fn get(tx: &Transaction<'_>, id: &str) -> Result<Option<Entry>, DataStoreError> {
+pub(super) fn get(tx: &Connection, id: &str) -> Result<Option<Entry>, DataStoreError> {
     let sql = format!("SELECT {COLUMNS} FROM entries WHERE id = ?1");
     let raw = tx.query_row(&sql, [id], Raw::from_row).optional()?;
     raw.map(|raw| raw.decode(tx)).transpose()
@@ -210,7 +210,7 @@ pub(super) fn delete(tx: &Transaction<'_>, id: &str) -> Result<Entry, DataStoreE
 }
 
 pub(super) fn list(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     filter: &EntryFilter,
     page: &PageRequest,
 ) -> Result<Page<Entry>, DataStoreError> {
@@ -241,7 +241,7 @@ pub(super) fn list(
 }
 
 pub(super) fn changes_since(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     revision: u64,
     limit: u32,
 ) -> Result<EntryChanges, DataStoreError> {

@@ -3,7 +3,7 @@
 use std::time::SystemTime;
 
 use keycard_workload_api::TrustDomain;
-use rusqlite::{Row, Transaction, params};
+use rusqlite::{Connection, Row, Transaction, params};
 
 use super::{time_from_db, time_to_db};
 use crate::server::datastore::federation::{profile_columns, profile_from_db};
@@ -44,7 +44,7 @@ fn set_bundle(tx: &Transaction<'_>, td: &TrustDomain, json: &[u8]) -> Result<(),
 }
 
 pub(super) fn get(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     td: &TrustDomain,
 ) -> Result<Option<FederationRecord>, DataStoreError> {
     let sql = format!("SELECT {COLUMNS} FROM federations WHERE trust_domain = ?1");
@@ -53,7 +53,7 @@ pub(super) fn get(
     rows.next()?.map(decode).transpose()
 }
 
-pub(super) fn list(tx: &Transaction<'_>) -> Result<Vec<FederationRecord>, DataStoreError> {
+pub(super) fn list(tx: &Connection) -> Result<Vec<FederationRecord>, DataStoreError> {
     let sql = format!("SELECT {COLUMNS} FROM federations ORDER BY trust_domain");
     let mut stmt = tx.prepare_cached(&sql)?;
     let mut rows = stmt.query([])?;
@@ -178,9 +178,7 @@ pub(super) fn record(
     Ok(true)
 }
 
-pub(super) fn list_bundles(
-    tx: &Transaction<'_>,
-) -> Result<Vec<(TrustDomain, Vec<u8>)>, DataStoreError> {
+pub(super) fn list_bundles(tx: &Connection) -> Result<Vec<(TrustDomain, Vec<u8>)>, DataStoreError> {
     let mut stmt =
         tx.prepare_cached("SELECT trust_domain, json FROM bundles ORDER BY trust_domain")?;
     let mut rows = stmt.query([])?;

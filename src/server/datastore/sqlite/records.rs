@@ -4,7 +4,7 @@
 use std::time::SystemTime;
 
 use keycard_workload_api::SpiffeId;
-use rusqlite::{ErrorCode, OptionalExtension as _, Row, Transaction, params};
+use rusqlite::{Connection, ErrorCode, OptionalExtension as _, Row, Transaction, params};
 
 use super::{page_after, page_token, spiffe_id_from_db, time_from_db, time_to_db, u64_from_db};
 use crate::selector::SelectorSet;
@@ -13,7 +13,7 @@ use crate::server::datastore::{
 };
 
 /// How many rows `table` holds; `table` is always one of ours, never input.
-pub(super) fn count(tx: &Transaction<'_>, table: &'static str) -> Result<u64, DataStoreError> {
+pub(super) fn count(tx: &Connection, table: &'static str) -> Result<u64, DataStoreError> {
     let n: i64 = tx.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))?;
     u64_from_db(n, "count")
 }
@@ -138,7 +138,7 @@ pub(super) fn confirm_agent_svid(
 }
 
 pub(super) fn get_agent(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     id: &SpiffeId,
 ) -> Result<Option<AgentRecord>, DataStoreError> {
     let sql = format!("SELECT {AGENT_COLUMNS} FROM agents WHERE id = ?1");
@@ -148,7 +148,7 @@ pub(super) fn get_agent(
 }
 
 pub(super) fn list_agents(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     page: &PageRequest,
 ) -> Result<Page<AgentRecord>, DataStoreError> {
     let size = page.effective_size() as usize;

@@ -172,3 +172,37 @@ fn reads_go_on_while_a_write_waits_for_another_processs_lock() {
     let b = store.create_entry(&spec("/b", "unix:uid:2"), at(3)).unwrap();
     assert!(store.get_entry(&b.id).unwrap().is_some());
 }
+
+#[test]
+fn the_change_mark_moves_with_every_commit_and_with_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keycard.db");
+    let store = SqliteDataStore::open(&path).unwrap();
+    let first = store.change_mark().expect("a file store has a change mark");
+    let a = store.create_entry(&spec("/a", "unix:uid:1"), at(1)).unwrap();
+    let after_write = store.change_mark().unwrap();
+    assert_ne!(first, after_write, "a commit through the store");
+    store.get_entry(&a.id).unwrap();
+    store.entry_changes_since(0, 10).unwrap();
+    assert_eq!(store.change_mark(), Some(after_write), "reads commit nothing");
+    // Another process (here: another connection) commits.
+    let other = SqliteDataStore::open(&path).unwrap();
+    other.delete_entry(&a.id).unwrap();
+    assert_ne!(store.change_mark(), Some(after_write), "a commit by another process");
+    // A memory database has no second connection to see its commits by.
+    assert_eq!(SqliteDataStore::open_in_memory().unwrap().change_mark(), None);
+}
+
+#[test]
+fn a_failed_read_leaves_no_transaction_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteDataStore::open(&dir.path().join("keycard.db")).unwrap();
+    let failed: Result<(), _> = store.read(|conn| {
+        assert!(!conn.is_autocommit(), "the read runs in a transaction");
+        Err(DataStoreError::Backend("the read fails".into()))
+    });
+    assert!(failed.is_err());
+    assert!(store.lock_reader().is_autocommit(), "rolled back");
+    let a = store.create_entry(&spec("/a", "unix:uid:1"), at(1)).unwrap();
+    assert_eq!(store.get_entry(&a.id).unwrap().map(|e| e.id), Some(a.id));
+}
