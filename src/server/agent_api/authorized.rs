@@ -146,8 +146,13 @@ impl AuthorizedEntries {
     /// comes without a datastore call or a blocking thread (the poll each second, and each
     /// agent's sync, mostly find nothing new).
     pub async fn refresh(&self) -> bool {
+        self.refresh_from(self.store.change_mark()).await
+    }
+
+    /// [`Self::refresh`] with the store's change mark as the caller read it (earlier is
+    /// safe: a commit after it is read by the next refresh, as the mark kept is this one).
+    pub async fn refresh_from(&self, mark: Option<u64>) -> bool {
         let mut caught_up_at = self.refreshing.lock().await;
-        let mark = self.store.change_mark();
         if mark.is_some() && mark == *caught_up_at {
             return true;
         }

@@ -74,11 +74,14 @@ impl AgentService {
         &self,
         req: Request<pb::SyncEntriesRequest>,
     ) -> Result<Vec<pb::SyncEntriesResponse>, AgentApiError> {
-        let agent = self.inner.authenticate(&req).await?;
+        // Read once for the whole call: agent record, entries and foreign bundles are each
+        // read from the store only if something was committed since they last were.
+        let mark = self.inner.store.change_mark();
+        let agent = self.inner.authenticate_at(&req, mark).await?;
         let req = req.into_inner();
         if req.by_cursor && self.inner.options.sync_by_cursor {
-            self.inner.cache.refresh().await;
-            let foreign = match self.inner.foreign.cached() {
+            self.inner.cache.refresh_from(mark).await;
+            let foreign = match self.inner.foreign.cached_at(mark) {
                 Some(set) => set,
                 None => {
                     let foreign = self.inner.foreign.clone();

@@ -101,6 +101,16 @@ impl Inner {
         Ok(self.authenticate_svid(req).await?.0)
     }
 
+    /// [`Self::authenticate`] with the store's [`DataStore::change_mark`] as the caller read
+    /// it at the start of its call (so that one call reads it once).
+    pub async fn authenticate_at<T>(
+        &self,
+        req: &Request<T>,
+        mark: Option<u64>,
+    ) -> Result<AgentRecord, AgentApiError> {
+        Ok(self.authenticate_svid_at(req, mark).await?.0)
+    }
+
     /// [`Self::authenticate`], also giving the serial of the SVID the agent called with.
     ///
     /// Two serials are accepted after a renewal: the newest and the one it renewed from,
@@ -109,6 +119,14 @@ impl Inner {
     pub async fn authenticate_svid<T>(
         &self,
         req: &Request<T>,
+    ) -> Result<(AgentRecord, String), AgentApiError> {
+        self.authenticate_svid_at(req, self.store.change_mark()).await
+    }
+
+    async fn authenticate_svid_at<T>(
+        &self,
+        req: &Request<T>,
+        mark: Option<u64>,
     ) -> Result<(AgentRecord, String), AgentApiError> {
         let chain = req
             .extensions()
@@ -122,7 +140,6 @@ impl Inner {
         if !id.is_member_of(&self.options.trust_domain) || id == self.options.server_id() {
             return Err(AgentApiError::NotAnAgent(id.to_string()));
         }
-        let mark = self.store.change_mark();
         let mut record = match self.agents.get(mark, &id) {
             Some(record) => record,
             None => {

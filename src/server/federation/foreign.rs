@@ -144,7 +144,11 @@ impl ForeignBundles {
     /// The foreign set without touching the datastore, when the last read still holds (see
     /// [`LastRead::still_good`]) and no other call is reading: safe on an async thread.
     pub fn cached(&self) -> Option<Arc<ForeignSet>> {
-        let mark = self.store.change_mark();
+        self.cached_at(self.store.change_mark())
+    }
+
+    /// [`Self::cached`] with the store's change mark as the caller read it.
+    pub fn cached_at(&self, mark: Option<u64>) -> Option<Arc<ForeignSet>> {
         let last = match self.last.try_lock() {
             Ok(last) => last,
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
