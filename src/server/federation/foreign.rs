@@ -142,12 +142,8 @@ impl ForeignBundles {
     }
 
     /// The foreign set without touching the datastore, when the last read still holds (see
-    /// [`LastRead::still_good`]) and no other call is reading: safe on an async thread.
-    pub fn cached(&self) -> Option<Arc<ForeignSet>> {
-        self.cached_at(self.store.change_mark())
-    }
-
-    /// [`Self::cached`] with the store's change mark as the caller read it.
+    /// [`LastRead::still_good`]) with `mark` the store's change mark as the caller read it,
+    /// and no other call is reading: safe on an async thread.
     pub fn cached_at(&self, mark: Option<u64>) -> Option<Arc<ForeignSet>> {
         let last = match self.last.try_lock() {
             Ok(last) => last,
@@ -214,10 +210,11 @@ mod tests {
         assert_eq!(names, ["example.com"], "own domain and a broken document are left out");
         assert_eq!(first.digest, digest_of(&first.bundles));
 
-        let cached = foreign.cached().expect("just read: served without the store");
+        let cached =
+            foreign.cached_at(store.change_mark()).expect("just read: served without the store");
         assert!(Arc::ptr_eq(&first, &cached));
         foreign.invalidate();
-        assert!(foreign.cached().is_none(), "invalidated: read again");
+        assert!(foreign.cached_at(store.change_mark()).is_none(), "invalidated: read again");
         assert!(Arc::ptr_eq(&first, &foreign.current().unwrap()), "unchanged: the same set");
 
         store.delete_bundle(&td("example.com")).unwrap();
